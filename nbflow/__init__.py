@@ -1,0 +1,77 @@
+"""nbflow: durable execution native to Jupyter.
+
+Decorate functions with ``@nbflow.task`` and ``@nbflow.flow``; their results are cached on local disk,
+keyed by code identity and input fingerprints, so a restarted kernel or a headless ``nbflow run`` only
+recomputes what changed.
+
+This module is the public API and nothing else. Names are resolved lazily so that ``import nbflow``
+stays cheap (no IPython, numpy, pandas or pydantic until they are needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # decorators and their classes
+    "Flow",
+    "Task",
+    "flow",
+    "task",
+    # states
+    "State",
+    "StateType",
+    # retries
+    "exponential_backoff",
+    # run history and logs
+    "get_run_logger",
+    "runs",
+    # settings
+    "configure",
+    # errors
+    "NbflowError",
+    "NbflowWarning",
+]
+
+_LAZY = {
+    "Flow": "nbflow.flows",
+    "flow": "nbflow.flows",
+    "Task": "nbflow.tasks",
+    "task": "nbflow.tasks",
+    "State": "nbflow.states",
+    "StateType": "nbflow.states",
+    "exponential_backoff": "nbflow.engine.retries",
+    "get_run_logger": "nbflow.engine.logs",
+    "configure": "nbflow.settings",
+    "NbflowError": "nbflow.exceptions",
+    "NbflowWarning": "nbflow.exceptions",
+}
+
+if TYPE_CHECKING:
+    from nbflow import runs
+    from nbflow.engine.logs import get_run_logger
+    from nbflow.engine.retries import exponential_backoff
+    from nbflow.exceptions import NbflowError, NbflowWarning
+    from nbflow.flows import Flow, flow
+    from nbflow.settings import configure
+    from nbflow.states import State, StateType
+    from nbflow.tasks import Task, task
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if name == "runs":
+        return importlib.import_module("nbflow.runs")
+    raise AttributeError(f"module 'nbflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+

@@ -1,0 +1,53 @@
+# The README's two commands: `make demo` and `make test`. Everything they need is installed here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+DEMO_HOME := $(CURDIR)/.nbflow-demo
+
+.PHONY: demo test lint bench install clean system-deps
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[test,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbflow)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Runs notebooks/quickstart.ipynb headless twice against a fresh demo store: the first run computes,
+# the second is served from the cache.
+demo: install
+	rm -rf $(DEMO_HOME)
+	@echo "=== first run: computes every task ==="
+	NBFLOW_HOME=$(DEMO_HOME) $(VENV)/bin/nbflow run notebooks/quickstart.ipynb
+	@echo
+	@echo "=== second run, a fresh kernel: served from the cache ==="
+	NBFLOW_HOME=$(DEMO_HOME) $(VENV)/bin/nbflow run notebooks/quickstart.ipynb
+
+# System packages the suite needs (Chromium for the widget tests), installed when missing.
+system-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing chromium (apt)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test: install system-deps
+	$(VENV)/bin/ruff check nbflow tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check nbflow tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,228 @@
+"""Cache policies: small values that compose with ``+`` and ``-``.
+
+A policy turns a task call into a cache key (or None: do not cache). The default is written as the
+composition it is::
+
+    DEFAULT = INPUTS + TASK_SOURCE
+
+which is *cross-run*: a restarted kernel or a new process computes the same key for the same code and
+inputs, and hits. Add ``RUN_ID`` to confine entries to one run; subtract an argument name to leave it
+out of the key (``INPUTS - "verbose"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nbflow.exceptions import ConfigurationError, UnfingerprintableError
+
+if TYPE_CHECKING:
+    from nbflow.tasks import Task
+
+__all__ = [
+    "DEFAULT",
+    "FLOW_PARAMETERS",
+    "INPUTS",
+    "NONE",
+    "RUN_ID",
+    "TASK_SOURCE",
+    "CacheKeyFnPolicy",
+    "CachePolicy",
+    "CompoundCachePolicy",
+    "FlowParameters",
+    "Inputs",
+    "KeyContext",
+    "NoCache",
+    "RunId",
+    "TaskSource",
+]
+
+
+class ArgumentError(UnfingerprintableError):
+    """An argument could not be fingerprinted; ``argument`` names it."""
+
+    def __init__(self, argument: str, cause: BaseException) -> None:
+        super().__init__(f"argument {argument!r}: {cause}")
+        self.argument = argument
+
+
+def fingerprint_arguments(arguments: dict[str, Any]) -> str:
+    """One digest over named values, in name order; raises :class:`ArgumentError` naming a bad one."""
+    import xxhash
+
+    from nbflow.hashing import fingerprint
+
+    hasher = xxhash.xxh3_128()
+    for name in sorted(arguments):
+        try:
+            digest = fingerprint(arguments[name])
+        except UnfingerprintableError as error:
+            raise ArgumentError(name, error) from error
+        except RecursionError as error:
+            raise ArgumentError(name, UnfingerprintableError("value is nested too deeply")) from error
+        hasher.update(name.encode())
+        hasher.update(b"\0")
+        hasher.update(digest.encode())
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyContext:
+    """What a policy may look at besides the task's inputs."""
+
+    task: Task[..., Any]
+    run_id: str
+    flow_parameters: dict[str, Any] | None = None
+
+
+class CachePolicy:
+    """Base class: ``compute_key`` returns a string, or None when the call must not be cached."""
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def parts(self) -> tuple[CachePolicy, ...]:
+        return (self,)
+
+    def __add__(self, other: CachePolicy) -> CachePolicy:
+        if not isinstance(other, CachePolicy):
+            return NotImplemented
+        return _compose((*self.parts(), *other.parts()))
+
+    def __sub__(self, name: str) -> CachePolicy:
+        if not isinstance(name, str):
+            raise ConfigurationError(
+                f"a cache policy minus {name!r}: subtract an argument name, e.g. INPUTS - 'verbose'"
+            )
+        if not any(isinstance(part, Inputs) for part in self.parts()):
+            raise ConfigurationError(
+                f"cannot subtract {name!r} from {self!r}: only a policy that includes INPUTS has arguments"
+            )
+        return _compose(tuple(part - name if isinstance(part, Inputs) else part for part in self.parts()))
+
+
+def _compose(parts: Iterable[CachePolicy]) -> CachePolicy:
+    unique: list[CachePolicy] = []
+    for part in parts:
+        if isinstance(part, NoCache) or part in unique:
+            continue
+        unique.append(part)
+    if not unique:
+        return NONE
+    if len(unique) == 1:
+        return unique[0]
+    return CompoundCachePolicy(tuple(unique))
+
+
+@dataclass(frozen=True)
+class Inputs(CachePolicy):
+    """Fingerprints of the task's bound arguments (defaults included), minus ``exclude``."""
+
+    exclude: frozenset[str] = field(default_factory=frozenset)
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        return fingerprint_arguments(
+            {name: value for name, value in inputs.items() if name not in self.exclude}
+        )
+
+    def __sub__(self, name: str) -> CachePolicy:
+        if not isinstance(name, str):
+            raise ConfigurationError(f"INPUTS - {name!r}: subtract an argument name (a string)")
+        return Inputs(self.exclude | {name})
+
+    def __repr__(self) -> str:
+        if self.exclude:
+            return "INPUTS - " + " - ".join(repr(name) for name in sorted(self.exclude))
+        return "INPUTS"
+
+
+@dataclass(frozen=True)
+class TaskSource(CachePolicy):
+    """The code identity of the task: its normalized source and the notebook code it uses."""
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        from nbflow.hashing import code_identity
+
+        return code_identity(context.task.fn)
+
+    def __repr__(self) -> str:
+        return "TASK_SOURCE"
+
+
+@dataclass(frozen=True)
+class RunId(CachePolicy):
+    """The id of the flow run (or, outside flows, of the session run): entries live for one run."""
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        return context.run_id
+
+    def __repr__(self) -> str:
+        return "RUN_ID"
+
+
+@dataclass(frozen=True)
+class FlowParameters(CachePolicy):
+    """Fingerprint of the enclosing flow's parameters (empty outside a flow)."""
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        return fingerprint_arguments(context.flow_parameters or {})
+
+    def __repr__(self) -> str:
+        return "FLOW_PARAMETERS"
+
+
+@dataclass(frozen=True)
+class NoCache(CachePolicy):
+    """Never cache: the task always runs (results may still be persisted for the record)."""
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return "NONE"
+
+
+@dataclass(frozen=True)
+class CompoundCachePolicy(CachePolicy):
+    """Several policies together; the key covers every part's key."""
+
+    policies: tuple[CachePolicy, ...]
+
+    def parts(self) -> tuple[CachePolicy, ...]:
+        return self.policies
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        keys = [policy.compute_key(context, inputs) for policy in self.policies]
+        present = [key for key in keys if key is not None]
+        if not present:
+            return None
+        return "|".join(present)
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(policy) for policy in self.policies)
+
+
+@dataclass(frozen=True)
+class CacheKeyFnPolicy(CachePolicy):
+    """A user function ``cache_key_fn(context, parameters) -> str | None`` decides the key."""
+
+    fn: Callable[[KeyContext, dict[str, Any]], str | None]
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        key = self.fn(context, inputs)
+        if key is not None and not isinstance(key, str):
+            raise ConfigurationError(
+                f"cache_key_fn {getattr(self.fn, '__name__', self.fn)!r} returned {type(key).__name__}; "
+                "it must return a string or None"
+            )
+        return key
+
+
+INPUTS: CachePolicy = Inputs()
+TASK_SOURCE: CachePolicy = TaskSource()
+RUN_ID: CachePolicy = RunId()
+FLOW_PARAMETERS: CachePolicy = FlowParameters()
+NONE: CachePolicy = NoCache()
+DEFAULT: CachePolicy = INPUTS + TASK_SOURCE

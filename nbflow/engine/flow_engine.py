@@ -1,0 +1,147 @@
+"""The flow engine: validates parameters, opens a run, runs the body with retries and a timeout.
+
+A flow retry re-runs the body in the *same* run: task calls that completed in an earlier attempt are
+reused (matched by task and call order), so only what failed, and what comes after it, runs again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from nbflow import events
+from nbflow.context import FlowRunContext, _flow_run, current_flow_run
+from nbflow.engine.retries import delay_for
+from nbflow.engine.runtime import summarize
+from nbflow.engine.task_engine import error_summary
+from nbflow.engine.timeouts import timeout
+from nbflow.exceptions import TaskTimeoutError
+from nbflow.runs import RunRecord, StateEntry, history, new_id
+from nbflow.states import Cancelled, Completed, Crashed, Failed, State, StateType, TimedOut
+
+if TYPE_CHECKING:
+    from nbflow.flows import Flow
+
+__all__ = ["run_flow"]
+
+
+class FlowRunEngine:
+    """Drives one call of one flow."""
+
+    def __init__(self, flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.flow = flow
+        self.args = args
+        self.kwargs = kwargs
+        self.parent = current_flow_run()
+        self.run: RunRecord | None = None
+        self.context: FlowRunContext | None = None
+
+    def set_state(self, state: State) -> None:
+        run = self.run
+        assert run is not None
+        run.state = state.name
+        run.state_type = state.type.value
+        run.history.append(StateEntry(state.name, state.type.value, time.time(), state.message))
+        history().mark(run)
+        if events.has_subscribers():
+            events.publish(events.Event("run", state, run))
+
+    def begin(self) -> None:
+        # Validation first: a wrong parameter is an error before any run exists or any task runs.
+        parameters = self.flow.bind_parameters(self.args, self.kwargs)
+        parent_run_id = self.parent.run.id if self.parent else None
+        self.run = RunRecord(
+            id=new_id(), flow_name=self.flow.name, kind="flow", parent_run_id=parent_run_id,
+            parameters={name: summarize(value) for name, value in parameters.items()},
+        )
+        self.context = FlowRunContext(flow=self.flow, run=self.run, parameters=parameters)
+        self.set_state(State(type=StateType.PENDING, name="Pending"))
+
+    def call_body(self) -> State:
+        flow = self.flow
+        context = self.context
+        run = self.run
+        assert context is not None and run is not None
+        while True:
+            run.attempts += 1
+            context.attempt = run.attempts
+            context.call_counts = {}
+            name = "Running" if run.attempts == 1 else "Retrying"
+            self.set_state(State(type=StateType.RUNNING, name=name,
+                                 message=None if run.attempts == 1 else f"attempt {run.attempts}"))
+            token = _flow_run.set(context)
+            try:
+                with timeout(flow.timeout_seconds, f"flow {flow.name!r}"):
+                    args, kwargs = _call_arguments(flow, context.parameters)
+                    result = flow.fn(*args, **kwargs)
+            except TaskTimeoutError as error:
+                state = TimedOut(error, message=str(error))
+            except KeyboardInterrupt as error:
+                return Cancelled(error, message="interrupted (KeyboardInterrupt)")
+            except Exception as error:
+                state = Failed(error, message=error_summary(error))
+            except BaseException as error:
+                return Crashed(error, message=error_summary(error))
+            else:
+                return Completed(result)
+            finally:
+                _flow_run.reset(token)
+            if run.attempts > flow.retries:
+                return state
+            delay = delay_for(flow.retry_delay_seconds, run.attempts)
+            self.set_state(State(type=StateType.SCHEDULED, name="AwaitingRetry",
+                                 message=f"{state.message}; retry {run.attempts} of {flow.retries}"))
+            try:
+                if delay > 0:
+                    time.sleep(delay)
+            except KeyboardInterrupt as error:
+                return Cancelled(error, message="interrupted while waiting to retry")
+
+    def finish(self, state: State) -> State:
+        run = self.run
+        assert run is not None
+        run.end_time = time.time()
+        if not state.is_completed():
+            error = state.result(raise_on_failure=False)
+            if isinstance(error, BaseException):
+                run.error = error_summary(error)
+        self.set_state(state)
+        hooks = self.flow.on_completion if state.is_completed() else self.flow.on_failure
+        for hook in hooks:
+            try:
+                hook(self.flow, run, state)
+            except Exception:
+                import logging
+
+                logging.getLogger("nbflow").exception(
+                    "hook %r of flow %r raised; the flow's state is unchanged", hook, self.flow.name
+                )
+        if self.context is not None:
+            self.context.results.clear()  # release references held for graph edges
+        if self.parent is None:
+            history().flush()
+        return state
+
+    def run_to_state(self) -> State:
+        self.begin()
+        return self.finish(self.call_body())
+
+
+def _call_arguments(flow: Flow[..., Any], parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Positional and keyword arguments for the body from validated parameters (``*args`` included)."""
+    import inspect
+
+    bound = inspect.BoundArguments(flow.signature, dict(parameters))  # type: ignore[arg-type]
+    return bound.args, bound.kwargs
+
+
+def run_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             return_state: bool = False) -> Any:
+    """Run one call of ``flow``; return its result, or its final state with ``return_state``."""
+    engine = FlowRunEngine(flow, args, kwargs)
+    state = engine.run_to_state()
+    if return_state:
+        if state.type in (StateType.CANCELLED, StateType.CRASHED):
+            raise state.result(raise_on_failure=False)
+        return state
+    return state.result()

@@ -1,0 +1,128 @@
+"""Process-wide pieces the engine shares: the open result store, the session run, value summaries."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from nbflow import settings as _settings
+from nbflow.runs import RunRecord, StateEntry, history, new_id
+
+if TYPE_CHECKING:
+    from nbflow.store import ResultStore
+
+__all__ = ["finish_session", "get_store", "session_run", "summarize"]
+
+_lock = threading.Lock()
+_store: ResultStore | None = None
+
+
+def get_store() -> ResultStore:
+    """The result store of the configured ``NBFLOW_HOME``, opened on first use."""
+    global _store
+    store = _store
+    if store is None:
+        with _lock:
+            if _store is None:
+                from nbflow.store import ResultStore
+
+                _store = ResultStore.from_settings(_settings.get_settings())
+            store = _store
+    return store
+
+
+def _reopen(_: _settings.Settings) -> None:
+    global _store, _session
+    with _lock:
+        if _store is not None:
+            _store.close()
+            _store = None
+        # The session run belongs to the old home's history (flushed at exit); the new home gets
+        # a session run of its own on the next task call.
+        _session = None
+
+
+_settings.on_change(_reopen)
+
+_session: RunRecord | None = None
+
+
+def session_run() -> RunRecord:
+    """The run that records task calls made outside any flow: one per process (or kernel)."""
+    global _session
+    run = _session
+    if run is None or run.pid != os.getpid():
+        with _lock:
+            if _session is None or _session.pid != os.getpid():
+                now = time.time()
+                _session = RunRecord(
+                    id=new_id(), flow_name="session", kind="session", state="Running",
+                    state_type="RUNNING", start_time=now, source=_session_source(),
+                    history=[StateEntry("Running", "RUNNING", now)],
+                )
+            run = _session
+    return run
+
+
+def _session_source() -> str | None:
+    main = sys.modules.get("__main__")
+    return getattr(main, "__file__", None)
+
+
+def finish_session() -> None:
+    """End this process's session run (Completed, or Failed if a task failed) and write history now."""
+    _end_session()
+    history().flush()
+
+
+def _end_session() -> None:
+    run = _session
+    if run is None or run.end_time is not None or run.pid != os.getpid():
+        return
+    if not run.task_runs:
+        return
+    counts = run.counts()
+    failed = counts["failed"] > 0
+    run.state = "Failed" if failed else "Completed"
+    run.state_type = "FAILED" if failed else "COMPLETED"
+    run.end_time = time.time()
+    run.history.append(StateEntry(run.state, run.state_type, run.end_time))
+    history().mark(run)
+
+
+def _at_exit() -> None:
+    try:
+        finish_session()
+    except Exception:
+        pass
+
+
+# Registered after nbflow.runs' own handler, so it runs first (atexit is last-in, first-out).
+atexit.register(_at_exit)
+
+_SCALARS = (bool, int, float, complex, type(None))
+
+
+def summarize(value: Any, limit: int = 80) -> str:
+    """A short, cheap description of a value for run records: never calls an expensive ``repr``."""
+    if isinstance(value, _SCALARS):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = repr(value) if len(value) <= limit else repr(value[: limit - 5]) + "..."
+    elif isinstance(value, (bytes, bytearray)):
+        text = f"{type(value).__name__}[{len(value)}]"
+    elif isinstance(value, (list, tuple, set, frozenset, dict)):
+        text = f"{type(value).__name__}[{len(value)}]"
+    else:
+        kind = type(value).__qualname__
+        shape = getattr(value, "shape", None)
+        if isinstance(shape, tuple):
+            dtype = getattr(value, "dtype", None)
+            text = f"{kind} shape={shape}" + (f" dtype={dtype}" if dtype is not None and kind == "ndarray" else "")
+        else:
+            text = f"<{kind}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

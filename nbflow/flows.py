@@ -1,0 +1,225 @@
+"""Flows: ``@nbflow.flow`` groups task calls into one recorded run with validated parameters, retries and
+a timeout. Flows nest: a flow called inside another is a subflow with its own run.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from nbflow.engine.retries import RetryDelay, check_delay
+from nbflow.exceptions import ConfigurationError, ParameterError
+from nbflow.tasks import _check_hooks, _check_number
+
+if TYPE_CHECKING:
+    from nbflow.runs import RunRecord
+    from nbflow.states import State
+
+__all__ = ["Flow", "flow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+FlowHook = Callable[["Flow[..., Any]", "RunRecord", "State"], Any]
+
+
+class Flow(Generic[P, R]):
+    """A function whose calls are flow runs: parameters validated, tasks inside recorded as one run.
+
+    Make one with :func:`flow`. Calling it returns the function's result (or raises its final
+    exception); ``flow(..., return_state=True)`` returns the final :class:`~nbflow.State` instead.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay_seconds: RetryDelay = 0,
+        timeout_seconds: float | None = None,
+        validate_parameters: bool = True,
+        log_prints: bool = False,
+        on_completion: Iterable[FlowHook] = (),
+        on_failure: Iterable[FlowHook] = (),
+    ) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"@flow decorates a function; got {fn!r}")
+        if inspect.iscoroutinefunction(fn):
+            raise ConfigurationError(
+                f"@flow {getattr(fn, '__name__', fn)!r}: async flows are not supported yet"
+            )
+        owner = f"@flow {getattr(fn, '__qualname__', repr(fn))!r}"
+        _check_number(retries, "retries", owner, allow_none=False, integer=True)
+        check_delay(retry_delay_seconds, owner)
+        _check_number(timeout_seconds, "timeout_seconds", owner, positive=True)
+        self.fn = fn
+        self.name: str = name or getattr(fn, "__name__", None) or type(fn).__name__
+        self.retries = retries
+        self.retry_delay_seconds = retry_delay_seconds
+        self.timeout_seconds = timeout_seconds
+        self.validate_parameters = bool(validate_parameters)
+        self.log_prints = bool(log_prints)
+        self.on_completion = _check_hooks(on_completion, "on_completion", owner)
+        self.on_failure = _check_hooks(on_failure, "on_failure", owner)
+        self._options: dict[str, Any] = {
+            "name": name, "retries": retries, "retry_delay_seconds": retry_delay_seconds,
+            "timeout_seconds": timeout_seconds, "validate_parameters": validate_parameters,
+            "log_prints": log_prints, "on_completion": self.on_completion, "on_failure": self.on_failure,
+        }
+        self.signature = inspect.signature(fn)
+        self._validators: dict[str, Any] | None = None
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r})"
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+        """Run the flow and return its result; ``return_state=True`` returns the final state."""
+        from nbflow.engine.flow_engine import run_flow
+
+        return run_flow(self, args, kwargs, return_state=return_state)
+
+    def with_options(self, **overrides: Any) -> Flow[P, R]:
+        """A copy of this flow with some options changed."""
+        unknown = set(overrides) - set(self._options)
+        if unknown:
+            raise ConfigurationError(
+                f"{self!r}.with_options: unknown option(s) {sorted(unknown)}; known: {sorted(self._options)}"
+            )
+        options = {**self._options, **overrides}
+        if options["name"] is None:
+            options["name"] = self.name
+        return Flow(self.fn, **options)
+
+    def bind_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind a call's arguments and validate them against the type hints (before anything runs).
+
+        Values are coerced the way pydantic does in lax mode (``"3"`` for an ``int`` becomes ``3``);
+        parameters without a hint, or with a hint that cannot be resolved, are passed through.
+        """
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise ParameterError(f"flow {self.name!r}: {error} (signature: {self.name}{self.signature})") from None
+        bound.apply_defaults()
+        parameters = dict(bound.arguments)
+        if not self.validate_parameters:
+            return parameters
+        validators = self._get_validators()
+        problems: list[str] = []
+        for name, adapter in validators.items():
+            if name not in parameters:
+                continue
+            kind = self.signature.parameters[name].kind
+            if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            try:
+                parameters[name] = adapter.validate_python(parameters[name])
+            except Exception as error:
+                detail = _first_error(error)
+                problems.append(f"{name}={_short(parameters[name])}: {detail}")
+        if problems:
+            raise ParameterError(
+                f"flow {self.name!r} got invalid parameters — " + "; ".join(problems)
+            )
+        return parameters
+
+    def _get_validators(self) -> dict[str, Any]:
+        if self._validators is None:
+            from pydantic import ConfigDict, TypeAdapter
+
+            hints = _resolve_hints(self.fn)
+            validators: dict[str, Any] = {}
+            for name in self.signature.parameters:
+                hint = hints.get(name)
+                if hint is None or hint is Any:
+                    continue
+                try:
+                    validators[name] = TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
+                except Exception:
+                    try:
+                        validators[name] = TypeAdapter(hint)
+                    except Exception:
+                        continue  # a hint pydantic cannot check is documentation only
+            self._validators = validators
+        return self._validators
+
+
+def _resolve_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        pass
+    # Some hints do not resolve (e.g. "pd.DataFrame" without pandas imported): keep the ones that do.
+    hints: dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, dict(namespace))
+            except Exception:
+                continue
+        hints[name] = annotation
+    return hints
+
+
+def _first_error(error: Exception) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return str(first.get("msg", error))
+        except Exception:
+            pass
+    return str(error)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@overload
+def flow(fn: Callable[P, R]) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: RetryDelay = 0,
+    timeout_seconds: float | None = None,
+    validate_parameters: bool = True,
+    log_prints: bool = False,
+    on_completion: Iterable[FlowHook] = (),
+    on_failure: Iterable[FlowHook] = (),
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Turn a function into a :class:`Flow`; use bare (``@nbflow.flow``) or with options.
+
+    Options: ``name``; ``retries`` / ``retry_delay_seconds`` (a retry re-runs the body in the same run,
+    reusing every task that completed in an earlier attempt); ``timeout_seconds``;
+    ``validate_parameters`` (pydantic, against the type hints, before any task runs); ``log_prints``
+    (prints of tasks inside are kept in their logs); hooks ``on_completion`` / ``on_failure`` called
+    ``(flow, run, state)``.
+    """
+    if fn is None:
+        return lambda function: Flow(function, **options)
+    if options:
+        raise ConfigurationError("use @flow(...) with keyword options only, e.g. @nbflow.flow(retries=1)")
+    return Flow(fn)

@@ -1,0 +1,331 @@
+"""Run history: one :class:`RunRecord` per flow run (or per process session), each with its task runs.
+
+Records live in memory while a run is in progress and are written to ``<NBFLOW_HOME>/runs.sqlite``
+(SQLite in WAL mode, so the CLI can read while a kernel writes). Writes are batched: a background thread
+flushes changed records at most a few times a second, a finished flow flushes at once, and so does
+process exit. A crash can lose the last fraction of a second of *history*, never a stored result.
+
+Query with :func:`list_runs` (newest first) and :func:`get_run`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "get_run", "list_runs"]
+
+_SCHEMA_VERSION = 1
+_FLUSH_INTERVAL = 0.25
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class StateEntry:
+    """One step of a run's state history."""
+
+    name: str
+    type: str
+    timestamp: float
+    message: str | None = None
+
+
+@dataclass
+class TaskRunRecord:
+    """The record of one task call: every attempt, the cache key and how it ended."""
+
+    id: str
+    run_id: str
+    task_name: str
+    task_key: str
+    state: str = "Pending"
+    state_type: str = "PENDING"
+    attempts: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    cache_key: str | None = None
+    cache_hit: bool = False
+    persisted: bool | None = None
+    error: str | None = None
+    traceback: str | None = None
+    logs: list[str] = field(default_factory=list)
+    history: list[StateEntry] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+    result: str | None = None
+    upstream: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first Running to the final state (None while it runs)."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration"] = self.duration
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRunRecord:
+        data = dict(data)
+        data.pop("duration", None)
+        data["history"] = [StateEntry(**entry) for entry in data.get("history", [])]
+        known = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class RunRecord:
+    """The record of one flow run, or of the task calls one process made outside any flow
+    (``kind="session"``)."""
+
+    id: str
+    flow_name: str
+    kind: str = "flow"
+    state: str = "Pending"
+    state_type: str = "PENDING"
+    start_time: float = field(default_factory=time.time)
+    end_time: float | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    parent_run_id: str | None = None
+    attempts: int = 0
+    pid: int = field(default_factory=os.getpid)
+    history: list[StateEntry] = field(default_factory=list)
+    task_runs: list[TaskRunRecord] = field(default_factory=list)
+    source: str | None = None
+    # Set by `nbflow run` (through NBFLOW_LAUNCH_ID) so it can find the runs its kernel made.
+    launch_id: str | None = field(default_factory=lambda: os.environ.get("NBFLOW_LAUNCH_ID") or None)
+
+    @property
+    def duration(self) -> float | None:
+        if self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    def counts(self) -> dict[str, int]:
+        """Task runs by outcome: cached, computed, failed, other."""
+        counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
+        for task_run in self.task_runs:
+            if task_run.state == "Cached":
+                counts["cached"] += 1
+            elif task_run.state_type == "COMPLETED":
+                counts["computed"] += 1
+            elif task_run.state_type in ("FAILED", "CRASHED", "CANCELLED"):
+                counts["failed"] += 1
+            else:
+                counts["other"] += 1
+        return counts
+
+    def header(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("task_runs")
+        return data
+
+
+class RunHistory:
+    """The SQLite-backed history under one home directory. One instance per home per process."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / "runs.sqlite"
+        self._lock = threading.Lock()
+        self._dirty_runs: dict[str, RunRecord] = {}
+        self._dirty_tasks: dict[str, TaskRunRecord] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._initialized = False
+
+    # -- connection -----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        if not self._initialized:
+            connection.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS runs (
+                    id TEXT PRIMARY KEY, flow_name TEXT, kind TEXT, state TEXT, start_time REAL,
+                    end_time REAL, data TEXT NOT NULL, schema INTEGER NOT NULL);
+                CREATE INDEX IF NOT EXISTS runs_start ON runs(start_time);
+                CREATE TABLE IF NOT EXISTS task_runs (
+                    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task_name TEXT,
+                    state TEXT, data TEXT NOT NULL, schema INTEGER NOT NULL);
+                CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
+                """
+            )
+            self._initialized = True
+        return connection
+
+    # -- writing --------------------------------------------------------------------------------
+    def mark(self, run: RunRecord, task_run: TaskRunRecord | None = None) -> None:
+        """Note that ``run`` (and ``task_run``) changed; they are written on the next flush."""
+        with self._lock:
+            self._dirty_runs[run.id] = run
+            if task_run is not None:
+                self._dirty_tasks[task_run.id] = task_run
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._loop, name="nbflow-run-history", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(_FLUSH_INTERVAL)
+            try:
+                self.flush()
+            except Exception:  # history must never take a task down
+                import logging
+
+                logging.getLogger("nbflow.runs").exception("could not write run history")
+
+    def flush(self) -> None:
+        """Write every changed record now."""
+        with self._lock:
+            runs = list(self._dirty_runs.values())
+            tasks = list(self._dirty_tasks.values())
+            self._dirty_runs.clear()
+            self._dirty_tasks.clear()
+            # Serialize under the lock: the engine mutates records in place from other threads.
+            run_rows = [
+                (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time,
+                 json.dumps(r.header(), default=str), _SCHEMA_VERSION)
+                for r in runs
+            ]
+            task_rows = [
+                (t.id, t.run_id, t.seq, t.task_name, t.state, json.dumps(t.to_dict(), default=str),
+                 _SCHEMA_VERSION)
+                for t in tasks
+            ]
+        if not run_rows and not task_rows:
+            return
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?)", run_rows)
+            connection.executemany("INSERT OR REPLACE INTO task_runs VALUES (?,?,?,?,?,?,?)", task_rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK") if connection.in_transaction else None
+            with self._lock:  # keep them for the next try
+                for r in runs:
+                    self._dirty_runs.setdefault(r.id, r)
+                for t in tasks:
+                    self._dirty_tasks.setdefault(t.id, t)
+            raise
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self.flush()
+
+    # -- reading --------------------------------------------------------------------------------
+    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
+        self.flush()
+        if not self.path.exists():
+            return []
+        connection = self._connect()
+        try:
+            query = "SELECT id, data FROM runs ORDER BY start_time DESC"
+            rows = connection.execute(query + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
+            runs = [_run_from_json(data) for _, data in rows]
+            by_id = {run.id: run for run in runs}
+            if by_id:
+                marks = ",".join("?" * len(by_id))
+                for (data,) in connection.execute(
+                    f"SELECT data FROM task_runs WHERE run_id IN ({marks}) ORDER BY seq", tuple(by_id)
+                ):
+                    task_run = TaskRunRecord.from_dict(json.loads(data))
+                    by_id[task_run.run_id].task_runs.append(task_run)
+            return runs
+        finally:
+            connection.close()
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        self.flush()
+        if not self.path.exists():
+            return None
+        connection = self._connect()
+        try:
+            row = connection.execute("SELECT data FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                matches = connection.execute(
+                    "SELECT data FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
+                ).fetchall()
+                if len(matches) != 1:
+                    return None
+                row = matches[0]
+            run = _run_from_json(row[0])
+            for (data,) in connection.execute(
+                "SELECT data FROM task_runs WHERE run_id = ? ORDER BY seq", (run.id,)
+            ):
+                run.task_runs.append(TaskRunRecord.from_dict(json.loads(data)))
+            return run
+        finally:
+            connection.close()
+
+
+def _run_from_json(text: str) -> RunRecord:
+    data = json.loads(text)
+    data["history"] = [StateEntry(**entry) for entry in data.get("history", [])]
+    known = RunRecord.__dataclass_fields__
+    return RunRecord(**{key: value for key, value in data.items() if key in known})
+
+
+_histories: dict[Path, RunHistory] = {}
+_histories_lock = threading.Lock()
+
+
+def history(home: Path | None = None) -> RunHistory:
+    """The run history of ``home`` (default: the configured ``NBFLOW_HOME``)."""
+    if home is None:
+        from nbflow.settings import get_settings
+
+        home = get_settings().home
+    with _histories_lock:
+        found = _histories.get(home)
+        if found is None:
+            found = _histories[home] = RunHistory(home)
+        return found
+
+
+@atexit.register
+def _flush_all() -> None:
+    for found in list(_histories.values()):
+        try:
+            found.close()
+        except Exception:
+            pass
+
+
+def list_runs(limit: int | None = None) -> list[RunRecord]:
+    """Recorded runs, newest first, each with its task runs (state, attempts, duration, cache key, ...)."""
+    if limit is not None and limit <= 0:
+        from nbflow.exceptions import ConfigurationError
+
+        raise ConfigurationError(f"list_runs(limit={limit!r}): limit must be a positive number or None")
+    return history().list_runs(limit)
+
+
+def get_run(run_id: str) -> RunRecord | None:
+    """One run by id (a unique prefix of the id works too), or None if there is no such run."""
+    return history().get_run(run_id)

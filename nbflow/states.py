@@ -1,0 +1,174 @@
+"""States are data: one pydantic model with a ``type`` that drives logic and a ``name`` for display.
+
+The constructors (:func:`Completed`, :func:`Cached`, :func:`Failed`, ...) are the only way the engine
+makes states, so every name used anywhere is listed here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from nbflow.exceptions import MissingResult
+
+__all__ = [
+    "AwaitingRetry",
+    "Cached",
+    "Cancelled",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "Pending",
+    "Retrying",
+    "Running",
+    "State",
+    "StateType",
+    "TimedOut",
+]
+
+
+class StateType(str, enum.Enum):
+    """The kind of a state; names such as ``Cached`` or ``TimedOut`` refine a type for display."""
+
+    PENDING = "PENDING"
+    SCHEDULED = "SCHEDULED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED})
+
+_NOT_SET: Any = object()
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+class State(BaseModel):
+    """The state of a task run or flow run at one moment.
+
+    ``type`` drives logic (``COMPLETED``, ``FAILED``, ...); ``name`` is what users read (``Cached`` is a
+    ``COMPLETED`` state whose result came from the store). The result, or the exception of a failed run,
+    rides along privately and is returned or raised by :meth:`result`.
+    """
+
+    model_config = ConfigDict(frozen=False, arbitrary_types_allowed=True)
+
+    type: StateType
+    name: str
+    message: str | None = None
+    timestamp: _dt.datetime = Field(default_factory=_now)
+    persisted: bool | None = Field(
+        default=None, description="Whether the result was written to the store (None: not applicable)."
+    )
+
+    _data: Any = PrivateAttr(default=_NOT_SET)
+
+    def __repr__(self) -> str:
+        message = f", message={self.message!r}" if self.message else ""
+        return f"State(name={self.name!r}, type={self.type.value}{message})"
+
+    __str__ = __repr__
+
+    def is_pending(self) -> bool:
+        return self.type in (StateType.PENDING, StateType.SCHEDULED)
+
+    def is_scheduled(self) -> bool:
+        return self.type == StateType.SCHEDULED
+
+    def is_running(self) -> bool:
+        return self.type == StateType.RUNNING
+
+    def is_completed(self) -> bool:
+        return self.type == StateType.COMPLETED
+
+    def is_failed(self) -> bool:
+        return self.type == StateType.FAILED
+
+    def is_crashed(self) -> bool:
+        return self.type == StateType.CRASHED
+
+    def is_cancelled(self) -> bool:
+        return self.type == StateType.CANCELLED
+
+    def is_final(self) -> bool:
+        """True for COMPLETED, FAILED, CANCELLED and CRASHED."""
+        return self.type in _FINAL
+
+    def has_result(self) -> bool:
+        return self._data is not _NOT_SET
+
+    def result(self, raise_on_failure: bool = True) -> Any:
+        """The run's return value; for a failed run, its exception is raised (or returned when
+        ``raise_on_failure=False``)."""
+        data = self._data
+        if isinstance(data, BaseException) and not self.is_completed():
+            if raise_on_failure:
+                raise data
+            return data
+        if data is _NOT_SET:
+            raise MissingResult(f"state {self.name!r} has no result attached")
+        return data
+
+    def with_data(self, data: Any) -> State:
+        """Attach a result (or exception) and return self."""
+        self._data = data
+        return self
+
+
+def _state(type_: StateType, name: str, message: str | None = None, data: Any = _NOT_SET,
+           **fields: Any) -> State:
+    state = State(type=type_, name=name, message=message, **fields)
+    if data is not _NOT_SET:
+        state._data = data
+    return state
+
+
+def Pending(message: str | None = None) -> State:  # noqa: N802 - constructors read as state names
+    return _state(StateType.PENDING, "Pending", message)
+
+
+def Running(message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.RUNNING, "Running", message)
+
+
+def AwaitingRetry(message: str | None = None, scheduled_time: _dt.datetime | None = None) -> State:  # noqa: N802
+    return _state(StateType.SCHEDULED, "AwaitingRetry", message)
+
+
+def Retrying(message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.RUNNING, "Retrying", message)
+
+
+def Completed(data: Any = None, message: str | None = None, persisted: bool | None = None) -> State:  # noqa: N802
+    return _state(StateType.COMPLETED, "Completed", message, data, persisted=persisted)
+
+
+def Cached(data: Any = None, message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.COMPLETED, "Cached", message, data, persisted=True)
+
+
+def Failed(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.FAILED, "Failed", message, error if error is not None else _NOT_SET)
+
+
+def TimedOut(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.FAILED, "TimedOut", message, error if error is not None else _NOT_SET)
+
+
+def Crashed(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.CRASHED, "Crashed", message, error if error is not None else _NOT_SET)
+
+
+def Cancelled(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+    return _state(StateType.CANCELLED, "Cancelled", message, error if error is not None else _NOT_SET)
