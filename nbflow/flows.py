@@ -71,7 +71,7 @@ class Flow(Generic[P, R]):
         }
         self.signature = inspect.signature(fn)
         self._validators: dict[str, Any] | None = None
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r})"
@@ -82,7 +82,7 @@ class Flow(Generic[P, R]):
     @overload
     def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
 
-    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:  # type: ignore[misc]
         """Run the flow and return its result; ``return_state=True`` returns the final state."""
         from nbflow.engine.flow_engine import run_flow
 

@@ -134,41 +134,41 @@ def _state(type_: StateType, name: str, message: str | None = None, data: Any = 
     return state
 
 
-def Pending(message: str | None = None) -> State:  # noqa: N802 - constructors read as state names
+def Pending(message: str | None = None) -> State:
     return _state(StateType.PENDING, "Pending", message)
 
 
-def Running(message: str | None = None) -> State:  # noqa: N802
+def Running(message: str | None = None) -> State:
     return _state(StateType.RUNNING, "Running", message)
 
 
-def AwaitingRetry(message: str | None = None, scheduled_time: _dt.datetime | None = None) -> State:  # noqa: N802
+def AwaitingRetry(message: str | None = None, scheduled_time: _dt.datetime | None = None) -> State:
     return _state(StateType.SCHEDULED, "AwaitingRetry", message)
 
 
-def Retrying(message: str | None = None) -> State:  # noqa: N802
+def Retrying(message: str | None = None) -> State:
     return _state(StateType.RUNNING, "Retrying", message)
 
 
-def Completed(data: Any = None, message: str | None = None, persisted: bool | None = None) -> State:  # noqa: N802
+def Completed(data: Any = None, message: str | None = None, persisted: bool | None = None) -> State:
     return _state(StateType.COMPLETED, "Completed", message, data, persisted=persisted)
 
 
-def Cached(data: Any = None, message: str | None = None) -> State:  # noqa: N802
+def Cached(data: Any = None, message: str | None = None) -> State:
     return _state(StateType.COMPLETED, "Cached", message, data, persisted=True)
 
 
-def Failed(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+def Failed(error: BaseException | None = None, message: str | None = None) -> State:
     return _state(StateType.FAILED, "Failed", message, error if error is not None else _NOT_SET)
 
 
-def TimedOut(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+def TimedOut(error: BaseException | None = None, message: str | None = None) -> State:
     return _state(StateType.FAILED, "TimedOut", message, error if error is not None else _NOT_SET)
 
 
-def Crashed(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+def Crashed(error: BaseException | None = None, message: str | None = None) -> State:
     return _state(StateType.CRASHED, "Crashed", message, error if error is not None else _NOT_SET)
 
 
-def Cancelled(error: BaseException | None = None, message: str | None = None) -> State:  # noqa: N802
+def Cancelled(error: BaseException | None = None, message: str | None = None) -> State:
     return _state(StateType.CANCELLED, "Cancelled", message, error if error is not None else _NOT_SET)

@@ -151,7 +151,7 @@ class Task(Generic[P, R]):
         self._signature: inspect.Signature | None = None
         self._return_hint: Any = None
         self._return_hint_known = False
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     @property
     def signature(self) -> inspect.Signature:
@@ -180,7 +180,7 @@ class Task(Generic[P, R]):
     @overload
     def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
 
-    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:  # type: ignore[misc]
         """Run the task now (or take its result from the cache) and return its result.
 
         With ``return_state=True`` the final :class:`~nbflow.State` is returned and a failure does not

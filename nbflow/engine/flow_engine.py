@@ -131,7 +131,7 @@ def _call_arguments(flow: Flow[..., Any], parameters: dict[str, Any]) -> tuple[t
     """Positional and keyword arguments for the body from validated parameters (``*args`` included)."""
     import inspect
 
-    bound = inspect.BoundArguments(flow.signature, dict(parameters))  # type: ignore[arg-type]
+    bound = inspect.BoundArguments(flow.signature, dict(parameters))
     return bound.args, bound.kwargs
 
 

@@ -43,7 +43,7 @@ _logger.addHandler(_RunLogHandler())
 _logger.setLevel(logging.INFO)
 
 
-class _RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _RunLoggerAdapter(logging.LoggerAdapter):
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         task_context = current_task_run()
         if task_context is not None:
@@ -54,7 +54,7 @@ class _RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
-def get_run_logger() -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def get_run_logger() -> logging.LoggerAdapter:
     """A logger whose records inside a task are kept in that task run's logs (see ``nbflow.runs``).
 
     Outside any run it still works (records go to the ``nbflow.run`` logger only).

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Union
+from typing import TypeAlias
 
 from nbflow.exceptions import ConfigurationError
 
 __all__ = ["RetryDelay", "check_delay", "delay_for", "exponential_backoff", "jittered"]
 
-RetryDelay = Union[float, int, Sequence[Union[float, int]], Callable[[int], float]]
+RetryDelay: TypeAlias = "float | int | Sequence[float | int] | Callable[[int], float]"
 
 
 def exponential_backoff(backoff_factor: float) -> Callable[[int], float]:
@@ -53,13 +53,14 @@ def check_delay(value: object, owner: str) -> None:
 
 def delay_for(schedule: RetryDelay, retry_number: int) -> float:
     """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
+    value: object
     if callable(schedule):
         value = schedule(retry_number)
     elif isinstance(schedule, (list, tuple)):
         value = schedule[min(retry_number, len(schedule)) - 1]
     else:
         value = schedule
-    delay = float(value)
+    delay = float(value)  # type: ignore[arg-type]
     if delay < 0:
         raise ConfigurationError(f"retry delay schedule gave {value!r} for retry {retry_number}; must be >= 0")
     return delay

@@ -113,9 +113,7 @@ def summarize(value: Any, limit: int = 80) -> str:
         text = repr(value)
     elif isinstance(value, str):
         text = repr(value) if len(value) <= limit else repr(value[: limit - 5]) + "..."
-    elif isinstance(value, (bytes, bytearray)):
-        text = f"{type(value).__name__}[{len(value)}]"
-    elif isinstance(value, (list, tuple, set, frozenset, dict)):
+    elif isinstance(value, (bytes, bytearray, list, tuple, set, frozenset, dict)):
         text = f"{type(value).__name__}[{len(value)}]"
     else:
         kind = type(value).__qualname__

@@ -1,0 +1,28 @@
+"""Every test gets its own NBFLOW_HOME and secret key, so tests never share cache entries."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def nbflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    home = tmp_path / "nbflow-home"
+    secret = tmp_path / "config" / "secret.key"
+    monkeypatch.setenv("NBFLOW_HOME", str(home))
+    monkeypatch.setenv("NBFLOW_SECRET_FILE", str(secret))
+    from nbflow import settings
+
+    settings.reset()
+    yield home
+    settings.reset()
+
+
+@pytest.fixture
+def subprocess_env(nbflow_home: Path) -> dict[str, str]:
+    """Environment for child processes that must use this test's store."""
+    return {**os.environ}

@@ -1,0 +1,116 @@
+"""`nbflow run` and the example notebooks, executed in real kernels through nbclient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def nbflow_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nbflow.cli", *args], capture_output=True, text=True, cwd=cwd,
+        env=env or dict(os.environ), timeout=600, stdin=subprocess.DEVNULL,
+    )
+
+
+def write_notebook(path: Path, *sources: str) -> Path:
+    notebook = new_notebook(cells=[new_code_cell(source) for source in sources])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, str(path))
+    return path
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+def test_every_example_notebook_runs_twice_and_the_second_run_is_cached(notebook: Path, tmp_path: Path) -> None:
+    output = tmp_path / "executed.ipynb"
+    first = nbflow_cli("run", str(notebook), "-o", str(output), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert " 0 computed" not in first.stdout, first.stdout
+    executed = nbformat.read(str(output), as_version=4)
+    assert any(cell.get("outputs") for cell in executed.cells if cell.cell_type == "code")
+    second = nbflow_cli("run", str(notebook), cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert " 0 computed" in second.stdout, second.stdout
+    assert "Cached" in second.stdout
+
+
+def test_quickstart_second_run_is_fast_and_all_cached(tmp_path: Path) -> None:
+    notebook = ROOT / "notebooks" / "quickstart.ipynb"
+    first = nbflow_cli("run", str(notebook), cwd=tmp_path)
+    second = nbflow_cli("run", str(notebook), cwd=tmp_path)
+    assert first.returncode == second.returncode == 0, first.stdout + second.stdout
+    assert "3 computed" in first.stdout
+    lines = [line for line in second.stdout.splitlines() if line.startswith(("load", "featurize", "train"))]
+    assert len(lines) >= 3 and all("cached" in line for line in lines), second.stdout
+
+
+def test_failed_task_exits_1_and_names_the_task(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "fails.ipynb",
+        "import nbflow",
+        "@nbflow.task\ndef explode(x):\n    raise ValueError(f'bad input {x}')",
+        "explode(3)",
+        "print('never reached')",
+    )
+    done = nbflow_cli("run", str(path), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed task explode: ValueError: bad input 3" in done.stdout
+    assert "A cell failed: ValueError: bad input 3" in done.stdout
+
+
+def test_failed_cell_without_tasks_exits_1(tmp_path: Path) -> None:
+    path = write_notebook(tmp_path / "cellfail.ipynb", "1 / 0")
+    done = nbflow_cli("run", str(path), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "ZeroDivisionError" in done.stdout
+
+
+def test_bad_usage_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    missing = nbflow_cli("run", "nope.ipynb", cwd=tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    broken = nbflow_cli("run", "broken.ipynb", cwd=tmp_path)
+    assert broken.returncode == 2 and "not a valid Jupyter notebook" in broken.stderr
+    path = write_notebook(tmp_path / "ok.ipynb", "1")
+    kernel = nbflow_cli("run", str(path), "--kernel", "no-such-kernel", cwd=tmp_path)
+    assert kernel.returncode == 2 and "kernel 'no-such-kernel' is not installed" in kernel.stderr
+    nothing = nbflow_cli(cwd=tmp_path)
+    assert nothing.returncode == 2
+    helped = nbflow_cli("run", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "NOTEBOOK" in helped.stdout.upper()
+
+
+def test_cli_and_notebook_share_the_store_and_history(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "shared.ipynb",
+        "import nbflow\n@nbflow.task\ndef square(x):\n    return x * x",
+        "square(12)",
+    )
+    store = tmp_path / "store"
+    env = {**os.environ, "NBFLOW_HOME": str(store)}
+    assert nbflow_cli("run", str(path), cwd=tmp_path, env=env).returncode == 0
+    # A plain Python process with the same NBFLOW_HOME sees the run and hits the entry.
+    code = (
+        "import json, nbflow\n"
+        "@nbflow.task\ndef square(x):\n    return x * x\n"
+        "state = square(12, return_state=True)\n"
+        "runs = nbflow.runs.list_runs()\n"
+        "print(json.dumps([state.name, len(runs), runs[-1].task_runs[0].task_name]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    name, count, first_task = json.loads(done.stdout)
+    # The function is defined in a different place (a cell vs. -c) but its code is the same.
+    assert name == "Cached"
+    assert count == 2 and first_task == "square"

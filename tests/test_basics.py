@@ -1,0 +1,113 @@
+"""States, settings, the light import, and the public surface."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import nbflow
+from nbflow import states
+from nbflow.exceptions import ConfigurationError, MissingResult
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, json, nbflow; "
+        "print(json.dumps(sorted(m for m in ('IPython', 'numpy', 'pandas', 'diskcache', 'pydantic', "
+        "'nbclient', 'ipywidgets') if m in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []
+
+
+def test_public_surface() -> None:
+    for name in nbflow.__all__:
+        assert getattr(nbflow, name) is not None
+    assert callable(nbflow.task) and callable(nbflow.flow)
+    assert nbflow.runs.list_runs is not None
+    with pytest.raises(AttributeError):
+        nbflow.no_such_name  # noqa: B018
+
+
+def test_state_constructors_and_predicates() -> None:
+    cached = states.Cached(42)
+    assert (cached.type, cached.name, cached.result()) == (states.StateType.COMPLETED, "Cached", 42)
+    assert cached.is_completed() and cached.is_final()
+    assert repr(cached) == "State(name='Cached', type=COMPLETED)"
+    timed_out = states.TimedOut(TimeoutError("late"), message="late")
+    assert timed_out.type == states.StateType.FAILED and timed_out.is_failed()
+    with pytest.raises(TimeoutError):
+        timed_out.result()
+    assert states.Pending().is_pending() and not states.Pending().is_final()
+    assert states.AwaitingRetry().type == states.StateType.SCHEDULED
+    assert states.Retrying().is_running()
+    assert states.Crashed(SystemExit(1)).is_crashed()
+    assert states.Cancelled(KeyboardInterrupt()).is_cancelled()
+    with pytest.raises(MissingResult):
+        states.Running().result()
+    dumped = cached.model_dump()
+    assert dumped["name"] == "Cached" and "timestamp" in dumped
+    assert {t.value for t in states.StateType} == {
+        "PENDING", "RUNNING", "SCHEDULED", "COMPLETED", "FAILED", "CANCELLED", "CRASHED"
+    }
+
+
+def test_configure_validates_and_moves_the_store(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="unknown setting"):
+        nbflow.configure(hme="/tmp")
+    with pytest.raises(ConfigurationError):
+        nbflow.configure(size_limit="lots")
+    settings = nbflow.configure(home=tmp_path / "elsewhere", size_limit="2GiB")
+    assert settings.size_limit == 2 * 1024**3
+    assert settings.home == (tmp_path / "elsewhere").absolute()
+
+    @nbflow.task
+    def f() -> int:
+        return 1
+
+    f()
+    assert (tmp_path / "elsewhere").is_dir()
+    assert nbflow.runs.list_runs()[0].task_runs[0].task_name == "f"
+
+
+def test_environment_settings(monkeypatch, tmp_path) -> None:
+    from nbflow import settings
+
+    monkeypatch.setenv("NBFLOW_SIZE_LIMIT", "500MB")
+    settings.reset()
+    assert settings.get_settings().size_limit == 500 * 1024**2
+    monkeypatch.setenv("NBFLOW_SIZE_LIMIT", "-1")
+    settings.reset()
+    with pytest.raises(ConfigurationError, match="NBFLOW_"):
+        settings.get_settings()
+    monkeypatch.delenv("NBFLOW_SIZE_LIMIT")
+    settings.reset()
+
+
+def test_events_are_published_in_order() -> None:
+    from nbflow import events
+
+    seen: list[tuple[str, str]] = []
+    unsubscribe = events.subscribe(lambda event: seen.append((event.kind, event.state.name)))
+    try:
+        @nbflow.task
+        def f() -> int:
+            return 1
+
+        @nbflow.flow
+        def pipeline() -> int:
+            return f()
+
+        pipeline()
+        pipeline()
+    finally:
+        unsubscribe()
+    assert seen == [
+        ("run", "Pending"), ("run", "Running"), ("task_run", "Pending"), ("task_run", "Running"),
+        ("task_run", "Completed"), ("run", "Completed"),
+        ("run", "Pending"), ("run", "Running"), ("task_run", "Pending"), ("task_run", "Cached"),
+        ("run", "Completed"),
+    ]
