@@ -67,6 +67,7 @@ def bench_calls(n: int) -> list[tuple[str, float, float]]:
         miss = once_each(trivial, list(range(n)))
         hit = per_call(trivial, list(range(n)), repeat=3)
         rows.append(("nbflow task", miss, hit))
+        nbflow.runs.history().flush()  # before the directory goes away
     return rows
 
 

@@ -150,11 +150,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
             except CellExecutionError as error:
                 failed_cell = _cell_error_summary(error)
             finally:
-                flush = nbformat.v4.new_code_cell(_FLUSH_CODE)
-                try:
-                    await client.async_execute_cell(flush, len(notebook.cells))
-                except CellExecutionError:
-                    pass  # nbflow not importable in that kernel: nothing recorded to flush
+                assert client.kc is not None
+                msg_id = client.kc.execute(_FLUSH_CODE, silent=True, store_history=False)
+                # An error reply just means nbflow is not importable there: nothing to flush.
+                await client.async_wait_for_reply(msg_id)
             client.set_widgets_metadata()
 
     try:

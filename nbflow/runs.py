@@ -13,10 +13,10 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,20 @@ _SCHEMA_VERSION = 1
 _FLUSH_INTERVAL = 0.25
 
 
+_ids = random.Random(int.from_bytes(os.urandom(16), "big") ^ os.getpid())
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random 128-bit hex id. Seeded once from the OS: ``uuid4`` reads the OS entropy pool on every
+    call, which costs ~20 µs on some virtual machines — too much per task call."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def _reseed_after_fork() -> None:
+    _ids.seed(int.from_bytes(os.urandom(16), "big") ^ os.getpid())
+
+
+os.register_at_fork(after_in_child=_reseed_after_fork)
 
 
 @dataclass
@@ -132,8 +144,10 @@ class RunRecord:
         return counts
 
     def header(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("task_runs")
+        """Every field but the task runs (which are stored, and copied, separately)."""
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "task_runs"}
+        data["history"] = [asdict(entry) for entry in self.history]
+        data["parameters"] = dict(self.parameters)
         return data
 
 
@@ -153,6 +167,8 @@ class RunHistory:
     # -- connection -----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            self._initialized = False  # deleted under us (a cleared home): create the tables again
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
@@ -199,21 +215,22 @@ class RunHistory:
     def flush(self) -> None:
         """Write every changed record now."""
         with self._lock:
+            # Swap the pending sets under the lock (cheap); serialize outside it, so a task call that
+            # marks a record never waits for a flush in progress.
             runs = list(self._dirty_runs.values())
             tasks = list(self._dirty_tasks.values())
             self._dirty_runs.clear()
             self._dirty_tasks.clear()
-            # Serialize under the lock: the engine mutates records in place from other threads.
-            run_rows = [
-                (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time,
-                 json.dumps(r.header(), default=str), _SCHEMA_VERSION)
-                for r in runs
-            ]
-            task_rows = [
-                (t.id, t.run_id, t.seq, t.task_name, t.state, json.dumps(t.to_dict(), default=str),
-                 _SCHEMA_VERSION)
-                for t in tasks
-            ]
+        if not runs and not tasks:
+            return
+        run_rows = [
+            (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time, _dumps(r.header()), _SCHEMA_VERSION)
+            for r in runs
+        ]
+        task_rows = [
+            (t.id, t.run_id, t.seq, t.task_name, t.state, _dumps(t.to_dict()), _SCHEMA_VERSION)
+            for t in tasks
+        ]
         if not run_rows and not task_rows:
             return
         connection = self._connect()
@@ -282,6 +299,16 @@ class RunHistory:
             return run
         finally:
             connection.close()
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    # A record may gain a log line or a state while it is written; a retry sees a consistent copy.
+    for _ in range(5):
+        try:
+            return json.dumps(data, default=str)
+        except RuntimeError:
+            continue
+    return json.dumps(data, default=str)
 
 
 def _run_from_json(text: str) -> RunRecord:

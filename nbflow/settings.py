@@ -130,11 +130,12 @@ _listeners: list[Any] = []
 
 
 def on_change(callback: Any) -> None:
-    """Register ``callback(settings)`` to run after every :func:`configure` (used to reopen stores)."""
+    """Register ``callback(settings)`` to run after every :func:`configure` or :func:`reset` (which passes
+    None: the new settings are read lazily). Used to reopen stores."""
     _listeners.append(callback)
 
 
-def _notify(settings: Settings) -> None:
+def _notify(settings: Settings | None) -> None:
     for callback in list(_listeners):
         callback(settings)
 
@@ -144,4 +145,4 @@ def reset() -> None:
     global _settings
     with _lock:
         _settings = None
-    _notify(get_settings())
+    _notify(None)

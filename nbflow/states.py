@@ -47,7 +47,20 @@ class StateType(str, enum.Enum):
 
 _FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED})
 
-_NOT_SET: Any = object()
+class _NotSet:
+    """The "no result attached" marker; survives pydantic's copying of private defaults."""
+
+    def __copy__(self) -> _NotSet:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> _NotSet:
+        return self
+
+    def __repr__(self) -> str:
+        return "<no result>"
+
+
+_NOT_SET: Any = _NotSet()
 
 
 def _now() -> _dt.datetime:

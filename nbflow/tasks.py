@@ -156,7 +156,10 @@ class Task(Generic[P, R]):
     @property
     def signature(self) -> inspect.Signature:
         if self._signature is None:
-            self._signature = inspect.signature(self.fn)
+            try:  # resolved annotations read better in error messages than their strings
+                self._signature = inspect.signature(self.fn, eval_str=True)
+            except Exception:
+                self._signature = inspect.signature(self.fn)
         return self._signature
 
     def return_type_hint(self) -> Any:

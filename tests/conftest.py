@@ -26,3 +26,25 @@ def nbflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 def subprocess_env(nbflow_home: Path) -> dict[str, str]:
     """Environment for child processes that must use this test's store."""
     return {**os.environ}
+
+
+@pytest.fixture
+def executions() -> Iterator[dict[str, int]]:
+    """How many times each task's function actually ran (reached Running), by task name.
+
+    Counting through the engine's events keeps test bookkeeping out of the tasks' code identity: a task
+    that appended to a list it closes over would change its own cache key on every call.
+    """
+    from collections import Counter
+
+    from nbflow import events
+
+    counts: Counter[str] = Counter()
+
+    def count(event: events.Event) -> None:
+        if event.kind == "task_run" and event.state.name == "Running" and event.task_run is not None:
+            counts[event.task_run.task_name] += 1
+
+    unsubscribe = events.subscribe(count)
+    yield counts  # type: ignore[misc]
+    unsubscribe()

@@ -35,7 +35,7 @@ def get_store() -> ResultStore:
     return store
 
 
-def _reopen(_: _settings.Settings) -> None:
+def _reopen(_: _settings.Settings | None) -> None:
     global _store, _session
     with _lock:
         if _store is not None:

@@ -107,10 +107,12 @@ def test_cli_and_notebook_share_the_store_and_history(tmp_path: Path) -> None:
         "runs = nbflow.runs.list_runs()\n"
         "print(json.dumps([state.name, len(runs), runs[-1].task_runs[0].task_name]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     name, count, first_task = json.loads(done.stdout)
-    # The function is defined in a different place (a cell vs. -c) but its code is the same.
+    # The function is defined in a different place (a cell vs. a script) but its code is the same.
     assert name == "Cached"
     assert count == 2 and first_task == "square"
