@@ -1,0 +1,203 @@
+"""Serializers that turn task results into bytes for the result store, and back.
+
+A serializer produces a *stream* (bytes) plus a list of *out-of-band buffers*: large raw memory areas
+(numpy arrays, pandas blocks) that the store writes to files as they are and reads back into preallocated
+memory, without copying them through the stream. Serializers are looked up by name when a result is
+loaded, so custom ones must be registered with :func:`register_serializer` in every process that loads
+their results.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import mmap
+import pickle
+import threading
+from typing import Any, Protocol, TypeAlias, runtime_checkable
+
+from nbflow.exceptions import ConfigurationError, SerializationError
+
+__all__ = [
+    "OUT_OF_BAND_MIN_SIZE",
+    "JsonSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "WritableBuffer",
+    "get_serializer",
+    "known_serializers",
+    "register_serializer",
+]
+
+#: Buffers at least this large (bytes) are stored out-of-band by :class:`PickleSerializer`; smaller ones
+#: stay inside the pickle stream, where a separate file would cost more than it saves.
+OUT_OF_BAND_MIN_SIZE = 64 * 1024
+
+
+#: What out-of-band buffers are handed to :meth:`Serializer.loads` as: writable memory holding exactly the
+#: bytes that were dumped. Large buffers come as anonymous memory maps (faster to fill than a bytearray);
+#: both support the buffer protocol, ``len`` and slicing.
+WritableBuffer: TypeAlias = bytearray | mmap.mmap
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """What the result store needs from a serializer.
+
+    ``dumps`` returns the stream and the out-of-band buffers (possibly none); ``loads`` gets the same
+    stream and buffers back (as writable buffers, see :data:`WritableBuffer`, in the same order) and
+    rebuilds the value. ``type_hint`` is the declared return type of the task, or ``None``. Serializers
+    raise :class:`~nbflow.exceptions.SerializationError` for values they cannot handle.
+    """
+
+    name: str
+
+    def dumps(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        """Serialize ``value`` into a stream and out-of-band buffers."""
+        ...
+
+    def loads(self, stream: bytes, buffers: list[WritableBuffer], type_hint: Any = None) -> Any:
+        """Rebuild a value from what :meth:`dumps` produced."""
+        ...
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+class PickleSerializer:
+    """Pickle protocol 5, with buffers of :data:`OUT_OF_BAND_MIN_SIZE` bytes or more kept out-of-band.
+
+    Objects supporting out-of-band pickling (numpy arrays, and through them pandas objects) hand their
+    memory over as buffers, so a large array is written to disk once and read back with a single read
+    into memory that the rebuilt array then uses directly.
+    """
+
+    name = "pickle"
+
+    def __init__(self, out_of_band_min_size: int = OUT_OF_BAND_MIN_SIZE) -> None:
+        self.out_of_band_min_size = out_of_band_min_size
+
+    def dumps(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        """Pickle ``value``; large contiguous buffers are returned separately instead of copied in."""
+        buffers: list[memoryview] = []
+        threshold = self.out_of_band_min_size
+
+        def route(buffer: pickle.PickleBuffer) -> bool:
+            # True keeps the buffer in-band; a false value makes it out-of-band (pickle's convention).
+            try:
+                view = buffer.raw()
+            except BufferError:  # not contiguous: pickle copies it in-band
+                return True
+            if view.nbytes < threshold:
+                return True
+            buffers.append(view)
+            return False
+
+        try:
+            stream = pickle.dumps(value, protocol=5, buffer_callback=route)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as error:
+            raise SerializationError(
+                f"a value of type {_type_name(value)} cannot be pickled ({error}); pass "
+                f"persist_result=False to keep such results in memory only, or result_serializer='json' "
+                f"if the result is JSON-like data"
+            ) from error
+        return stream, buffers
+
+    def loads(self, stream: bytes, buffers: list[WritableBuffer], type_hint: Any = None) -> Any:
+        """Unpickle; only ever called on streams whose authenticity the store has verified."""
+        return pickle.loads(stream, buffers=buffers)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(type_hint: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(type_hint)
+
+
+class JsonSerializer:
+    """JSON via pydantic: dumps pydantic models, dataclasses, datetimes, UUIDs, paths and plain data.
+
+    On load, a type hint (other than ``Any``) is used to validate the JSON back into that type (e.g. a
+    pydantic model); without one, plain JSON data (dicts, lists, strings, numbers) comes back.
+    """
+
+    name = "json"
+
+    def dumps(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        """Encode ``value`` as JSON bytes; there are never out-of-band buffers."""
+        import pydantic_core
+
+        try:
+            return pydantic_core.to_json(value), []
+        except (pydantic_core.PydanticSerializationError, TypeError, ValueError, RecursionError) as error:
+            raise SerializationError(
+                f"a value of type {_type_name(value)} cannot be encoded as JSON ({error}); use the "
+                f"default pickle serializer, or persist_result=False"
+            ) from error
+
+    def loads(self, stream: bytes, buffers: list[WritableBuffer], type_hint: Any = None) -> Any:
+        """Decode JSON, validating it into ``type_hint`` when one is given."""
+        if type_hint is None or type_hint is Any:
+            return json.loads(stream)
+        try:
+            adapter = _adapter(type_hint)
+        except TypeError:  # an unhashable hint (e.g. Annotated with a list) cannot be cached
+            adapter = _adapter.__wrapped__(type_hint)
+        return adapter.validate_json(stream)
+
+
+_BUILTIN: dict[str, Serializer] = {"pickle": PickleSerializer(), "json": JsonSerializer()}
+_registry: dict[str, Serializer] = dict(_BUILTIN)
+_registry_lock = threading.Lock()
+
+
+def register_serializer(serializer: Serializer) -> Serializer:
+    """Make ``serializer`` loadable by its name in this process and return it.
+
+    Registering again under the same name replaces the earlier one (so re-running a notebook cell that
+    defines a serializer works). The built-in names ``"pickle"`` and ``"json"`` cannot be taken over by a
+    different kind of serializer.
+    """
+    if not isinstance(serializer, Serializer) or isinstance(serializer, type):
+        raise ConfigurationError(
+            f"{serializer!r} is not a serializer: it needs a `name` and `dumps`/`loads` methods"
+        )
+    name = serializer.name
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"serializer {serializer!r} needs a non-empty string `name`")
+    builtin = _BUILTIN.get(name)
+    if builtin is not None and type(serializer) is not type(builtin):
+        raise ConfigurationError(f"the serializer name {name!r} is reserved for nbflow's built-in serializer")
+    with _registry_lock:
+        _registry[name] = serializer
+    return serializer
+
+
+def get_serializer(name_or_instance: str | Serializer) -> Serializer:
+    """The serializer registered under a name, or the given serializer instance itself.
+
+    Raises :class:`~nbflow.exceptions.ConfigurationError` for an unknown name (listing the known ones) or
+    an object that is not a serializer.
+    """
+    if isinstance(name_or_instance, str):
+        try:
+            return _registry[name_or_instance]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown serializer {name_or_instance!r}; known serializers are {known_serializers()} "
+                f"(register custom ones with nbflow.store.serializers.register_serializer)"
+            ) from None
+    if isinstance(name_or_instance, Serializer) and not isinstance(name_or_instance, type):
+        return name_or_instance
+    raise ConfigurationError(
+        f"{name_or_instance!r} is not a serializer: pass a name such as 'pickle' or 'json', or an object "
+        f"with a `name` and `dumps`/`loads` methods"
+    )
+
+
+def known_serializers() -> list[str]:
+    """Names of the serializers registered in this process."""
+    return sorted(_registry)

@@ -1,0 +1,900 @@
+"""The result store: task results cached on local disk, authenticated, surviving kernel restarts.
+
+Layout under ``<home>/store/`` (directories mode 0700):
+
+* a diskcache (``cache.db`` plus diskcache's own files for large values) holding, per entry,
+  ``m:<FORMAT_VERSION>:<key>`` -> the :class:`Record` as a JSON string, and
+  ``p:<FORMAT_VERSION>:<key>`` -> the serialized stream as bytes; plus ``s:<FORMAT_VERSION>:volume``, the
+  running total of record sizes;
+* ``blobs/<aa>/<name>-<blob_id>-<i>.bin``: out-of-band buffer ``i`` of the entry, raw, where ``<name>`` is
+  the key (or its xxh3-128 hex digest when the key is not a safe file name) and ``<aa>`` its first two
+  characters.
+
+Metadata lives apart from payloads so probing, listing and evicting never read payload bytes or unpickle
+anything. Every entry carries an HMAC-SHA256 over its signed fields and its stream, keyed by a per-user
+secret; it is checked before anything is unpickled, and buffer checksums (covered by the MAC) before the
+value is rebuilt. An entry that fails any check is deleted and reported as a miss with a warning.
+
+Writes go blobs (temp file, fsync, rename), then stream and record together in one SQLite transaction,
+which is the commit point: a crash at any moment leaves the old entry or the complete new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import mmap
+import os
+import re
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import xxhash
+
+from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
+from nbflow.store.record import FORMAT_VERSION, Record
+from nbflow.store.secret import load_or_create_secret
+from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
+
+if TYPE_CHECKING:
+    from nbflow.settings import Settings
+
+__all__ = ["CacheMiss", "ResultStore"]
+
+# Buffers are written and read in chunks of this size, and each chunk is hashed right after it is
+# written or read, while it is still in the CPU cache, instead of in a second pass over the whole buffer.
+_CHUNK = 1 << 20
+# Buffers from this size up are read into memory maps rather than bytearrays (see _allocate).
+_MAP_MIN_SIZE = 1 << 20
+# Checksum algorithm tags, stored with each buffer checksum so a store can tell how it was computed.
+_FAST = "xxh3:"
+_KEYED = "b2k:"
+# Blob files and temporary files this old that no record refers to are garbage (a save refreshes its
+# files' mtime right before committing, so files of an in-flight save are always younger than this).
+_ORPHAN_AGE = 60.0
+# A save that takes the store over its limit prunes down to this fraction of the limit, so that the next
+# saves do not each trigger a full scan.
+_PRUNE_LOW_WATER = 0.9
+# How often load() retries when the entry changes between reading its record and its payload.
+_LOAD_ATTEMPTS = 4
+# Keys that can be used directly in a blob file name.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
+_MAC_DOMAIN = b"nbflow-store-entry\x00"
+# diskcache's table layout, for the direct reads in ResultStore._read: string keys are stored with
+# raw = 1, and values held in the row itself (str, and bytes under its min_file_size) have mode 1
+# (diskcache.core.MODE_RAW).
+_SELECT_RAW = "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
+# Two point lookups in one statement (UNION ALL measured faster than IN (?, ?) here).
+_SELECT_PAIR = (
+    "SELECT key, mode, value FROM Cache WHERE key = ? AND raw = 1"
+    " UNION ALL SELECT key, mode, value FROM Cache WHERE key = ? AND raw = 1"
+)
+_MODE_RAW = 1
+
+
+# Marks a stream that still has to be read (see ResultStore._read_entry).
+_NOT_READ = object()
+
+
+class CacheMiss(Exception):
+    """No usable entry for a key: never stored, expired, evicted, or failed verification.
+
+    An internal signal for the engine (run the task), not a user-facing error. Entries that failed
+    verification have already been reported with an :class:`~nbflow.exceptions.NbflowWarning`.
+    """
+
+    def __init__(self, key: str, reason: str = "not in the store") -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class _Invalid(Exception):
+    """An entry failed verification (the reason completes "the entry ...")."""
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _allocate(size: int) -> WritableBuffer:
+    """Writable memory for a buffer of ``size`` bytes, to read a blob file into.
+
+    Large buffers get an anonymous private memory map advised to use transparent huge pages: unlike
+    ``bytearray(size)`` it is not zero-filled first, and it takes a few hundred page faults instead of tens
+    of thousands, which makes reading a 100 MB array several times faster (as fast as ``np.load``, which
+    does the same through numpy's allocator). Arrays unpickled from it use it directly and stay writable.
+    """
+    if size >= _MAP_MIN_SIZE:
+        try:
+            memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        except (AttributeError, TypeError, ValueError, OSError):  # e.g. Windows: no MAP_PRIVATE
+            return bytearray(size)
+        advice = getattr(mmap, "MADV_HUGEPAGE", None)
+        if advice is not None:
+            try:
+                memory.madvise(advice)
+            except OSError:
+                pass
+        return memory
+    return bytearray(size)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+class ResultStore:
+    """Task results cached on local disk under ``<home>/store``, safe across processes and threads.
+
+    See the module documentation for the layout and the guarantees. Entries are evicted least recently
+    used first when the total size exceeds ``size_limit`` bytes; ``last_used`` has a granularity of
+    :attr:`touch_interval` seconds so that cache hits stay read-only.
+    """
+
+    #: A load rewrites the entry's record (``last_used``, ``hits``) only when ``last_used`` is older than
+    #: this many seconds, so that nearly all cache hits are pure reads.
+    touch_interval: float = 60.0
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        size_limit: int,
+        secret_file: Path,
+        strict_buffers: bool = False,
+    ) -> None:
+        # Imported here so that importing nbflow.store stays cheap.
+        import diskcache
+        import pydantic_core
+
+        if size_limit <= 0:
+            raise ConfigurationError(f"size_limit must be a positive number of bytes, not {size_limit!r}")
+        self.home = Path(home).expanduser().absolute()
+        self.directory = self.home / "store"
+        self.size_limit = int(size_limit)
+        self.secret_file = Path(secret_file).expanduser().absolute()
+        self.strict_buffers = bool(strict_buffers)
+
+        self._secret = load_or_create_secret(self.secret_file)
+        padded = self._secret.ljust(64, b"\0")  # SHA-256 block size; the key is shorter
+        self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+        self._make_directories()
+        self._blobs = os.path.join(self.directory, "blobs")
+        try:
+            self._cache = diskcache.Cache(
+                str(self.directory),
+                # Wait for other processes' transactions instead of failing with "database is locked".
+                timeout=60,
+                # Eviction is done by prune(), so that a record and its payload always go together.
+                eviction_policy="none",
+                size_limit=2**62,
+                cull_limit=0,
+                statistics=False,
+            )
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigurationError(
+                f"cannot open the nbflow result store in {self.directory}: {error}"
+            ) from error
+        # Whether _read() may query diskcache's table directly (checked once below).
+        self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == _MODE_RAW
+        self._write_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
+        # pydantic-core's JSON parser is several times faster than the json module on records, which
+        # matters on the cache-hit path.
+        self._parse_json: Callable[[str], Any] = pydantic_core.from_json
+        self._mprefix = f"m:{FORMAT_VERSION}:"
+        self._pprefix = f"p:{FORMAT_VERSION}:"
+        self._volume_key = f"s:{FORMAT_VERSION}:volume"
+        # Hits not yet written to their records (they are added at the next touch or at close()), and
+        # when this process last touched each key (so a stale record passed to load() touches only once).
+        self._pending_hits: dict[str, int] = {}
+        self._touched: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResultStore:
+        """A store configured from nbflow's :class:`~nbflow.settings.Settings`."""
+        return cls(
+            settings.home,
+            size_limit=settings.size_limit,
+            secret_file=settings.secret_file,
+            strict_buffers=settings.strict_buffers,
+        )
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.home)!r}, size_limit={self.size_limit})"
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def probe(self, key: str) -> Record | None:
+        """The record of the entry for ``key``, or ``None`` if there is none or it has expired.
+
+        Reads metadata only: no payload bytes, no unpickling. The record is not authenticated yet; that
+        happens in :meth:`load`. Expired entries are deleted; unreadable ones are deleted with a warning.
+        """
+        raw = self._read(self._mprefix + key)
+        return None if raw is None else self._checked_record(key, raw)
+
+    def _checked_record(self, key: str, raw: Any) -> Record | None:
+        """Parse a stored record; ``None`` (after deleting the entry) if it is unreadable or expired."""
+        try:
+            record = self._parse_record(raw)
+            expired = record.expires is not None and record.expires <= time.time()
+        except (ValueError, TypeError):
+            self._discard(key, None, raw, "has unreadable metadata")
+            return None
+        if record.key != key or record.format_version != FORMAT_VERSION:
+            # Metadata of another entry (or format) stored under this key: tampering or a bug.
+            self._discard(key, record, raw, "has metadata that belongs to another entry")
+            return None
+        if expired:
+            self._delete_if(key, lambda current: current == raw)
+            return None
+        return record
+
+    def load(self, key: str, record: Record | None = None, *, type_hint: Any = None) -> Any:
+        """The stored value for ``key``; raises :class:`CacheMiss` if there is no usable entry.
+
+        ``record`` is the result of a preceding :meth:`probe`, which saves reading the metadata again.
+        ``type_hint`` is passed to the serializer (the JSON serializer validates into it).
+
+        The MAC is verified before anything is unpickled, and buffer checksums before the value is
+        rebuilt. An entry that fails verification is deleted, reported with one
+        :class:`~nbflow.exceptions.NbflowWarning` naming its task, and treated as a miss.
+        """
+        if record is not None and record.key != key:
+            record = None
+        for _ in range(_LOAD_ATTEMPTS):
+            stream: Any = _NOT_READ
+            if record is None:
+                # Record and stream in one query: one round trip less than probe() + load(key, record).
+                raw, stream = self._read_entry(key)
+                record = None if raw is None else self._checked_record(key, raw)
+                if record is None:
+                    raise CacheMiss(key)
+            try:
+                value = self._load_verified(key, record, type_hint, stream)
+            except _Invalid as failure:
+                # The entry may have been replaced or deleted by another process between reading its
+                # record and its payload; only an entry that is still the one we read is corrupt.
+                raw = self._cache.get(self._mprefix + key)
+                if raw is None:
+                    raise CacheMiss(key) from None
+                try:
+                    current = self._parse_record(raw)
+                except ValueError:
+                    current = None
+                if current is not None and current.mac != record.mac:
+                    record = None
+                    continue
+                self._discard(key, record, raw, str(failure))
+                raise CacheMiss(key, f"failed verification: {failure}") from None
+            self._count_hit(key, record)
+            return value
+        raise CacheMiss(key, "the entry kept changing while being read")
+
+    def _load_verified(self, key: str, record: Record, type_hint: Any, stream: Any) -> Any:
+        if record.format_version != FORMAT_VERSION:
+            raise _Invalid("was written by another store format")
+        if stream is _NOT_READ:
+            stream = self._read(self._pprefix + key)
+        if stream is None:
+            raise _Invalid("has no payload")
+        if type(stream) is not bytes or len(stream) != record.stream_size:
+            raise _Invalid("has a payload of the wrong size")
+        try:
+            expected = self._mac(record, stream)
+        except (TypeError, ValueError):  # fields of the wrong type cannot even be encoded
+            raise _Invalid("has malformed metadata") from None
+        if not hmac.compare_digest(expected, record.mac):
+            raise _Invalid("does not match its authentication code")
+        # From here on, the record's fields are authentic.
+        if record.expires is not None and record.expires <= time.time():
+            self._delete_if(key, self._same_entry(record))
+            raise CacheMiss(key, "expired")
+        buffers: list[WritableBuffer] = []
+        if record.buffers:
+            if self.strict_buffers and not all(c.startswith(_KEYED) for _, c in record.buffers):
+                # Written without keyed buffer MACs: not trusted in strict mode, but not corrupt either.
+                raise CacheMiss(key, "written without strict buffer authentication")
+            for index, (size, checksum) in enumerate(record.buffers):
+                buffers.append(self._read_blob(self._blob_path(key, record.blob_id, index), size, checksum))
+        try:
+            serializer = get_serializer(record.serializer)
+        except ConfigurationError:
+            warnings.warn(
+                f"the cached result of task {record.task_name!r} was written with serializer "
+                f"{record.serializer!r}, which is not registered in this process; it is treated as a "
+                f"cache miss",
+                NbflowWarning,
+                stacklevel=3,
+            )
+            raise CacheMiss(key, "unknown serializer") from None
+        try:
+            return serializer.loads(stream, buffers, type_hint)
+        except Exception as error:
+            # Authentic but unusable here, e.g. a class that was renamed since, or a changed type hint.
+            self._delete_if(key, self._same_entry(record))
+            warnings.warn(
+                f"the cached result of task {record.task_name!r} could not be deserialized "
+                f"({type(error).__name__}: {error}); it was deleted and is treated as a cache miss",
+                NbflowWarning,
+                stacklevel=3,
+            )
+            raise CacheMiss(key, "could not be deserialized") from error
+
+    def _read_blob(self, path: str, size: int, checksum: str) -> WritableBuffer:
+        hasher = self._hasher_for(checksum)
+        buffer = _allocate(size)
+        view = memoryview(buffer)
+        try:
+            with open(path, "rb", buffering=0) as file:
+                if os.fstat(file.fileno()).st_size != size:
+                    raise _Invalid("has a buffer file of the wrong size")
+                position = 0
+                while position < size:
+                    count = file.readinto(view[position : position + _CHUNK])
+                    if not count:
+                        raise _Invalid("has a truncated buffer file")
+                    hasher.update(view[position : position + count])
+                    position += count
+        except FileNotFoundError:
+            raise _Invalid("is missing a buffer file") from None
+        except OSError as error:
+            raise _Invalid(f"has an unreadable buffer file ({error})") from None
+        finally:
+            view.release()
+        if not hmac.compare_digest(checksum, f"{checksum[: checksum.index(':') + 1]}{hasher.hexdigest()}"):
+            raise _Invalid("has a buffer that does not match its checksum")
+        return buffer
+
+    def records(self) -> Iterator[Record]:
+        """All records of the current format version, in key order. Reads metadata only."""
+        prefix = self._mprefix
+        for db_key in self._cache.iterkeys():
+            if not (isinstance(db_key, str) and db_key.startswith(prefix)):
+                continue
+            raw = self._read(db_key)
+            if raw is None:
+                continue
+            try:
+                yield self._parse_record(raw)
+            except ValueError:
+                continue
+
+    def volume(self) -> int:
+        """Total size in bytes of the entries (kept as a running total; :meth:`prune` recounts it)."""
+        return max(0, int(self._cache.get(self._volume_key, 0)))
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def save(
+        self,
+        key: str,
+        value: Any,
+        *,
+        task_name: str,
+        run_id: str | None = None,
+        serializer: str | Serializer = "pickle",
+        expires: float | None = None,
+    ) -> Record:
+        """Store ``value`` under ``key`` and return its record, replacing any previous entry.
+
+        Raises :class:`~nbflow.exceptions.SerializationError` if the value cannot be serialized (nothing
+        is written) and :class:`~nbflow.exceptions.PersistError` if writing fails (nothing of the new
+        entry is kept; a previous entry under the key stays as it was). If the store then exceeds its
+        size limit, least recently used entries are evicted (never the one just saved).
+        """
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a store key must be a non-empty string, not {key!r}")
+        if expires is not None and not (isinstance(expires, (int, float)) and expires == expires):
+            raise ValueError(f"expires must be an epoch timestamp or None, not {expires!r}")
+        chosen = get_serializer(serializer)
+        if not isinstance(serializer, str) and _registered(chosen.name) is not chosen:
+            register_serializer(chosen)  # so that this process can load what it saved
+        stream, views = self._serialize(chosen, value, task_name)
+
+        now = time.time()
+        blob_id = secrets.token_hex(8) if views else ""
+        written: list[str] = []
+        try:
+            buffers = [
+                (view.nbytes, self._write_blob(self._blob_path(key, blob_id, index), view, written))
+                for index, view in enumerate(views)
+            ]
+            record = Record(
+                key=key,
+                task_name=task_name,
+                run_id=run_id,
+                created=now,
+                expires=None if expires is None else float(expires),
+                last_used=now,
+                size=len(stream) + sum(size for size, _ in buffers),
+                serializer=chosen.name,
+                format_version=FORMAT_VERSION,
+                buffers=buffers,
+                stream_size=len(stream),
+                mac="",
+                hits=0,
+                blob_id=blob_id,
+            )
+            record = dataclasses.replace(record, mac=self._mac(record, stream))
+            for path in written:
+                os.utime(path)  # see _ORPHAN_AGE: the files' age counts from the commit
+            previous, total = self._commit(key, record, stream)
+        except self._write_errors as error:
+            for path in written:
+                _remove_file(path)
+            message = (
+                f"the result of task {task_name!r} was not persisted: writing it to the store in "
+                f"{self.directory} failed ({error})"
+            )
+            code = getattr(error, "errno", None)
+            raise (PersistError(code, message) if code else PersistError(message)) from error
+        finally:
+            for view in views:
+                view.release()
+        if previous is not None and previous.blob_id and previous.blob_id != blob_id:
+            self._remove_blobs(previous)
+        if total > self.size_limit:
+            try:
+                self._prune(protect=key, target=int(self.size_limit * _PRUNE_LOW_WATER))
+            except self._write_errors:
+                pass  # eviction is retried by the next save or prune()
+        return record
+
+    def _serialize(
+        self, serializer: Serializer, value: Any, task_name: str
+    ) -> tuple[bytes, list[memoryview]]:
+        try:
+            stream, views = serializer.dumps(value)
+        except SerializationError as error:
+            raise SerializationError(f"the result of task {task_name!r} cannot be stored: {error}") from error
+        except Exception as error:
+            raise SerializationError(
+                f"the result of task {task_name!r} cannot be stored: serializer {serializer.name!r} failed "
+                f"on a value of type {type(value).__name__} ({type(error).__name__}: {error})"
+            ) from error
+        if type(stream) is not bytes:
+            stream = bytes(stream)
+        cast: list[memoryview] = []
+        for view in views:
+            view = memoryview(view)
+            cast.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
+        return stream, cast
+
+    def _write_blob(self, path: str, view: memoryview, written: list[str]) -> str:
+        directory, name = os.path.split(path)
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(temporary, flags, 0o600)
+        except FileNotFoundError:
+            # Created on demand rather than checked on every save.
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(temporary, flags, 0o600)
+        written.append(temporary)
+        hasher = self._new_hasher()
+        try:
+            for start in range(0, view.nbytes, _CHUNK):
+                chunk = view[start : start + _CHUNK]
+                hasher.update(chunk)
+                _write_all(fd, chunk)
+            # Data must be on disk before the record that vouches for it is committed.
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        written[-1] = path
+        return (_KEYED if self.strict_buffers else _FAST) + hasher.hexdigest()
+
+    def _commit(self, key: str, record: Record, stream: bytes) -> tuple[Record | None, int]:
+        """Write stream and record in one transaction; return the replaced record and the new total."""
+        cache = self._cache
+        mkey = self._mprefix + key
+        with cache.transact():
+            previous_raw = cache.get(mkey)
+            previous = self._try_parse(previous_raw)
+            cache.set(self._pprefix + key, stream)
+            cache.set(mkey, record.to_json())
+            delta = record.size - (previous.size if previous is not None else 0)
+            total = int(cache.incr(self._volume_key, delta, default=0))
+        return previous, total
+
+    # -- deleting ----------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> bool:
+        """Delete the entry for ``key``; return whether there was one."""
+        return self._delete_if(key, lambda current: True)
+
+    def prune(self) -> int:
+        """Delete expired entries, then least recently used ones until the total size is within the limit.
+
+        Also removes unreadable records, entries of other format versions, and payloads and buffer files
+        that no record refers to (files only once they are over a minute old, so that saves in progress
+        are left alone). Returns the number of entries removed.
+        """
+        return self._prune(protect=None, target=self.size_limit)
+
+    def clear(self) -> int:
+        """Delete everything in the store; return the number of entries removed."""
+        cache = self._cache
+        count = sum(
+            1 for db_key in cache.iterkeys() if isinstance(db_key, str) and db_key.startswith("m:")
+        )
+        cache.clear()
+        for path, _name, _blob_id, _mtime in self._blob_files():
+            _remove_file(path)
+        with self._lock:
+            self._pending_hits.clear()
+            self._touched.clear()
+        return count
+
+    def close(self) -> None:
+        """Write pending hit counts and close the database connection (the store reopens on next use)."""
+        with self._lock:
+            pending, self._pending_hits = self._pending_hits, {}
+        for key, hits in pending.items():
+            try:
+                self._touch(key, None, hits)
+            except self._write_errors:
+                pass
+        self._cache.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _prune(self, *, protect: str | None, target: int) -> int:
+        cache = self._cache
+        now = time.time()
+        # Blob files are listed before records are read: a file listed here whose save commits during
+        # the scan is then either referenced by a scanned record or younger than _ORPHAN_AGE.
+        blob_files = list(self._blob_files())
+        counter_before = int(cache.get(self._volume_key, 0))
+
+        live: list[tuple[Record, str]] = []
+        broken: list[tuple[str, Any]] = []  # (key, record text) of unreadable records
+        garbage: list[str] = []  # diskcache keys of other format versions
+        garbage_records = 0
+        streams: list[str] = []
+        for db_key in cache.iterkeys():
+            if not isinstance(db_key, str):
+                continue
+            if db_key.startswith(self._mprefix):
+                raw = cache.get(db_key)
+                record = self._try_parse(raw)
+                key = db_key[len(self._mprefix) :]
+                if record is not None and record.key == key:
+                    live.append((record, raw))
+                elif raw is not None:
+                    broken.append((key, raw))
+            elif db_key.startswith(self._pprefix):
+                streams.append(db_key)
+            elif db_key[:2] in ("m:", "p:", "s:") and db_key.split(":", 2)[1] != str(FORMAT_VERSION):
+                # Another format version: never readable by this code.
+                garbage_records += db_key.startswith("m:")
+                garbage.append(db_key)
+
+        total = sum(record.size for record, _ in live)
+        victims: list[tuple[Record, str]] = []
+        keep: list[tuple[Record, str]] = []
+        for record, raw in live:
+            if record.expires is not None and record.expires <= now and record.key != protect:
+                victims.append((record, raw))
+                total -= record.size
+            else:
+                keep.append((record, raw))
+        keep.sort(key=lambda item: item[0].last_used)
+        for record, raw in keep:
+            if total <= target:
+                break
+            if record.key == protect:
+                continue
+            victims.append((record, raw))
+            total -= record.size
+
+        removed: list[Record] = []
+        for start in range(0, len(victims), 256):
+            with cache.transact():
+                for record, raw in victims[start : start + 256]:
+                    mkey = self._mprefix + record.key
+                    # Compare the whole text: a record touched or replaced since the scan is kept.
+                    if cache.get(mkey) == raw:
+                        cache.delete(mkey)
+                        cache.delete(self._pprefix + record.key)
+                        removed.append(record)
+        live_keys = {record.key for record, _ in live}
+        with cache.transact():
+            for key, raw in broken:
+                if cache.get(self._mprefix + key) == raw:  # not replaced by a save since the scan
+                    cache.delete(self._mprefix + key)
+                    cache.delete(self._pprefix + key)
+                    garbage_records += 1
+            for db_key in garbage:
+                cache.delete(db_key)
+            for db_key in streams:
+                key = db_key[len(self._pprefix) :]
+                # A stream is committed together with its record, so checking inside a transaction
+                # cannot catch a save half-way.
+                if key not in live_keys and (self._mprefix + key) not in cache:
+                    cache.delete(db_key)
+            # Recount, keeping whatever other processes added or removed since the scan started.
+            drift = int(cache.get(self._volume_key, 0)) - counter_before
+            remaining = sum(record.size for record, _ in live) - sum(record.size for record in removed)
+            cache.set(self._volume_key, max(0, remaining + drift))
+
+        for record in removed:
+            self._remove_blobs(record)
+        removed_keys = {record.key for record in removed}
+        referenced = {
+            (self._blob_name(record.key), record.blob_id)
+            for record, _ in live
+            if record.blob_id and record.key not in removed_keys
+        }
+        for path, name, blob_id, mtime in blob_files:
+            if (name, blob_id) not in referenced and now - mtime > _ORPHAN_AGE:
+                _remove_file(path)
+        return len(removed) + garbage_records
+
+    def _delete_if(self, key: str, condition: Callable[[str], bool]) -> bool:
+        """Delete the entry if its current record text satisfies ``condition``; return whether it did."""
+        cache = self._cache
+        mkey = self._mprefix + key
+        with cache.transact():
+            raw = cache.get(mkey)
+            if raw is None or not condition(raw):
+                return False
+            cache.delete(mkey)
+            cache.delete(self._pprefix + key)
+            record = self._try_parse(raw)
+            if record is not None:
+                cache.incr(self._volume_key, -record.size, default=0)
+        if record is not None:
+            self._remove_blobs(record)
+        return True
+
+    def _same_entry(self, record: Record) -> Callable[[str], bool]:
+        """A condition for :meth:`_delete_if`: the stored entry is still the one ``record`` describes."""
+
+        def same(raw: str) -> bool:
+            current = self._try_parse(raw)
+            return current is None or current.mac == record.mac
+
+        return same
+
+    def _discard(self, key: str, record: Record | None, raw: str, reason: str) -> None:
+        """Delete an entry that failed verification and warn once (naming its task, if known)."""
+        if record is None:
+            self._delete_if(key, lambda current: current == raw)
+        else:
+            self._delete_if(key, self._same_entry(record))
+        task = f"task {record.task_name!r}" if record is not None else "an unknown task"
+        warnings.warn(
+            f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
+            f"and is treated as a cache miss",
+            NbflowWarning,
+            stacklevel=3,
+        )
+
+    # -- LRU bookkeeping ---------------------------------------------------------------------------
+
+    def _count_hit(self, key: str, record: Record) -> None:
+        # No lock on this hot path: a hit lost to a race between threads only makes the count approximate.
+        pending = self._pending_hits
+        pending[key] = pending.get(key, 0) + 1
+        now = time.time()
+        interval = self.touch_interval
+        if now - record.last_used >= interval and now - self._touched.get(key, 0.0) >= interval:
+            self._touched[key] = now
+            hits = pending.pop(key, 0)
+            try:
+                self._touch(key, record.mac, hits, now)
+            except self._write_errors:
+                pass  # bookkeeping only; the hit itself succeeded
+
+    def _touch(self, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
+        cache = self._cache
+        mkey = self._mprefix + key
+        with cache.transact():
+            current = self._try_parse(cache.get(mkey))
+            # Only update the entry that was read, never one that replaced it in the meantime.
+            if current is None or (mac is not None and current.mac != mac):
+                return
+            updated = dataclasses.replace(
+                current,
+                last_used=current.last_used if now is None else max(now, current.last_used),
+                hits=current.hits + hits,
+            )
+            cache.set(mkey, updated.to_json())
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _read_entry(self, key: str) -> tuple[Any, Any]:
+        """Record text and stream of an entry (each ``None`` if absent), read in one query when possible.
+
+        The stream is ``_NOT_READ`` when it is not held in the row (a large one, in diskcache's files) or
+        direct queries are unavailable; the caller then reads it separately.
+        """
+        mkey = self._mprefix + key
+        if self._fast_reads:
+            try:
+                rows = self._cache._sql(_SELECT_PAIR, (mkey, self._pprefix + key)).fetchall()
+            except (AttributeError, sqlite3.OperationalError) as error:
+                self._fast_read_failed(error)
+            else:
+                raw: Any = None
+                stream: Any = None
+                for db_key, mode, value in rows:
+                    inline = mode == _MODE_RAW and type(value) in (str, bytes)
+                    if db_key == mkey:
+                        raw = value if inline else self._cache.get(mkey)
+                    else:
+                        stream = value if inline else _NOT_READ
+                return raw, stream
+        return self._cache.get(mkey), _NOT_READ
+
+    def _fast_read_failed(self, error: Exception) -> None:
+        # A diskcache with another layout: use its public API from now on. Transient errors (a busy
+        # database) only send this one read through the public API, which has its own handling.
+        if isinstance(error, AttributeError) or "no such" in str(error):
+            self._fast_reads = False
+
+    def _read(self, db_key: str) -> Any:
+        """``self._cache.get(db_key)``, faster on the cache-hit path.
+
+        Values stored inside the database row (all records and small streams) are read with one direct
+        query on diskcache's table, skipping its generic per-call work (about a third of a small hit's
+        cost). Anything else (values diskcache keeps in files), and any diskcache whose internals differ
+        from what this expects, goes through the public ``get``.
+        """
+        if self._fast_reads:
+            try:
+                rows = self._cache._sql(_SELECT_RAW, (db_key,)).fetchall()
+            except (AttributeError, sqlite3.OperationalError) as error:
+                self._fast_read_failed(error)
+            else:
+                if not rows:
+                    return None
+                ((mode, value),) = rows
+                if mode == _MODE_RAW and type(value) in (str, bytes):
+                    return value
+        return self._cache.get(db_key)
+
+    def _parse_record(self, raw: Any) -> Record:
+        try:
+            data = self._parse_json(raw)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"unreadable store record: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError("a store record must be a JSON object")
+        return Record.from_dict(data)
+
+    def _try_parse(self, raw: Any) -> Record | None:
+        if raw is None:
+            return None
+        try:
+            return self._parse_record(raw)
+        except ValueError:
+            return None
+
+    def _mac(self, record: Record, stream: bytes) -> str:
+        """HMAC-SHA256 of the record's signed fields and the stream, keyed by the secret."""
+        signed = record.signed_bytes()
+        # HMAC computed from SHA-256 states pre-fed with the padded key (RFC 2104): the same MAC as
+        # hmac.new(secret, message, "sha256"), without redoing the key setup on every cache hit.
+        inner = self._hmac_inner.copy()
+        # Length-prefixed, so the boundary between the fields and the stream is unambiguous.
+        inner.update(b"%s%d:" % (_MAC_DOMAIN, len(signed)))
+        inner.update(signed)
+        inner.update(stream)
+        outer = self._hmac_outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+    def _new_hasher(self) -> Any:
+        if self.strict_buffers:
+            return hashlib.blake2b(key=self._secret[:64], digest_size=32)
+        return xxhash.xxh3_128()
+
+    def _hasher_for(self, checksum: str) -> Any:
+        if checksum.startswith(_KEYED):
+            return hashlib.blake2b(key=self._secret[:64], digest_size=32)
+        if checksum.startswith(_FAST):
+            return xxhash.xxh3_128()
+        raise _Invalid("has a buffer checksum of an unknown kind")
+
+    @staticmethod
+    def _blob_name(key: str) -> str:
+        if _SAFE_NAME.fullmatch(key):
+            return key
+        return xxhash.xxh3_128_hexdigest(key.encode("utf-8", "surrogatepass"))
+
+    def _blob_path(self, key: str, blob_id: str, index: int) -> str:
+        name = self._blob_name(key)
+        return os.path.join(self._blobs, name[:2], f"{name}-{blob_id}-{index}.bin")
+
+    def _remove_blobs(self, record: Record) -> None:
+        for index in range(len(record.buffers)):
+            try:
+                _remove_file(self._blob_path(record.key, record.blob_id, index))
+            except OSError:
+                pass  # left for prune()'s garbage collection
+
+    def _blob_files(self) -> Iterator[tuple[str, str, str, float]]:
+        """``(path, name, blob_id, mtime)`` of every file under ``blobs/`` (temporary files: empty ids)."""
+        try:
+            shards = list(os.scandir(self._blobs))
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            try:
+                entries = list(os.scandir(shard.path))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+                name, blob_id = "", ""
+                if entry.name.endswith(".bin") and not entry.name.startswith("."):
+                    parts = entry.name[:-4].rsplit("-", 2)
+                    if len(parts) == 3:
+                        name, blob_id = parts[0], parts[1]
+                yield entry.path, name, blob_id, mtime
+
+    def _make_directories(self) -> None:
+        exposed: list[str] = []
+        for directory in (self.home, self.directory, self.directory / "blobs"):
+            try:
+                directory.mkdir(mode=0o700, parents=True)
+                continue
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot create the nbflow store directory {directory}: {error}"
+                ) from error
+            try:
+                mode = directory.stat().st_mode
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot access the nbflow store directory {directory}: {error}"
+                ) from error
+            if not stat.S_ISDIR(mode):
+                raise ConfigurationError(f"the nbflow store path {directory} exists but is not a directory")
+            if directory != self.directory / "blobs" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+                exposed.append(str(directory))
+        if exposed:
+            fix = " ".join(exposed)
+            warnings.warn(
+                f"the nbflow store directory {', '.join(exposed)} is writable by other users, who could "
+                f"delete or tamper with cached results; run `chmod 700 {fix}`",
+                NbflowWarning,
+                stacklevel=3,
+            )
+
+
+def _registered(name: str) -> Serializer | None:
+    try:
+        return get_serializer(name)
+    except ConfigurationError:
+        return None

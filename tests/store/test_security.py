@@ -1,0 +1,264 @@
+"""Tampered, corrupted or foreign entries are detected before anything is unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nbflow.exceptions import ConfigurationError, NbflowWarning
+from nbflow.store import FORMAT_VERSION, CacheMiss, ResultStore
+from nbflow.store.secret import load_or_create_secret
+
+M = f"m:{FORMAT_VERSION}:"
+P = f"p:{FORMAT_VERSION}:"
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    return tmp_path / "config" / "secret.key"
+
+
+@pytest.fixture
+def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
+    result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
+    yield result_store
+    result_store.close()
+
+
+def blob_files(store: ResultStore) -> list[Path]:
+    return sorted(path for path in (store.directory / "blobs").rglob("*") if path.is_file())
+
+
+def assert_rejected(store: ResultStore, key: str, task_name: str, *, record: Any = None) -> None:
+    """load() warns exactly once naming the task, raises CacheMiss, and the entry is gone."""
+    with pytest.warns(NbflowWarning) as caught, pytest.raises(CacheMiss):
+        store.load(key, record)
+    messages = [str(warning.message) for warning in caught if issubclass(warning.category, NbflowWarning)]
+    assert len(messages) == 1, messages
+    assert repr(task_name) in messages[0]
+    assert "failed verification" in messages[0] and "cache miss" in messages[0]
+    assert store.probe(key) is None
+    assert store._cache.get(P + key) is None
+
+
+def flip(data: bytes, position: int) -> bytes:
+    return data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1 :]
+
+
+def test_flipped_byte_in_stream(store: ResultStore) -> None:
+    store.save("k", {"numbers": list(range(100))}, task_name="demo.flip")
+    stream = store._cache.get(P + "k")
+    store._cache.set(P + "k", flip(stream, len(stream) // 2))
+    assert_rejected(store, "k", "demo.flip")
+
+
+def test_flipped_byte_in_a_large_stream(store: ResultStore) -> None:
+    # Over diskcache's in-row limit: the stream lives in one of diskcache's own files.
+    store.save("k", list(range(50_000)), task_name="demo.flip")
+    stream = store._cache.get(P + "k")
+    assert len(stream) > 100_000
+    store._cache.set(P + "k", flip(stream, 12345))
+    assert_rejected(store, "k", "demo.flip", record=store.probe("k"))
+
+
+def test_flipped_byte_in_blob(store: ResultStore) -> None:
+    store.save("k", np.arange(1_000_000, dtype=np.float64), task_name="demo.blob")
+    (blob,) = blob_files(store)
+    data = blob.read_bytes()
+    blob.write_bytes(flip(data, 4_000_000))
+    assert_rejected(store, "k", "demo.blob")
+    assert blob_files(store) == []
+
+
+def test_truncated_and_missing_blob(store: ResultStore) -> None:
+    store.save("a", np.ones(100_000), task_name="demo.truncated")
+    store.save("b", np.ones(100_000), task_name="demo.missing")
+    blob_a = next(path for path in blob_files(store) if path.name.startswith("a-"))
+    blob_b = next(path for path in blob_files(store) if path.name.startswith("b-"))
+    blob_a.write_bytes(blob_a.read_bytes()[:1000])
+    blob_b.unlink()
+    assert_rejected(store, "a", "demo.truncated")
+    assert_rejected(store, "b", "demo.missing")
+
+
+def test_swapped_payloads(store: ResultStore) -> None:
+    store.save("a", "value of a", task_name="demo.a")
+    store.save("b", "value of b", task_name="demo.b")
+    stream_a, stream_b = store._cache.get(P + "a"), store._cache.get(P + "b")
+    assert len(stream_a) == len(stream_b)  # same size: only the MAC can tell
+    store._cache.set(P + "a", stream_b)
+    store._cache.set(P + "b", stream_a)
+    assert_rejected(store, "a", "demo.a")
+    assert_rejected(store, "b", "demo.b")
+
+
+def test_swapped_blobs(store: ResultStore) -> None:
+    store.save("a", np.zeros(100_000), task_name="demo.a")
+    store.save("b", np.ones(100_000), task_name="demo.b")
+    blob_a = next(path for path in blob_files(store) if path.name.startswith("a-"))
+    blob_b = next(path for path in blob_files(store) if path.name.startswith("b-"))
+    data_a, data_b = blob_a.read_bytes(), blob_b.read_bytes()
+    blob_a.write_bytes(data_b)
+    blob_b.write_bytes(data_a)
+    assert_rejected(store, "a", "demo.a")
+    assert_rejected(store, "b", "demo.b")
+
+
+def test_whole_entries_moved_to_other_keys(store: ResultStore) -> None:
+    store.save("a", "value of a", task_name="demo.a")
+    store.save("b", "value of b", task_name="demo.b")
+    cache = store._cache
+    record_a, record_b = cache.get(M + "a"), cache.get(M + "b")
+    stream_a, stream_b = cache.get(P + "a"), cache.get(P + "b")
+    cache.set(M + "a", record_b)
+    cache.set(P + "a", stream_b)
+    cache.set(M + "b", record_a)
+    cache.set(P + "b", stream_a)
+    with pytest.warns(NbflowWarning, match="belongs to another entry"):
+        assert store.probe("a") is None
+    with pytest.warns(NbflowWarning, match="belongs to another entry"), pytest.raises(CacheMiss):
+        store.load("b")
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("fix_sizes", [False, True])
+def test_code_running_pickle_is_never_unpickled(store: ResultStore, tmp_path: Path, fix_sizes: bool) -> None:
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(Exploit(marker), protocol=5)
+    pickle.loads(pickle.dumps(Exploit(tmp_path / "check")))  # the exploit does work when unpickled...
+    assert (tmp_path / "check").exists()
+
+    store.save("k", "innocent", task_name="demo.target")
+    store._cache.set(P + "k", evil)
+    if fix_sizes:
+        # Make the metadata consistent with the planted stream, so that only the MAC can catch it.
+        record = json.loads(store._cache.get(M + "k"))
+        record["stream_size"] = record["size"] = len(evil)
+        store._cache.set(M + "k", json.dumps(record))
+    assert_rejected(store, "k", "demo.target")
+    assert not marker.exists()  # ...but it was never unpickled
+
+
+def test_tampered_metadata(store: ResultStore) -> None:
+    store.save("k", 1, task_name="demo.meta", expires=time.time() + 10)
+    record = json.loads(store._cache.get(M + "k"))
+    record["expires"] = time.time() + 10**6  # extend the expiry
+    store._cache.set(M + "k", json.dumps(record))
+    assert_rejected(store, "k", "demo.meta")
+
+
+def test_lru_fields_are_not_authenticated(store: ResultStore) -> None:
+    store.save("k", 1, task_name="t")
+    record = json.loads(store._cache.get(M + "k"))
+    record["last_used"] += 5
+    record["hits"] = 12
+    store._cache.set(M + "k", json.dumps(record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.load("k") == 1
+
+
+def test_unreadable_metadata(store: ResultStore) -> None:
+    store.save("k", 1, task_name="t")
+    store._cache.set(M + "k", '{"key": "k", "truncated')
+    with pytest.warns(NbflowWarning, match="unknown task.*unreadable metadata.*failed verification"):
+        assert store.probe("k") is None
+    store._cache.set(M + "j", "[]")
+    with pytest.warns(NbflowWarning, match="unreadable"), pytest.raises(CacheMiss):
+        store.load("j")
+    assert store._cache.get(M + "j") is None
+
+
+def test_entry_written_with_another_users_secret(tmp_path: Path, secret_file: Path) -> None:
+    home = tmp_path / "shared"
+    mallory = ResultStore(home, size_limit=1 << 30, secret_file=tmp_path / "mallory" / "secret.key")
+    mallory.save("k", "planted", task_name="demo.shared")
+    mallory.save("arr", np.ones(100_000), task_name="demo.shared")
+    mallory.close()
+
+    alice = ResultStore(home, size_limit=1 << 30, secret_file=secret_file)
+    assert_rejected(alice, "k", "demo.shared")
+    assert_rejected(alice, "arr", "demo.shared")
+
+
+def test_strict_buffers(tmp_path: Path, secret_file: Path) -> None:
+    home = tmp_path / "home"
+    strict = ResultStore(home, size_limit=1 << 30, secret_file=secret_file, strict_buffers=True)
+    record = strict.save("k", np.arange(100_000), task_name="demo.strict")
+    assert record.buffers[0][1].startswith("b2k:")
+    np.testing.assert_array_equal(strict.load("k"), np.arange(100_000))
+
+    # A non-strict store still verifies (and accepts) keyed checksums.
+    relaxed = ResultStore(home, size_limit=1 << 30, secret_file=secret_file)
+    np.testing.assert_array_equal(relaxed.load("k"), np.arange(100_000))
+
+    # Entries with plain checksums are misses in strict mode (without a warning: nothing is corrupt).
+    relaxed.save("plain", np.arange(100_000), task_name="demo.plain")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CacheMiss):
+            strict.load("plain")
+
+    (blob,) = [path for path in blob_files(strict) if path.name.startswith("k-")]
+    blob.write_bytes(flip(blob.read_bytes(), 100))
+    assert_rejected(strict, "k", "demo.strict")
+
+
+# -- the secret key file ---------------------------------------------------------------------------
+
+
+def test_secret_file_creation(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "secret.key"
+    key = load_or_create_secret(path)
+    assert len(key) == 32 and path.read_bytes() == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert load_or_create_secret(path) == key
+    assert [entry.name for entry in path.parent.iterdir()] == ["secret.key"]  # no temporary files left
+
+
+def test_damaged_secret_file(tmp_path: Path) -> None:
+    path = tmp_path / "secret.key"
+    path.write_bytes(b"short")
+    os.chmod(path, 0o600)
+    long_ago = time.time() - 3600
+    os.utime(path, (long_ago, long_ago))
+    with pytest.raises(ConfigurationError, match=r"damaged.*delete it"):
+        load_or_create_secret(path)
+
+
+def test_readable_secret_file_warns(tmp_path: Path) -> None:
+    path = tmp_path / "secret.key"
+    key = load_or_create_secret(path)
+    os.chmod(path, 0o644)
+    with pytest.warns(NbflowWarning, match="chmod 600"):
+        assert load_or_create_secret(path) == key
+
+
+def _create_secret(path: str) -> bytes:
+    return load_or_create_secret(Path(path))
+
+
+def test_concurrent_secret_creation(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "race" / "secret.key"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        keys = pool.map(_create_secret, [str(path)] * 16)
+    assert len(set(keys)) == 1 and keys[0] == path.read_bytes()
