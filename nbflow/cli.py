@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -143,7 +144,9 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     async def execute() -> None:
         nonlocal failed_cell
         client.reset_execution_trackers()
-        async with client.async_setup_kernel(env=env):
+        # The kernel process's own stderr carries only its start-up chatter; what cells print to
+        # stderr still arrives through the kernel protocol and lands in the outputs.
+        async with client.async_setup_kernel(env=env, stderr=subprocess.DEVNULL):
             try:
                 for index, cell in enumerate(notebook.cells):
                     await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
@@ -189,6 +192,8 @@ def _cell_error_summary(error: Exception) -> str:
 def _format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 0.001:
+        return "<1 ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     return f"{seconds:.2f} s"
