@@ -661,3 +661,60 @@ def test_repeated_calls_are_cached_report() -> None:
 
 def test_identity_is_json_safe() -> None:
     assert json.loads(json.dumps(code_identity(test_identity_is_json_safe)))
+
+
+def test_snapshots_do_not_keep_replaced_values_alive() -> None:
+    import gc
+    import weakref
+
+    ns = run_cell("import numpy as np\nDATA = np.zeros(1000)\ndef total():\n    return DATA.sum()\n")
+    ref = weakref.ref(ns["DATA"])
+    first = code_identity(ns["total"])
+    ns["DATA"] = None
+    gc.collect()
+    assert ref() is None
+    assert code_identity(ns["total"]) != first
+
+
+_IPYTHON_SESSION = r"""
+from IPython.core.interactiveshell import InteractiveShell
+
+shell = InteractiveShell.instance()
+
+
+def run(src):
+    result = shell.run_cell(src, store_history=True)
+    result.raise_error()
+
+
+run("from nbflow.hashing import code_identity, source_identity")
+run('''
+def helper(x):
+    return x + 1
+
+class Model:
+    def predict(self, v):
+        return helper(v)
+
+def task(x):
+    # a comment
+    return helper(x) * 2
+''')
+run("first = (code_identity(task), code_identity(Model))")
+run("def task(x):\n    return helper(x) * 2\n")
+run("assert code_identity(task) == first[0], 'a comment-only edit changed the identity'")
+run("def helper(x):\n    return x + 2\n")
+run("assert code_identity(task) != first[0] and code_identity(Model) != first[1]")
+run("cell = source_identity('y = task(1)\\n!echo done\\n', get_ipython().user_ns)")
+run("def task(x):\n    return helper(x) * 3\n")
+run("assert source_identity('y = task(1)\\n!echo done\\n', get_ipython().user_ns) != cell")
+print("ok")
+"""
+
+
+def test_real_ipython_shell() -> None:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _IPYTHON_SESSION], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok"), out.stdout + out.stderr

@@ -774,3 +774,36 @@ def test_handlers_are_resolved_by_name_not_import() -> None:
     # the lazily-recognised types all go through the per-type cache, not isinstance checks
     fingerprint(np.float32(1))
     assert values_mod._HANDLERS[np.float32] is values_mod._h_np_scalar
+
+
+def test_vectorized_runs_write_the_same_bytes_as_the_element_loop() -> None:
+    items: list[Any] = ["a", "é", "x" * 100_000, 1, -(2**70), 2.5, math.nan, None, True, b"raw", ""] * 5
+    fast = values_mod._Enc()
+    assert values_mod._enc_leaf_run(fast, items)
+    slow = values_mod._Enc()
+    for x in items:
+        values_mod._HANDLERS[type(x)](slow, x)
+    assert fast.digest() == slow.digest()
+    assert not values_mod._enc_leaf_run(values_mod._Enc(), [1, [2]])
+
+
+def test_long_containers() -> None:
+    strs = [f"file-{i}.csv" for i in range(5000)]
+    assert fingerprint(set(strs)) == fingerprint(set(reversed(strs)))
+    assert fingerprint(strs) != fingerprint(strs[::-1])
+    mixed: list[Any] = [*range(40_000), [1], "tail"]  # the first block is plain, the second is not
+    assert fingerprint(mixed) == fingerprint(list(mixed))
+    assert fingerprint(mixed) != fingerprint([*range(40_000), [2], "tail"])
+    with pytest.raises(UnfingerprintableError, match=r"at value\[40001\]"):
+        fingerprint([*range(40_001), iter([])])
+
+
+def test_flag_enums() -> None:
+    class Perm(enum.Flag):
+        R = 4
+        W = 2
+        X = 1
+
+    assert fingerprint(Perm.R | Perm.W) != fingerprint(Perm.R | Perm.X)
+    assert fingerprint(Perm.R | Perm.W) == fingerprint(Perm.W | Perm.R)
+    assert fingerprint(Perm.R) != fingerprint(Perm.W)
