@@ -805,8 +805,8 @@ def _valid(snap: _Snap, owner: Any, sess: _Session, seen: set[int]) -> bool:
     for getter, arg, obj, kind, node in snap.checks:
         if getter == _G_NAME:
             cur = ns.get(arg[0], _MISSING)
-            if cur is _MISSING:
-                cur = _resolve_chain(arg, ns, snap.builtins)
+            if cur is _MISSING and arg[0] in snap.builtins:
+                cur = _SKIP  # what _resolve_chain says of a builtin, without the call
         elif getter == _G_CHAIN:
             cur = _resolve_chain(arg, ns, snap.builtins)
         elif getter == _G_CELL:

@@ -873,13 +873,19 @@ def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
     """
     kinds = set(map(type, items))
     if kinds == _STR_ONLY:
+        # The run is joined into one bytes object: only for modest sizes; long strings go through
+        # the element loop, which streams each one to the hasher.
+        if sum(map(len, items)) > _RUN_CHARS:
+            return False
         try:
             encoded = list(map(str.encode, items))
         except UnicodeEncodeError:
             return False
         heads = map(_pack_cQ, repeat(b"s"), map(len, encoded))
         data = b"".join(chain.from_iterable(zip(heads, encoded)))
-    elif kinds <= _FAST_LEAF.keys():
+    elif kinds <= _RUN_KINDS and kinds <= _FAST_LEAF.keys():
+        if str in kinds and sum(map(len, filter(_is_str, items))) > _RUN_CHARS:
+            return False
         data = b"".join(map(_call, map(_FAST_LEAF.__getitem__, map(type, items)), items))
     else:
         return False
@@ -888,6 +894,9 @@ def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
 
 
 _STR_ONLY = {str}
+_RUN_KINDS = frozenset({int, float, bool, str, type(None)})  # bytes stay with the streaming loop
+_RUN_CHARS = 1 << 22
+_is_str: Callable[[Any], bool] = str.__instancecheck__
 
 
 def _enc_object_elements(enc: _Enc, items: Iterable[Any], base: int) -> None:
@@ -1435,14 +1444,16 @@ _HANDLERS: dict[type, _Handler] = {}
 _FAST_LEAF: dict[type, Callable[[Any], bytes]] = {}
 _FAST_SEQ: dict[type, bytes] = {}
 _FAST_DICT = [True]
+_INLINE = True
 
 
 def _fast(v: Any, depth: int) -> bytes | None:
     """Encoding of a small tuple/list/dict of scalars, byte for byte what the full encoder writes.
 
     Most task arguments look like this, and skipping the encoder object and the handler dispatch makes
-    them several times faster. Returns None for anything else (including anything that could hold a
-    cycle: depth is bounded), and the full encoder takes over.
+    them several times faster (the common scalars are encoded inline: a function call per element is
+    a large part of the cost). Returns None for anything else, including anything that could hold a
+    cycle (depth is bounded), and the full encoder takes over.
     """
     t = type(v)
     tag = _FAST_SEQ.get(t)
@@ -1450,35 +1461,71 @@ def _fast(v: Any, depth: int) -> bytes | None:
         if len(v) > 32 or depth > 3:
             return None
         parts = [tag, _pack_Q(len(v))]
+        append = parts.append
         for x in v:
-            leaf = _FAST_LEAF.get(type(x))
-            b = leaf(x) if leaf is not None else _fast(x, depth + 1)
-            if b is None:
-                return None
-            parts.append(b)
+            tx = type(x)
+            if tx is int and _INLINE:
+                try:
+                    append(_pack_cq(b"i", x))
+                except struct.error:
+                    append(_bigint(x))
+            elif tx is str and _INLINE:
+                try:
+                    e = x.encode()
+                except UnicodeEncodeError:
+                    e = _utf8(x)
+                append(_pack_cQ(b"s", len(e)))
+                append(e)
+            elif tx is float and _INLINE:
+                append(_pack_cd(b"f", x) if x == x else b"f" + _NAN)
+            else:
+                leaf = _FAST_LEAF.get(tx)
+                b = leaf(x) if leaf is not None else _fast(x, depth + 1)
+                if b is None:
+                    return None
+                append(b)
         return b"".join(parts)
     if t is dict and _FAST_DICT[0] and len(v) <= 32 and depth <= 3:
         try:
             keys = sorted(v)
-        except TypeError:
+        except Exception:  # mixed key types; or keys whose comparison raises
             return None
         if not keys:
             return b"{s" + _pack_Q(0)
         if type(keys[0]) is str:
             parts = [b"{s", _pack_Q(len(v))]
+            append = parts.append
             for k in keys:
-                if type(k) is not str:
+                if type(k) is not str:  # checked first: str subclasses must never use the cache
                     return None
-                try:
-                    kb = k.encode()
-                except UnicodeEncodeError:
-                    return None
+                kb = _KEY_BYTES.get(k)
+                if kb is None:
+                    kb = _sb(k)
+                    if len(_KEY_BYTES) < 1024 and len(kb) <= 72:
+                        _KEY_BYTES[k] = kb
+                append(kb)
                 x = v[k]
-                leaf = _FAST_LEAF.get(type(x))
-                b = leaf(x) if leaf is not None else _fast(x, depth + 1)
-                if b is None:
-                    return None
-                parts += (_pack_Q(len(kb)), kb, b)
+                tx = type(x)
+                if tx is int and _INLINE:
+                    try:
+                        append(_pack_cq(b"i", x))
+                    except struct.error:
+                        append(_bigint(x))
+                elif tx is str and _INLINE:
+                    try:
+                        e = x.encode()
+                    except UnicodeEncodeError:
+                        e = _utf8(x)
+                    append(_pack_cQ(b"s", len(e)))
+                    append(e)
+                elif tx is float and _INLINE:
+                    append(_pack_cd(b"f", x) if x == x else b"f" + _NAN)
+                else:
+                    leaf = _FAST_LEAF.get(tx)
+                    b = leaf(x) if leaf is not None else _fast(x, depth + 1)
+                    if b is None:
+                        return None
+                    append(b)
             return b"".join(parts)
         if type(keys[0]) is int:
             parts = [b"{i", _pack_Q(len(v))]
@@ -1495,6 +1542,10 @@ def _fast(v: Any, depth: int) -> bytes | None:
     return None
 
 
+# Encoded (length-prefixed) dict keys: the same few argument and field names come back on every call.
+_KEY_BYTES: dict[str, bytes] = {}
+
+
 def _reset_handlers() -> None:
     _HANDLERS.clear()
     for t, h in _BUILTIN_HANDLERS.items():
@@ -1505,6 +1556,9 @@ def _reset_handlers() -> None:
     _FAST_SEQ.clear()
     _FAST_SEQ.update((t, tag) for t, tag in ((tuple, b"("), (list, b"[")) if t in _HANDLERS)
     _FAST_DICT[0] = dict in _HANDLERS
+    # Inline encoding of int, str and float elements in _fast, unless a registration took one over.
+    global _INLINE
+    _INLINE = int in _FAST_LEAF and str in _FAST_LEAF and float in _FAST_LEAF
 
 
 _reset_handlers()

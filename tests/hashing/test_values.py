@@ -777,14 +777,22 @@ def test_handlers_are_resolved_by_name_not_import() -> None:
 
 
 def test_vectorized_runs_write_the_same_bytes_as_the_element_loop() -> None:
-    items: list[Any] = ["a", "é", "x" * 100_000, 1, -(2**70), 2.5, math.nan, None, True, b"raw", ""] * 5
-    fast = values_mod._Enc()
-    assert values_mod._enc_leaf_run(fast, items)
-    slow = values_mod._Enc()
-    for x in items:
-        values_mod._HANDLERS[type(x)](slow, x)
-    assert fast.digest() == slow.digest()
-    assert not values_mod._enc_leaf_run(values_mod._Enc(), [1, [2]])
+    runs: list[list[Any]] = [
+        ["a", "é", "x" * 100_000, 1, -(2**70), 2.5, math.nan, None, True, ""] * 5,
+        [f"s{i}" for i in range(1000)],
+    ]
+    for items in runs:
+        fast = values_mod._Enc()
+        assert values_mod._enc_leaf_run(fast, items)
+        slow = values_mod._Enc()
+        for x in items:
+            values_mod._HANDLERS[type(x)](slow, x)
+        assert fast.digest() == slow.digest()
+    # refused, writing nothing: containers, bytes (streamed one by one), runs too large to join
+    for refused in ([1, [2]], [b"raw", 1], ["x" * 3_000_000, "y" * 3_000_000]):
+        enc = values_mod._Enc()
+        assert not values_mod._enc_leaf_run(enc, refused)
+        assert not enc.buf
 
 
 def test_long_containers() -> None:
