@@ -970,7 +970,7 @@ def _resolve_deps(
 def _compute_function(fn: types.FunctionType, sess: _Session) -> tuple[bytes, _Snap]:
     code = fn.__code__
     st = _code_static(fn)
-    snap = _Snap(fn.__globals__, fn.__builtins__)  # type: ignore[attr-defined]
+    snap = _Snap(fn.__globals__, fn.__builtins__)
     snap.fn_state = (code, fn.__defaults__, fn.__kwdefaults__)
     parts = [b"F", st.digest]
     _resolve_deps(st.deps, snap, sess, parts)
