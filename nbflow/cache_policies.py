@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import xxhash
+
 from nbflow.exceptions import ConfigurationError, UnfingerprintableError
+from nbflow.hashing import code_identity, fingerprint
 
 if TYPE_CHECKING:
     from nbflow.tasks import Task
@@ -50,10 +53,6 @@ class ArgumentError(UnfingerprintableError):
 
 def fingerprint_arguments(arguments: dict[str, Any]) -> str:
     """One digest over named values, in name order; raises :class:`ArgumentError` naming a bad one."""
-    import xxhash
-
-    from nbflow.hashing import fingerprint
-
     hasher = xxhash.xxh3_128()
     for name in sorted(arguments):
         try:
@@ -143,8 +142,6 @@ class TaskSource(CachePolicy):
     """The code identity of the task: its normalized source and the notebook code it uses."""
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
-        from nbflow.hashing import code_identity
-
         return code_identity(context.task.fn)
 
     def __repr__(self) -> str:

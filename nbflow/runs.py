@@ -25,6 +25,8 @@ __all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "get_run", "list_runs"]
 
 _SCHEMA_VERSION = 1
 _FLUSH_INTERVAL = 0.25
+_FLUSH_ROWS = 2000
+_SESSION_IN_MEMORY = 10_000
 
 
 _ids = random.Random(int.from_bytes(os.urandom(16), "big") ^ os.getpid())
@@ -87,7 +89,15 @@ class TaskRunRecord:
         return self.end_time - self.start_time
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Built by hand: dataclasses.asdict deep-copies and costs ~10x more, on every task call.
+        data = {name: getattr(self, name) for name in _TASK_RUN_FIELDS}
+        data["history"] = [
+            {"name": e.name, "type": e.type, "timestamp": e.timestamp, "message": e.message} for e in self.history
+        ]
+        data["logs"] = list(self.logs)
+        data["inputs"] = dict(self.inputs)
+        data["upstream"] = list(self.upstream)
+        data["tags"] = list(self.tags)
         data["duration"] = self.duration
         return data
 
@@ -98,6 +108,9 @@ class TaskRunRecord:
         data["history"] = [StateEntry(**entry) for entry in data.get("history", [])]
         known = cls.__dataclass_fields__
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+_TASK_RUN_FIELDS = tuple(TaskRunRecord.__dataclass_fields__)
 
 
 @dataclass
@@ -120,6 +133,8 @@ class RunRecord:
     history: list[StateEntry] = field(default_factory=list)
     task_runs: list[TaskRunRecord] = field(default_factory=list)
     source: str | None = None
+    task_run_count: int = 0
+    failed_task_runs: int = 0
     # Set by `nbflow run` (through NBFLOW_LAUNCH_ID) so it can find the runs its kernel made.
     launch_id: str | None = field(default_factory=lambda: os.environ.get("NBFLOW_LAUNCH_ID") or None)
 
@@ -128,6 +143,15 @@ class RunRecord:
         if self.end_time is None:
             return None
         return self.end_time - self.start_time
+
+    def add_task_run(self, task_run: TaskRunRecord) -> None:
+        """Append a task run, numbering it. A session run keeps only its latest task runs in memory
+        (all are in the history on disk), so a kernel that makes millions of calls does not grow."""
+        task_run.seq = self.task_run_count
+        self.task_run_count += 1
+        self.task_runs.append(task_run)
+        if self.kind == "session" and len(self.task_runs) > _SESSION_IN_MEMORY:
+            del self.task_runs[: len(self.task_runs) - _SESSION_IN_MEMORY // 2]
 
     def counts(self) -> dict[str, int]:
         """Task runs by outcome: cached, computed, failed, other."""
@@ -152,115 +176,145 @@ class RunRecord:
 
 
 class RunHistory:
-    """The SQLite-backed history under one home directory. One instance per home per process."""
+    """The SQLite-backed history under one home directory. One instance per home per process.
+
+    Writes are batched in the caller's thread: a change is buffered, and the buffer is written when
+    it is older than a quarter second (or large) at the next change, when a flow ends, and at exit. A
+    helper thread writes what an idle process leaves behind. Writing in the engine's own thread keeps
+    a background thread from holding the GIL while the engine waits on the store.
+    """
 
     def __init__(self, home: Path) -> None:
         self.path = Path(home) / "runs.sqlite"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._dirty_runs: dict[str, RunRecord] = {}
-        self._dirty_tasks: dict[str, TaskRunRecord] = {}
+        self._dirty_tasks: dict[str, tuple[Any, ...]] = {}
+        self._oldest: float | None = None
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._initialized = False
+        self._connection: sqlite3.Connection | None = None
 
     # -- connection -----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        connection = self._connection
+        if connection is not None and self.path.exists():
+            return connection
+        if connection is not None:  # the file was deleted under us (a cleared home): start again
+            connection.close()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            self._initialized = False  # deleted under us (a cleared home): create the tables again
-        connection = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        if not self._initialized:
-            connection.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS runs (
-                    id TEXT PRIMARY KEY, flow_name TEXT, kind TEXT, state TEXT, start_time REAL,
-                    end_time REAL, data TEXT NOT NULL, schema INTEGER NOT NULL);
-                CREATE INDEX IF NOT EXISTS runs_start ON runs(start_time);
-                CREATE TABLE IF NOT EXISTS task_runs (
-                    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task_name TEXT,
-                    state TEXT, data TEXT NOT NULL, schema INTEGER NOT NULL);
-                CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
-                """
-            )
-            self._initialized = True
+        connection.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS runs (
+                id TEXT PRIMARY KEY, flow_name TEXT, kind TEXT, state TEXT, start_time REAL,
+                end_time REAL, data TEXT NOT NULL, schema INTEGER NOT NULL);
+            CREATE INDEX IF NOT EXISTS runs_start ON runs(start_time);
+            CREATE TABLE IF NOT EXISTS task_runs (
+                id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task_name TEXT,
+                state TEXT, data TEXT NOT NULL, schema INTEGER NOT NULL);
+            CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
+            """
+        )
+        self._connection = connection
         return connection
 
     # -- writing --------------------------------------------------------------------------------
     def mark(self, run: RunRecord, task_run: TaskRunRecord | None = None) -> None:
-        """Note that ``run`` (and ``task_run``) changed; they are written on the next flush."""
+        """Note that ``run`` (and ``task_run``) changed; they are written soon (see the class doc)."""
+        row = None
+        if task_run is not None:
+            # Serialized now: the record is final or nearly so, and a later change marks it again.
+            row = (task_run.id, task_run.run_id, task_run.seq, task_run.task_name, task_run.state,
+                   _dumps(task_run.to_dict()), _SCHEMA_VERSION)
+        now = time.monotonic()
         with self._lock:
             self._dirty_runs[run.id] = run
-            if task_run is not None:
-                self._dirty_tasks[task_run.id] = task_run
+            if row is not None:
+                self._dirty_tasks[row[0]] = row
+            if self._oldest is None:
+                self._oldest = now
+            due = now - self._oldest >= _FLUSH_INTERVAL or len(self._dirty_tasks) >= _FLUSH_ROWS
             if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._loop, name="nbflow-run-history", daemon=True)
+                self._thread = threading.Thread(target=self._idle_writer, name="nbflow-run-history", daemon=True)
                 self._thread.start()
-        self._wake.set()
+        if due:
+            self._flush_quietly()
+        else:
+            self._wake.set()
 
-    def _loop(self) -> None:
+    def _idle_writer(self) -> None:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            time.sleep(_FLUSH_INTERVAL)
-            try:
-                self.flush()
-            except Exception:  # history must never take a task down
-                import logging
+            time.sleep(2 * _FLUSH_INTERVAL)
+            oldest = self._oldest
+            if oldest is not None and time.monotonic() - oldest >= _FLUSH_INTERVAL:
+                self._flush_quietly()
 
-                logging.getLogger("nbflow.runs").exception("could not write run history")
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # history must never take a task down
+            import logging
+
+            logging.getLogger("nbflow.runs").exception("could not write run history to %s", self.path)
 
     def flush(self) -> None:
         """Write every changed record now."""
         with self._lock:
-            # Swap the pending sets under the lock (cheap); serialize outside it, so a task call that
-            # marks a record never waits for a flush in progress.
             runs = list(self._dirty_runs.values())
             tasks = list(self._dirty_tasks.values())
             self._dirty_runs.clear()
             self._dirty_tasks.clear()
-        if not runs and not tasks:
-            return
-        run_rows = [
-            (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time, _dumps(r.header()), _SCHEMA_VERSION)
-            for r in runs
-        ]
-        task_rows = [
-            (t.id, t.run_id, t.seq, t.task_name, t.state, _dumps(t.to_dict()), _SCHEMA_VERSION)
-            for t in tasks
-        ]
-        if not run_rows and not task_rows:
-            return
-        connection = self._connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?)", run_rows)
-            connection.executemany("INSERT OR REPLACE INTO task_runs VALUES (?,?,?,?,?,?,?)", task_rows)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK") if connection.in_transaction else None
-            with self._lock:  # keep them for the next try
-                for r in runs:
+            self._oldest = None
+            if not runs and not tasks:
+                return
+            run_rows = [
+                (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time, _dumps(r.header()),
+                 _SCHEMA_VERSION)
+                for r in runs
+            ]
+            try:
+                connection = self._connect()
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?)", run_rows)
+                    connection.executemany("INSERT OR REPLACE INTO task_runs VALUES (?,?,?,?,?,?,?)", tasks)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            except BaseException:
+                for r in runs:  # keep them for the next try
                     self._dirty_runs.setdefault(r.id, r)
                 for t in tasks:
-                    self._dirty_tasks.setdefault(t.id, t)
-            raise
-        finally:
-            connection.close()
+                    self._dirty_tasks.setdefault(t[0], t)
+                self._oldest = time.monotonic()
+                raise
 
     def close(self) -> None:
         self._closed = True
         self._wake.set()
-        self.flush()
+        with self._lock:
+            self.flush()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     # -- reading --------------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        with self._lock:
+            self._connect()  # creates the file and tables if this process never wrote
+        return sqlite3.connect(self.path, timeout=60)
+
     def list_runs(self, limit: int | None = None) -> list[RunRecord]:
         self.flush()
         if not self.path.exists():
             return []
-        connection = self._connect()
+        connection = self._reader()
         try:
             query = "SELECT id, data FROM runs ORDER BY start_time DESC"
             rows = connection.execute(query + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
@@ -281,7 +335,7 @@ class RunHistory:
         self.flush()
         if not self.path.exists():
             return None
-        connection = self._connect()
+        connection = self._reader()
         try:
             row = connection.execute("SELECT data FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -302,10 +356,13 @@ class RunHistory:
 
 
 def _dumps(data: dict[str, Any]) -> str:
+    # pydantic-core's encoder is several times faster than json.dumps, and this runs per task call.
+    from pydantic_core import to_json
+
     # A record may gain a log line or a state while it is written; a retry sees a consistent copy.
     for _ in range(5):
         try:
-            return json.dumps(data, default=str)
+            return to_json(data, fallback=str).decode()
         except RuntimeError:
             continue
     return json.dumps(data, default=str)
@@ -322,12 +379,26 @@ _histories: dict[Path, RunHistory] = {}
 _histories_lock = threading.Lock()
 
 
+_current: RunHistory | None = None
+
+
+def _forget_current(_: object) -> None:
+    global _current
+    _current = None
+
+
 def history(home: Path | None = None) -> RunHistory:
     """The run history of ``home`` (default: the configured ``NBFLOW_HOME``)."""
+    global _current
     if home is None:
-        from nbflow.settings import get_settings
+        current = _current
+        if current is not None:
+            return current
+        from nbflow import settings
 
-        home = get_settings().home
+        settings.on_change(_forget_current) if _forget_current not in settings._listeners else None
+        _current = history(settings.get_settings().home)
+        return _current
     with _histories_lock:
         found = _histories.get(home)
         if found is None:

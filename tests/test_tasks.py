@@ -329,3 +329,26 @@ def test_async_task_is_a_clear_error() -> None:
 
     with pytest.raises(ConfigurationError, match="async"):
         nbflow.task(coro)
+
+
+def test_a_session_keeps_only_its_latest_task_runs_in_memory_but_all_on_disk(monkeypatch) -> None:
+    from nbflow import runs
+    from nbflow.engine.runtime import finish_session, session_run
+
+    monkeypatch.setattr(runs, "_SESSION_IN_MEMORY", 10)
+
+    @nbflow.task(cache_policy=NONE)
+    def f(i: int) -> int:
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    for i in range(30):
+        f(i, return_state=True)
+    session = session_run()
+    assert len(session.task_runs) <= 10
+    assert session.task_runs[-1].seq == 29
+    finish_session()
+    (stored,) = [run for run in list_runs() if run.kind == "session"]
+    assert [t.seq for t in stored.task_runs] == list(range(30))
+    assert stored.state == "Failed"  # one task failed, though it is no longer in memory

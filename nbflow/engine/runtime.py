@@ -83,10 +83,9 @@ def _end_session() -> None:
     run = _session
     if run is None or run.end_time is not None or run.pid != os.getpid():
         return
-    if not run.task_runs:
+    if not run.task_run_count:
         return
-    counts = run.counts()
-    failed = counts["failed"] > 0
+    failed = run.failed_task_runs > 0
     run.state = "Failed" if failed else "Completed"
     run.state_type = "FAILED" if failed else "COMPLETED"
     run.end_time = time.time()

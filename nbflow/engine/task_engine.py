@@ -27,6 +27,8 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import xxhash
+
 from nbflow import events
 from nbflow.cache_policies import ArgumentError, KeyContext
 from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run
@@ -53,6 +55,7 @@ from nbflow.states import (
     StateType,
     TimedOut,
 )
+from nbflow.store import CacheMiss
 
 if TYPE_CHECKING:
     from nbflow.tasks import Task
@@ -121,12 +124,12 @@ class TaskRunEngine:
             name = self._render_run_name(task.task_run_name) or name
         self.task_run = task_run = TaskRunRecord(
             id=new_id(), run_id=run.id, task_name=name, task_key=task.task_key,
-            tags=list(task.tags), seq=len(run.task_runs),
+            tags=list(task.tags),
         )
         task_run.inputs = {key: summarize(value) for key, value in self.parameters.items()}
         if self.flow_context is not None:
             task_run.upstream = self.flow_context.upstream_of(self.parameters)
-        run.task_runs.append(task_run)
+        run.add_task_run(task_run)
         self.set_state(StateType.PENDING, "Pending")
 
     def _render_run_name(self, template: Any) -> str | None:
@@ -188,8 +191,6 @@ class TaskRunEngine:
             # Namespaced by task so two tasks with equal inputs never share an entry; a cache_key_fn
             # key is used as given, so tasks can share entries on purpose.
             key = f"{task.name}|{key}"
-        import xxhash
-
         self.key = xxhash.xxh3_128_hexdigest(key.encode())
         self.task_run.cache_key = self.key
 
@@ -197,8 +198,6 @@ class TaskRunEngine:
     def probe(self) -> State | None:
         if self.key is None or self.task.refresh_cache:
             return None
-        from nbflow.store import CacheMiss
-
         store = get_store()
         record = store.probe(self.key)
         if record is None:
@@ -321,6 +320,8 @@ class TaskRunEngine:
             if isinstance(error, BaseException):
                 task_run.error = error_summary(error)
                 task_run.traceback = user_traceback(error)
+            if state.is_final():
+                self.run.failed_task_runs += 1
         self.set_state(state.type, state.name, state.message, state)
         hooks = task.on_completion if state.is_completed() else task.on_failure if state.is_final() else ()
         for hook in hooks:
