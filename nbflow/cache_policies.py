@@ -51,8 +51,12 @@ class ArgumentError(UnfingerprintableError):
         self.argument = argument
 
 
-def fingerprint_arguments(arguments: dict[str, Any]) -> str:
-    """One digest over named values, in name order; raises :class:`ArgumentError` naming a bad one."""
+def fingerprint_arguments(arguments: dict[str, Any], parts: dict[str, str] | None = None,
+                          prefix: str = "input:") -> str:
+    """One digest over named values, in name order; raises :class:`ArgumentError` naming a bad one.
+
+    With ``parts``, each value's own digest is recorded there under ``prefix + name``.
+    """
     hasher = xxhash.xxh3_128()
     for name in sorted(arguments):
         try:
@@ -64,6 +68,8 @@ def fingerprint_arguments(arguments: dict[str, Any]) -> str:
         hasher.update(name.encode())
         hasher.update(b"\0")
         hasher.update(digest.encode())
+        if parts is not None:
+            parts[prefix + name] = digest
     return hasher.hexdigest()
 
 
@@ -74,6 +80,9 @@ class KeyContext:
     task: Task[..., Any]
     run_id: str
     flow_parameters: dict[str, Any] | None = None
+    # Filled by the policies as they compute: one digest per part of the key ("code", "input:x", ...),
+    # kept in the task run record so a changed key can be explained part by part.
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 class CachePolicy:
@@ -123,7 +132,7 @@ class Inputs(CachePolicy):
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         return fingerprint_arguments(
-            {name: value for name, value in inputs.items() if name not in self.exclude}
+            {name: value for name, value in inputs.items() if name not in self.exclude}, context.parts
         )
 
     def __sub__(self, name: str) -> CachePolicy:
@@ -142,7 +151,9 @@ class TaskSource(CachePolicy):
     """The code identity of the task: its normalized source and the notebook code it uses."""
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
-        return code_identity(context.task.fn)
+        digest = code_identity(context.task.fn)
+        context.parts["code"] = digest
+        return digest
 
     def __repr__(self) -> str:
         return "TASK_SOURCE"
@@ -153,6 +164,7 @@ class RunId(CachePolicy):
     """The id of the flow run (or, outside flows, of the session run): entries live for one run."""
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        context.parts["run_id"] = context.run_id
         return context.run_id
 
     def __repr__(self) -> str:
@@ -164,7 +176,7 @@ class FlowParameters(CachePolicy):
     """Fingerprint of the enclosing flow's parameters (empty outside a flow)."""
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
-        return fingerprint_arguments(context.flow_parameters or {})
+        return fingerprint_arguments(context.flow_parameters or {}, context.parts, "flow_parameter:")
 
     def __repr__(self) -> str:
         return "FLOW_PARAMETERS"
@@ -209,6 +221,8 @@ class CacheKeyFnPolicy(CachePolicy):
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         key = self.fn(context, inputs)
+        if isinstance(key, str):
+            context.parts["cache_key_fn"] = key
         if key is not None and not isinstance(key, str):
             raise ConfigurationError(
                 f"cache_key_fn {getattr(self.fn, '__name__', self.fn)!r} returned {type(key).__name__}; "

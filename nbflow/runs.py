@@ -69,6 +69,8 @@ class TaskRunRecord:
     start_time: float | None = None
     end_time: float | None = None
     cache_key: str | None = None
+    # The digests the key was made of ("code", "input:<name>", "run_id", ...), to explain a miss.
+    key_parts: dict[str, str] = field(default_factory=dict)
     cache_hit: bool = False
     persisted: bool | None = None
     error: str | None = None
@@ -96,6 +98,7 @@ class TaskRunRecord:
         ]
         data["logs"] = list(self.logs)
         data["inputs"] = dict(self.inputs)
+        data["key_parts"] = dict(self.key_parts)
         data["upstream"] = list(self.upstream)
         data["tags"] = list(self.tags)
         data["duration"] = self.duration

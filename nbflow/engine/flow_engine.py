@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbflow import events
 from nbflow.context import FlowRunContext, _flow_run, current_flow_run
+from nbflow.engine.manual_retry import remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import summarize
 from nbflow.engine.task_engine import error_summary
@@ -35,6 +36,7 @@ class FlowRunEngine:
         self.parent = current_flow_run()
         self.run: RunRecord | None = None
         self.context: FlowRunContext | None = None
+        self.max_attempts = 1 + flow.retries
 
     def set_state(self, state: State) -> None:
         run = self.run
@@ -86,7 +88,7 @@ class FlowRunEngine:
                 return Completed(result)
             finally:
                 _flow_run.reset(token)
-            if run.attempts > flow.retries:
+            if run.attempts >= self.max_attempts:
                 return state
             delay = delay_for(flow.retry_delay_seconds, run.attempts)
             self.set_state(State(type=StateType.SCHEDULED, name="AwaitingRetry",
@@ -118,12 +120,23 @@ class FlowRunEngine:
                 )
         if self.context is not None:
             self.context.results.clear()  # release references held for graph edges
+        if not state.is_completed():
+            remember_failed_flow(run.id, self)
         if self.parent is None:
             history().flush()
         return state
 
     def run_to_state(self) -> State:
         self.begin()
+        return self.finish(self.call_body())
+
+    def resume(self) -> State:
+        """Run the body again in the same run (a manual "retry failed"), with the flow's retries."""
+        run = self.run
+        assert run is not None
+        run.end_time = None
+        run.error = None
+        self.max_attempts = run.attempts + 1 + self.flow.retries
         return self.finish(self.call_body())
 
 

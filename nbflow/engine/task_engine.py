@@ -32,6 +32,7 @@ import xxhash
 from nbflow import events
 from nbflow.cache_policies import ArgumentError, KeyContext
 from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run
+from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
 from nbflow.engine.runtime import get_store, session_run, summarize
 from nbflow.engine.timeouts import timeout
@@ -93,6 +94,7 @@ class TaskRunEngine:
         self.dynamic_key: tuple[str, int] | None = None
         self.task_run: TaskRunRecord = _MISSING
         self.state: State | None = None
+        self.forced_dynamic_key: tuple[str, int] | None = None  # set by a manual retry
 
     # -- state bookkeeping ----------------------------------------------------------------------
     def set_state(self, state_type: StateType, name: str, message: str | None = None,
@@ -151,6 +153,9 @@ class TaskRunEngine:
         context = self.flow_context
         if context is None:
             return None
+        if self.forced_dynamic_key is not None:
+            self.dynamic_key = self.forced_dynamic_key
+            return None
         self.dynamic_key = context.next_dynamic_key(self.task.task_key)
         previous = context.completed.get(self.dynamic_key)
         if previous is None:
@@ -185,6 +190,7 @@ class TaskRunEngine:
                 stacklevel=5,
             )
             return
+        self.task_run.key_parts = context.parts
         if key is None:
             return
         if task.cache_key_fn is None:
@@ -322,6 +328,10 @@ class TaskRunEngine:
                 task_run.traceback = user_traceback(error)
             if state.is_final():
                 self.run.failed_task_runs += 1
+                remember_failed_task(
+                    task_run.id,
+                    _FailedCall(task, self.args, self.kwargs, self.flow_context, self.dynamic_key),
+                )
         self.set_state(state.type, state.name, state.message, state)
         hooks = task.on_completion if state.is_completed() else task.on_failure if state.is_final() else ()
         for hook in hooks:

@@ -1,0 +1,119 @@
+"""Retrying by hand: a failed task call with its original inputs, a failed flow run in the same run."""
+
+from __future__ import annotations
+
+import pytest
+
+import nbflow
+from nbflow.cache_policies import NONE
+from nbflow.engine.manual_retry import (
+    NotRetryable,
+    failed_flow_runs,
+    failed_task_runs,
+    retry_flow_run,
+    retry_task_run,
+)
+from nbflow.runs import list_runs
+
+
+def test_retry_a_failed_task_call_with_its_original_inputs(executions) -> None:
+    broken = {"on": True}
+
+    @nbflow.task
+    def fetch(url: str) -> str:
+        if broken["on"]:
+            raise ConnectionError(f"cannot reach {url}")
+        return f"data from {url}"
+
+    state = fetch("http://example.invalid/a", return_state=True)
+    assert state.is_failed()
+    failed_id = next(run for run in list_runs() if run.kind == "session").task_runs[-1].id
+    assert failed_id in failed_task_runs()
+    broken["on"] = False
+    retried = retry_task_run(failed_id)
+    assert retried.name == "Completed" and retried.result() == "data from http://example.invalid/a"
+    assert failed_id not in failed_task_runs()
+    with pytest.raises(NotRetryable, match="cannot be retried"):
+        retry_task_run(failed_id)
+
+
+def test_retry_failed_reruns_the_flow_in_the_same_run_reusing_completed_tasks(executions) -> None:
+    broken = {"on": True}
+
+    @nbflow.task(cache_policy=NONE)
+    def extract() -> list[int]:
+        return [1, 2, 3]
+
+    @nbflow.task(cache_policy=NONE)
+    def load(rows: list[int]) -> int:
+        if broken["on"]:
+            raise ConnectionError("database down")
+        return sum(rows)
+
+    @nbflow.task(cache_policy=NONE)
+    def report(total: int) -> str:
+        return f"total={total}"
+
+    @nbflow.flow
+    def etl() -> str:
+        return report(load(extract()))
+
+    state = etl(return_state=True)
+    assert state.is_failed()
+    run = list_runs(limit=1)[0]
+    assert run.id in failed_flow_runs()
+    broken["on"] = False
+    resumed = retry_flow_run(run.id)
+    assert resumed.is_completed() and resumed.result() == "total=6"
+    again = nbflow.runs.get_run(run.id)
+    assert again.state == "Completed" and again.attempts == 2
+    assert [(t.task_name, t.state) for t in again.task_runs] == [
+        ("extract", "Completed"), ("load", "Failed"),
+        ("extract", "Cached"), ("load", "Completed"), ("report", "Completed"),
+    ]
+    assert executions == {"extract": 1, "load": 2, "report": 1}
+    with pytest.raises(NotRetryable):
+        retry_flow_run(run.id)
+
+
+def test_a_retried_task_counts_for_a_later_flow_retry(executions) -> None:
+    broken = {"load": True, "report": True}
+
+    @nbflow.task(cache_policy=NONE)
+    def load() -> int:
+        if broken["load"]:
+            raise ConnectionError("down")
+        return 5
+
+    @nbflow.task(cache_policy=NONE)
+    def report(total: int) -> str:
+        if broken["report"]:
+            raise RuntimeError("printer on fire")
+        return str(total)
+
+    @nbflow.flow
+    def pipeline() -> str:
+        return report(load())
+
+    pipeline(return_state=True)
+    run = list_runs(limit=1)[0]
+    broken["load"] = False
+    retry_task_run(run.task_runs[0].id)  # load, retried alone
+    retry_flow_run(run.id)  # report still fails; load is reused
+    assert executions["load"] == 2
+    broken["report"] = False
+    assert retry_flow_run(run.id).result() == "5"
+    assert executions["load"] == 2
+
+
+def test_key_parts_explain_what_changed() -> None:
+    @nbflow.task
+    def f(a: int, b: str = "x") -> str:
+        return b * a
+
+    f(1)
+    f(2)
+    first, second = next(run for run in list_runs() if run.kind == "session").task_runs
+    assert set(first.key_parts) == {"code", "input:a", "input:b"}
+    changed = {name for name in first.key_parts if first.key_parts[name] != second.key_parts[name]}
+    assert changed == {"input:a"}
