@@ -34,6 +34,9 @@ __all__ = [
     # errors
     "NbflowError",
     "NbflowWarning",
+    # IPython extension (%load_ext nbflow)
+    "load_ipython_extension",
+    "unload_ipython_extension",
 ]
 
 _LAZY = {
@@ -59,6 +62,20 @@ if TYPE_CHECKING:
     from nbflow.settings import configure
     from nbflow.states import State, StateType
     from nbflow.tasks import Task, task
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbflow``: register the ``%%task`` and ``%nbflow`` magics (see :mod:`nbflow.ipython`)."""
+    from nbflow.ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbflow``: remove the magics again."""
+    from nbflow.ipython import unload_ipython_extension as unload
+
+    unload(ipython)
 
 
 def __getattr__(name: str) -> Any:

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nbflow import settings as _settings
 from nbflow.runs import RunRecord, StateEntry, history, new_id
@@ -15,7 +15,7 @@ from nbflow.runs import RunRecord, StateEntry, history, new_id
 if TYPE_CHECKING:
     from nbflow.store import ResultStore
 
-__all__ = ["finish_session", "get_store", "session_run", "summarize"]
+__all__ = ["ResultTracker", "finish_session", "get_store", "session_run", "session_tracker", "summarize"]
 
 _lock = threading.Lock()
 _store: ResultStore | None = None
@@ -102,6 +102,36 @@ def _at_exit() -> None:
 
 # Registered after nbflow.runs' own handler, so it runs first (atexit is last-in, first-out).
 atexit.register(_at_exit)
+
+class ResultTracker(Protocol):
+    """Links task calls made outside any flow into one graph (a flow does this with its own context)."""
+
+    def remember_result(self, value: Any, task_run_id: str) -> None: ...
+
+    def upstream_of(self, arguments: dict[str, Any]) -> list[str]: ...
+
+
+# Set by a front door that wants edges between calls made outside flows (the IPython extension does,
+# for the calls and cell tasks of one kernel); None costs the engine one attribute check per call.
+session_tracker: ResultTracker | None = None
+
+def frontend_hook(run: RunRecord) -> None:
+    """Let the notebook UI show a top-level flow run that is starting (a live graph in the cell).
+
+    Only inside a Jupyter kernel with ``display`` on. The import is dynamic on purpose: the UI uses the
+    core, never the reverse, and scripts or plain IPython never import widget code. Never raises.
+    """
+    if "ipykernel" not in sys.modules or not _settings.get_settings().display:
+        return
+    try:
+        import importlib
+
+        importlib.import_module("nbflow.ui.auto").on_flow_start(run)
+    except Exception:  # a display problem must never fail the flow
+        import logging
+
+        logging.getLogger("nbflow").debug("could not display the task graph", exc_info=True)
+
 
 _SCALARS = (bool, int, float, complex, type(None))
 

@@ -32,6 +32,7 @@ import xxhash
 from nbflow import events
 from nbflow.cache_policies import ArgumentError, KeyContext
 from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run
+from nbflow.engine import runtime
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
 from nbflow.engine.runtime import get_store, session_run, summarize
@@ -131,6 +132,8 @@ class TaskRunEngine:
         task_run.inputs = {key: summarize(value) for key, value in self.parameters.items()}
         if self.flow_context is not None:
             task_run.upstream = self.flow_context.upstream_of(self.parameters)
+        elif runtime.session_tracker is not None:
+            task_run.upstream = runtime.session_tracker.upstream_of(self.parameters)
         run.add_task_run(task_run)
         self.set_state(StateType.PENDING, "Pending")
 
@@ -321,6 +324,8 @@ class TaskRunEngine:
                 if self.dynamic_key is not None:
                     self.flow_context.completed[self.dynamic_key] = state
                 self.flow_context.remember_result(state.result(), task_run.id)
+            elif runtime.session_tracker is not None:
+                runtime.session_tracker.remember_result(state.result(), task_run.id)
         else:
             error = state.result(raise_on_failure=False)
             if isinstance(error, BaseException):

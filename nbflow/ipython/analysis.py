@@ -1,0 +1,245 @@
+"""What a cell reads and what it binds, from its AST alone (nothing runs here).
+
+*Inputs* are names the cell reads before it binds them (in statement order), including the free
+names of functions and classes it defines. *Outputs* are the names it binds at top level:
+assignments, augmented and annotated assignments, ``for`` and ``with ... as`` targets, ``except ...
+as`` names, walrus targets, ``def``, ``class`` and ``import``. A name whose item or attribute the cell
+assigns (``df["x"] = ...``, ``model.coef = ...``) is both: the cell reads it and changes it.
+
+The analysis is flow-insensitive inside a statement and ordered across statements, which is what a
+notebook cell needs: ``x = x + 1`` reads ``x`` first; ``x = 1; y = x`` does not.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+__all__ = ["CellAnalysis", "analyze", "normalized_digest"]
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.GeneratorExp, ast.ListComp,
+           ast.SetComp, ast.DictComp)
+
+
+@dataclass
+class CellAnalysis:
+    """The result of :func:`analyze`: names in first-seen order, plus the statements that define code."""
+
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    # Names bound by top-level def / class / import statements: restored by running those statements
+    # again on a cache hit instead of pickling code.
+    definitions: list[str] = field(default_factory=list)
+    definition_nodes: list[ast.stmt] = field(default_factory=list)
+
+
+def normalized_digest(tree: ast.AST) -> str:
+    """A digest of the AST without positions: comments and formatting do not change it."""
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(ast.dump(tree, annotate_fields=True, include_attributes=False).encode())
+
+
+class _Reads(ast.NodeVisitor):
+    """Names an expression (or a nested scope) reads from the enclosing namespace."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.walrus: list[str] = []
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.names.append(node.id)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.visit(node.value)
+        self.walrus.append(node.target.id)
+
+    def _scope(self, node: ast.AST, local: set[str], parts: list[ast.AST]) -> None:
+        inner = _Reads()
+        for part in parts:
+            inner.visit(part)
+        # Locals of the nested scope are whatever it binds (parameters, assignments, loop targets).
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+                local.add(sub.id)
+            elif isinstance(sub, ast.arg):
+                local.add(sub.arg)
+            elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+                local.add(sub.name)
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                local.update((alias.asname or alias.name).split(".")[0] for alias in sub.names)
+        self.names.extend(name for name in inner.names if name not in local)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        for default in (*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)):
+            self.visit(default)
+        self._scope(node, set(), [node.body])
+
+    def _comprehension(self, node: ast.GeneratorExp | ast.ListComp | ast.SetComp | ast.DictComp) -> None:
+        # The first iterable is evaluated in the enclosing scope; everything else inside.
+        self.visit(node.generators[0].iter)
+        parts: list[ast.AST] = [gen for gen in node.generators]
+        parts[0] = ast.comprehension(target=node.generators[0].target, iter=ast.Constant(None),
+                                     ifs=node.generators[0].ifs, is_async=0)
+        if isinstance(node, ast.DictComp):
+            parts += [node.key, node.value]
+        else:
+            parts.append(node.elt)
+        self._scope(node, set(), parts)
+
+    visit_GeneratorExp = visit_ListComp = visit_SetComp = visit_DictComp = _comprehension
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        for expr in (*node.decorator_list, *node.args.defaults,
+                     *(d for d in node.args.kw_defaults if d is not None)):
+            self.visit(expr)
+        self._scope(node, set(), list(node.body))
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for expr in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
+            self.visit(expr)
+        self._scope(node, set(), list(node.body))
+
+
+def _target_names(target: ast.AST) -> tuple[list[str], list[str]]:
+    """(names bound, names read) by an assignment target."""
+    bound: list[str] = []
+    read: list[str] = []
+    if isinstance(target, ast.Name):
+        bound.append(target.id)
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            b, r = _target_names(element)
+            bound += b
+            read += r
+    elif isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    elif isinstance(target, (ast.Subscript, ast.Attribute)):
+        # `df["x"] = ...` reads df, and changes it: df is an input and an output.
+        base: ast.AST = target
+        while isinstance(base, (ast.Subscript, ast.Attribute)):
+            if isinstance(base, ast.Subscript):
+                reads = _Reads()
+                reads.visit(base.slice)
+                read += reads.names
+            base = base.value
+        reads = _Reads()
+        reads.visit(base)
+        read += reads.names
+        if isinstance(base, ast.Name):
+            bound.append(base.id)
+    return bound, read
+
+
+class _Cell:
+    def __init__(self) -> None:
+        self.bound: set[str] = set()
+        self.inputs: dict[str, None] = {}
+        self.outputs: dict[str, None] = {}
+
+    def read(self, names: list[str]) -> None:
+        for name in names:
+            if name not in self.bound:
+                self.inputs.setdefault(name)
+
+    def bind(self, names: list[str]) -> None:
+        for name in names:
+            self.bound.add(name)
+            self.outputs.setdefault(name)
+
+    def expr(self, *nodes: ast.AST | None) -> None:
+        for node in nodes:
+            if node is None:
+                continue
+            reads = _Reads()
+            reads.visit(node)
+            self.read(reads.names)
+            self.bind(reads.walrus)
+
+    def target(self, node: ast.AST) -> None:
+        bound, read = _target_names(node)
+        self.read(read)
+        self.bind(bound)
+
+    def body(self, statements: list[ast.stmt]) -> None:
+        for statement in statements:
+            self.statement(statement)
+
+    def statement(self, node: ast.stmt) -> None:
+        if isinstance(node, ast.Assign):
+            self.expr(node.value)
+            for target in node.targets:
+                self.target(target)
+        elif isinstance(node, ast.AugAssign):
+            self.expr(node.value)
+            bound, read = _target_names(node.target)
+            self.read(read + bound)  # `x += 1` reads x first
+            self.bind(bound)
+        elif isinstance(node, ast.AnnAssign):
+            self.expr(node.value)
+            if node.value is not None or not isinstance(node.target, ast.Name):
+                self.target(node.target)
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            self.expr(node.iter)
+            self.target(node.target)
+            self.body(node.body)
+            self.body(node.orelse)
+        elif isinstance(node, (ast.While, ast.If)):
+            self.expr(node.test)
+            self.body(node.body)
+            self.body(node.orelse)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                self.expr(item.context_expr)
+                if item.optional_vars is not None:
+                    self.target(item.optional_vars)
+            self.body(node.body)
+        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+            self.body(node.body)  # type: ignore[attr-defined]
+            for handler in node.handlers:  # type: ignore[attr-defined]
+                self.expr(handler.type)
+                if handler.name:
+                    self.bind([handler.name])
+                self.body(handler.body)
+            self.body(node.orelse)  # type: ignore[attr-defined]
+            self.body(node.finalbody)  # type: ignore[attr-defined]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            self.expr(node)  # decorators, defaults, bases and free names of the body
+            self.bind([node.name])
+        elif isinstance(node, ast.Import):
+            self.bind([(alias.asname or alias.name).split(".")[0] for alias in node.names])
+        elif isinstance(node, ast.ImportFrom):
+            self.bind([alias.asname or alias.name for alias in node.names if alias.name != "*"])
+        elif isinstance(node, (ast.Global, ast.Nonlocal, ast.Pass, ast.Break, ast.Continue)):
+            pass
+        elif isinstance(node, ast.Delete):
+            for target in node.targets:
+                self.expr(target)
+        else:  # expressions, assert, raise, return, match, ...: read first, then any name they bind
+            reads = _Reads()
+            reads.visit(node)
+            self.read(reads.names)
+            stores = [sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store)]
+            stores += [sub.name for sub in ast.walk(node) if isinstance(sub, ast.MatchAs | ast.MatchStar) and sub.name]
+            self.bind(reads.walrus + stores)
+
+
+def analyze(tree: ast.Module) -> CellAnalysis:
+    """Inputs and outputs of a parsed cell (see the module docstring)."""
+    cell = _Cell()
+    cell.body(tree.body)
+    result = CellAnalysis(inputs=list(cell.inputs), outputs=list(cell.outputs))
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            result.definitions.append(node.name)
+            result.definition_nodes.append(node)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.asname or alias.name for alias in node.names]
+            if "*" in names:
+                continue
+            result.definitions += [name.split(".")[0] for name in names]
+            result.definition_nodes.append(node)
+    return result

@@ -1,0 +1,356 @@
+"""Cell tasks: a ``%%task`` cell run by the task engine, like a call of an ``@nbflow.task`` function.
+
+A cell task is a :class:`~nbflow.Task` whose function executes the cell's code in the user namespace
+while :class:`~nbflow.ipython.capture.OutputTee` records what it shows, and returns a
+:class:`CellResult`: the values of the cell's outputs, the recorded outputs and how long it took. Its
+cache key is the cell's code identity (normalized AST + the notebook code it calls, transitively)
+plus the fingerprints of its inputs, each recorded as a key part for ``%nbflow why``.
+
+On a cache hit the cell body does not run: the ``def`` / ``class`` / ``import`` statements of the cell
+run again (code is restored by running its definition, never unpickled), the other outputs are
+bound from the stored values, and the recorded outputs are shown again, followed by one line saying
+how much time the cache saved.
+
+A value that cannot be stored (an open file, a connection, a generator) is still bound — the cell
+ran — but the cell is then not cached, and a warning names the variable.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nbflow.cache_policies import ArgumentError, CachePolicy, KeyContext, fingerprint_arguments
+from nbflow.engine.task_engine import TaskRunEngine, user_traceback
+from nbflow.exceptions import NbflowWarning
+from nbflow.ipython.analysis import analyze, normalized_digest
+from nbflow.ipython.capture import Output, OutputTee, replay
+from nbflow.states import State, StateType
+from nbflow.tasks import Task
+
+if TYPE_CHECKING:
+    from nbflow.ipython.session import Session
+
+__all__ = ["CellOptions", "CellResult", "CellSpec", "prepare_cell", "run_cell_task"]
+
+
+@dataclass
+class CellOptions:
+    """The options of one ``%%task`` line."""
+
+    name: str | None = None
+    retries: int = 0
+    retry_delay: float = 0.0
+    timeout: float | None = None
+    no_cache: bool = False
+    refresh: bool = False
+    inputs: list[str] | None = None
+    outputs: list[str] | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CellResult:
+    """What a cell task stores: output values, recorded outputs, and the seconds the body took."""
+
+    values: dict[str, Any]
+    outputs: list[Output]
+    duration: float
+
+
+@dataclass
+class CellSpec:
+    """A parsed ``%%task`` cell, ready to run (kept per name so ``%nbflow retry`` can run it again)."""
+
+    source: str  # the cell body as typed, without the %%task line
+    code: str  # the body with IPython syntax turned into Python
+    tree: ast.Module
+    options: CellOptions
+    name: str
+    digest: str
+    inputs: list[str]
+    outputs: list[str]
+    definitions: list[str]
+    definition_nodes: list[ast.stmt]
+
+
+def _is_code(value: Any) -> bool:
+    """Functions, classes, modules and tasks count by code identity, not by value fingerprint."""
+    return (
+        inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value)
+        or isinstance(value, Task) or hasattr(value, "__wrapped__")
+    )
+
+
+def prepare_cell(shell: Any, source: str, options: CellOptions) -> CellSpec:
+    """Parse and analyze a cell body. Raises SyntaxError for a body that is not Python."""
+    code = shell.transform_cell(source)
+    tree = ast.parse(code)
+    analysis = analyze(tree)
+    outputs = options.outputs if options.outputs is not None else analysis.outputs
+    digest = normalized_digest(tree)
+    # Stable across re-runs and restarts; an edit of the body keeps the name, so `%nbflow why` can
+    # compare with the entry the edit replaced.
+    name = options.name or (outputs[0] if outputs else f"cell-{digest[:8]}")
+    return CellSpec(
+        source=source, code=code, tree=tree, options=options, name=name, digest=digest,
+        inputs=options.inputs if options.inputs is not None else analysis.inputs,
+        outputs=list(outputs),
+        definitions=[n for n in analysis.definitions if n in outputs],
+        definition_nodes=analysis.definition_nodes,
+    )
+
+
+def current_inputs(shell: Any, spec: CellSpec) -> dict[str, Any]:
+    """The cell's inputs as they are now in the user namespace: builtins and IPython's own names
+    (``In``, ``Out``, ``get_ipython``, ...) are left out unless the user rebound them."""
+    namespace = shell.user_ns
+    hidden = getattr(shell, "user_ns_hidden", {})
+    found: dict[str, Any] = {}
+    for name in spec.inputs:
+        if name not in namespace:
+            continue
+        value = namespace[name]
+        if name in hidden and hidden[name] is value:
+            continue
+        found[name] = value
+    return found
+
+
+class CellPolicy(CachePolicy):
+    """The key of a cell task: its code identity plus the fingerprints of its input values."""
+
+    def __init__(self, shell: Any, spec: CellSpec) -> None:
+        self.shell = shell
+        self.spec = spec
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        from nbflow.hashing import code_identity, source_identity
+        from nbflow.hashing.code import module_version
+
+        parts = context.parts
+        parts["cell"] = self.spec.digest
+        code = source_identity(self.spec.code, self.shell.user_ns)
+        parts["code"] = code
+        values: dict[str, Any] = {}
+        for name, value in inputs.items():
+            if not _is_code(value):
+                values[name] = value
+            elif inspect.ismodule(value):
+                parts["module:" + name] = f"{value.__name__} {module_version(value.__name__)}".strip()
+            else:
+                try:  # for `why` only: the whole code identity above already covers it
+                    parts["code:" + name] = code_identity(value)
+                except Exception:
+                    pass
+        try:
+            inputs_digest = fingerprint_arguments(values, parts)
+        except ArgumentError as error:
+            warnings.warn(
+                f"cell task {self.spec.name!r} runs uncached: input {error.argument!r} cannot be fingerprinted "
+                f"({error.__cause__}). Leave it out of the key with --inputs, or register a fingerprint with "
+                "nbflow.hashing.register(type, fn).",
+                NbflowWarning,
+                stacklevel=2,
+            )
+            return None
+        return f"{code}|{inputs_digest}"
+
+
+class _NullSink:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def unstorable(values: dict[str, Any]) -> dict[str, str]:
+    """The values that cannot be pickled, with the reason. Large buffers are skipped out-of-band, so
+    this check costs about as much as pickling the small parts of the values."""
+    import pickle
+
+    bad: dict[str, str] = {}
+    for name, value in values.items():
+        try:
+            pickle.Pickler(_NullSink(), protocol=5, buffer_callback=lambda buffer: None).dump(value)
+        except Exception as error:
+            bad[name] = f"{type(error).__name__}: {error}"
+    return bad
+
+
+class _CellEngine(TaskRunEngine):
+    """The task engine with three cell-specific steps: graph edges by variable name, a stored payload
+    that fails to load is a miss, and a value that cannot be stored is named in the warning."""
+
+    def __init__(self, task: Task[..., Any], inputs: dict[str, Any], session: Session, spec: CellSpec) -> None:
+        super().__init__(task, (), inputs)
+        self.session = session
+        self.spec = spec
+
+    def begin(self) -> None:
+        super().begin()
+        self.task_run.upstream = self.session.tracker.cell_upstream(self.parameters, self.task_run.upstream)
+
+    def probe(self) -> State | None:
+        try:
+            return super().probe()
+        except Exception as error:  # e.g. a stored value of a class this kernel has not defined yet
+            warnings.warn(f"cell task {self.spec.name!r}: its cache entry could not be loaded ({error}); "
+                          "running the cell", NbflowWarning, stacklevel=2)
+            return None
+
+    def persist(self, state: State) -> State:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state = super().persist(state)
+        result = state.result()
+        bad = unstorable(result.values) if self.key is not None and not state.persisted else {}
+        if bad:
+            names = ", ".join(repr(name) for name in bad)
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in bad.items())
+            warnings.warn(
+                f"cell task {self.spec.name!r}: variable(s) {names} cannot be stored ({reasons}). The cell ran "
+                "and bound them, but it is not cached: it runs again next time.",
+                NbflowWarning,
+                stacklevel=2,
+            )
+            state.message = f"not persisted: {names} cannot be stored"
+        else:
+            for warning in caught:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return state
+
+
+def _compile_cell(shell: Any, spec: CellSpec) -> tuple[Any, Any, str]:
+    """(body code, last-expression code or None, filename). The source is put in ``linecache`` under
+    that filename, so tracebacks show the lines and functions defined in the cell have a code
+    identity."""
+    filename = shell.compile.cache(spec.code, shell.execution_count, raw_code=spec.source)
+    flags = shell.compile.flags
+    statements = list(spec.tree.body)
+    last = None
+    if statements and isinstance(statements[-1], ast.Expr):
+        from IPython.core.displayhook import DisplayHook
+
+        expression = statements.pop()
+        assert isinstance(expression, ast.Expr)
+        if not DisplayHook.semicolon_at_end_of_expression(spec.source):
+            last = compile(ast.Expression(expression.value), filename, "eval", flags=flags, dont_inherit=True)
+        else:
+            statements.append(expression)
+    body = compile(ast.Module(body=statements, type_ignores=[]), filename, "exec", flags=flags, dont_inherit=True)
+    return body, last, filename
+
+
+def _make_task(shell: Any, spec: CellSpec, execute: Any) -> Task[..., Any]:
+    options = spec.options
+    task: Task[..., Any] = Task(
+        execute, name=spec.name, retries=options.retries, retry_delay_seconds=options.retry_delay,
+        timeout_seconds=options.timeout, cache_policy=CellPolicy(shell, spec), refresh_cache=options.refresh,
+        persist_result=not options.no_cache, tags=("cell", *options.tags),
+    )
+    task.task_key = f"cell:{spec.name}"
+    return task
+
+
+def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
+    """Run (or restore) one cell task; raise the user's error when it fails."""
+    body, last, _ = _compile_cell(shell, spec)
+    value_names = [name for name in spec.outputs if name not in spec.definitions]
+
+    def execute(**_inputs: Any) -> CellResult:
+        # The inputs are already in the user namespace; they are parameters so that the run record
+        # lists them and a manual retry can name them.
+        started = time.perf_counter()
+        with OutputTee(shell) as tee:
+            exec(body, shell.user_global_ns, shell.user_ns)
+            if last is not None:
+                result = eval(last, shell.user_global_ns, shell.user_ns)
+                if result is not None:
+                    shell.displayhook(result)
+        namespace = shell.user_ns
+        values = {name: namespace[name] for name in value_names if name in namespace}
+        return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started)
+
+    execute.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in current_inputs(shell, spec)]
+    )
+    task = _make_task(shell, spec, execute)
+    engine = _CellEngine(task, current_inputs(shell, spec), session, spec)
+    session.remember_cell(spec)
+    started = time.perf_counter()
+    state = engine.run_to_state()
+    task_run = engine.task_run
+    if state.type is StateType.COMPLETED and state.name == "Cached":
+        cached: CellResult = state.result()
+        _restore(shell, spec, cached)
+        session.saved[task_run.id] = cached.duration
+        session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
+        replay(shell, cached.outputs)
+        elapsed = time.perf_counter() - started
+        _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {_seconds(elapsed)} "
+                       f"(saved {_seconds(max(cached.duration - elapsed, 0.0))})")
+        return None
+    if state.is_completed():
+        session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
+        return None
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BaseException):
+        _show_user_traceback(shell, error)
+        raise error
+    raise RuntimeError(f"cell task {spec.name!r} ended {state.name}")  # pragma: no cover - no such state
+
+
+def _bound(shell: Any, spec: CellSpec) -> dict[str, Any]:
+    namespace = shell.user_ns
+    return {name: namespace[name] for name in spec.outputs if name in namespace}
+
+
+def _restore(shell: Any, spec: CellSpec, cached: CellResult) -> None:
+    """Bind the outputs again: definitions by running their statements, values from the store."""
+    if spec.definitions:
+        filename = shell.compile.cache(spec.code, shell.execution_count, raw_code=spec.source)
+        module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])
+        code = compile(module, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
+        exec(code, shell.user_global_ns, shell.user_ns)
+    shell.user_ns.update(cached.values)
+
+
+def _notice(shell: Any, text: str) -> None:
+    # A display message of its own (not stdout text), so it never merges with replayed stream output
+    # and tools can tell it apart by its metadata.
+    shell.display_pub.publish({"text/plain": text}, {"nbflow": {"cache_notice": True}})
+
+
+def _seconds(seconds: float) -> str:
+    if seconds < 0.001:
+        return "<1 ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _show_user_traceback(shell: Any, error: BaseException) -> None:
+    """Make IPython show the traceback from the cell's code down, without nbflow's frames."""
+    if isinstance(error, KeyboardInterrupt):
+        return
+    tb = error.__traceback__
+    import os
+
+    from nbflow.engine import task_engine
+
+    nbflow_dir = os.path.dirname(os.path.dirname(os.path.abspath(task_engine.__file__)))
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(nbflow_dir):
+        tb = tb.tb_next
+    try:
+        stb = shell.InteractiveTB.structured_traceback(type(error), error, tb)
+    except Exception:
+        text = user_traceback(error)
+        stb = text.splitlines()
+    try:
+        # IPython renders an exception through its _render_traceback_ when it has one.
+        error._render_traceback_ = lambda: stb  # type: ignore[attr-defined]
+    except Exception:
+        pass

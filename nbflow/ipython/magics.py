@@ -1,0 +1,338 @@
+"""The ``%%task`` cell magic and the ``%nbflow`` line magic."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from nbflow.ipython.cells import CellOptions, prepare_cell, run_cell_task
+
+if TYPE_CHECKING:
+    from nbflow.ipython.session import Session
+    from nbflow.runs import RunRecord, TaskRunRecord
+
+__all__ = ["NBFLOW_USAGE", "TASK_USAGE", "nbflow_magic", "parse_task_line", "task_magic"]
+
+TASK_USAGE = (
+    "usage: %%task [NAME] [--retries N] [--retry-delay S] [--timeout S] [--no-cache] [--refresh]\n"
+    "              [--inputs a,b] [--outputs x,y] [--tags t1,t2]"
+)
+NBFLOW_USAGE = (
+    "usage: %nbflow status | why NAME | runs | cache info | cache clear [NAME] | retry NAME | retry --failed"
+)
+
+
+def _usage(message: str, usage: str = TASK_USAGE) -> NoReturn:
+    from IPython.core.error import UsageError
+
+    raise UsageError(f"{message}\n{usage}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        _usage(f"%%task: {message}")
+
+    def print_help(self, file: Any = None) -> None:
+        _usage("%%task runs a cell as a cached, retried, recorded task.")
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        if not name.isidentifier():
+            _usage(f"%%task: {name!r} is not a variable name")
+    return names
+
+
+def _number(kind: type[int] | type[float], label: str) -> Any:
+    def convert(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{label} must be a number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{label} must be >= 0, got {text!r}")
+        return value
+
+    return convert
+
+
+def parse_task_line(line: str) -> CellOptions:
+    """The options of a ``%%task`` line; a bad line raises IPython's UsageError with the usage text."""
+    parser = _Parser(prog="%%task", add_help=True)
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--retries", type=_number(int, "--retries"), default=0)
+    parser.add_argument("--retry-delay", type=_number(float, "--retry-delay"), default=0.0)
+    parser.add_argument("--timeout", type=_number(float, "--timeout"), default=None)
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--refresh", action="store_true")
+    parser.add_argument("--inputs", type=_names, default=None)
+    parser.add_argument("--outputs", type=_names, default=None)
+    parser.add_argument("--tags", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=[])
+    try:
+        words = shlex.split(line)
+    except ValueError as error:
+        _usage(f"%%task: {error}")
+    args = parser.parse_args(words)
+    if args.timeout == 0:
+        _usage("%%task: --timeout must be > 0")
+    if args.name is not None and args.name.startswith("-"):
+        _usage(f"%%task: unknown option {args.name!r}")
+    return CellOptions(
+        name=args.name, retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
+        no_cache=args.no_cache, refresh=args.refresh, inputs=args.inputs, outputs=args.outputs, tags=args.tags,
+    )
+
+
+def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
+    """``%%task``: run the cell as a task (see :mod:`nbflow.ipython`)."""
+    options = parse_task_line(line)
+    if options.inputs is not None:
+        missing = [name for name in options.inputs if name not in shell.user_ns]
+        if missing:
+            _usage(f"%%task: --inputs names undefined variable(s): {', '.join(missing)}")
+    spec = prepare_cell(shell, cell, options)
+    return run_cell_task(shell, spec, session)
+
+
+# -- %nbflow ------------------------------------------------------------------------------------------
+
+
+def _format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return "<1 ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _session_task_runs() -> list[tuple[RunRecord, TaskRunRecord]]:
+    """Task runs of this kernel: its session run, and the flow runs it started."""
+    from nbflow.engine.runtime import session_run
+    from nbflow.runs import list_runs
+
+    session = session_run()
+    pairs = [(session, task_run) for task_run in session.task_runs]
+    for run in list_runs(limit=200):
+        if run.kind == "flow" and run.pid == os.getpid() and run.start_time >= session.start_time:
+            pairs += [(run, task_run) for task_run in run.task_runs]
+    pairs.sort(key=lambda pair: pair[1].start_time or 0.0)
+    return pairs
+
+
+def _computed_durations() -> dict[str, float]:
+    """Seconds each cache entry took to compute, by cache key, from the recorded history."""
+    from nbflow.runs import list_runs
+
+    durations: dict[str, float] = {}
+    for run in reversed(list_runs(limit=500)):
+        for task_run in run.task_runs:
+            if task_run.cache_key and task_run.state == "Completed" and task_run.duration is not None:
+                durations[task_run.cache_key] = task_run.duration
+    return durations
+
+
+def status(session: Session) -> str:
+    """One line per task (and cell task) of this kernel: its latest state, duration, cache use, time saved."""
+    pairs = _session_task_runs()
+    if not pairs:
+        return "no task has run in this session yet"
+    durations: dict[str, float] | None = None
+    latest: dict[str, tuple[RunRecord, TaskRunRecord]] = {}
+    saved: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for run, task_run in pairs:
+        name = task_run.task_name
+        latest[name] = (run, task_run)
+        counts[name] = counts.get(name, 0) + 1
+        if task_run.state == "Cached":
+            seconds = session.saved.get(task_run.id)
+            if seconds is None and task_run.cache_key:
+                if durations is None:
+                    durations = _computed_durations()
+                seconds = durations.get(task_run.cache_key)
+            if seconds is not None:
+                saved[name] = saved.get(name, 0.0) + max(seconds - (task_run.duration or 0.0), 0.0)
+    rows = []
+    for name, (run, task_run) in latest.items():
+        kind = "cell" if task_run.task_key.startswith("cell:") else (
+            "task" if run.kind == "session" else f"task in {run.flow_name}")
+        rows.append((
+            name, kind, task_run.state, _format_duration(task_run.duration),
+            "yes" if task_run.state == "Cached" else "no", _format_duration(saved.get(name)) if name in saved else "-",
+            str(counts[name]),
+        ))
+    total = sum(saved.values())
+    return _table(("task", "kind", "state", "duration", "cached", "saved", "runs"), rows) + (
+        f"\n\ntime saved by the cache in this session: {_format_duration(total)}" if total else "")
+
+
+def _describe_part(part: str) -> str:
+    if part == "cell":
+        return "the cell's own code"
+    kind, _, name = part.partition(":")
+    descriptions = {"input": f"input {name!r}", "code": f"function or class {name!r} (its code)",
+                    "module": f"module {name!r} (installed version)"}
+    return descriptions.get(kind, part)
+
+
+def why(name: str) -> str:
+    """Which parts of the key of ``name``'s latest run differ from the entry it was compared with."""
+    from nbflow.runs import list_runs
+
+    pairs = [pair for pair in _session_task_runs() if pair[1].task_name == name]
+    if not pairs:
+        return f"no task or cell task named {name!r} has run in this session"
+    latest = pairs[-1][1]
+    if latest.cache_hit:
+        return f"{name}: served from the cache — its code and inputs match the stored entry (key {latest.cache_key})"
+    if not latest.cache_key:
+        reason = "it was run with --no-cache / persist_result=False" if not latest.key_parts else (
+            "its key could not be computed (see the warning it printed)")
+        return f"{name}: not cached, so nothing to compare: {reason}"
+    earlier: TaskRunRecord | None = None
+    for run in list_runs(limit=500):
+        for task_run in reversed(run.task_runs):
+            if (task_run.task_name == name and task_run.id != latest.id and task_run.persisted
+                    and task_run.state == "Completed" and (task_run.end_time or 0) <= (latest.start_time or 0)
+                    and (earlier is None or (task_run.end_time or 0) > (earlier.end_time or 0))):
+                earlier = task_run
+    if earlier is None:
+        return f"{name}: computed — there is no earlier cache entry of {name!r} to compare with (first run)"
+    if earlier.cache_key == latest.cache_key:
+        return (f"{name}: computed although the key equals the stored entry's: it was refreshed (--refresh), "
+                "or the entry was cleared or evicted")
+    old, new = earlier.key_parts, latest.key_parts
+    lines = [f"{name}: computed — the key differs from the entry stored at "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(earlier.end_time or 0))}:"]
+    specific = [part for part in sorted(set(old) | set(new)) if part != "code" and old.get(part) != new.get(part)]
+    for part in specific:
+        if part not in old:
+            lines.append(f"  + {_describe_part(part)} is new")
+        elif part not in new:
+            lines.append(f"  - {_describe_part(part)} is no longer read")
+        else:
+            lines.append(f"  * {_describe_part(part)} changed")
+    if old.get("code") != new.get("code") and not any(p == "cell" or p.startswith(("code:", "module:"))
+                                                      for p in specific):
+        lines.append("  * code it uses changed (a function it calls, a global it reads, or a package version)")
+    if len(lines) == 1:
+        lines.append("  (the recorded key parts are equal; the key changed in a part that is not recorded)")
+    return "\n".join(lines)
+
+
+def runs_table() -> str:
+    """The latest recorded runs."""
+    from nbflow.runs import list_runs
+
+    rows = []
+    for run in list_runs(limit=15):
+        counts = run.counts()
+        rows.append((
+            run.id[:12], run.kind, run.flow_name, run.state,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time)),
+            f"{counts['computed']} computed, {counts['cached']} cached, {counts['failed']} failed",
+        ))
+    if not rows:
+        return "no runs recorded yet"
+    return _table(("run", "kind", "name", "state", "started", "task runs"), rows)
+
+
+def cache_info() -> str:
+    """Where the store is, how much it holds, and entries per task."""
+    from nbflow import settings
+    from nbflow.engine.runtime import get_store
+
+    store = get_store()
+    per_task: dict[str, int] = {}
+    for record in store.records():
+        per_task[record.task_name] = per_task.get(record.task_name, 0) + 1
+    lines = [f"store: {settings.get_settings().home}", f"entries: {sum(per_task.values())}, "
+             f"{store.volume() / 1e6:.1f} MB"]
+    lines += [f"  {name}: {count}" for name, count in sorted(per_task.items())]
+    return "\n".join(lines)
+
+
+def cache_clear(name: str | None) -> str:
+    """Delete every entry, or the entries of one task."""
+    from nbflow.engine.runtime import get_store
+
+    store = get_store()
+    if name is None:
+        return f"removed {store.clear()} cache entries"
+    removed = sum(store.delete(record.key) for record in list(store.records()) if record.task_name == name)
+    return f"removed {removed} cache entries of {name!r}"
+
+
+def retry(shell: Any, session: Session, name: str) -> None:
+    """Run the failed task run(s) again: ``NAME`` (its latest run), or every failed one (``--failed``)."""
+    from nbflow.engine.manual_retry import NotRetryable, retry_task_run
+
+    pairs = _session_task_runs()
+    latest: dict[str, TaskRunRecord] = {}
+    for _, task_run in pairs:
+        latest[task_run.task_name] = task_run
+    if name == "--failed":
+        targets = [t for t in latest.values() if t.state_type in ("FAILED", "CRASHED", "CANCELLED")]
+        if not targets:
+            print("nothing to retry: no task has failed")
+            return
+    else:
+        target = latest.get(name)
+        if target is None:
+            _usage(f"%nbflow retry: no task or cell task named {name!r} has run in this session", NBFLOW_USAGE)
+        if target.state_type not in ("FAILED", "CRASHED", "CANCELLED"):
+            _usage(f"%nbflow retry: {name!r} did not fail (its latest run is {target.state})", NBFLOW_USAGE)
+        targets = [target]
+    for target in targets:
+        print(f"retrying {target.task_name} ...")
+        if target.task_key.startswith("cell:"):
+            spec = session.cells.get(target.task_name)
+            if spec is None:
+                _usage(f"%nbflow retry: the cell of {target.task_name!r} is unknown", NBFLOW_USAGE)
+            run_cell_task(shell, spec, session)
+        else:
+            try:
+                state = retry_task_run(target.id)
+            except NotRetryable as error:
+                _usage(f"%nbflow retry: {error}", NBFLOW_USAGE)
+            print(f"{target.task_name}: {state.name}")
+            if not state.is_completed():
+                state.result()  # raises the task's error
+
+
+def nbflow_magic(shell: Any, session: Session, line: str) -> Any:
+    """``%nbflow status | why NAME | runs | cache info | cache clear [NAME] | retry NAME | retry --failed``."""
+    words = line.split()
+    if not words:
+        _usage("%nbflow: which command?", NBFLOW_USAGE)
+    command, args = words[0], words[1:]
+    if command == "status" and not args:
+        print(status(session))
+    elif command == "why" and len(args) == 1:
+        print(why(args[0]))
+    elif command == "runs" and not args:
+        print(runs_table())
+    elif command == "cache" and args == ["info"]:
+        print(cache_info())
+    elif command == "cache" and args[:1] == ["clear"] and len(args) <= 2:
+        print(cache_clear(args[1] if len(args) == 2 else None))
+    elif command == "retry" and len(args) == 1:
+        retry(shell, session, args[0])
+    else:
+        _usage(f"%nbflow: unknown command {line.strip()!r}", NBFLOW_USAGE)
+    return None

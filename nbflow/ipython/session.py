@@ -1,0 +1,94 @@
+"""The state the extension keeps per kernel: the cell tasks it ran, and who produced which value.
+
+:class:`SessionTracker` draws the edges of one graph across cell tasks and ``@task`` calls made
+outside flows: a cell task's outputs are known by variable name, a task call's result by object
+identity (as a flow does for its own calls). A cell task or task call that reads such a value gets
+an edge from the task run that produced it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nbflow.ipython.cells import CellSpec
+
+__all__ = ["Session", "SessionTracker"]
+
+# Results kept for identity edges: strong references (so ids are not reused while remembered), the
+# oldest dropped first, so a kernel making millions of calls does not grow without bound.
+_MAX_RESULTS = 10_000
+
+
+def _trackable(value: Any) -> bool:
+    # Small ints, strings and None are shared objects: an identity match would be a false edge.
+    from nbflow.ipython.cells import CellResult
+
+    return not (value is None or isinstance(value, (bool, int, float, str, bytes, CellResult)))
+
+
+class SessionTracker:
+    """Producer of each value of this kernel: by variable name (cell tasks) and by object (calls)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, tuple[Any, str]] = {}
+        self.by_id: OrderedDict[int, tuple[Any, str]] = OrderedDict()
+
+    def remember_result(self, value: Any, task_run_id: str) -> None:
+        """Called by the engine when a task call outside a flow completes."""
+        if not _trackable(value):
+            return
+        self.by_id[id(value)] = (value, task_run_id)
+        self.by_id.move_to_end(id(value))
+        while len(self.by_id) > _MAX_RESULTS:
+            self.by_id.popitem(last=False)
+
+    def remember_outputs(self, values: dict[str, Any], task_run_id: str) -> None:
+        """A cell task bound ``values``: later readers of these names (or objects) depend on it."""
+        for name, value in values.items():
+            self.by_name[name] = (value, task_run_id)
+            self.remember_result(value, task_run_id)
+
+    def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
+        """Task runs whose results appear among ``arguments`` (one container level deep)."""
+        if not self.by_id:
+            return []
+        found: list[str] = []
+
+        def check(value: Any) -> None:
+            entry = self.by_id.get(id(value))
+            if entry is not None and entry[0] is value and entry[1] not in found:
+                found.append(entry[1])
+
+        for value in arguments.values():
+            check(value)
+            if isinstance(value, (list, tuple)):
+                for item in value[:1000]:
+                    check(item)
+            elif isinstance(value, dict):
+                for item in list(value.values())[:1000]:
+                    check(item)
+        return found
+
+    def cell_upstream(self, inputs: dict[str, Any], found: list[str]) -> list[str]:
+        """``found`` plus the producers of the variables a cell task reads (if still bound to the value
+        they produced: a name rebound since then no longer points at that producer)."""
+        result = list(found)
+        for name, value in inputs.items():
+            entry = self.by_name.get(name)
+            if entry is not None and entry[0] is value and entry[1] not in result:
+                result.append(entry[1])
+        return result
+
+
+class Session:
+    """Everything the extension remembers in one kernel."""
+
+    def __init__(self) -> None:
+        self.tracker = SessionTracker()
+        self.cells: dict[str, CellSpec] = {}  # the latest cell run under each name, for retries
+        self.saved: dict[str, float] = {}  # task run id -> seconds a cache hit saved (cell tasks)
+
+    def remember_cell(self, spec: CellSpec) -> None:
+        self.cells[spec.name] = spec
