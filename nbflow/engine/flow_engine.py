@@ -13,7 +13,7 @@ from nbflow import events
 from nbflow.context import FlowRunContext, _flow_run, current_flow_run
 from nbflow.engine.manual_retry import remember_failed_flow
 from nbflow.engine.retries import delay_for
-from nbflow.engine.runtime import summarize
+from nbflow.engine.runtime import frontend_hook, summarize
 from nbflow.engine.task_engine import error_summary
 from nbflow.engine.timeouts import timeout
 from nbflow.exceptions import TaskTimeoutError
@@ -57,6 +57,8 @@ class FlowRunEngine:
             parameters={name: summarize(value) for name, value in parameters.items()},
         )
         self.context = FlowRunContext(flow=self.flow, run=self.run, parameters=parameters)
+        if self.parent is None:
+            frontend_hook(self.run)  # a live graph in the notebook cell (subflows are drawn in their parent's)
         self.set_state(State(type=StateType.PENDING, name="Pending"))
 
     def call_body(self) -> State:

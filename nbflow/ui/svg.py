@@ -1,0 +1,81 @@
+"""The static picture of a graph: one self-contained SVG (inline colours, no CSS, no script).
+
+It is what a notebook shows where no widget manager runs — nbconvert, GitHub, the notebooks ``nbflow run``
+writes — and uses the same layout as the live widget. The element classes and ``data-*`` attributes match
+the ones ``widgets/graph.js`` draws, so the same selectors work on both.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from nbflow.ui.layout import NODE_HEIGHT, NODE_WIDTH
+from nbflow.ui.model import GraphPayload, NodeState
+
+__all__ = ["STATE_COLORS", "render_html", "render_svg"]
+
+# (fill, stroke, dashed): widgets/graph.css uses the same colours (a test keeps them in step).
+STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
+    "pending": ("#e5e7eb", "#9ca3af", False),
+    "running": ("#bfdbfe", "#2563eb", False),
+    "retrying": ("#fde68a", "#d97706", False),
+    "completed": ("#86efac", "#15803d", False),
+    "cached": ("#ecfdf5", "#15803d", True),
+    "failed": ("#fca5a5", "#b91c1c", False),
+    "timedout": ("#fdba74", "#c2410c", False),
+    "cancelled": ("#e4e4e7", "#52525b", True),
+    "crashed": ("#f87171", "#7f1d1d", False),
+}
+_LABEL_CHARS = 20
+
+
+def _short(text: str, limit: int = _LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_svg(graph: GraphPayload) -> str:
+    """The graph as an SVG document fragment (``<svg class="nbflow-graph">``)."""
+    width = max(graph["width"], 200.0)
+    height = max(graph["height"], 40.0)
+    parts = [
+        f'<svg class="nbflow-graph" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="12">',
+        '<defs><marker id="nbflow-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
+        'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#6b7280"/></marker></defs>',
+    ]
+    for edge in graph["edges"]:
+        points = edge["points"]
+        if len(points) < 2:
+            continue
+        d = "M " + " L ".join(f"{x:.1f} {y:.1f}" for x, y in points)
+        parts.append(
+            f'<path class="edge" data-source="{escape(edge["source"])}" data-target="{escape(edge["target"])}" '
+            f'd="{d}" fill="none" stroke="#6b7280" stroke-width="1.2" marker-end="url(#nbflow-arrow)"/>'
+        )
+    for node in graph["nodes"]:
+        fill, stroke, dashed = STATE_COLORS.get(node["state"], STATE_COLORS["pending"])
+        dash = ' stroke-dasharray="5 3"' if dashed else ""
+        status: str = node["state"]
+        if "total" in node:
+            status += f' {node.get("count", 0)}/{node["total"]}'
+        parts.append(
+            f'<g class="node" data-id="{escape(node["id"])}" data-state="{node["state"]}" '
+            f'transform="translate({node["x"]:.1f},{node["y"]:.1f})">'
+            f"<title>{escape(node['label'])}: {escape(status)}</title>"
+            f'<rect width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="{fill}" stroke="{stroke}" '
+            f'stroke-width="1.5"{dash}/>'
+            f'<text x="8" y="15" fill="#111827">{escape(_short(node["label"]))}</text>'
+            f'<text x="8" y="29" fill="#374151" font-size="10">{escape(status)}</text></g>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_html(graph: GraphPayload) -> str:
+    """The static fallback put in the widget's ``text/html``: a heading with the runs and the SVG."""
+    runs = ", ".join(
+        f"{escape(run['name'])}: {escape(run['state'])}" for run in graph["runs"] if run["kind"] != "session"
+    )
+    heading = f'<div style="font:12px sans-serif;color:#374151;margin:2px 0">nbflow {runs}</div>' if runs else ""
+    return (f'<div class="nbflow-graph-static">{heading}'
+            f'<div style="overflow:auto;max-height:600px">{render_svg(graph)}</div></div>')

@@ -1,0 +1,406 @@
+"""`TaskGraph`: the live graph of task runs, an anywidget widget. Python holds the model and the layout;
+the browser (``widgets/graph.js``) draws, pans and zooms, and sends commands back.
+
+Live updates are coalesced. The engine's event callback only appends to a queue (O(1), in the engine's
+thread); a per-widget sender thread drains it at most ``MAX_RATE`` times a second, sends small state
+patches, and re-sends the laid-out graph only when its shape changed — less often for large graphs, so
+layout and JSON never take more than a few percent of the process. The end of a flow run is flushed at
+once in the engine's thread, so the final state is part of the cell's own output (nbclient and
+``nbflow run`` record it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anywidget
+import traitlets
+
+from nbflow import events
+from nbflow.engine import manual_retry
+from nbflow.ui.model import Command, GraphModel, GraphPayload, StatePatch
+from nbflow.ui.svg import render_html
+
+if TYPE_CHECKING:
+    from IPython.display import DisplayHandle
+
+    from nbflow.runs import RunRecord, TaskRunRecord
+
+__all__ = ["TaskGraph", "session_graph"]
+
+_log = logging.getLogger("nbflow.ui")
+
+MAX_RATE = 10.0  # messages a second, at most, while a flow runs
+LAYOUT_SHARE = 0.05  # a re-layout waits until layout has used at most this share of the wall time
+PATCH_SHARE = 0.25  # above this share of the nodes changed, a full graph is cheaper than a patch
+
+
+def _asset_dir() -> Path:
+    """Where graph.js and graph.css are: inside the package in a wheel (``nbflow/_widgets``), at the top
+    of the repository in an editable install (``widgets/``)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_widgets", here.parent / "widgets"):
+        if (candidate / "graph.js").is_file():
+            return candidate
+    raise FileNotFoundError(f"nbflow's widget files (graph.js) are missing next to {here}")
+
+
+_ASSETS = _asset_dir()
+
+
+class TaskGraph(anywidget.AnyWidget):
+    """A live graph of the task runs of some flow runs (or of the whole session).
+
+    Shown automatically when a flow is called in a notebook cell; build one yourself with
+    ``TaskGraph([run])`` or :func:`session_graph`. Nodes are coloured by state; clicking one shows its
+    details; a failed node has a Retry button and a failed flow run "Retry failed".
+    """
+
+    # Read once: the widget files are assets of the package, not something to watch for edits.
+    _esm = (_ASSETS / "graph.js").read_text(encoding="utf-8")
+    _css = (_ASSETS / "graph.css").read_text(encoding="utf-8")
+
+    graph = traitlets.Dict().tag(sync=True)
+    patch = traitlets.Dict().tag(sync=True)
+    details = traitlets.Dict().tag(sync=True)
+    selected = traitlets.Unicode("").tag(sync=True)
+    notice = traitlets.Unicode("").tag(sync=True)
+    busy = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, runs: Sequence[RunRecord] = (), *, session: bool = False, live: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._model = GraphModel()
+        self._lock = threading.RLock()
+        self._queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
+        self._wake = threading.Event()
+        self._sender: threading.Thread | None = None
+        self._closed = False
+        self._rev = 0
+        self._sent_structure = -1
+        self._last_send = 0.0
+        self._last_layout = 0.0
+        self._pending_patch: StatePatch = {"rev": 0, "nodes": {}, "runs": {}}
+        self._display_handle: DisplayHandle | None = None
+        self.session = session
+        self.messages_sent = 0
+        for run in runs:
+            self._model.add_run(run)
+        self._roots = {run.id for run in runs}
+        self.on_msg(self._on_custom)
+        self.observe(self._on_selected, names="selected")
+        with self._lock:
+            self._send_graph()
+        if live:
+            _dispatcher.register(self)
+
+    # -- engine side (any thread) ---------------------------------------------------------------------
+    def _on_event(self, event: events.Event) -> None:
+        """Called by the dispatcher in the engine's thread: queue and wake the sender, nothing more."""
+        run = event.run
+        self._queue.append((run, event.task_run, run.attempts, run.end_time is not None))
+        if event.kind == "run" and run.id in self._roots and event.state.is_final():
+            # A run just ended: show its final graph now, in the thread (and cell) that ran it.
+            self.flush(final=True)
+            return
+        if not self._wake.is_set():
+            self._wake.set()
+            if self._sender is None:
+                self._start_sender()
+
+    def _start_sender(self) -> None:
+        with self._lock:
+            if self._sender is None and not self._closed:
+                self._sender = threading.Thread(target=self._send_loop, name="nbflow-graph", daemon=True)
+                self._sender.start()
+
+    def _send_loop(self) -> None:
+        interval = 1.0 / MAX_RATE
+        while not self._closed:
+            self._wake.wait()
+            wait = self._last_send + interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # coalesce everything that arrives meanwhile into one message
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # the graph must never take the kernel down
+                _log.exception("nbflow graph update failed")
+
+    # -- model → traits ---------------------------------------------------------------------------------
+    def flush(self, final: bool = False) -> None:
+        """Apply queued events and send what changed (a patch, or the whole graph if its shape changed).
+        ``final`` sends the whole graph now whatever the rate, and refreshes the static picture."""
+        with self._lock:
+            if self._closed:
+                return
+            changed_nodes: set[str] = set()
+            changed_runs: set[str] = set()
+            model = self._model
+            while self._queue:
+                run, task_run, attempt, run_final = self._queue.popleft()
+                if run.id not in model.runs:
+                    model.add_run(run)
+                changed_runs.add(run.id)
+                if task_run is not None:
+                    changed_nodes.add(model.add_task_run(run, task_run, attempt, run_final))
+            now = time.monotonic()
+            structure_changed = model.structure_rev != self._sent_structure
+            layout_due = now - self._last_layout >= model.layout_seconds / LAYOUT_SHARE
+            if final or (structure_changed and layout_due):
+                self._send_graph()
+            else:
+                self._send_patch(changed_nodes, changed_runs)
+                if structure_changed:
+                    self._wake.set()  # the new nodes follow once the layout budget allows
+            if self.selected and self.selected in changed_nodes:
+                self._refresh_details()
+        if final:
+            self._update_display()
+
+    def _retryable(self) -> tuple[set[str], set[str]]:
+        return set(manual_retry.failed_task_runs()), set(manual_retry.failed_flow_runs())
+
+    def _send_graph(self) -> None:
+        tasks, flows = self._retryable()
+        self._rev += 1
+        started = time.monotonic()
+        payload = self._model.payload(self._rev, tasks, flows)
+        self._last_layout = started
+        self._sent_structure = self._model.structure_rev
+        self._pending_patch = {"rev": self._rev, "nodes": {}, "runs": {}}
+        with self.hold_sync():
+            self.graph = cast(dict, payload)
+            self.patch = cast(dict, self._pending_patch)
+        self._sent()
+
+    def _send_patch(self, node_ids: Iterable[str], run_ids: Iterable[str]) -> None:
+        model = self._model
+        tasks, flows = self._retryable()
+        patch = self._pending_patch
+        laid_out = self.graph.get("nodes", ())
+        known = len(laid_out)
+        added = 0
+        for node_id in node_ids:
+            node = model.nodes.get(node_id)
+            if node is None:
+                continue
+            patch["nodes"][node_id] = model.node_patch(node, tasks)
+            added += 1
+        for run_id in run_ids:
+            run = model.runs.get(run_id)
+            if run is not None:
+                patch["runs"][run_id] = model.run_data(run, flows)
+        if not added and not run_ids:
+            return
+        if len(patch["nodes"]) > max(50, PATCH_SHARE * known) and self._sent_structure == model.structure_rev:
+            self._send_graph()
+            return
+        # A new dict each time: traitlets compares by equality and would skip an in-place change.
+        self.patch = {"rev": patch["rev"], "nodes": dict(patch["nodes"]), "runs": dict(patch["runs"])}
+        self._sent()
+
+    def _sent(self) -> None:
+        self._last_send = time.monotonic()
+        self.messages_sent += 1
+
+    def _update_display(self) -> None:
+        handle = self._display_handle
+        if handle is not None:
+            try:
+                handle.update(self)
+            except Exception:
+                _log.exception("could not update the task graph's display")
+
+    # -- static fallback ---------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The widget view plus ``text/html`` with an SVG of the same graph, for places without widgets."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle
+        with self._lock:
+            graph = cast(GraphPayload, self.graph)
+        data = {**data, "text/html": render_html(graph)}
+        return data, metadata
+
+    # -- commands from the browser -------------------------------------------------------------------------
+    def _on_selected(self, change: dict[str, Any]) -> None:
+        with self._lock:
+            self._refresh_details()
+
+    def _refresh_details(self) -> None:
+        tasks, _ = self._retryable()
+        details = self._model.details(self.selected, tasks, _earlier_runs_of(self._model, self.selected))
+        self.details = cast(dict, details) if details is not None else {}
+
+    def _on_custom(self, _widget: Any, content: Any, buffers: Any) -> None:
+        if not isinstance(content, dict):
+            return
+        command = cast(Command, content)
+        try:
+            self.command(command)
+        except Exception as error:  # shown in the widget, never raised into the kernel's comm handler
+            _log.debug("graph command %r failed", command, exc_info=True)
+            self.notice = f"{type(error).__name__}: {error}"
+
+    def command(self, command: Command) -> None:
+        """Carry out a command from the browser: ``select`` a node, ``retry`` a failed node (then resume its
+        failed flow run, so what depends on it runs), or ``retry_flow`` ("Retry failed")."""
+        kind = command.get("type")
+        if kind == "select":
+            self.selected = command.get("id", "")
+            return
+        if kind == "retry":
+            self._retry_node(command.get("id", ""))
+        elif kind == "retry_flow":
+            self._retry_flow(command.get("run", ""))
+        else:
+            raise ValueError(f"unknown command {kind!r}")
+
+    def _retry_node(self, node_id: str) -> None:
+        with self._lock:
+            node = self._model.nodes.get(node_id)
+            if node is None:
+                raise manual_retry.NotRetryable(f"no task run {node_id!r} in this graph")
+            task_run_id = node.records[-1].id
+            run_id = node.run_id
+        self._running(f"retrying {node.task_name}…")
+        try:
+            state = manual_retry.retry_task_run(task_run_id)
+            if state.is_completed() and run_id in manual_retry.failed_flow_runs():
+                # The rest of the flow never ran: carry on from here (completed tasks are reused).
+                state = manual_retry.retry_flow_run(run_id)
+        finally:
+            self._done()
+        self.notice = f"retry: {state.name}" + (f" ({state.message})" if state.message else "")
+
+    def _retry_flow(self, run_id: str) -> None:
+        self._running("retrying failed tasks…")
+        try:
+            state = manual_retry.retry_flow_run(run_id)
+        finally:
+            self._done()
+        self.notice = f"retry failed: flow run {state.name}"
+
+    def _running(self, notice: str) -> None:
+        self.notice = notice
+        self.busy = True
+        _dispatcher.register(self)  # a finished graph stops listening; a retry makes it listen again
+
+    def _done(self) -> None:
+        self.flush(final=True)
+        self.busy = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop listening to the engine and close the widget."""
+        self._closed = True
+        self._wake.set()
+        _dispatcher.unregister(self)
+        super().close()
+
+    @property
+    def model(self) -> GraphModel:
+        """The graph model (nodes, edges, runs) — read it under no assumption of stability while a run goes."""
+        return self._model
+
+
+def _earlier_runs_of(model: GraphModel, node_id: str) -> list[TaskRunRecord]:
+    """Task runs of the same task from the run history, to explain a miss when this session has no earlier
+    run of it (read on a click only)."""
+    node = model.nodes.get(node_id)
+    if node is None:
+        return []
+    if any(len(n.records) and n.task_key == node.task_key and n.id != node.id for n in model.nodes.values()):
+        return []
+    from nbflow.runs import list_runs
+
+    try:
+        runs = list_runs(limit=20)
+    except Exception:
+        return []
+    return [t for run in runs if run.id not in model.runs for t in run.task_runs if t.task_key == node.task_key]
+
+
+class _Dispatcher:
+    """One engine subscription for all graphs: events go to the graphs of their run in O(1), however many
+    graphs a long session has shown."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_run: dict[str, tuple[TaskGraph, ...]] = {}
+        self._everything: tuple[TaskGraph, ...] = ()
+        self._unsubscribe: Any = None
+
+    def register(self, graph: TaskGraph) -> None:
+        with self._lock:
+            if graph.session:
+                if graph not in self._everything:
+                    self._everything = (*self._everything, graph)
+            else:
+                for run_id in graph.model.runs:
+                    targets = self._by_run.get(run_id, ())
+                    if graph not in targets:
+                        self._by_run[run_id] = (*targets, graph)
+            if self._unsubscribe is None:
+                self._unsubscribe = events.subscribe(self)
+
+    def unregister(self, graph: TaskGraph) -> None:
+        with self._lock:
+            self._everything = tuple(g for g in self._everything if g is not graph)
+            for run_id in [run_id for run_id, graphs in self._by_run.items() if graph in graphs]:
+                rest = tuple(g for g in self._by_run[run_id] if g is not graph)
+                if rest:
+                    self._by_run[run_id] = rest
+                else:
+                    del self._by_run[run_id]
+
+    def __call__(self, event: events.Event) -> None:
+        run = event.run
+        targets = self._by_run.get(run.id)
+        if targets is None and event.kind == "run" and run.parent_run_id is not None:
+            parents = self._by_run.get(run.parent_run_id)
+            if parents is not None:  # a subflow of a shown flow: shown in the same graph
+                with self._lock:
+                    targets = self._by_run[run.id] = parents
+        if targets is not None:
+            for graph in targets:
+                graph._on_event(event)
+            if event.kind == "run" and event.state.is_final() and run.parent_run_id is None:
+                self._forget_finished(run)
+        for graph in self._everything:
+            if run.pid == os.getpid():
+                graph._on_event(event)
+
+    def _forget_finished(self, run: RunRecord) -> None:
+        """A run that completed has nothing left to retry: its graphs stop listening (a Retry click
+        registers them again)."""
+        if run.state_type != "COMPLETED":
+            return
+        for graph in self._by_run.get(run.id, ()):
+            if run.id in graph._roots:
+                self.unregister(graph)
+
+
+_dispatcher = _Dispatcher()
+
+
+def session_graph() -> TaskGraph:
+    """A live graph of everything this process ran: its session run (task calls outside flows) and every
+    flow run. ``%nbflow graph`` shows this."""
+    from nbflow.engine import runtime
+    from nbflow.runs import list_runs
+
+    mine = [run for run in reversed(list_runs(limit=200)) if run.pid == os.getpid()]
+    live = runtime._session
+    if live is not None and live.pid == os.getpid():
+        mine = [run for run in mine if run.id != live.id] + [live]
+    return TaskGraph(mine, session=True)
