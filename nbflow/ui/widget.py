@@ -303,8 +303,10 @@ class TaskGraph(anywidget.AnyWidget):
     def close(self) -> None:
         """Stop listening to the engine and close the widget."""
         self._closed = True
-        self._wake.set()
-        _dispatcher.unregister(self)
+        wake = getattr(self, "_wake", None)  # close() also runs from __del__ of a half-built widget
+        if wake is not None:
+            wake.set()
+            _dispatcher.unregister(self)
         super().close()
 
     @property

@@ -1,0 +1,260 @@
+"""The task graph widget from real engine events, and the browser's commands played on it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbflow
+from nbflow.cache_policies import NONE
+from nbflow.runs import get_run
+from nbflow.ui import TaskGraph, session_graph
+from nbflow.ui.svg import STATE_COLORS
+from tests.ui.conftest import browser_command, browser_sets
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def states(graph: TaskGraph) -> list[tuple[str, str]]:
+    return [(node["label"], node["state"]) for node in graph.graph["nodes"]]
+
+
+def labels_of_edges(graph: TaskGraph) -> set[tuple[str, str]]:
+    label = {node["id"]: node["label"] for node in graph.graph["nodes"]}
+    return {(label[edge["source"]], label[edge["target"]]) for edge in graph.graph["edges"]}
+
+
+def make_etl(broken: dict[str, bool]) -> Any:
+    @nbflow.task(cache_policy=NONE)
+    def extract() -> list[int]:
+        return [1, 2, 3]
+
+    @nbflow.task(cache_policy=NONE)
+    def load(rows: list[int]) -> list[int]:
+        if broken["load"]:
+            raise ConnectionError("database down")
+        return [sum(rows)]
+
+    @nbflow.task(cache_policy=NONE)
+    def report(total: list[int]) -> str:
+        return f"total={total[0]}"
+
+    @nbflow.flow
+    def etl() -> str:
+        return report(load(extract()))
+
+    return etl
+
+
+def test_a_flow_call_shows_its_graph_with_states_and_edges(shown: list[TaskGraph]) -> None:
+    etl = make_etl({"load": True})
+    assert etl(return_state=True).is_failed()
+    (graph,) = shown
+    assert states(graph) == [("extract", "completed"), ("load", "failed")]
+    assert labels_of_edges(graph) == {("extract", "load")}
+    (run,) = graph.graph["runs"]
+    assert run["name"] == "etl" and run["state"] == "Failed" and run["retryable"]
+    failed = graph.graph["nodes"][1]
+    assert failed["retryable"] and failed["attempts"] == 1
+    # The final graph was sent in one piece at the end, whatever the throttle.
+    assert graph.patch == {"rev": graph.graph["rev"], "nodes": {}, "runs": {}}
+
+
+def test_static_fallback_has_the_same_graph_as_svg(shown: list[TaskGraph]) -> None:
+    make_etl({"load": True})(return_state=True)
+    (graph,) = shown
+    data, _ = graph._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data
+    html = data["text/html"]
+    assert '<svg class="nbflow-graph"' in html
+    assert re.search(r'<g class="node" data-id="[0-9a-f]+" data-state="failed"', html)
+    node = graph.graph["nodes"][1]
+    assert f'transform="translate({node["x"]:.1f},{node["y"]:.1f})"' in html
+    assert html.count("<path class=\"edge\"") == 1
+
+
+def test_display_off_and_outside_a_kernel_nothing_is_shown(shown: list[TaskGraph]) -> None:
+    nbflow.configure(display=False)
+    make_etl({"load": False})()
+    assert shown == []
+
+
+def test_the_core_never_imports_the_ui() -> None:
+    code = (
+        "import sys, nbflow\n"
+        "@nbflow.flow\n"
+        "def f():\n    return 1\n"
+        "f()\n"
+        "assert 'nbflow.ui' not in sys.modules, 'nbflow.ui was imported'\n"
+        "assert 'anywidget' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for path in (ROOT / "nbflow").rglob("*.py"):
+        if "ui" in path.relative_to(ROOT / "nbflow").parts or "ipython" in path.relative_to(ROOT / "nbflow").parts:
+            continue
+        text = path.read_text()
+        assert not re.search(r"^\s*(from nbflow\.ui|import nbflow\.ui)", text, re.M), path
+
+
+def test_select_shows_details_with_traceback(shown: list[TaskGraph]) -> None:
+    make_etl({"load": True})(return_state=True)
+    (graph,) = shown
+    failed = graph.graph["nodes"][1]
+    browser_command(graph, {"type": "select", "id": failed["id"]})
+    details = graph.details
+    assert details["label"] == "load" and details["state"] == "failed"
+    assert "ConnectionError: database down" in details["traceback"]
+    assert "nbflow/engine" not in details["traceback"]  # the user's traceback, not the engine's frames
+    assert details["inputs"] == {"rows": "list[3]"}
+    assert [entry["state"] for entry in details["history"]] == ["Pending", "Running", "Failed"]
+    assert details["retryable"] and details["cache"].startswith("not cached")
+    # The browser's own trait change (clicking a node) does the same.
+    browser_sets(graph, selected=graph.graph["nodes"][0]["id"])
+    assert graph.details["label"] == "extract" and graph.details["result"] == "list[3]"
+
+
+def test_retry_reruns_the_failed_node_and_continues_the_flow(shown: list[TaskGraph], executions) -> None:
+    broken = {"load": True}
+    make_etl(broken)(return_state=True)
+    (graph,) = shown
+    failed = graph.graph["nodes"][1]
+    run_id = failed["run"]
+    broken["load"] = False
+    browser_command(graph, {"type": "retry", "id": failed["id"]})
+    assert states(graph) == [("extract", "completed"), ("load", "completed"), ("report", "completed")]
+    assert labels_of_edges(graph) == {("extract", "load"), ("load", "report")}
+    assert graph.graph["runs"][0]["state"] == "Completed" and not graph.graph["runs"][0]["retryable"]
+    assert graph.graph["nodes"][1]["attempts"] == 2  # the failed attempt and the retry, on one node
+    assert graph.notice.startswith("retry: Completed") and not graph.busy
+    assert executions == {"extract": 1, "load": 2, "report": 1}
+    assert get_run(run_id).state == "Completed"
+
+
+def test_retry_failed_on_the_flow(shown: list[TaskGraph], executions) -> None:
+    broken = {"load": True}
+    make_etl(broken)(return_state=True)
+    (graph,) = shown
+    broken["load"] = False
+    browser_command(graph, {"type": "retry_flow", "run": graph.graph["runs"][0]["id"]})
+    assert states(graph) == [("extract", "completed"), ("load", "completed"), ("report", "completed")]
+    assert executions == {"extract": 1, "load": 2, "report": 1}
+
+
+def test_a_retry_that_fails_again_stays_failed_and_says_why(shown: list[TaskGraph]) -> None:
+    make_etl({"load": True})(return_state=True)
+    (graph,) = shown
+    node = graph.graph["nodes"][1]
+    browser_command(graph, {"type": "retry", "id": node["id"]})
+    assert states(graph) == [("extract", "completed"), ("load", "failed")]
+    assert graph.graph["nodes"][1]["retryable"] and "Failed" in graph.notice
+    browser_command(graph, {"type": "retry", "id": "no-such-node"})
+    assert "NotRetryable" in graph.notice
+
+
+def test_cached_is_not_computed(shown: list[TaskGraph]) -> None:
+    @nbflow.task
+    def square(x: int) -> list[int]:
+        return [x * x]
+
+    @nbflow.flow
+    def squares(n: int) -> list[list[int]]:
+        return [square(i) for i in range(n)]
+
+    squares(2)
+    squares(3)
+    first, second = shown
+    assert [node["state"] for node in first.graph["nodes"]] == ["completed", "completed"]
+    assert [node["state"] for node in second.graph["nodes"]] == ["cached", "cached", "completed"]
+    browser_command(second, {"type": "select", "id": second.graph["nodes"][2]["id"]})
+    assert second.details["cache"] == "miss: changed since the previous run: input:x"
+    browser_command(second, {"type": "select", "id": second.graph["nodes"][0]["id"]})
+    assert second.details["cache"].startswith("hit")
+
+
+def test_a_node_can_carry_a_progress_count() -> None:
+    graph = TaskGraph(live=False)
+    run = nbflow.runs.RunRecord(id="r1", flow_name="mapped")
+    task_run = nbflow.runs.TaskRunRecord(id="t1", run_id="r1", task_name="fetch", task_key="m.fetch", state="Running",
+                                         state_type="RUNNING")
+    graph.model.add_task_run(run, task_run, 1, run_final=False)
+    node = graph.model.nodes["t1"]
+    node.count, node.total = 3, 10
+    graph.flush(final=True)
+    (data,) = graph.graph["nodes"]
+    assert (data["count"], data["total"], data["state"]) == (3, 10, "running")
+    assert "running 3/10" in graph._repr_mimebundle_()[0]["text/html"]
+
+
+def test_state_colours_are_the_same_in_the_svg_and_the_css() -> None:
+    css = (ROOT / "widgets" / "graph.css").read_text()
+    for state, (fill, stroke, _) in STATE_COLORS.items():
+        rule = re.search(rf'data-state="{state}"\] rect\.box \{{([^}}]*)\}}', css)
+        assert rule, state
+        assert f"fill: {fill}" in rule.group(1) and f"stroke: {stroke}" in rule.group(1), state
+
+
+def test_updates_are_coalesced_for_many_quick_tasks(shown: list[TaskGraph]) -> None:
+    @nbflow.task(cache_policy=NONE, persist_result=False)
+    def tick(i: int) -> int:
+        return i
+
+    @nbflow.flow
+    def many(n: int) -> int:
+        return sum(tick(i) for i in range(n))
+
+    started = time.monotonic()
+    many(3000)
+    elapsed = time.monotonic() - started
+    (graph,) = shown
+    assert len(graph.graph["nodes"]) == 3000
+    assert all(node["state"] == "completed" for node in graph.graph["nodes"])
+    # At most MAX_RATE a second, plus the first (empty) graph and the final one.
+    assert graph.messages_sent <= 10 * elapsed + 3, (graph.messages_sent, elapsed)
+
+
+def test_session_graph_shows_calls_outside_flows_and_flows() -> None:
+    @nbflow.task(cache_policy=NONE)
+    def alone(x: int) -> int:
+        return x
+
+    @nbflow.flow
+    def small() -> int:
+        return alone(1)
+
+    alone(5)
+    small()
+    graph = session_graph()
+    try:
+        kinds = {run["kind"] for run in graph.graph["runs"]}
+        assert kinds == {"session", "flow"}
+        assert [node["label"] for node in graph.graph["nodes"]] == ["alone", "alone"]
+        alone(6)  # live: a new call appears
+        graph.flush(final=True)
+        assert len(graph.graph["nodes"]) == 3
+    finally:
+        graph.close()
+
+
+def test_saved_state_is_json() -> None:
+    graph = TaskGraph(live=False)
+    json.dumps(graph.get_state())
+
+
+@pytest.mark.timeout(120)
+def test_the_wheel_ships_the_widget_files(tmp_path: Path) -> None:
+    from hatchling.builders.wheel import WheelBuilder
+
+    wheel = next(iter(WheelBuilder(str(ROOT)).build(directory=str(tmp_path), versions=["standard"])))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nbflow/_widgets/graph.js" in names and "nbflow/_widgets/graph.css" in names
+    assert "nbflow/ui/widget.py" in names
