@@ -31,6 +31,8 @@ class CellAnalysis:
     # again on a cache hit instead of pickling code.
     definitions: list[str] = field(default_factory=list)
     definition_nodes: list[ast.stmt] = field(default_factory=list)
+    # `with ... as NAME` targets: usually a closed file or a released lock once the block ends.
+    with_targets: list[str] = field(default_factory=list)
 
 
 def normalized_digest(tree: ast.AST) -> str:
@@ -139,6 +141,7 @@ class _Cell:
         self.bound: set[str] = set()
         self.inputs: dict[str, None] = {}
         self.outputs: dict[str, None] = {}
+        self.with_targets: dict[str, None] = {}
 
     def read(self, names: list[str]) -> None:
         for name in names:
@@ -196,6 +199,7 @@ class _Cell:
                 self.expr(item.context_expr)
                 if item.optional_vars is not None:
                     self.target(item.optional_vars)
+                    self.with_targets.update(dict.fromkeys(_target_names(item.optional_vars)[0]))
             self.body(node.body)
         elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
             self.body(node.body)  # type: ignore[attr-defined]
@@ -207,8 +211,10 @@ class _Cell:
             self.body(node.orelse)  # type: ignore[attr-defined]
             self.body(node.finalbody)  # type: ignore[attr-defined]
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            self.expr(node)  # decorators, defaults, bases and free names of the body
+            # Bound before its body's names count: a body reads them when called, and a recursive
+            # function reads its own name (decorators reading that name are rare enough to ignore).
             self.bind([node.name])
+            self.expr(node)  # decorators, defaults, bases and free names of the body
         elif isinstance(node, ast.Import):
             self.bind([(alias.asname or alias.name).split(".")[0] for alias in node.names])
         elif isinstance(node, ast.ImportFrom):
@@ -231,7 +237,8 @@ def analyze(tree: ast.Module) -> CellAnalysis:
     """Inputs and outputs of a parsed cell (see the module docstring)."""
     cell = _Cell()
     cell.body(tree.body)
-    result = CellAnalysis(inputs=list(cell.inputs), outputs=list(cell.outputs))
+    result = CellAnalysis(inputs=list(cell.inputs), outputs=list(cell.outputs),
+                          with_targets=list(cell.with_targets))
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             result.definitions.append(node.name)

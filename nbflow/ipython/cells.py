@@ -12,7 +12,9 @@ bound from the stored values, and the recorded outputs are shown again, followed
 how much time the cache saved.
 
 A value that cannot be stored (an open file, a connection, a generator) is still bound — the cell
-ran — but the cell is then not cached, and a warning names the variable.
+ran — but the cell is then not cached, and a warning names the variable. The exception is the target
+of a ``with ... as`` statement (typically a file the block closed): it is left out of the stored values
+silently, and a hit does not bind it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class CellSpec:
     outputs: list[str]
     definitions: list[str]
     definition_nodes: list[ast.stmt]
+    with_targets: list[str] = field(default_factory=list)
 
 
 def _is_code(value: Any) -> bool:
@@ -101,7 +104,7 @@ def prepare_cell(shell: Any, source: str, options: CellOptions) -> CellSpec:
         inputs=options.inputs if options.inputs is not None else analysis.inputs,
         outputs=list(outputs),
         definitions=[n for n in analysis.definitions if n in outputs],
-        definition_nodes=analysis.definition_nodes,
+        definition_nodes=analysis.definition_nodes, with_targets=analysis.with_targets,
     )
 
 
@@ -272,6 +275,10 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
                     shell.displayhook(result)
         namespace = shell.user_ns
         values = {name: namespace[name] for name in value_names if name in namespace}
+        # `with open(...) as f` leaves a closed file behind: leave such a target out rather than make
+        # the whole cell uncacheable (a hit does not bind it).
+        for name in unstorable({n: values[n] for n in spec.with_targets if n in values}):
+            del values[name]
         return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started)
 
     execute.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
