@@ -1,0 +1,66 @@
+"""The graph in a real kernel (nbclient, no browser): the saved widget state holds the final graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+SETUP = """
+import nbflow
+from nbflow.cache_policies import NONE
+
+@nbflow.task(cache_policy=NONE)
+def extract():
+    return [1, 2, 3]
+
+@nbflow.task(cache_policy=NONE)
+def load(rows):
+    raise ConnectionError("database down")
+
+@nbflow.task
+def double(rows):
+    return [2 * r for r in rows]
+
+@nbflow.flow
+def etl():
+    rows = extract()
+    double(rows)
+    return load(rows)
+"""
+
+
+def run_notebook(tmp_path: Path, *sources: str) -> Any:
+    notebook = new_notebook(cells=[new_code_cell(source) for source in sources])
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3", store_widget_state=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    return notebook
+
+
+def graph_states(notebook: Any) -> list[dict[str, Any]]:
+    saved = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    return [model["state"] for model in saved.values()
+            if model["state"].get("_anywidget_id") == "nbflow.ui.widget.TaskGraph"]
+
+
+@pytest.mark.timeout(180)
+def test_saved_widget_state_holds_the_final_graph(tmp_path: Path) -> None:
+    notebook = run_notebook(tmp_path, SETUP, "state = etl(return_state=True)\nstate.name",
+                            "nbflow.configure(display=False)\netl(return_state=True).name")
+    (graph,) = graph_states(notebook)  # the third call, with display off, shows nothing
+    nodes = {node["label"]: node["state"] for node in graph["graph"]["nodes"]}
+    assert nodes == {"extract": "completed", "double": "completed", "load": "failed"}
+    assert len(graph["graph"]["edges"]) == 2
+    (run,) = graph["graph"]["runs"]
+    assert run["state"] == "Failed" and run["retryable"]
+    # The cell's output: the widget view plus the static SVG of the same final graph.
+    outputs = [out for out in notebook.cells[1].outputs if "data" in out]
+    html = next(out["data"]["text/html"] for out in outputs if "text/html" in out["data"])
+    assert 'data-state="failed"' in html and html.count('<g class="node"') == 3
+    assert any("application/vnd.jupyter.widget-view+json" in out["data"] for out in outputs)
+    assert not any("text/html" in out.get("data", {}) for out in notebook.cells[2].outputs)
