@@ -8,7 +8,9 @@ an edge from the task run that produced it.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,9 +18,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "SessionTracker"]
 
-# Results kept for identity edges: strong references (so ids are not reused while remembered), the
-# oldest dropped first, so a kernel making millions of calls does not grow without bound.
-_MAX_RESULTS = 10_000
+# Results kept for identity edges. Weak references where the type allows (arrays, frames, most user
+# objects): a result nobody holds any more is forgotten with it. Lists, dicts and the like cannot be
+# weakly referenced; they are held (so their ids are not reused while remembered), the oldest dropped
+# first, so a kernel making many calls does not grow without bound.
+_MAX_RESULTS = 1000
+
+
+def _reference(value: Any, on_death: Callable[[Any], None] | None = None) -> Callable[[], Any]:
+    try:
+        return weakref.ref(value, on_death)
+    except TypeError:
+        return lambda: value
 
 
 def _trackable(value: Any) -> bool:
@@ -32,22 +43,30 @@ class SessionTracker:
     """Producer of each value of this kernel: by variable name (cell tasks) and by object (calls)."""
 
     def __init__(self) -> None:
-        self.by_name: dict[str, tuple[Any, str]] = {}
-        self.by_id: OrderedDict[int, tuple[Any, str]] = OrderedDict()
+        self.by_name: dict[str, tuple[Callable[[], Any], str]] = {}
+        self.by_id: OrderedDict[int, tuple[Callable[[], Any], str]] = OrderedDict()
 
     def remember_result(self, value: Any, task_run_id: str) -> None:
         """Called by the engine when a task call outside a flow completes."""
         if not _trackable(value):
             return
-        self.by_id[id(value)] = (value, task_run_id)
-        self.by_id.move_to_end(id(value))
-        while len(self.by_id) > _MAX_RESULTS:
-            self.by_id.popitem(last=False)
+        key = id(value)
+        by_id = self.by_id
+
+        def forget(ref: Any) -> None:
+            entry = by_id.get(key)
+            if entry is not None and entry[0] is ref:
+                del by_id[key]
+
+        by_id[key] = (_reference(value, forget), task_run_id)
+        by_id.move_to_end(key)
+        while len(by_id) > _MAX_RESULTS:
+            by_id.popitem(last=False)
 
     def remember_outputs(self, values: dict[str, Any], task_run_id: str) -> None:
         """A cell task bound ``values``: later readers of these names (or objects) depend on it."""
         for name, value in values.items():
-            self.by_name[name] = (value, task_run_id)
+            self.by_name[name] = (_reference(value), task_run_id)
             self.remember_result(value, task_run_id)
 
     def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
@@ -58,7 +77,7 @@ class SessionTracker:
 
         def check(value: Any) -> None:
             entry = self.by_id.get(id(value))
-            if entry is not None and entry[0] is value and entry[1] not in found:
+            if entry is not None and entry[0]() is value and entry[1] not in found:
                 found.append(entry[1])
 
         for value in arguments.values():
@@ -77,7 +96,7 @@ class SessionTracker:
         result = list(found)
         for name, value in inputs.items():
             entry = self.by_name.get(name)
-            if entry is not None and entry[0] is value and entry[1] not in result:
+            if entry is not None and entry[0]() is value and entry[1] not in result:
                 result.append(entry[1])
         return result
 

@@ -391,3 +391,25 @@ def test_bad_nbflow_commands_give_usage(shell: Any, line: str) -> None:
 
     result = shell.run_cell(f"%nbflow {line}")
     assert isinstance(result.error_in_exec, UsageError)
+
+
+def test_the_session_graph_forgets_results_nobody_holds() -> None:
+    import gc
+
+    from nbflow.ipython.session import SessionTracker
+
+    class Result:
+        pass
+
+    tracker = SessionTracker()
+    kept, dropped = Result(), Result()
+    tracker.remember_result(kept, "a")
+    tracker.remember_result(dropped, "b")
+    tracker.remember_result([1, 2], "c")  # not weakly referenceable: held
+    del dropped
+    gc.collect()
+    assert {entry[1] for entry in tracker.by_id.values()} == {"a", "c"}
+    assert tracker.upstream_of({"x": kept, "y": 3}) == ["a"]
+    for index in range(2000):
+        tracker.remember_result([index], "many")
+    assert len(tracker.by_id) <= 1000

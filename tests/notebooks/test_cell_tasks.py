@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import nbformat
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
