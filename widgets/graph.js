@@ -7,6 +7,7 @@ const NODE_W = 150;
 const NODE_H = 36;
 const MAX_HEIGHT = 480;
 const MIN_SCALE = 0.05;
+const MIN_FIT_SCALE = 0.5; // a big graph opens legible at its start; pan and zoom show the rest
 const MAX_SCALE = 3;
 
 function svg(tag, attrs = {}, parent = null) {
@@ -71,10 +72,10 @@ function render({ model, el }) {
 
   function fit(graph) {
     const width = canvas.clientWidth || 800;
-    const height = Math.min(MAX_HEIGHT, Math.max(80, graph.height));
-    graphSvg.setAttribute("height", String(height));
-    const k = Math.min(1, width / Math.max(1, graph.width), height / Math.max(1, graph.height));
-    view = { x: 0, y: 0, k: Math.max(MIN_SCALE, k) };
+    const k = Math.max(MIN_FIT_SCALE, Math.min(1, width / Math.max(1, graph.width),
+      MAX_HEIGHT / Math.max(1, graph.height)));
+    graphSvg.setAttribute("height", String(Math.min(MAX_HEIGHT, Math.max(80, graph.height * k))));
+    view = { x: 0, y: 0, k };
     applyView();
   }
 
