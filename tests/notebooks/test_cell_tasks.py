@@ -115,3 +115,35 @@ def test_edits_recompute_exactly_the_cells_that_depend_on_them(tmp_path: Path) -
 
     execute(input_edited, tmp_path)
     assert ran(tmp_path) == []
+
+
+def test_interrupting_the_kernel_leaves_the_cell_task_cancelled_with_nothing_stored(tmp_path: Path) -> None:
+    import time
+
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env={**os.environ})
+    try:
+        client.execute_interactive("%load_ext nbflow", timeout=60)
+        msg_id = client.execute("%%task slow\nimport time\nstarted = True\ntime.sleep(60)\ndone = True\n")
+        time.sleep(2)  # let the cell get into its body
+        manager.interrupt_kernel()
+        reply = client.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = client.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        lines: list[str] = []
+        check = (
+            "from nbflow.engine import runtime\n"
+            "run = runtime.session_run().task_runs[-1]\n"
+            "print(run.task_name, run.state, bool(run.persisted), len(list(runtime.get_store().records())),"
+            " 'done' in globals())\n"
+        )
+        client.execute_interactive(
+            check, timeout=30,
+            output_hook=lambda msg: lines.append(msg["content"].get("text", "")),
+        )
+        assert "".join(lines).split() == ["slow", "Cancelled", "False", "0", "False"]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
