@@ -375,12 +375,17 @@ def test_status_why_runs_and_cache_commands(shell: Any, table: Path, capsys: Any
     ok(shell, "%nbflow why features")
     why = capsys.readouterr().out
     assert "'load_table' (its code) changed" in why and "'path'" not in why
+    ok(shell, CELL.replace("value * 2", "value * 3"))
+    capsys.readouterr()
+    ok(shell, "%nbflow why features")
+    why = capsys.readouterr().out
+    assert "the cell's own code changed" in why and "input" not in why
     ok(shell, "%nbflow runs")
     assert "session" in capsys.readouterr().out
     ok(shell, "%nbflow cache info")
-    assert "features: 3" in capsys.readouterr().out
+    assert "features: 4" in capsys.readouterr().out
     ok(shell, "%nbflow cache clear features")
-    assert "removed 3" in capsys.readouterr().out
+    assert "removed 4" in capsys.readouterr().out
     ok(shell, "%nbflow cache clear")
     assert "removed 0" in capsys.readouterr().out
 
