@@ -157,8 +157,12 @@ def _flush_inline_figures() -> None:
         pass
 
 
-def replay(shell: Any, outputs: list[Output]) -> None:
-    """Show recorded outputs again, in order, through the shell's own streams, publisher and hook."""
+def replay(shell: Any, outputs: list[Output], last_value: Any = None) -> None:
+    """Show recorded outputs again, in order, through the shell's own streams, publisher and hook.
+
+    ``last_value``, when given, is the value behind the recorded ``Out[n]``: it becomes ``_`` and
+    ``Out[n]`` again, as if the display hook had shown it.
+    """
     for output in outputs:
         kind = output[0]
         if kind == "stream":
@@ -179,6 +183,9 @@ def replay(shell: Any, outputs: list[Output]) -> None:
             # the result is shown as Out[n] exactly as on the first run.
             hook.start_displayhook()
             hook.write_output_prompt()
+            if last_value is not None:
+                hook.update_user_ns(last_value)
+                hook.fill_exec_result(last_value)
             hook.write_format_data(output[1], output[2])
             hook.finish_displayhook()
         elif kind == "clear_output":

@@ -62,6 +62,9 @@ class CellResult:
     values: dict[str, Any]
     outputs: list[Output]
     duration: float
+    # The value of the last expression (shown as Out[n]), when it could be stored: a hit sets `_` and
+    # Out[n] to it again. One that cannot be stored is dropped quietly; its display is replayed anyway.
+    last_value: Any = None
 
 
 @dataclass
@@ -267,19 +270,23 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         # The inputs are already in the user namespace; they are parameters so that the run record
         # lists them and a manual retry can name them.
         started = time.perf_counter()
+        result = None
         with OutputTee(shell) as tee:
             exec(body, shell.user_global_ns, shell.user_ns)
             if last is not None:
                 result = eval(last, shell.user_global_ns, shell.user_ns)
                 if result is not None:
                     shell.displayhook(result)
+        if result is not None and unstorable({"_": result}):
+            result = None
         namespace = shell.user_ns
         values = {name: namespace[name] for name in value_names if name in namespace}
         # `with open(...) as f` leaves a closed file behind: leave such a target out rather than make
         # the whole cell uncacheable (a hit does not bind it).
         for name in unstorable({n: values[n] for n in spec.with_targets if n in values}):
             del values[name]
-        return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started)
+        return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started,
+                          last_value=result)
 
     execute.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in current_inputs(shell, spec)]
@@ -295,7 +302,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         _restore(shell, spec, cached)
         session.saved[task_run.id] = cached.duration
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
-        replay(shell, cached.outputs)
+        replay(shell, cached.outputs, cached.last_value)
         elapsed = time.perf_counter() - started
         _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {_seconds(elapsed)} "
                        f"(saved {_seconds(max(cached.duration - elapsed, 0.0))})")

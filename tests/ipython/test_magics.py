@@ -121,10 +121,13 @@ def test_a_hit_skips_the_body_rebinds_values_and_replays_outputs(shell: Any, tab
     assert "rows 3" in first and "[2, 4]" in first
     assert shell.user_ns["X"] == [2, 4, 6]
     del shell.user_ns["X"], shell.user_ns["raw"]
+    ok(shell, "123")
+    assert shell.user_ns["_"] == 123
     ok(shell, CELL)
     second = capsys.readouterr().out
     assert calls(table) == ["features"]  # the body ran once
     assert shell.user_ns["X"] == [2, 4, 6] and shell.user_ns["raw"] == [1, 2, 3]
+    assert shell.user_ns["_"] == [2, 4]  # the Out[] value is bound again too
     assert "rows 3" in second and "Out[" in second and "[2, 4]" in second
     notices = [o for o in shell.display_pub.outputs if o["metadata"].get("nbflow", {}).get("cache_notice")]
     assert len(notices) == 1
