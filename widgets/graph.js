@@ -68,6 +68,9 @@ function render({ model, el }) {
   let fitted = false;
   let rev = -1;
 
+  // The graph arrives as a JSON string (cheaper for the kernel to send than a deep dict).
+  const currentGraph = () => JSON.parse(model.get("graph_json") || "{}");
+
   const applyView = () => viewport.setAttribute("transform", `translate(${view.x},${view.y}) scale(${view.k})`);
 
   function fit(graph) {
@@ -114,7 +117,7 @@ function render({ model, el }) {
   }
 
   function drawGraph() {
-    const graph = model.get("graph") || {};
+    const graph = currentGraph();
     if (!graph.nodes) return;
     rev = graph.rev;
     nodes = new Map(graph.nodes.map((n) => [n.id, { ...n }]));
@@ -273,7 +276,7 @@ function render({ model, el }) {
     view.k = k;
     applyView();
   }, { passive: false });
-  canvas.addEventListener("dblclick", () => fit(model.get("graph") || { width: 1, height: 1 }));
+  canvas.addEventListener("dblclick", () => fit(currentGraph()));
 
   const onGraph = () => drawGraph();
   const onPatch = () => applyPatch();
@@ -285,7 +288,7 @@ function render({ model, el }) {
     for (const b of root.querySelectorAll("button.nbflow-retry, button.nbflow-retry-flow")) b.disabled = !!model.get("busy");
     root.setAttribute("data-busy", model.get("busy") ? "true" : "false");
   };
-  model.on("change:graph", onGraph);
+  model.on("change:graph_json", onGraph);
   model.on("change:patch", onPatch);
   model.on("change:details", onDetails);
   model.on("change:selected", onDetails);
@@ -296,7 +299,7 @@ function render({ model, el }) {
   onNotice();
   onBusy();
   return () => {
-    model.off("change:graph", onGraph);
+    model.off("change:graph_json", onGraph);
     model.off("change:patch", onPatch);
     model.off("change:details", onDetails);
     model.off("change:selected", onDetails);

@@ -27,6 +27,9 @@ STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
     "crashed": ("#f87171", "#7f1d1d", False),
 }
 _LABEL_CHARS = 20
+# Above this many nodes the static picture is a summary: a multi-megabyte SVG helps nobody on GitHub and
+# costs the kernel time at the end of every huge flow.
+STATIC_NODE_LIMIT = 2000
 
 
 def _short(text: str, limit: int = _LABEL_CHARS) -> str:
@@ -77,5 +80,12 @@ def render_html(graph: GraphPayload) -> str:
         f"{escape(run['name'])}: {escape(run['state'])}" for run in graph["runs"] if run["kind"] != "session"
     )
     heading = f'<div style="font:12px sans-serif;color:#374151;margin:2px 0">nbflow {runs}</div>' if runs else ""
+    if len(graph["nodes"]) > STATIC_NODE_LIMIT:
+        counts: dict[str, int] = {}
+        for node in graph["nodes"]:
+            counts[node["state"]] = counts.get(node["state"], 0) + 1
+        summary = ", ".join(f"{count:,} {state}" for state, count in sorted(counts.items()))
+        return (f'<div class="nbflow-graph-static">{heading}<div style="font:12px sans-serif">'
+                f'{len(graph["nodes"]):,} task runs ({escape(summary)}): too many to draw here.</div></div>')
     return (f'<div class="nbflow-graph-static">{heading}'
             f'<div style="overflow:auto;max-height:600px">{render_svg(graph)}</div></div>')

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anywidget
 import traitlets
+from pydantic_core import to_json
 
 from nbflow import events
 from nbflow.engine import manual_retry
@@ -38,7 +39,10 @@ __all__ = ["TaskGraph", "session_graph"]
 _log = logging.getLogger("nbflow.ui")
 
 MAX_RATE = 10.0  # messages a second, at most, while a flow runs
-LAYOUT_SHARE = 0.05  # a re-layout waits until layout has used at most this share of the wall time
+# A full graph (layout + payload + JSON) waits until sending full graphs has used at most this share of
+# the wall time: a 10,000-node graph costs ~0.1 s to send, so it goes out every few seconds, while small
+# graphs go out at MAX_RATE. This is what keeps the engine's slowdown to a few percent.
+SEND_SHARE = 0.03
 PATCH_SHARE = 0.25  # above this share of the nodes changed, a full graph is cheaper than a patch
 
 
@@ -67,7 +71,9 @@ class TaskGraph(anywidget.AnyWidget):
     _esm = (_ASSETS / "graph.js").read_text(encoding="utf-8")
     _css = (_ASSETS / "graph.css").read_text(encoding="utf-8")
 
-    graph = traitlets.Dict().tag(sync=True)
+    # The laid-out graph as a JSON string: ipywidgets walks a dict trait looking for binary buffers and
+    # traitlets compares dicts deeply, which costs more than the layout itself on a 10,000-node graph.
+    graph_json = traitlets.Unicode("{}").tag(sync=True)
     patch = traitlets.Dict().tag(sync=True)
     details = traitlets.Dict().tag(sync=True)
     selected = traitlets.Unicode("").tag(sync=True)
@@ -80,17 +86,24 @@ class TaskGraph(anywidget.AnyWidget):
         self._model = GraphModel()
         self._lock = threading.RLock()
         self._queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
+        # Later events of a task run already queued: just its id (deques are safe across threads).
+        self._changed: deque[str] = deque()
+        self._seen: set[str] = set()
         self._wake = threading.Event()
         self._sender: threading.Thread | None = None
         self._closed = False
         self._rev = 0
         self._sent_structure = -1
         self._last_send = 0.0
-        self._last_layout = 0.0
+        self._last_full = 0.0
+        self._full_cost = 0.0
+        self._sent_ids: set[str] = set()
         self._pending_patch: StatePatch = {"rev": 0, "nodes": {}, "runs": {}}
         self._display_handle: DisplayHandle | None = None
+        self._payload: GraphPayload = {"rev": 0, "nodes": [], "edges": [], "runs": [], "width": 0, "height": 0}
         self.session = session
         self.messages_sent = 0
+        self.cpu_seconds = 0.0  # CPU time spent applying events and sending (for the benchmark)
         for run in runs:
             self._model.add_run(run)
         self._roots = {run.id for run in runs}
@@ -105,7 +118,14 @@ class TaskGraph(anywidget.AnyWidget):
     def _on_event(self, event: events.Event) -> None:
         """Called by the dispatcher in the engine's thread: queue and wake the sender, nothing more."""
         run = event.run
-        self._queue.append((run, event.task_run, run.attempts, run.end_time is not None))
+        task_run = event.task_run
+        if task_run is not None and task_run.id in self._seen:
+            self._changed.append(task_run.id)  # placed already: only its state changed
+        else:
+            if task_run is not None:
+                self._seen.add(task_run.id)
+            # The attempt and finality now, in the engine's thread: they place the task run on its node.
+            self._queue.append((run, task_run, run.attempts, run.end_time is not None))
         if event.kind == "run" and run.id in self._roots and event.state.is_final():
             # A run just ended: show its final graph now, in the thread (and cell) that ran it.
             self.flush(final=True)
@@ -138,6 +158,7 @@ class TaskGraph(anywidget.AnyWidget):
     def flush(self, final: bool = False) -> None:
         """Apply queued events and send what changed (a patch, or the whole graph if its shape changed).
         ``final`` sends the whole graph now whatever the rate, and refreshes the static picture."""
+        cpu_started = time.thread_time()
         with self._lock:
             if self._closed:
                 return
@@ -151,10 +172,15 @@ class TaskGraph(anywidget.AnyWidget):
                 changed_runs.add(run.id)
                 if task_run is not None:
                     changed_nodes.add(model.add_task_run(run, task_run, attempt, run_final))
+            alias = model.alias
+            while self._changed:
+                node_id = alias.get(self._changed.popleft())
+                if node_id is not None:
+                    changed_nodes.add(node_id)
             now = time.monotonic()
             structure_changed = model.structure_rev != self._sent_structure
-            layout_due = now - self._last_layout >= model.layout_seconds / LAYOUT_SHARE
-            if final or (structure_changed and layout_due):
+            full_due = now - self._last_full >= self._full_cost / SEND_SHARE
+            if final or (structure_changed and full_due):
                 self._send_graph()
             else:
                 self._send_patch(changed_nodes, changed_runs)
@@ -162,6 +188,7 @@ class TaskGraph(anywidget.AnyWidget):
                     self._wake.set()  # the new nodes follow once the layout budget allows
             if self.selected and self.selected in changed_nodes:
                 self._refresh_details()
+            self.cpu_seconds += time.thread_time() - cpu_started
         if final:
             self._update_display()
 
@@ -169,29 +196,32 @@ class TaskGraph(anywidget.AnyWidget):
         return set(manual_retry.failed_task_runs()), set(manual_retry.failed_flow_runs())
 
     def _send_graph(self) -> None:
+        started = time.monotonic()
         tasks, flows = self._retryable()
         self._rev += 1
-        started = time.monotonic()
         payload = self._model.payload(self._rev, tasks, flows)
-        self._last_layout = started
         self._sent_structure = self._model.structure_rev
+        self._sent_ids = set(self._model.nodes)
         self._pending_patch = {"rev": self._rev, "nodes": {}, "runs": {}}
+        self._payload = payload
+        text = to_json(payload).decode()
         with self.hold_sync():
-            self.graph = cast(dict, payload)
+            self.graph_json = text
             self.patch = cast(dict, self._pending_patch)
         self._sent()
+        self._last_full = time.monotonic()
+        self._full_cost = self._last_full - started
 
     def _send_patch(self, node_ids: Iterable[str], run_ids: Iterable[str]) -> None:
         model = self._model
         tasks, flows = self._retryable()
         patch = self._pending_patch
-        laid_out = self.graph.get("nodes", ())
-        known = len(laid_out)
+        known = len(self._sent_ids)
         added = 0
         for node_id in node_ids:
             node = model.nodes.get(node_id)
-            if node is None:
-                continue
+            if node is None or node_id not in self._sent_ids:
+                continue  # not drawn yet: it comes with the next full graph
             patch["nodes"][node_id] = model.node_patch(node, tasks)
             added += 1
         for run_id in run_ids:
@@ -227,7 +257,7 @@ class TaskGraph(anywidget.AnyWidget):
             return None
         data, metadata = bundle
         with self._lock:
-            graph = cast(GraphPayload, self.graph)
+            graph = self._payload
         data = {**data, "text/html": render_html(graph)}
         return data, metadata
 
@@ -308,6 +338,11 @@ class TaskGraph(anywidget.AnyWidget):
             wake.set()
             _dispatcher.unregister(self)
         super().close()
+
+    @property
+    def graph(self) -> GraphPayload:
+        """The graph as last sent to the browser (nodes with coordinates and states, edges, runs)."""
+        return self._payload
 
     @property
     def model(self) -> GraphModel:

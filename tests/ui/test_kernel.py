@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
@@ -44,7 +44,7 @@ def run_notebook(tmp_path: Path, *sources: str) -> Any:
 
 def graph_states(notebook: Any) -> list[dict[str, Any]]:
     saved = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    return [model["state"] for model in saved.values()
+    return [{**model["state"], "graph": json.loads(model["state"]["graph_json"])} for model in saved.values()
             if model["state"].get("_anywidget_id") == "nbflow.ui.widget.TaskGraph"]
 
 

@@ -1,0 +1,136 @@
+"""What the live task graph costs a flow: a flow of many quick tasks, run with no graph and with a graph
+attached (the way a notebook cell shows it), side by side in one process — so the ratio holds on a noisy
+machine. The graph's messages go to a recording comm that JSON-encodes them as the kernel would, and
+the benchmark reports how many were sent and how large they were. Also: layout time for 1,000 nodes.
+
+Run with ``make bench`` (or ``python benchmarks/bench_widget.py [--quick]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from typing import Any
+
+
+class RecordingComm:
+    """Stands in for the kernel's comm: encodes every message to JSON, as the kernel would, and counts."""
+
+    kernel = True
+    comm_id = "bench"
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+
+    def send(self, data: Any = None, metadata: Any = None, buffers: Any = None) -> None:
+        self.messages += 1
+        self.bytes += len(json.dumps(data, default=str))
+
+    def on_msg(self, callback: Any) -> None:
+        pass
+
+    def on_close(self, callback: Any) -> None:
+        pass
+
+    def close(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def bench_flow(n: int, rounds: int) -> None:
+    import nbflow
+    import nbflow.engine.flow_engine as flow_engine
+    from nbflow import events
+    from nbflow.cache_policies import NONE
+    from nbflow.ui import TaskGraph
+
+    nbflow.configure(home=tempfile.mkdtemp(prefix="nbflow-bench-"))
+
+    @nbflow.task(cache_policy=NONE, persist_result=False)
+    def tick(i: int) -> int:
+        return i + 1
+
+    @nbflow.flow
+    def many(count: int) -> int:
+        total = 0
+        for i in range(count):
+            total += tick(i)
+        return total
+
+    graphs: list[tuple[TaskGraph, RecordingComm]] = []
+
+    def show(run: Any) -> None:  # what nbflow.ui.auto does in a kernel, with a recording comm
+        graph = TaskGraph([run])
+        comm = RecordingComm()
+        graph.comm = comm
+        graphs.append((graph, comm))
+
+    def plain(_: Any) -> None:
+        pass
+
+    many(200)  # warm up imports and the store
+    def noop(_: Any) -> None:
+        pass
+
+    timings: dict[str, list[float]] = {"no graph": [], "no-op subscriber": [], "live graph": []}
+    for _ in range(rounds):  # interleaved, so background load hits every variant alike
+        for label in timings:
+            flow_engine.frontend_hook = show if label == "live graph" else plain  # type: ignore[assignment]
+            unsubscribe = events.subscribe(noop) if label == "no-op subscriber" else None
+            started = time.perf_counter()
+            many(n)
+            timings[label].append(time.perf_counter() - started)
+            if unsubscribe is not None:
+                unsubscribe()
+    base = statistics.median(timings["no graph"])
+    subscribed = statistics.median(timings["no-op subscriber"])
+    live = statistics.median(timings["live graph"])
+    graph, comm = graphs[-1]
+    print(f"flow of {n:,} quick tasks, median of {rounds} interleaved rounds")
+    for label, seconds in (("no graph", base), ("no-op subscriber", subscribed), ("live graph", live)):
+        print(f"  {label:18s}{seconds:8.3f} s   ({seconds / n * 1e6:6.1f} µs per task)")
+    print(f"  ratio live/no-graph  {live / base:.3f}  (overhead {100 * (live / base - 1):+.1f} %)")
+    print(f"  ratio live/no-op subscriber  {live / subscribed:.3f}  (the widget's own share; the rest is the "
+          "engine building State objects for any subscriber)")
+    per_second = comm.messages / timings["live graph"][-1]
+    print(f"  messages sent {comm.messages} ({per_second:.1f}/s), {comm.bytes / 1e6:.2f} MB JSON, "
+          f"{len(graph.graph['nodes']):,} nodes in the final graph")
+    print(f"  the graph's own CPU time (applying events, layout, JSON, sending): {graph.cpu_seconds:.3f} s = "
+          f"{100 * graph.cpu_seconds / timings['live graph'][-1]:.1f} % of that flow's wall time")
+    print(f"  full graph send at the end: {1000 * graph._full_cost:.0f} ms for {len(graph.graph['nodes']):,} nodes")
+    for item, _ in graphs:
+        item.close()
+
+
+def bench_layout(n: int) -> None:
+    from nbflow.ui import count_crossings, layered_layout
+
+    rng = random.Random(1)
+    nodes = list(range(n))
+    edges = [(rng.randrange(max(0, v - 30), v), v) for v in range(1, n) for _ in range(rng.randint(0, 2))]
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        layout = layered_layout(nodes, edges)
+        runs.append(time.perf_counter() - started)
+    print(f"layout of {n:,} nodes / {len(edges):,} edges: {1000 * min(runs):.1f} ms "
+          f"({layout.crossings} crossings, {count_crossings(layered_layout(nodes, edges), edges)} by segment count)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smaller run (for the test suite)")
+    args = parser.parse_args()
+    bench_layout(1000)
+    if args.quick:
+        bench_flow(2000, rounds=2)
+    else:
+        bench_flow(10_000, rounds=5)
+
+
+if __name__ == "__main__":
+    main()
