@@ -29,7 +29,8 @@ demo: install
 	@echo "=== second run, a fresh kernel: served from the cache ==="
 	NBFLOW_HOME=$(DEMO_HOME) $(VENV)/bin/nbflow run notebooks/quickstart.ipynb
 
-# System packages the suite needs (Chromium for the widget tests), installed when missing.
+# System packages the suite needs (Chromium for the widget tests), installed when missing. The browser
+# tests use this /usr/bin/chromium through Playwright (never `playwright install`) and fail without it.
 system-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "installing chromium (apt)"; \
@@ -48,6 +49,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_widget.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
