@@ -103,6 +103,7 @@ def _at_exit() -> None:
 # Registered after nbflow.runs' own handler, so it runs first (atexit is last-in, first-out).
 atexit.register(_at_exit)
 
+
 class ResultTracker(Protocol):
     """Links task calls made outside any flow into one graph (a flow does this with its own context)."""
 
