@@ -38,7 +38,7 @@ function statusText(node) {
 
 function fmtTime(seconds) {
   if (seconds === null || seconds === undefined) return "";
-  return new Date(seconds * 1000).toLocaleTimeString();
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
 }
 
 function fmtDuration(seconds) {
