@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from nbflow.states import State
     from nbflow.tasks import Task
 
-__all__ = ["NotRetryable", "failed_flow_runs", "failed_task_runs", "retry_flow_run", "retry_task_run"]
+__all__ = ["NotRetryable", "failed_call_inputs", "failed_flow_runs", "failed_task_runs", "retry_flow_run", "retry_task_run"]
 
 _LIMIT = 1000
 
@@ -57,6 +57,14 @@ def remember_failed_task(task_run_id: str, call: _FailedCall) -> None:
 
 def remember_failed_flow(run_id: str, engine: FlowRunEngine) -> None:
     _remember(_failed_flows, run_id, engine)
+
+
+def failed_call_inputs(task_run_id: str) -> dict[str, Any] | None:
+    """The keyword inputs a failed call was made with (None if unknown): a cell task's retry binds them
+    again before rerunning its cell."""
+    with _lock:
+        call = _failed_tasks.get(task_run_id)
+    return dict(call.kwargs) if call is not None else None
 
 
 def failed_task_runs() -> list[str]:

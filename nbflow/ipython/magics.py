@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import time
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -280,7 +281,7 @@ def cache_clear(name: str | None) -> str:
 
 def retry(shell: Any, session: Session, name: str) -> None:
     """Run the failed task run(s) again: ``NAME`` (its latest run), or every failed one (``--failed``)."""
-    from nbflow.engine.manual_retry import NotRetryable, retry_task_run
+    from nbflow.engine.manual_retry import NotRetryable, failed_call_inputs, retry_task_run
 
     pairs = _session_task_runs()
     latest: dict[str, TaskRunRecord] = {}
@@ -304,6 +305,13 @@ def retry(shell: Any, session: Session, name: str) -> None:
             spec = session.cells.get(target.task_name)
             if spec is None:
                 _usage(f"%nbflow retry: the cell of {target.task_name!r} is unknown", NBFLOW_USAGE)
+            # Rerun with the data the failed run saw (rebound in the namespace), not whatever the
+            # variables hold now; functions, classes and modules stay current, so a fixed helper counts.
+            original = failed_call_inputs(target.id) or {}
+            shell.user_ns.update({
+                name: value for name, value in original.items()
+                if not (callable(value) or isinstance(value, types.ModuleType))
+            })
             run_cell_task(shell, spec, session)
         else:
             try:

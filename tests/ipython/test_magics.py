@@ -291,17 +291,21 @@ def test_a_failure_shows_the_users_traceback_and_can_be_retried(shell: Any, caps
     assert "nbflow" not in text.replace("nbflow-home", "")  # no frames of nbflow's internals
     assert task_runs("parsed")[-1].state == "Failed"
     assert "int(text)" in (task_runs("parsed")[-1].traceback or "")
-    ok(shell, "raw = '12'")
+    # A retry uses the inputs the failed run saw: with raw still 'x' it fails again...
+    assert not shell.run_cell("%nbflow retry parsed").success
+    # ...and once the cause outside the cell's inputs is fixed (parse's code), it succeeds with them.
+    ok(shell, "def parse(text):\n    return len(text)")
+    ok(shell, "raw = 'changed since'")
     ok(shell, "%nbflow retry parsed")
-    assert shell.user_ns["value"] == 12
-    assert [t.state for t in task_runs("parsed")] == ["Failed", "Completed"]
+    assert shell.user_ns["value"] == 1  # len('x'): the original input, not the current one
+    assert [t.state for t in task_runs("parsed")] == ["Failed", "Failed", "Completed"]
 
 
 def test_retry_failed_reruns_failed_cells_and_task_calls(shell: Any) -> None:
-    ok(shell, "import nbflow\nok_now = False\n@nbflow.task\ndef flaky(x):\n"
+    ok(shell, "import nbflow\nok_now = False\ndef ready():\n    return ok_now\n@nbflow.task\ndef flaky(x):\n"
               "    if not ok_now:\n        raise RuntimeError('not yet')\n    return x\n")
     assert not shell.run_cell("flaky(1)").success
-    assert not shell.run_cell("%%task cellfail\nif not ok_now:\n    raise RuntimeError('nope')\nz = 3\n").success
+    assert not shell.run_cell("%%task cellfail\nif not ready():\n    raise RuntimeError('nope')\nz = 3\n").success
     ok(shell, "ok_now = True")
     ok(shell, "%nbflow retry --failed")
     assert task_runs("flaky")[-1].state == "Completed"
