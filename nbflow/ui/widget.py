@@ -183,7 +183,7 @@ class TaskGraph(anywidget.AnyWidget):
             if final or (structure_changed and full_due):
                 self._send_graph()
             else:
-                self._send_patch(changed_nodes, changed_runs)
+                self._send_patch(changed_nodes, changed_runs, full_due)
                 if structure_changed:
                     self._wake.set()  # the new nodes follow once the layout budget allows
             if self.selected and self.selected in changed_nodes:
@@ -212,7 +212,7 @@ class TaskGraph(anywidget.AnyWidget):
         self._last_full = time.monotonic()
         self._full_cost = self._last_full - started
 
-    def _send_patch(self, node_ids: Iterable[str], run_ids: Iterable[str]) -> None:
+    def _send_patch(self, node_ids: Iterable[str], run_ids: Iterable[str], full_due: bool) -> None:
         model = self._model
         tasks, flows = self._retryable()
         patch = self._pending_patch
@@ -230,7 +230,7 @@ class TaskGraph(anywidget.AnyWidget):
                 patch["runs"][run_id] = model.run_data(run, flows)
         if not added and not run_ids:
             return
-        if len(patch["nodes"]) > max(50, PATCH_SHARE * known) and self._sent_structure == model.structure_rev:
+        if full_due and len(patch["nodes"]) > max(50, PATCH_SHARE * known):
             self._send_graph()
             return
         # A new dict each time: traitlets compares by equality and would skip an in-place change.
