@@ -260,3 +260,23 @@ def test_the_wheel_ships_the_widget_files(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "nbflow/_widgets/graph.js" in names and "nbflow/_widgets/graph.css" in names
     assert "nbflow/ui/widget.py" in names
+
+
+def test_a_subflow_is_drawn_in_its_parents_graph(shown: list[TaskGraph]) -> None:
+    @nbflow.task(cache_policy=NONE)
+    def part(x: int) -> list[int]:
+        return [x]
+
+    @nbflow.flow
+    def inner(x: int) -> list[int]:
+        return part(x)
+
+    @nbflow.flow
+    def outer() -> list[list[int]]:
+        return [inner(1), inner(2), part(3)]
+
+    outer()
+    (graph,) = shown  # one graph: subflows are not displayed on their own
+    assert [node["label"] for node in graph.graph["nodes"]] == ["part", "part", "part"]
+    assert [run["name"] for run in graph.graph["runs"]] == ["outer", "inner", "inner"]
+    assert {run["state"] for run in graph.graph["runs"]} == {"Completed"}
