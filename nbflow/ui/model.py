@@ -180,7 +180,7 @@ class Command(TypedDict, total=False):
 
 
 # -- the model --------------------------------------------------------------------------------------
-@dataclass
+@dataclass(slots=True)  # one per task call; thousands in a big flow
 class _Node:
     id: str
     run_id: str
@@ -284,6 +284,8 @@ class GraphModel:
         the call it reuses (it was computed, not loaded from the store)."""
         records = node.records
         last = records[-1]
+        if len(records) == 1:
+            return _BY_NAME.get(last.state) or _BY_TYPE.get(last.state_type, "pending"), last
         if len(records) > 1 and last.state == "Cached" and _is_reuse(last):
             for earlier in reversed(records[:-1]):
                 if earlier.state_type == "COMPLETED":
@@ -332,17 +334,20 @@ class GraphModel:
         flows = set(retryable_runs)
         layout = self.layout()
         nodes: list[NodeData] = []
+        positions = layout.positions
         for node in self.nodes.values():
-            x, y = layout.positions[node.id]
-            patch = self.node_patch(node, ids)
+            x, y = positions[node.id]
+            state, _ = self.node_state(node)
+            records = node.records
             data: NodeData = {
                 "id": node.id, "label": node.task_name, "task": node.task_key, "run": node.run_id,
-                "state": patch["state"], "attempts": patch["attempts"], "retryable": patch["retryable"],
-                "x": x, "y": y,
+                "state": state,
+                "attempts": records[0].attempts if len(records) == 1 else sum(r.attempts for r in records),
+                "retryable": records[-1].id in ids, "x": x, "y": y,
             }
-            if "total" in patch:
-                data["count"] = patch["count"]
-                data["total"] = patch["total"]
+            if node.total is not None:
+                data["count"] = node.count or 0
+                data["total"] = node.total
             nodes.append(data)
         edges: list[EdgeData] = [
             {"source": source, "target": target, "points": [[round(x, 1), round(y, 1)] for x, y in points]}
