@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from nbflow.states import State
     from nbflow.tasks import Task
 
-__all__ = ["NotRetryable", "failed_call_inputs", "failed_flow_runs", "failed_task_runs", "retry_flow_run", "retry_task_run"]
+__all__ = [
+    "NotRetryable",
+    "failed_call_inputs",
+    "failed_flow_runs",
+    "failed_task_runs",
+    "retry_flow_run",
+    "retry_task_run",
+]
 
 _LIMIT = 1000
 

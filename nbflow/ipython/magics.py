@@ -23,7 +23,7 @@ TASK_USAGE = (
     "              [--inputs a,b] [--outputs x,y] [--tags t1,t2]"
 )
 NBFLOW_USAGE = (
-    "usage: %nbflow status | why NAME | runs | cache info | cache clear [NAME] | retry NAME | retry --failed"
+    "usage: %nbflow status | why NAME | runs | graph | cache info | cache clear [NAME] | retry NAME | retry --failed"
 )
 
 
@@ -324,7 +324,7 @@ def retry(shell: Any, session: Session, name: str) -> None:
 
 
 def nbflow_magic(shell: Any, session: Session, line: str) -> Any:
-    """``%nbflow status | why NAME | runs | cache info | cache clear [NAME] | retry NAME | retry --failed``."""
+    """``%nbflow status | why NAME | runs | graph | cache info | cache clear [NAME] | retry NAME | retry --failed``."""
     words = line.split()
     if not words:
         _usage("%nbflow: which command?", NBFLOW_USAGE)
@@ -335,6 +335,11 @@ def nbflow_magic(shell: Any, session: Session, line: str) -> Any:
         print(why(args[0]))
     elif command == "runs" and not args:
         print(runs_table())
+    elif command == "graph" and not args:
+        from nbflow.ui import session_graph
+
+        # Returned, so the cell shows it as its result (the widget, or its static SVG without a widget manager).
+        return session_graph()
     elif command == "cache" and args == ["info"]:
         print(cache_info())
     elif command == "cache" and args[:1] == ["clear"] and len(args) <= 2:

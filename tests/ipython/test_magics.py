@@ -425,3 +425,24 @@ def test_the_session_graph_forgets_results_nobody_holds() -> None:
     for index in range(2000):
         tracker.remember_result([index], "many")
     assert len(tracker.by_id) <= 1000
+
+
+def test_nbflow_graph_shows_cell_tasks_and_task_calls_with_their_edges(shell: Any) -> None:
+    import json
+
+    ok(shell, "import nbflow\n@nbflow.task\ndef total(values):\n    return sum(values)\n")
+    ok(shell, "%%task numbers\nnumbers = [1, 2, 3]\n")
+    ok(shell, "s = total(numbers)")
+    result = shell.run_cell("%nbflow graph")
+    assert result.success
+    graph = result.result
+    payload = json.loads(graph.graph_json)
+    by_task = {node["label"]: node for node in payload["nodes"]}
+    assert {"numbers", "total"} <= set(by_task)
+    assert by_task["numbers"]["state"] == "completed"
+    assert {"source": by_task["numbers"]["id"], "target": by_task["total"]["id"]}.items() <= next(
+        edge for edge in payload["edges"] if edge["target"] == by_task["total"]["id"]
+    ).items()
+    bundle = graph._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert "<svg" in data.get("text/html", "")
