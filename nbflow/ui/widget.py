@@ -41,9 +41,10 @@ _log = logging.getLogger("nbflow.ui")
 MAX_RATE = 10.0  # messages a second, at most, while a flow runs
 # A full graph (layout + payload + JSON) waits until sending full graphs has used at most this share of
 # the wall time: a 10,000-node graph costs ~0.1 s to send, so it goes out every few seconds, while small
-# graphs go out at MAX_RATE. This is what keeps the engine's slowdown to a few percent.
+# graphs go out at MAX_RATE. (bench_widget.py measures what the graph costs a flow.)
 SEND_SHARE = 0.03
 PATCH_SHARE = 0.25  # above this share of the nodes changed, a full graph is cheaper than a patch
+IDLE_EXIT = 2.0  # seconds without events after which a graph's sender thread ends
 
 
 def _asset_dir() -> Path:
@@ -132,8 +133,8 @@ class TaskGraph(anywidget.AnyWidget):
             return
         if not self._wake.is_set():
             self._wake.set()
-            if self._sender is None:
-                self._start_sender()
+        if self._sender is None:
+            self._start_sender()
 
     def _start_sender(self) -> None:
         with self._lock:
@@ -144,7 +145,15 @@ class TaskGraph(anywidget.AnyWidget):
     def _send_loop(self) -> None:
         interval = 1.0 / MAX_RATE
         while not self._closed:
-            self._wake.wait()
+            if not self._wake.wait(timeout=IDLE_EXIT):
+                # Idle: end the thread, so a long session does not keep one per graph it ever showed. The
+                # next event starts a new one; the re-check under the lock closes the race with it.
+                with self._lock:
+                    self._sender = None
+                    if not self._wake.is_set():
+                        return
+                    self._sender = threading.current_thread()
+                continue
             wait = self._last_send + interval - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # coalesce everything that arrives meanwhile into one message

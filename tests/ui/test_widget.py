@@ -280,3 +280,28 @@ def test_a_subflow_is_drawn_in_its_parents_graph(shown: list[TaskGraph]) -> None
     assert [node["label"] for node in graph.graph["nodes"]] == ["part", "part", "part"]
     assert [run["name"] for run in graph.graph["runs"]] == ["outer", "inner", "inner"]
     assert {run["state"] for run in graph.graph["runs"]} == {"Completed"}
+
+
+def test_sender_threads_end_when_idle(shown: list[TaskGraph], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import nbflow.ui.widget as widget_module
+
+    monkeypatch.setattr(widget_module, "IDLE_EXIT", 0.2)
+
+    @nbflow.task(cache_policy=NONE)
+    def step(i: int) -> int:
+        time.sleep(0.01)
+        return i
+
+    @nbflow.flow
+    def steps(n: int) -> int:
+        return sum(step(i) for i in range(n))
+
+    for _ in range(3):
+        steps(20)
+    deadline = time.monotonic() + 5
+    while any(t.name == "nbflow-graph" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "nbflow-graph" for t in threading.enumerate())
+    assert all(len(graph.graph["nodes"]) == 20 for graph in shown)
