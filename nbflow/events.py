@@ -9,26 +9,50 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from nbflow.runs import RunRecord, TaskRunRecord
-    from nbflow.states import State
+    from nbflow.states import State, StateType
 
 __all__ = ["Event", "publish", "subscribe"]
 
 _log = logging.getLogger("nbflow.events")
 
 
-@dataclass(frozen=True)
 class Event:
-    """One state change of a flow run (``kind="run"``) or a task run (``kind="task_run"``)."""
+    """One state change of a flow run (``kind="run"``) or a task run (``kind="task_run"``).
 
-    kind: Literal["run", "task_run"]
-    state: State
-    run: RunRecord
-    task_run: TaskRunRecord | None = None
+    ``name``, ``type`` and ``message`` describe the new state; ``state`` is the full
+    :class:`~nbflow.State`, built only when a subscriber asks for it (most read the record), so
+    subscribing does not add a model construction to every task call.
+    """
+
+    __slots__ = ("_state", "kind", "message", "name", "run", "task_run", "type")
+
+    def __init__(self, kind: Literal["run", "task_run"], state: State | None, run: RunRecord,
+                 task_run: TaskRunRecord | None = None, *, name: str | None = None,
+                 type: StateType | None = None, message: str | None = None) -> None:
+        if state is None and (name is None or type is None):
+            raise ValueError("an Event needs a state, or its name and type")
+        self.kind = kind
+        self.run = run
+        self.task_run = task_run
+        self._state = state
+        self.name: str = state.name if state is not None else name  # type: ignore[assignment]
+        self.type: StateType = state.type if state is not None else type  # type: ignore[assignment]
+        self.message = state.message if state is not None else message
+
+    @property
+    def state(self) -> State:
+        if self._state is None:
+            from nbflow.states import State
+
+            self._state = State(type=self.type, name=self.name, message=self.message)
+        return self._state
+
+    def __repr__(self) -> str:
+        return f"Event({self.kind!r}, {self.name!r})"
 
 
 Subscriber = Callable[[Event], Any]

@@ -108,9 +108,8 @@ class TaskRunEngine:
         if state is not None:
             self.state = state
         if events.has_subscribers():
-            if state is None:
-                state = State(type=state_type, name=name, message=message)
-            events.publish(events.Event("task_run", state, self.run, task_run))
+            events.publish(events.Event("task_run", state, self.run, task_run, name=name, type=state_type,
+                                        message=message))
 
     # -- 1. begin ---------------------------------------------------------------------------------
     def begin(self) -> None:
