@@ -100,7 +100,7 @@ def bench_flow(n: int, rounds: int) -> None:
     print(f"  ratio live/no-graph  {live / base:.3f}  (overhead {100 * (live / base - 1):+.1f} %; best rounds: "
           f"{min(timings['live graph']) / min(timings['no graph']):.3f})")
     print(f"  ratio live/no-op subscriber  {live / subscribed:.3f}  (the widget's own share; the rest is the "
-          "engine building State objects for any subscriber)")
+          "engine publishing events to any subscriber)")
     per_second = comm.messages / timings["live graph"][-1]
     print(f"  messages sent {comm.messages} ({per_second:.1f}/s), {comm.bytes / 1e6:.2f} MB JSON, "
           f"{len(graph.graph['nodes']):,} nodes in the final graph")
