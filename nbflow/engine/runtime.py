@@ -116,6 +116,7 @@ class ResultTracker(Protocol):
 # for the calls and cell tasks of one kernel); None costs the engine one attribute check per call.
 session_tracker: ResultTracker | None = None
 
+
 def frontend_hook(run: RunRecord) -> None:
     """Let the notebook UI show a top-level flow run that is starting (a live graph in the cell).
 
