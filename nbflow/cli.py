@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from nbflow.runs import format_duration
+
 if TYPE_CHECKING:
     from nbflow.runs import RunRecord
 
@@ -189,16 +191,6 @@ def _cell_error_summary(error: Exception) -> str:
     return f"{name}: {value}".strip()
 
 
-def _format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 0.001:
-        return "<1 ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
-
-
 def _print_summary(runs: list[RunRecord], out: TextIO) -> list[str]:
     """Print one line per task run; return descriptions of the failed ones."""
     rows: list[tuple[str, str, str, str, str]] = []
@@ -209,13 +201,14 @@ def _print_summary(runs: list[RunRecord], out: TextIO) -> list[str]:
             outcome = "cached" if task_run.state == "Cached" else (
                 "computed" if task_run.state_type == "COMPLETED" else "-"
             )
-            rows.append((task_run.task_name, where, task_run.state, outcome, _format_duration(task_run.duration)))
+            rows.append((task_run.task_name, where, task_run.state, outcome, format_duration(task_run.duration)))
             if task_run.state_type in ("FAILED", "CRASHED", "CANCELLED"):
                 failed.append(f"{task_run.task_name}: {task_run.error}")
-    counts = {"cached": 0, "computed": 0, "failed": len(failed)}
-    for row in rows:
-        if row[3] in counts:
-            counts[row[3]] += 1
+    counts = {"cached": 0, "computed": 0, "failed": 0}
+    for run in runs:
+        for outcome, count in run.counts().items():
+            if outcome in counts:
+                counts[outcome] += count
     print(f"\n{len(rows)} task run(s): {counts['cached']} cached, {counts['computed']} computed, "
           f"{counts['failed']} failed", file=out)
     if rows:

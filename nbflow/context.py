@@ -7,6 +7,7 @@ coroutine sees the run that submitted it when the context is copied along.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from nbflow.states import State
     from nbflow.tasks import Task
 
-__all__ = ["FlowRunContext", "TaskRunContext", "current_flow_run", "current_task_run"]
+__all__ = ["FlowRunContext", "TaskRunContext", "current_flow_run", "current_task_run", "producers_among"]
 
 
 @dataclass
@@ -44,24 +45,15 @@ class FlowRunContext:
 
     def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
         """Ids of the task runs whose results appear among ``arguments`` (one container level deep)."""
-        if not self.results:
+        results = self.results
+        if not results:
             return []
-        found: list[str] = []
 
-        def check(value: Any) -> None:
-            entry = self.results.get(id(value))
-            if entry is not None and entry[0] is value and entry[1] not in found:
-                found.append(entry[1])
+        def producer(value: Any) -> str | None:
+            entry = results.get(id(value))
+            return entry[1] if entry is not None and entry[0] is value else None
 
-        for value in arguments.values():
-            check(value)
-            if isinstance(value, (list, tuple)):
-                for item in value[:1000]:
-                    check(item)
-            elif isinstance(value, dict):
-                for item in list(value.values())[:1000]:
-                    check(item)
-        return found
+        return producers_among(arguments, producer)
 
     def next_dynamic_key(self, task_key: str) -> tuple[str, int]:
         index = self.call_counts.get(task_key, 0)
@@ -76,6 +68,27 @@ class TaskRunContext:
     task: Task[..., Any]
     task_run: TaskRunRecord
     log_prints: bool = False
+
+
+def producers_among(arguments: dict[str, Any], producer: Callable[[Any], str | None]) -> list[str]:
+    """The distinct task run ids ``producer`` finds for the argument values and, one level deep, for the
+    items of list/tuple/dict arguments (at most 1,000 per container: edges, not a deep scan)."""
+    found: list[str] = []
+
+    def check(value: Any) -> None:
+        task_run_id = producer(value)
+        if task_run_id is not None and task_run_id not in found:
+            found.append(task_run_id)
+
+    for value in arguments.values():
+        check(value)
+        if isinstance(value, (list, tuple)):
+            for item in value[:1000]:
+                check(item)
+        elif isinstance(value, dict):
+            for item in list(value.values())[:1000]:
+                check(item)
+    return found
 
 
 _flow_run: contextvars.ContextVar[FlowRunContext | None] = contextvars.ContextVar(

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "get_run", "list_runs"]
+__all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs"]
 
 _SCHEMA_VERSION = 1
 _FLUSH_INTERVAL = 0.25
@@ -358,6 +358,17 @@ class RunHistory:
             connection.close()
 
 
+def format_duration(seconds: float | None) -> str:
+    """A duration as people read it in tables and notices: ``<1 ms``, ``503 ms``, ``1.25 s`` (``-`` if None)."""
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return "<1 ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
 def _dumps(data: dict[str, Any]) -> str:
     # pydantic-core's encoder is several times faster than json.dumps, and this runs per task call.
     from pydantic_core import to_json
@@ -399,7 +410,8 @@ def history(home: Path | None = None) -> RunHistory:
             return current
         from nbflow import settings
 
-        settings.on_change(_forget_current) if _forget_current not in settings._listeners else None
+        if _forget_current not in settings._listeners:  # once: a new NBFLOW_HOME means another history
+            settings.on_change(_forget_current)
         _current = history(settings.get_settings().home)
         return _current
     with _histories_lock:

@@ -155,7 +155,7 @@ def Running(message: str | None = None) -> State:
     return _state(StateType.RUNNING, "Running", message)
 
 
-def AwaitingRetry(message: str | None = None, scheduled_time: _dt.datetime | None = None) -> State:
+def AwaitingRetry(message: str | None = None) -> State:
     return _state(StateType.SCHEDULED, "AwaitingRetry", message)
 
 

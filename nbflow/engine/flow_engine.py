@@ -14,11 +14,9 @@ from nbflow.context import FlowRunContext, _flow_run, current_flow_run
 from nbflow.engine.manual_retry import remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import frontend_hook, summarize
-from nbflow.engine.task_engine import error_summary
-from nbflow.engine.timeouts import timeout
-from nbflow.exceptions import TaskTimeoutError
+from nbflow.engine.task_engine import _ENDS_AT_ONCE, call_to_state, error_summary
 from nbflow.runs import RunRecord, StateEntry, history, new_id
-from nbflow.states import Cancelled, Completed, Crashed, Failed, State, StateType, TimedOut
+from nbflow.states import Cancelled, State, StateType
 
 if TYPE_CHECKING:
     from nbflow.flows import Flow
@@ -73,24 +71,13 @@ class FlowRunEngine:
             name = "Running" if run.attempts == 1 else "Retrying"
             self.set_state(State(type=StateType.RUNNING, name=name,
                                  message=None if run.attempts == 1 else f"attempt {run.attempts}"))
+            args, kwargs = _call_arguments(flow, context.parameters)
             token = _flow_run.set(context)
             try:
-                with timeout(flow.timeout_seconds, f"flow {flow.name!r}"):
-                    args, kwargs = _call_arguments(flow, context.parameters)
-                    result = flow.fn(*args, **kwargs)
-            except TaskTimeoutError as error:
-                state = TimedOut(error, message=str(error))
-            except KeyboardInterrupt as error:
-                return Cancelled(error, message="interrupted (KeyboardInterrupt)")
-            except Exception as error:
-                state = Failed(error, message=error_summary(error))
-            except BaseException as error:
-                return Crashed(error, message=error_summary(error))
-            else:
-                return Completed(result)
+                state = call_to_state(flow.fn, args, kwargs, flow.timeout_seconds, f"flow {flow.name!r}")
             finally:
                 _flow_run.reset(token)
-            if run.attempts >= self.max_attempts:
+            if state.type in _ENDS_AT_ONCE or run.attempts >= self.max_attempts:
                 return state
             delay = delay_for(flow.retry_delay_seconds, run.attempts)
             self.set_state(State(type=StateType.SCHEDULED, name="AwaitingRetry",

@@ -47,7 +47,6 @@ from nbflow.exceptions import (
 )
 from nbflow.runs import RunRecord, StateEntry, TaskRunRecord, history, new_id
 from nbflow.states import (
-    AwaitingRetry,
     Cached,
     Cancelled,
     Completed,
@@ -81,6 +80,29 @@ def error_summary(error: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+# Final at once, whatever the retries: success, and an interrupt or a crash that must reach the caller.
+_ENDS_AT_ONCE = frozenset({StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED})
+
+
+def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_seconds: float | None,
+                  label: str) -> State:
+    """Call ``fn`` once under its timeout and turn the outcome into a state: ``Completed``, ``TimedOut``,
+    ``Failed``, ``Cancelled`` (KeyboardInterrupt) or ``Crashed`` (any other BaseException). Task and flow
+    attempts both go through here."""
+    try:
+        with timeout(timeout_seconds, label):
+            result = fn(*args, **kwargs)
+    except TaskTimeoutError as error:
+        return TimedOut(error, message=str(error))
+    except KeyboardInterrupt as error:
+        return Cancelled(error, message="interrupted (KeyboardInterrupt)")
+    except Exception as error:
+        return Failed(error, message=error_summary(error))
+    except BaseException as error:
+        return Crashed(error, message=error_summary(error))
+    return Completed(result)
+
+
 class TaskRunEngine:
     """Drives one call of one task. See the module docstring for the order of the steps."""
 
@@ -94,7 +116,6 @@ class TaskRunEngine:
         self.key: str | None = None
         self.dynamic_key: tuple[str, int] | None = None
         self.task_run: TaskRunRecord = _MISSING
-        self.state: State | None = None
         self.forced_dynamic_key: tuple[str, int] | None = None  # set by a manual retry
 
     # -- state bookkeeping ----------------------------------------------------------------------
@@ -105,8 +126,6 @@ class TaskRunEngine:
         task_run.state = name
         task_run.state_type = state_type.value
         task_run.history.append(StateEntry(name, state_type.value, now, message))
-        if state is not None:
-            self.state = state
         if events.has_subscribers():
             events.publish(events.Event("task_run", state, self.run, task_run, name=name, type=state_type,
                                         message=message))
@@ -238,20 +257,8 @@ class TaskRunEngine:
                     self.set_state(StateType.RUNNING, "Running")
                 else:
                     self.set_state(StateType.RUNNING, "Retrying", f"attempt {task_run.attempts}")
-                try:
-                    with timeout(task.timeout_seconds, f"task {task.name!r}"):
-                        result = task.fn(*self.args, **self.kwargs)
-                except TaskTimeoutError as error:
-                    state = TimedOut(error, message=str(error))
-                except KeyboardInterrupt as error:
-                    return Cancelled(error, message="interrupted (KeyboardInterrupt)")
-                except Exception as error:
-                    state = Failed(error, message=error_summary(error))
-                except BaseException as error:
-                    return Crashed(error, message=error_summary(error))
-                else:
-                    return Completed(result)
-                if not self.should_retry(state):
+                state = call_to_state(task.fn, self.args, self.kwargs, task.timeout_seconds, f"task {task.name!r}")
+                if state.type in _ENDS_AT_ONCE or not self.should_retry(state):
                     return state
                 retry_number = task_run.attempts
                 delay = jittered(delay_for(task.retry_delay_seconds, retry_number), task.retry_jitter_factor)
@@ -259,7 +266,6 @@ class TaskRunEngine:
                     StateType.SCHEDULED, "AwaitingRetry",
                     f"{state.message}; retry {retry_number} of {task.retries} in {delay:.3g} s",
                 )
-                self.state = AwaitingRetry()
                 try:
                     if delay > 0:
                         time.sleep(delay)

@@ -31,6 +31,7 @@ from nbflow.engine.task_engine import TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
 from nbflow.ipython.analysis import analyze, normalized_digest
 from nbflow.ipython.capture import Output, OutputTee, replay
+from nbflow.runs import format_duration
 from nbflow.states import State, StateType
 from nbflow.tasks import Task
 
@@ -304,8 +305,8 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
         replay(shell, cached.outputs, cached.last_value)
         elapsed = time.perf_counter() - started
-        _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {_seconds(elapsed)} "
-                       f"(saved {_seconds(max(cached.duration - elapsed, 0.0))})")
+        _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {format_duration(elapsed)} "
+                       f"(saved {format_duration(max(cached.duration - elapsed, 0.0))})")
         return None
     if state.is_completed():
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
@@ -338,12 +339,6 @@ def _notice(shell: Any, text: str) -> None:
     shell.display_pub.publish({"text/plain": text}, {"nbflow": {"cache_notice": True}})
 
 
-def _seconds(seconds: float) -> str:
-    if seconds < 0.001:
-        return "<1 ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
 
 
 def _show_user_traceback(shell: Any, error: BaseException) -> None:

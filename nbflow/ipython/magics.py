@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from nbflow.ipython.cells import CellOptions, prepare_cell, run_cell_task
+from nbflow.runs import format_duration
 
 if TYPE_CHECKING:
     from nbflow.ipython.session import Session
@@ -103,16 +104,6 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
 # -- %nbflow ------------------------------------------------------------------------------------------
 
 
-def _format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 0.001:
-        return "<1 ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
-
-
 def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
@@ -173,13 +164,13 @@ def status(session: Session) -> str:
         kind = "cell" if task_run.task_key.startswith("cell:") else (
             "task" if run.kind == "session" else f"task in {run.flow_name}")
         rows.append((
-            name, kind, task_run.state, _format_duration(task_run.duration),
-            "yes" if task_run.state == "Cached" else "no", _format_duration(saved.get(name)) if name in saved else "-",
+            name, kind, task_run.state, format_duration(task_run.duration),
+            "yes" if task_run.state == "Cached" else "no", format_duration(saved.get(name)) if name in saved else "-",
             str(counts[name]),
         ))
     total = sum(saved.values())
     return _table(("task", "kind", "state", "duration", "cached", "saved", "runs"), rows) + (
-        f"\n\ntime saved by the cache in this session: {_format_duration(total)}" if total else "")
+        f"\n\ntime saved by the cache in this session: {format_duration(total)}" if total else "")
 
 
 def _describe_part(part: str) -> str:

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nbflow.context import producers_among
+
 if TYPE_CHECKING:
     from nbflow.ipython.cells import CellSpec
 
@@ -71,24 +73,15 @@ class SessionTracker:
 
     def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
         """Task runs whose results appear among ``arguments`` (one container level deep)."""
-        if not self.by_id:
+        by_id = self.by_id
+        if not by_id:
             return []
-        found: list[str] = []
 
-        def check(value: Any) -> None:
-            entry = self.by_id.get(id(value))
-            if entry is not None and entry[0]() is value and entry[1] not in found:
-                found.append(entry[1])
+        def producer(value: Any) -> str | None:
+            entry = by_id.get(id(value))
+            return entry[1] if entry is not None and entry[0]() is value else None
 
-        for value in arguments.values():
-            check(value)
-            if isinstance(value, (list, tuple)):
-                for item in value[:1000]:
-                    check(item)
-            elif isinstance(value, dict):
-                for item in list(value.values())[:1000]:
-                    check(item)
-        return found
+        return producers_among(arguments, producer)
 
     def cell_upstream(self, inputs: dict[str, Any], found: list[str]) -> list[str]:
         """``found`` plus the producers of the variables a cell task reads (if still bound to the value

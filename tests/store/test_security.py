@@ -7,7 +7,6 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +16,10 @@ import pytest
 from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.store import FORMAT_VERSION, CacheMiss, ResultStore
 from nbflow.store.secret import load_or_create_secret
+from tests.store.helpers import blob_files
 
 M = f"m:{FORMAT_VERSION}:"
 P = f"p:{FORMAT_VERSION}:"
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    return tmp_path / "config" / "secret.key"
-
-
-@pytest.fixture
-def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
-    result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
-    yield result_store
-    result_store.close()
-
-
-def blob_files(store: ResultStore) -> list[Path]:
-    return sorted(path for path in (store.directory / "blobs").rglob("*") if path.is_file())
 
 
 def assert_rejected(store: ResultStore, key: str, task_name: str, *, record: Any = None) -> None:

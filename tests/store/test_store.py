@@ -31,22 +31,7 @@ from nbflow.exceptions import (
 )
 from nbflow.settings import Settings
 from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, serializers
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    return tmp_path / "config" / "nbflow" / "secret.key"
-
-
-@pytest.fixture
-def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
-    result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
-    yield result_store
-    result_store.close()
-
-
-def blob_files(store: ResultStore) -> list[Path]:
-    return sorted(path for path in (store.directory / "blobs").rglob("*") if path.is_file())
+from tests.store.helpers import blob_files
 
 
 class Point(pydantic.BaseModel):
