@@ -82,6 +82,11 @@ class TaskRunRecord:
     upstream: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     seq: int = 0
+    # The runs of one ``Task.map`` call share ``map_id`` (the graph draws them as one node with a
+    # progress count); ``map_index`` is the run's position and ``map_size`` the number of runs.
+    map_id: str | None = None
+    map_index: int | None = None
+    map_size: int | None = None
 
     @property
     def duration(self) -> float | None:
