@@ -139,8 +139,21 @@ _SCALARS = (bool, int, float, complex, type(None))
 
 
 def summarize(value: Any, limit: int = 80) -> str:
-    """A short, cheap description of a value for run records: never calls an expensive ``repr``."""
-    if isinstance(value, _SCALARS):
+    """A short, cheap description of a value for run records: never calls an expensive ``repr``.
+
+    Never raises: a value whose ``repr``, ``len`` or attributes fail is described by its type alone.
+    """
+    try:
+        return _summarize(value, limit)
+    except Exception:
+        return f"<{type(value).__qualname__}>"
+
+
+def _summarize(value: Any, limit: int) -> str:
+    if isinstance(value, int) and value.bit_length() > 1024:
+        # repr of a huge int is slow (and raises past sys.get_int_max_str_digits()); it would be cut anyway.
+        text = f"int[{value.bit_length()} bits]"
+    elif isinstance(value, _SCALARS):
         text = repr(value)
     elif isinstance(value, str):
         text = repr(value) if len(value) <= limit else repr(value[: limit - 5]) + "..."
