@@ -21,6 +21,17 @@ __all__ = [
     "Task",
     "flow",
     "task",
+    # concurrency: futures and task runners
+    "TaskFuture",
+    "TaskRunner",
+    "ThreadPoolTaskRunner",
+    "as_completed",
+    "unmapped",
+    "wait",
+    # transactions
+    "Transaction",
+    "get_transaction",
+    "transaction",
     # states
     "State",
     "StateType",
@@ -44,6 +55,15 @@ _LAZY = {
     "flow": "nbflow.flows",
     "Task": "nbflow.tasks",
     "task": "nbflow.tasks",
+    "TaskFuture": "nbflow.engine.futures",
+    "as_completed": "nbflow.engine.futures",
+    "unmapped": "nbflow.engine.futures",
+    "wait": "nbflow.engine.futures",
+    "TaskRunner": "nbflow.engine.runners",
+    "ThreadPoolTaskRunner": "nbflow.engine.runners",
+    "Transaction": "nbflow.transactions",
+    "get_transaction": "nbflow.transactions",
+    "transaction": "nbflow.transactions",
     "State": "nbflow.states",
     "StateType": "nbflow.states",
     "exponential_backoff": "nbflow.engine.retries",
@@ -55,12 +75,15 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from nbflow import runs
+    from nbflow.engine.futures import TaskFuture, as_completed, unmapped, wait
     from nbflow.engine.logs import get_run_logger
+    from nbflow.engine.runners import TaskRunner, ThreadPoolTaskRunner
     from nbflow.engine.retries import exponential_backoff
     from nbflow.exceptions import NbflowError, NbflowWarning
     from nbflow.flows import Flow, flow
     from nbflow.settings import configure
     from nbflow.states import State, StateType
+    from nbflow.transactions import Transaction, get_transaction, transaction
     from nbflow.tasks import Task, task
 
 

@@ -7,17 +7,24 @@ coroutine sees the run that submitted it when the context is copied along.
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nbflow.engine.futures import TaskFuture
+    from nbflow.engine.runners import TaskRunner
     from nbflow.flows import Flow
     from nbflow.runs import RunRecord, TaskRunRecord
     from nbflow.states import State
     from nbflow.tasks import Task
+    from nbflow.transactions import Transaction
 
-__all__ = ["FlowRunContext", "TaskRunContext", "current_flow_run", "current_task_run", "producers_among"]
+__all__ = [
+    "FlowRunContext", "TaskRunContext", "current_flow_run", "current_task_run", "current_transaction",
+    "producers_among",
+]
 
 
 @dataclass
@@ -37,6 +44,20 @@ class FlowRunContext:
     # Results of this run's task calls by object id, so a later call taking one as an argument gets a
     # graph edge. Strong references: ids must not be reused while the run lives.
     results: dict[int, tuple[Any, str]] = field(default_factory=dict)
+    # Where this run's submitted task calls run (None: the process's shared thread pool), and the
+    # futures submitted in the current attempt (the run ends only after every one of them).
+    task_runner: TaskRunner | None = None
+    futures: list[TaskFuture[Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_future(self, future: TaskFuture[Any]) -> None:
+        with self.lock:
+            self.futures.append(future)
+
+    def take_futures(self) -> list[TaskFuture[Any]]:
+        with self.lock:
+            futures, self.futures = self.futures, []
+        return futures
 
     def remember_result(self, value: Any, task_run_id: str) -> None:
         if value is None or isinstance(value, (bool, int, float, str, bytes)):
@@ -56,8 +77,9 @@ class FlowRunContext:
         return producers_among(arguments, producer)
 
     def next_dynamic_key(self, task_key: str) -> tuple[str, int]:
-        index = self.call_counts.get(task_key, 0)
-        self.call_counts[task_key] = index + 1
+        with self.lock:  # tasks running in worker threads call tasks too
+            index = self.call_counts.get(task_key, 0)
+            self.call_counts[task_key] = index + 1
         return (task_key, index)
 
 
@@ -107,3 +129,13 @@ def current_flow_run() -> FlowRunContext | None:
 def current_task_run() -> TaskRunContext | None:
     """The task run this code runs in, or None outside any task."""
     return _task_run.get()
+
+
+_transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
+    "nbflow_transaction", default=None
+)
+
+
+def current_transaction() -> Transaction | None:
+    """The innermost open transaction, or None."""
+    return _transaction.get()

@@ -7,6 +7,7 @@ Where the meaning matches a builtin, the error also inherits it, so ``except Typ
 from __future__ import annotations
 
 __all__ = [
+    "UpstreamTaskError",
     "ConfigurationError",
     "MissingResult",
     "NbflowError",
@@ -50,6 +51,10 @@ class PersistError(NbflowError, OSError):
 
 class TaskTimeoutError(NbflowError, TimeoutError):
     """A task or flow ran past its ``timeout_seconds``."""
+
+
+class UpstreamTaskError(NbflowError):
+    """A submitted task did not run because a future among its arguments ended without a result."""
 
 
 class MissingResult(NbflowError):

@@ -14,6 +14,7 @@ from nbflow.exceptions import ConfigurationError, ParameterError
 from nbflow.tasks import _check_hooks, _check_number
 
 if TYPE_CHECKING:
+    from nbflow.engine.runners import TaskRunner
     from nbflow.runs import RunRecord
     from nbflow.states import State
 
@@ -44,14 +45,22 @@ class Flow(Generic[P, R]):
         log_prints: bool = False,
         on_completion: Iterable[FlowHook] = (),
         on_failure: Iterable[FlowHook] = (),
+        task_runner: TaskRunner | None = None,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@flow decorates a function; got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
-            raise ConfigurationError(
-                f"@flow {getattr(fn, '__name__', fn)!r}: async flows are not supported yet"
-            )
         owner = f"@flow {getattr(fn, '__qualname__', repr(fn))!r}"
+        if task_runner is not None:
+            from nbflow.engine.runners import TaskRunner
+
+            if isinstance(task_runner, type) and issubclass(task_runner, TaskRunner):
+                task_runner = task_runner()
+            if not isinstance(task_runner, TaskRunner):
+                raise ConfigurationError(
+                    f"{owner}: task_runner={task_runner!r} is not a task runner; use e.g. "
+                    "nbflow.ThreadPoolTaskRunner(max_workers=4) or "
+                    "nbflow.integrations.dask.DaskTaskRunner()"
+                )
         _check_number(retries, "retries", owner, allow_none=False, integer=True)
         check_delay(retry_delay_seconds, owner)
         _check_number(timeout_seconds, "timeout_seconds", owner, positive=True)
@@ -64,10 +73,13 @@ class Flow(Generic[P, R]):
         self.log_prints = bool(log_prints)
         self.on_completion = _check_hooks(on_completion, "on_completion", owner)
         self.on_failure = _check_hooks(on_failure, "on_failure", owner)
+        self.task_runner: TaskRunner | None = task_runner
+        self.is_async: bool = inspect.iscoroutinefunction(fn)
         self._options: dict[str, Any] = {
             "name": name, "retries": retries, "retry_delay_seconds": retry_delay_seconds,
             "timeout_seconds": timeout_seconds, "validate_parameters": validate_parameters,
             "log_prints": log_prints, "on_completion": self.on_completion, "on_failure": self.on_failure,
+            "task_runner": task_runner,
         }
         self.signature = inspect.signature(fn)
         self._validators: dict[str, Any] | None = None
@@ -83,7 +95,12 @@ class Flow(Generic[P, R]):
     def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:  # type: ignore[misc]
-        """Run the flow and return its result; ``return_state=True`` returns the final state."""
+        """Run the flow and return its result; ``return_state=True`` returns the final state.
+        For an ``async def`` flow the call returns an awaitable: ``await my_flow(...)``."""
+        if self.is_async:
+            from nbflow.engine.flow_engine import run_flow_async
+
+            return run_flow_async(self, args, kwargs, return_state=return_state)
         from nbflow.engine.flow_engine import run_flow
 
         return run_flow(self, args, kwargs, return_state=return_state)
@@ -206,6 +223,7 @@ def flow(
     log_prints: bool = False,
     on_completion: Iterable[FlowHook] = (),
     on_failure: Iterable[FlowHook] = (),
+    task_runner: TaskRunner | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -216,7 +234,8 @@ def flow(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     reusing every task that completed in an earlier attempt); ``timeout_seconds``;
     ``validate_parameters`` (pydantic, against the type hints, before any task runs); ``log_prints``
     (prints of tasks inside are kept in their logs); hooks ``on_completion`` / ``on_failure`` called
-    ``(flow, run, state)``.
+    ``(flow, run, state)``; ``task_runner`` (where ``Task.submit``/``map`` calls inside run: a
+    :class:`~nbflow.ThreadPoolTaskRunner`, the default, or a Dask runner). ``async def`` flows are awaited.
     """
     if fn is None:
         return lambda function: Flow(function, **options)

@@ -29,6 +29,7 @@ _FLUSH_ROWS = 2000
 _SESSION_IN_MEMORY = 10_000
 
 
+_add_lock = threading.Lock()
 _ids = random.Random(int.from_bytes(os.urandom(16), "big") ^ os.getpid())
 
 
@@ -155,11 +156,12 @@ class RunRecord:
     def add_task_run(self, task_run: TaskRunRecord) -> None:
         """Append a task run, numbering it. A session run keeps only its latest task runs in memory
         (all are in the history on disk), so a kernel that makes millions of calls does not grow."""
-        task_run.seq = self.task_run_count
-        self.task_run_count += 1
-        self.task_runs.append(task_run)
-        if self.kind == "session" and len(self.task_runs) > _SESSION_IN_MEMORY:
-            del self.task_runs[: len(self.task_runs) - _SESSION_IN_MEMORY // 2]
+        with _add_lock:  # task calls may start from several threads at once
+            task_run.seq = self.task_run_count
+            self.task_run_count += 1
+            self.task_runs.append(task_run)
+            if self.kind == "session" and len(self.task_runs) > _SESSION_IN_MEMORY:
+                del self.task_runs[: len(self.task_runs) - _SESSION_IN_MEMORY // 2]
 
     def counts(self) -> dict[str, int]:
         """Task runs by outcome: cached, computed, failed, other."""

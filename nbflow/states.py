@@ -23,10 +23,12 @@ __all__ = [
     "Failed",
     "Pending",
     "Retrying",
+    "RolledBack",
     "Running",
     "State",
     "StateType",
     "TimedOut",
+    "UpstreamFailed",
 ]
 
 
@@ -185,3 +187,15 @@ def Crashed(error: BaseException | None = None, message: str | None = None) -> S
 
 def Cancelled(error: BaseException | None = None, message: str | None = None) -> State:
     return _state(StateType.CANCELLED, "Cancelled", message, error if error is not None else _NOT_SET)
+
+
+def UpstreamFailed(message: str | None = None) -> State:
+    """A task that never ran because a future it was given ended without a result."""
+    from nbflow.exceptions import UpstreamTaskError
+
+    return _state(StateType.FAILED, "UpstreamFailed", message, UpstreamTaskError(message or "upstream task failed"))
+
+
+def RolledBack(message: str | None = None) -> State:
+    """A task whose result was staged in a transaction that rolled back: nothing was stored."""
+    return _state(StateType.CANCELLED, "RolledBack", message)

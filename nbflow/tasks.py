@@ -15,9 +15,11 @@ from nbflow.engine.retries import RetryDelay, check_delay
 from nbflow.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    from nbflow.engine.futures import TaskFuture, TaskFutureList
     from nbflow.runs import TaskRunRecord
     from nbflow.states import State
     from nbflow.store.serializers import Serializer
+    from nbflow.transactions import TransactionHook
 
 __all__ = ["Task", "task"]
 
@@ -82,13 +84,15 @@ class Task(Generic[P, R]):
         on_completion: Iterable[Hook] = (),
         on_failure: Iterable[Hook] = (),
         task_run_name: str | Callable[[], str] | None = None,
+        on_commit: Iterable[TransactionHook] = (),
+        on_rollback: Iterable[TransactionHook] = (),
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@task decorates a function; got {fn!r}")
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise ConfigurationError(
-                f"@task {getattr(fn, '__name__', fn)!r}: async functions are not supported as tasks yet; "
-                "wrap the call in a sync function (e.g. with asyncio.run) for now"
+                f"@task {getattr(fn, '__name__', fn)!r}: a generator function cannot be a task (its result "
+                "would be an unfinished generator); return a list instead"
             )
         owner = f"@task {getattr(fn, '__qualname__', repr(fn))!r}"
         _check_number(retries, "retries", owner, allow_none=False, integer=True)
@@ -139,6 +143,9 @@ class Task(Generic[P, R]):
         self.on_completion: tuple[Hook, ...] = _check_hooks(on_completion, "on_completion", owner)
         self.on_failure: tuple[Hook, ...] = _check_hooks(on_failure, "on_failure", owner)
         self.task_run_name = task_run_name
+        self.on_commit_hooks: list[TransactionHook] = list(_check_hooks(on_commit, "on_commit", owner))
+        self.on_rollback_hooks: list[TransactionHook] = list(_check_hooks(on_rollback, "on_rollback", owner))
+        self.is_async: bool = inspect.iscoroutinefunction(fn)
         self._options: dict[str, Any] = {
             "name": name, "retries": retries, "retry_delay_seconds": retry_delay_seconds,
             "retry_jitter_factor": retry_jitter_factor, "retry_condition_fn": retry_condition_fn,
@@ -146,7 +153,8 @@ class Task(Generic[P, R]):
             "cache_expiration": cache_expiration, "refresh_cache": refresh_cache,
             "persist_result": persist_result, "result_serializer": result_serializer, "tags": tuple(tags),
             "log_prints": log_prints, "on_completion": self.on_completion, "on_failure": self.on_failure,
-            "task_run_name": task_run_name,
+            "task_run_name": task_run_name, "on_commit": self.on_commit_hooks,
+            "on_rollback": self.on_rollback_hooks,
         }
         self._signature: inspect.Signature | None = None
         self._return_hint: Any = None
@@ -187,11 +195,95 @@ class Task(Generic[P, R]):
         """Run the task now (or take its result from the cache) and return its result.
 
         With ``return_state=True`` the final :class:`~nbflow.State` is returned and a failure does not
-        raise.
+        raise. For an ``async def`` task the call returns an awaitable: ``await my_task(...)``.
         """
+        if self.is_async:
+            from nbflow.engine.task_engine import run_task_async
+
+            return run_task_async(self, args, kwargs, return_state=return_state)
         from nbflow.engine.task_engine import run_task
 
         return run_task(self, args, kwargs, return_state=return_state)
+
+    def submit(self, *args: Any, **kwargs: Any) -> TaskFuture[R]:
+        """Start a call on the task runner and return its :class:`~nbflow.TaskFuture` at once.
+
+        Calls run concurrently (the flow's ``task_runner``, else a shared bounded thread pool); caching,
+        retries and timeouts are those of a plain call. Futures among the arguments are waited for and
+        replaced by their results (and drawn as graph edges); if one failed, this call ends
+        ``UpstreamFailed`` without running.
+        """
+        from nbflow.engine.task_engine import submit_task
+
+        return submit_task(self, args, kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> TaskFutureList[R]:
+        """Submit one call per element of the iterable arguments; return their futures in order.
+
+        Every list, tuple, range, set, generator or other iterable argument is mapped (all must have the
+        same length); strings, bytes and dicts are passed whole, and so is anything wrapped in
+        :class:`nbflow.unmapped`, e.g. ``score.map(tables, model=nbflow.unmapped(model))``. A future of a
+        whole list is not mapped (give the list itself).
+        """
+        from nbflow.engine.futures import TaskFutureList, unmapped
+        from nbflow.engine.task_engine import submit_task
+        from nbflow.runs import new_id
+
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as error:
+            from nbflow.exceptions import ParameterError
+
+            raise ParameterError(f"task {self.name!r}.map: {error} (signature: {self.name}{self.signature})") from None
+        arguments = dict(bound.arguments)
+        mapped: dict[str, list[Any]] = {}
+        for name, value in arguments.items():
+            kind = self.signature.parameters[name].kind
+            if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                from nbflow.exceptions import ParameterError
+
+                raise ParameterError(
+                    f"task {self.name!r}.map: *args/**kwargs parameters cannot be mapped; give named arguments"
+                )
+            if isinstance(value, unmapped):
+                arguments[name] = value.value
+            elif _mappable(value):
+                mapped[name] = list(value)
+        if not mapped:
+            from nbflow.exceptions import ParameterError
+
+            raise ParameterError(
+                f"task {self.name!r}.map needs at least one iterable argument to map over (a list, tuple, "
+                "range...); for a single call use .submit()"
+            )
+        sizes = {name: len(values) for name, values in mapped.items()}
+        if len(set(sizes.values())) > 1:
+            from nbflow.exceptions import ParameterError
+
+            detail = ", ".join(f"{name} has {size}" for name, size in sizes.items())
+            raise ParameterError(
+                f"task {self.name!r}.map: the mapped arguments differ in length ({detail}); wrap an "
+                "argument that every call should get whole in nbflow.unmapped(...)"
+            )
+        size = next(iter(sizes.values()))
+        map_id = new_id()
+        futures: TaskFutureList[R] = TaskFutureList()
+        for index in range(size):
+            call = {name: (mapped[name][index] if name in mapped else value) for name, value in arguments.items()}
+            bound_call = inspect.BoundArguments(self.signature, call)  # type: ignore[arg-type,unused-ignore]
+            futures.append(submit_task(self, bound_call.args, bound_call.kwargs, map_info=(map_id, index, size)))
+        return futures
+
+    def on_commit(self, fn: TransactionHook) -> TransactionHook:
+        """Decorator: ``fn(transaction)`` runs when a transaction this task completed in commits."""
+        self.on_commit_hooks.append(_check_hooks([fn], "on_commit", f"{self!r}.on_commit")[0])
+        return fn
+
+    def on_rollback(self, fn: TransactionHook) -> TransactionHook:
+        """Decorator: ``fn(transaction)`` runs when a transaction this task completed in rolls back
+        (newest task first) — undo the task's side effects there."""
+        self.on_rollback_hooks.append(_check_hooks([fn], "on_rollback", f"{self!r}.on_rollback")[0])
+        return fn
 
     def with_options(self, **overrides: Any) -> Task[P, R]:
         """A copy of this task with some options changed, e.g. ``load.with_options(retries=5)``."""
@@ -237,6 +329,8 @@ def task(
     on_completion: Iterable[Hook] = (),
     on_failure: Iterable[Hook] = (),
     task_run_name: str | Callable[[], str] | None = None,
+    on_commit: Iterable[TransactionHook] = (),
+    on_rollback: Iterable[TransactionHook] = (),
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -251,10 +345,24 @@ def task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     ``cache_expiration``, ``refresh_cache``; ``persist_result`` (False: never stored, so never cached);
     ``result_serializer`` ("pickle" or "json"); ``tags``; ``log_prints``; hooks ``on_completion`` and
     ``on_failure`` called ``(task, task_run, state)``; ``task_run_name`` (a template formatted with the
-    call's arguments, or a callable).
+    call's arguments, or a callable); transaction hooks ``on_commit`` / ``on_rollback`` called
+    ``(transaction)`` (also as decorators: ``@my_task.on_rollback``). ``async def`` functions make tasks
+    that are awaited.
     """
     if fn is None:
         return lambda function: Task(function, **options)
     if options:
         raise ConfigurationError("use @task(...) with keyword options only, e.g. @nbflow.task(retries=2)")
     return Task(fn)
+
+
+def _mappable(value: Any) -> bool:
+    """Whether ``Task.map`` maps over ``value`` (an iterable other than a string, bytes or a mapping)."""
+    from collections.abc import Iterable as _Iterable
+    from collections.abc import Mapping
+
+    from nbflow.engine.futures import TaskFuture
+
+    if isinstance(value, (str, bytes, bytearray, memoryview, Mapping, TaskFuture)):
+        return False
+    return isinstance(value, _Iterable)

@@ -323,12 +323,12 @@ def test_task_run_name_template() -> None:
     assert task_run.task_name == "load-a.csv"
 
 
-def test_async_task_is_a_clear_error() -> None:
-    async def coro() -> None:
-        return None
+def test_a_generator_function_task_is_a_clear_error() -> None:
+    def numbers() -> object:
+        yield 1
 
-    with pytest.raises(ConfigurationError, match="async"):
-        nbflow.task(coro)
+    with pytest.raises(ConfigurationError, match="generator"):
+        nbflow.task(numbers)
 
 
 def test_a_session_keeps_only_its_latest_task_runs_in_memory_but_all_on_disk(monkeypatch) -> None:

@@ -6,22 +6,26 @@ reused (matched by task and call order), so only what failed, and what comes aft
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events
 from nbflow.context import FlowRunContext, _flow_run, current_flow_run
+from nbflow.engine.futures import futures_in, resolve
 from nbflow.engine.manual_retry import remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import frontend_hook, summarize
-from nbflow.engine.task_engine import _ENDS_AT_ONCE, call_to_state, error_summary
+from nbflow.engine.task_engine import _ENDS_AT_ONCE, async_call_to_state, call_to_state, error_summary
 from nbflow.runs import RunRecord, StateEntry, history, new_id
-from nbflow.states import Cancelled, State, StateType
+from nbflow.states import Cancelled, Completed, Failed, State, StateType
 
 if TYPE_CHECKING:
+    from nbflow.engine.runners import TaskRunner
     from nbflow.flows import Flow
 
-__all__ = ["run_flow"]
+__all__ = ["run_flow", "run_flow_async"]
 
 
 class FlowRunEngine:
@@ -35,6 +39,7 @@ class FlowRunEngine:
         self.run: RunRecord | None = None
         self.context: FlowRunContext | None = None
         self.max_attempts = 1 + flow.retries
+        self.runner: TaskRunner | None = None
 
     def set_state(self, state: State) -> None:
         run = self.run
@@ -55,6 +60,7 @@ class FlowRunEngine:
             parameters={name: summarize(value) for name, value in parameters.items()},
         )
         self.context = FlowRunContext(flow=self.flow, run=self.run, parameters=parameters)
+        self.start_runner()
         if self.parent is None:
             frontend_hook(self.run)  # a live graph in the notebook cell (subflows are drawn in their parent's)
         self.set_state(State(type=StateType.PENDING, name="Pending"))
@@ -65,32 +71,91 @@ class FlowRunEngine:
         run = self.run
         assert context is not None and run is not None
         while True:
-            run.attempts += 1
-            context.attempt = run.attempts
-            context.call_counts = {}
-            name = "Running" if run.attempts == 1 else "Retrying"
-            self.set_state(State(type=StateType.RUNNING, name=name,
-                                 message=None if run.attempts == 1 else f"attempt {run.attempts}"))
+            self.start_attempt()
             args, kwargs = _call_arguments(flow, context.parameters)
             token = _flow_run.set(context)
             try:
                 state = call_to_state(flow.fn, args, kwargs, flow.timeout_seconds, f"flow {flow.name!r}")
             finally:
                 _flow_run.reset(token)
-            if state.type in _ENDS_AT_ONCE or run.attempts >= self.max_attempts:
+            try:
+                concurrent.futures.wait([future._future for future in context.take_futures()])
+            except KeyboardInterrupt as error:
+                return Cancelled(error, message="interrupted while waiting for submitted tasks")
+            state = _resolve_returned(state)
+            delay = self.retry_delay(state)
+            if delay is None:
                 return state
-            delay = delay_for(flow.retry_delay_seconds, run.attempts)
-            self.set_state(State(type=StateType.SCHEDULED, name="AwaitingRetry",
-                                 message=f"{state.message}; retry {run.attempts} of {flow.retries}"))
             try:
                 if delay > 0:
                     time.sleep(delay)
             except KeyboardInterrupt as error:
                 return Cancelled(error, message="interrupted while waiting to retry")
 
+    async def call_body_async(self) -> State:
+        """:meth:`call_body` for an ``async def`` flow."""
+        flow = self.flow
+        context = self.context
+        assert context is not None
+        while True:
+            self.start_attempt()
+            args, kwargs = _call_arguments(flow, context.parameters)
+            token = _flow_run.set(context)
+            try:
+                state = await async_call_to_state(flow.fn, args, kwargs, flow.timeout_seconds, f"flow {flow.name!r}")
+            finally:
+                _flow_run.reset(token)
+            pending = [asyncio.wrap_future(future._future) for future in context.take_futures()]
+            if pending:
+                await asyncio.wait(pending)
+            state = _resolve_returned(state)
+            delay = self.retry_delay(state)
+            if delay is None:
+                return state
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    def start_attempt(self) -> None:
+        run = self.run
+        context = self.context
+        assert run is not None and context is not None
+        run.attempts += 1
+        context.attempt = run.attempts
+        context.call_counts = {}
+        name = "Running" if run.attempts == 1 else "Retrying"
+        self.set_state(State(type=StateType.RUNNING, name=name,
+                             message=None if run.attempts == 1 else f"attempt {run.attempts}"))
+
+    def retry_delay(self, state: State) -> float | None:
+        """None when ``state`` ends the run, else the seconds before the next attempt (AwaitingRetry)."""
+        run = self.run
+        assert run is not None
+        if state.type in _ENDS_AT_ONCE or run.attempts >= self.max_attempts:
+            return None
+        self.set_state(State(type=StateType.SCHEDULED, name="AwaitingRetry",
+                             message=f"{state.message}; retry {run.attempts} of {self.flow.retries}"))
+        return delay_for(self.flow.retry_delay_seconds, run.attempts)
+
+    def start_runner(self) -> None:
+        if self.flow.task_runner is not None and self.context is not None:
+            self.runner = self.flow.task_runner.duplicate()
+            self.runner.start()
+            self.context.task_runner = self.runner
+
+    def stop_runner(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            try:
+                runner.shutdown()
+            except Exception:
+                import logging
+
+                logging.getLogger("nbflow").exception("task runner %r did not shut down cleanly", runner)
+
     def finish(self, state: State) -> State:
         run = self.run
         assert run is not None
+        self.stop_runner()
         run.end_time = time.time()
         if not state.is_completed():
             error = state.result(raise_on_failure=False)
@@ -126,6 +191,9 @@ class FlowRunEngine:
         run.end_time = None
         run.error = None
         self.max_attempts = run.attempts + 1 + self.flow.retries
+        self.start_runner()
+        if self.flow.is_async:
+            return self.finish(asyncio.run(self.call_body_async()))
         return self.finish(self.call_body())
 
 
@@ -137,13 +205,43 @@ def _call_arguments(flow: Flow[..., Any], parameters: dict[str, Any]) -> tuple[t
     return bound.args, bound.kwargs
 
 
-def run_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-             return_state: bool = False) -> Any:
-    """Run one call of ``flow``; return its result, or its final state with ``return_state``."""
-    engine = FlowRunEngine(flow, args, kwargs)
-    state = engine.run_to_state()
+def _resolve_returned(state: State) -> State:
+    """A body that returned futures (``return [fit.submit(p) for p in params]``) returns their results;
+    a failed one fails the flow."""
+    if not state.is_completed():
+        return state
+    value = state.result()
+    if not futures_in(value):
+        return state
+    try:
+        return Completed(resolve(value), message=state.message)
+    except Exception as error:
+        return Failed(error, message=error_summary(error))
+
+
+def _outcome(state: State, return_state: bool) -> Any:
     if return_state:
         if state.type in (StateType.CANCELLED, StateType.CRASHED):
             raise state.result(raise_on_failure=False)
         return state
     return state.result()
+
+
+def run_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             return_state: bool = False) -> Any:
+    """Run one call of ``flow``; return its result, or its final state with ``return_state``."""
+    engine = FlowRunEngine(flow, args, kwargs)
+    return _outcome(engine.run_to_state(), return_state)
+
+
+async def run_flow_async(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                         return_state: bool = False) -> Any:
+    """Run one call of an ``async def`` flow (awaited)."""
+    engine = FlowRunEngine(flow, args, kwargs)
+    engine.begin()
+    try:
+        state = await engine.call_body_async()
+    except BaseException:
+        engine.stop_runner()
+        raise
+    return _outcome(engine.finish(state), return_state)

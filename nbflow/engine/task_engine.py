@@ -21,18 +21,23 @@ The order of the steps matters and is written down here:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import os
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from nbflow import events
 from nbflow.cache_policies import ArgumentError, KeyContext
-from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run
+from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run, current_transaction
 from nbflow.engine import runtime
+from nbflow.engine.futures import TaskFuture, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
 from nbflow.engine.runtime import get_store, session_run, summarize
@@ -55,13 +60,18 @@ from nbflow.states import (
     State,
     StateType,
     TimedOut,
+    UpstreamFailed,
 )
 from nbflow.store import CacheMiss
 
 if TYPE_CHECKING:
+    from nbflow.engine.runners import TaskRunner
     from nbflow.tasks import Task
+    from nbflow.transactions import Transaction
 
-__all__ = ["run_task"]
+__all__ = ["run_task", "run_task_async", "submit_task"]
+
+Attempt = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], "float | None", str], State]
 
 _NBFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MISSING: Any = object()
@@ -103,10 +113,42 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
     return Completed(result)
 
 
+async def async_call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                              timeout_seconds: float | None, label: str) -> State:
+    """:func:`call_to_state` for a coroutine function: awaited under its timeout, which cancels it."""
+    try:
+        if timeout_seconds is None:
+            result = await fn(*args, **kwargs)
+        else:
+            # A task of its own (not asyncio.wait_for) so that a TimeoutError the user's code raises is
+            # a failure like any other, and only the deadline means TimedOut.
+            inner = asyncio.ensure_future(fn(*args, **kwargs))
+            done, _ = await asyncio.wait({inner}, timeout=timeout_seconds)
+            if not done:
+                inner.cancel()
+                try:
+                    await inner
+                except BaseException:
+                    pass
+                error = TaskTimeoutError(f"{label} timed out after {timeout_seconds:g} s")
+                return TimedOut(error, message=str(error))
+            result = inner.result()
+    except TaskTimeoutError as error:
+        return TimedOut(error, message=str(error))
+    except (KeyboardInterrupt, asyncio.CancelledError) as error:
+        return Cancelled(error, message=f"interrupted ({type(error).__name__})")
+    except Exception as error:
+        return Failed(error, message=error_summary(error))
+    except BaseException as error:
+        return Crashed(error, message=error_summary(error))
+    return Completed(result)
+
+
 class TaskRunEngine:
     """Drives one call of one task. See the module docstring for the order of the steps."""
 
-    def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                 map_info: tuple[str, int, int] | None = None) -> None:
         self.task = task
         self.args = args
         self.kwargs = kwargs
@@ -117,6 +159,11 @@ class TaskRunEngine:
         self.dynamic_key: tuple[str, int] | None = None
         self.task_run: TaskRunRecord = _MISSING
         self.forced_dynamic_key: tuple[str, int] | None = None  # set by a manual retry
+        self.map_info = map_info
+        # Where one attempt of the function runs: here, or on a runner's workers (e.g. a Dask cluster).
+        self.attempt: Attempt = call_to_state
+        self.upstream_futures: list[TaskFuture[Any]] = []
+        self.transaction: Transaction | None = current_transaction()
 
     # -- state bookkeeping ----------------------------------------------------------------------
     def set_state(self, state_type: StateType, name: str, message: str | None = None,
@@ -147,11 +194,22 @@ class TaskRunEngine:
             id=new_id(), run_id=run.id, task_name=name, task_key=task.task_key,
             tags=list(task.tags),
         )
+        if self.map_info is not None:
+            task_run.map_id, task_run.map_index, task_run.map_size = self.map_info
         task_run.inputs = {key: summarize(value) for key, value in self.parameters.items()}
+        upstream: list[str] = []
+        futures = futures_in(self.parameters)
+        if futures:
+            self.upstream_futures = futures
+            upstream = [future.task_run_id for future in futures]
         if self.flow_context is not None:
-            task_run.upstream = self.flow_context.upstream_of(self.parameters)
+            upstream += self.flow_context.upstream_of(self.parameters)
+            # Claimed here, in the caller's order, so that a flow retry matches submitted calls too.
+            if self.forced_dynamic_key is None:
+                self.dynamic_key = self.flow_context.next_dynamic_key(task.task_key)
         elif runtime.session_tracker is not None:
-            task_run.upstream = runtime.session_tracker.upstream_of(self.parameters)
+            upstream += runtime.session_tracker.upstream_of(self.parameters)
+        task_run.upstream = list(dict.fromkeys(upstream))
         run.add_task_run(task_run)
         self.set_state(StateType.PENDING, "Pending")
 
@@ -177,7 +235,8 @@ class TaskRunEngine:
         if self.forced_dynamic_key is not None:
             self.dynamic_key = self.forced_dynamic_key
             return None
-        self.dynamic_key = context.next_dynamic_key(self.task.task_key)
+        if self.dynamic_key is None:
+            return None
         previous = context.completed.get(self.dynamic_key)
         if previous is None:
             return None
@@ -225,6 +284,11 @@ class TaskRunEngine:
     def probe(self) -> State | None:
         if self.key is None or self.task.refresh_cache:
             return None
+        if self.transaction is not None:
+            staged = self.transaction.staged_value(self.key)
+            if staged is not None:
+                self.task_run.cache_hit = True
+                return Cached(staged[0], message="staged earlier in this transaction")
         store = get_store()
         record = store.probe(self.key)
         if record is None:
@@ -241,9 +305,8 @@ class TaskRunEngine:
     # -- 5. call with retries and timeout ---------------------------------------------------------
     def call(self) -> State:
         task = self.task
-        task_run = self.task_run
-        log_prints = task.log_prints or bool(self.flow_context and self.flow_context.flow.log_prints)
-        context = TaskRunContext(task=task, task_run=task_run, log_prints=log_prints)
+        log_prints = self._log_prints()
+        context = TaskRunContext(task=task, task_run=self.task_run, log_prints=log_prints)
         if log_prints:
             from nbflow.engine.logs import install_print_capture
 
@@ -251,21 +314,11 @@ class TaskRunEngine:
         token = _task_run.set(context)
         try:
             while True:
-                task_run.attempts += 1
-                if task_run.attempts == 1:
-                    task_run.start_time = time.time()
-                    self.set_state(StateType.RUNNING, "Running")
-                else:
-                    self.set_state(StateType.RUNNING, "Retrying", f"attempt {task_run.attempts}")
-                state = call_to_state(task.fn, self.args, self.kwargs, task.timeout_seconds, f"task {task.name!r}")
-                if state.type in _ENDS_AT_ONCE or not self.should_retry(state):
+                self.start_attempt()
+                state = self.attempt(task.fn, self.args, self.kwargs, task.timeout_seconds, f"task {task.name!r}")
+                delay = self.retry_delay(state)
+                if delay is None:
                     return state
-                retry_number = task_run.attempts
-                delay = jittered(delay_for(task.retry_delay_seconds, retry_number), task.retry_jitter_factor)
-                self.set_state(
-                    StateType.SCHEDULED, "AwaitingRetry",
-                    f"{state.message}; retry {retry_number} of {task.retries} in {delay:.3g} s",
-                )
                 try:
                     if delay > 0:
                         time.sleep(delay)
@@ -273,6 +326,53 @@ class TaskRunEngine:
                     return Cancelled(error, message="interrupted while waiting to retry")
         finally:
             _task_run.reset(token)
+
+    async def call_async(self) -> State:
+        """:meth:`call` for an ``async def`` task: attempts are awaited, retry delays too."""
+        task = self.task
+        context = TaskRunContext(task=task, task_run=self.task_run, log_prints=self._log_prints())
+        token = _task_run.set(context)
+        try:
+            while True:
+                self.start_attempt()
+                state = await async_call_to_state(task.fn, self.args, self.kwargs, task.timeout_seconds,
+                                                  f"task {task.name!r}")
+                delay = self.retry_delay(state)
+                if delay is None:
+                    return state
+                try:
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                except (KeyboardInterrupt, asyncio.CancelledError) as error:
+                    return Cancelled(error, message="interrupted while waiting to retry")
+        finally:
+            _task_run.reset(token)
+
+    def _log_prints(self) -> bool:
+        return self.task.log_prints or bool(self.flow_context and self.flow_context.flow.log_prints)
+
+    def start_attempt(self) -> None:
+        task_run = self.task_run
+        task_run.attempts += 1
+        if task_run.attempts == 1:
+            task_run.start_time = time.time()
+            self.set_state(StateType.RUNNING, "Running")
+        else:
+            self.set_state(StateType.RUNNING, "Retrying", f"attempt {task_run.attempts}")
+
+    def retry_delay(self, state: State) -> float | None:
+        """After an attempt: None when ``state`` is final, else the seconds to wait before the next
+        attempt (the run is then ``AwaitingRetry``)."""
+        if state.type in _ENDS_AT_ONCE or not self.should_retry(state):
+            return None
+        task = self.task
+        retry_number = self.task_run.attempts
+        delay = jittered(delay_for(task.retry_delay_seconds, retry_number), task.retry_jitter_factor)
+        self.set_state(
+            StateType.SCHEDULED, "AwaitingRetry",
+            f"{state.message}; retry {retry_number} of {task.retries} in {delay:.3g} s",
+        )
+        return delay
 
     def should_retry(self, state: State) -> bool:
         task = self.task
@@ -301,6 +401,16 @@ class TaskRunEngine:
         expires = None
         if task.cache_expiration is not None:
             expires = time.time() + task.cache_expiration.total_seconds()
+        transaction = self.transaction
+        if transaction is not None and transaction.stages_results:
+            # Visible in the store only when the outermost transaction commits (then persisted=True).
+            transaction.stage_result(
+                self.key, state.result(), self.task_run, self.run, state, task_name=task.name, run_id=self.run.id,
+                serializer=task.result_serializer, expires=expires,
+            )
+            state.persisted = False
+            self.task_run.persisted = False
+            return state
         try:
             get_store().save(
                 self.key, state.result(), task_name=task.name, run_id=self.run.id,
@@ -325,6 +435,8 @@ class TaskRunEngine:
             task_run.start_time = task_run.end_time
         if state.is_completed():
             task_run.result = summarize(state.result())
+            if self.transaction is not None and not task_run.cache_hit:
+                self.transaction.add_task_run(task, task_run, self.run)
             if self.flow_context is not None:
                 if self.dynamic_key is not None:
                     self.flow_context.completed[self.dynamic_key] = state
@@ -358,6 +470,10 @@ class TaskRunEngine:
 
     def run_to_state(self) -> State:
         self.begin()
+        return self.run_begun()
+
+    def run_begun(self) -> State:
+        """Every step after :meth:`begin` (which a submission runs in the caller's thread)."""
         state = self.reuse() or None
         if state is None:
             self.compute_key()
@@ -368,15 +484,144 @@ class TaskRunEngine:
                 state = self.persist(state)
         return self.finish(state)
 
+    async def run_to_state_async(self) -> State:
+        self.begin()
+        return await self.run_begun_async()
+
+    async def run_begun_async(self) -> State:
+        state = self.reuse() or None
+        if state is None:
+            self.compute_key()
+            state = self.probe()
+        if state is None:
+            state = await self.call_async()
+            if state.is_completed():
+                state = self.persist(state)
+        return self.finish(state)
+
+    def resolve_upstream(self) -> State | None:
+        """Replace the futures among the arguments by their results (they are all done by now).
+        A future that ended without a result ends this call ``UpstreamFailed`` instead."""
+        for future in self.upstream_futures:
+            upstream = future.state
+            if not upstream.is_completed():
+                return UpstreamFailed(
+                    f"upstream task {future.task_name!r} ended {upstream.name}"
+                    + (f": {future.task_run.error}" if future.task_run.error else "")
+                )
+        self.args = resolve(self.args)
+        self.kwargs = resolve(self.kwargs)
+        self.parameters = {name: resolve(value) for name, value in self.parameters.items()}
+        self.task_run.inputs = {key: summarize(value) for key, value in self.parameters.items()}
+        return None
+
+    def run_submitted(self) -> State:
+        """The work item of a submission: resolve upstream futures, then run (or end UpstreamFailed)."""
+        failed = self.resolve_upstream()
+        if failed is not None:
+            return self.finish(failed)
+        if self.task.is_async:
+            return asyncio.run(self.run_begun_async())
+        return self.run_begun()
+
+
+def _outcome(state: State, return_state: bool) -> Any:
+    if return_state:
+        if state.type in (StateType.CANCELLED, StateType.CRASHED) and state.name != "RolledBack":
+            # An interrupt or a crash still stops the caller; the state is in the run history.
+            raise state.result(raise_on_failure=False)
+        return state
+    return state.result()
+
 
 def run_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              return_state: bool = False) -> Any:
     """Run one call of ``task`` and return its result (or its final state with ``return_state``)."""
     engine = TaskRunEngine(task, args, kwargs)
-    state = engine.run_to_state()
-    if return_state:
-        if state.type in (StateType.CANCELLED, StateType.CRASHED):
-            # An interrupt or a crash still stops the caller; the state is in the run history.
-            raise state.result(raise_on_failure=False)
-        return state
-    return state.result()
+    return _outcome(engine.run_to_state(), return_state)
+
+
+async def run_task_async(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                         return_state: bool = False) -> Any:
+    """Run one call of an ``async def`` task (awaited); the result, or the final state."""
+    engine = TaskRunEngine(task, args, kwargs)
+    return _outcome(await engine.run_to_state_async(), return_state)
+
+
+def submit_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                map_info: tuple[str, int, int] | None = None) -> TaskFuture[Any]:
+    """Start one call of ``task`` on the current task runner and return its future at once.
+
+    Binding and the ``Pending`` record happen here, in the caller (a bad call fails at once, and calls
+    are numbered in the order they were submitted); the rest runs on the runner once every future among
+    the arguments is done.
+    """
+    from nbflow.engine.runners import default_runner
+
+    flow_context = current_flow_run()
+    runner: TaskRunner = (flow_context.task_runner if flow_context is not None else None) or default_runner()
+    engine = TaskRunEngine(task, args, kwargs, map_info=map_info)
+    engine.attempt = runner.call_attempt
+    engine.begin()
+    future: concurrent.futures.Future[State] = concurrent.futures.Future()
+    result: TaskFuture[Any] = TaskFuture(engine.task_run, future)
+    if flow_context is not None:
+        flow_context.add_future(result)
+    context = contextvars.copy_context()
+
+    def work() -> State:
+        return context.run(engine.run_submitted)
+
+    if runner.in_worker():
+        # A task submitting from inside one of the pool's own workers runs the call inline: with a
+        # bounded pool, workers that wait on queued work could otherwise wait forever.
+        _settle(future, work)
+        return result
+
+    def launch() -> None:
+        try:
+            inner = runner.submit_work(work)
+        except BaseException as error:  # e.g. a runner that was shut down
+            future.set_exception(error)
+            return
+        inner.add_done_callback(lambda done: _copy_outcome(done, future))
+
+    pending = [f for f in engine.upstream_futures if not f.done()]
+    if not pending:
+        launch()
+    else:
+        _when_all_done(pending, launch)
+    return result
+
+
+def _settle(future: concurrent.futures.Future[State], work: Callable[[], State]) -> None:
+    try:
+        future.set_result(work())
+    except BaseException as error:
+        future.set_exception(error)
+
+
+def _copy_outcome(source: concurrent.futures.Future[State], target: concurrent.futures.Future[State]) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
+def _when_all_done(futures: list[TaskFuture[Any]], callback: Callable[[], None]) -> None:
+    """Call ``callback`` once, when the last of ``futures`` is done (in the thread that finished it)."""
+    import threading
+
+    lock = threading.Lock()
+    left = [len(futures)]
+
+    def one_done(_: Any) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            callback()
+
+    for future in futures:
+        future._future.add_done_callback(one_done)
