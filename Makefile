@@ -13,7 +13,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[test,dev]"
+	$(PIP) install -e ".[test,dev,ai]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbflow)" >/dev/null
 	touch $(STAMP)
 

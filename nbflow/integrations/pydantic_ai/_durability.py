@@ -1,0 +1,307 @@
+"""The nbflow durability capability: pydantic-ai's durable-execution extension point, backed by nbflow tasks.
+
+pydantic-ai routes every model request, tool call, tool discovery and capability operation of a durable
+agent through an *operation backend*. Ours runs each one as an nbflow task — cached by
+:data:`~nbflow.integrations.pydantic_ai.AGENT_INPUTS`, retried and timed out by the engine, recorded in
+the run history and drawn in the graph — inside the nbflow flow the run happens in. Outside a flow the
+capability stays out of the way and the agent runs as usual.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.durable_exec import (
+    IDENTITY_CODEC,
+    BaseDurabilityCapability,
+    CallableOperationBackend,
+    DurabilityEngineSpec,
+    DurableOperationBackend,
+    DurableOperationId,
+    EventStreamHandlerId,
+    ModelRequestId,
+    RoleBasedOperationConfig,
+    ToolsetCallToolId,
+    ToolsetKind,
+    ToolsetValidateToolArgumentsId,
+)
+from pydantic_ai.durable_exec._operation_names import DurableInvocationName
+from pydantic_ai.models import Model
+from pydantic_ai.tools import AgentDepsT, RunContext
+from pydantic_ai.toolsets import ToolsetTool
+from typing_extensions import TypedDict
+
+from nbflow.cache_policies import CachePolicy
+from nbflow.context import current_flow_run
+from nbflow.engine.retries import RetryDelay
+from nbflow.integrations.pydantic_ai._keys import AGENT_INPUTS, UPSTREAM_PARAMETER
+from nbflow.tasks import RetryCondition, Task
+
+__all__ = ["NON_RETRYABLE_ERRORS", "NbflowDurability", "TaskConfig"]
+
+
+class TaskConfig(TypedDict, total=False):
+    """Options of the nbflow tasks that run an agent's model requests or tool calls (all optional).
+
+    The same options as :func:`nbflow.task`: ``retries``, ``retry_delay_seconds`` (a number, a list, or
+    a callable such as :func:`nbflow.exponential_backoff`), ``retry_condition_fn`` (composed with the
+    rule that errors in :data:`NON_RETRYABLE_ERRORS` are never retried), ``timeout_seconds``,
+    ``cache_policy`` (default :data:`AGENT_INPUTS`; ``NONE`` turns caching off, ``AGENT_INPUTS +
+    RUN_ID`` keeps entries to one flow run) and ``persist_result``.
+    """
+
+    retries: int
+    retry_delay_seconds: RetryDelay
+    retry_condition_fn: RetryCondition
+    timeout_seconds: float
+    cache_policy: CachePolicy
+    persist_result: bool
+
+
+_DEFAULT_CONFIG = TaskConfig(retries=0, retry_delay_seconds=1.0, cache_policy=AGENT_INPUTS, persist_result=True)
+_KNOWN_OPTIONS = frozenset(TaskConfig.__annotations__)
+
+
+def _non_retryable() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+    from pydantic.errors import PydanticUserError
+    from pydantic_ai.exceptions import (
+        ModelQuotaExceededError,
+        ModelRequestRejectedError,
+        RunCancelled,
+        UnexpectedModelBehavior,
+        UsageLimitExceeded,
+        UserError,
+    )
+
+    return (
+        UserError,  # a mistake in the agent's setup: the same call fails the same way
+        PydanticUserError,
+        ValidationError,  # bad arguments or output that no second attempt changes
+        UnexpectedModelBehavior,
+        ModelRequestRejectedError,  # 4xx the provider will answer the same way: context window, auth, model name
+        ModelQuotaExceededError,
+        UsageLimitExceeded,
+        RunCancelled,
+    )
+
+
+NON_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = _non_retryable()
+"""Errors a retry cannot fix; a task failing with one of them is not retried, whatever its ``retries``."""
+
+
+def _with_non_retryable(config: Mapping[str, Any]) -> TaskConfig:
+    merged = cast(TaskConfig, {**_DEFAULT_CONFIG, **config})
+    user_condition = merged.get("retry_condition_fn")
+
+    def retry_condition(task: Task[..., Any], task_run: Any, state: Any) -> bool:
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, NON_RETRYABLE_ERRORS):
+            return False
+        return True if user_condition is None else bool(user_condition(task, task_run, state))
+
+    merged["retry_condition_fn"] = retry_condition
+    return merged
+
+
+def check_task_config(config: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:
+    """A copy of ``config`` after checking its option names (values are checked by :class:`nbflow.Task`)."""
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise TypeError(f"{owner} must be a TaskConfig (a dict of task options), got {type(config).__name__}")
+    unknown = set(config) - _KNOWN_OPTIONS
+    if unknown:
+        from nbflow.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"{owner}: unknown option(s) {sorted(unknown)}; a TaskConfig takes {sorted(_KNOWN_OPTIONS)}"
+        )
+    return dict(config)
+
+
+# Names of the task parameters for each kind of operation, in the order of pydantic-ai's cache identity
+# projection; they name the parts of a key in `%nbflow why` and the inputs in the run record.
+def _parameter_names(operation_id: DurableOperationId, count: int) -> list[str]:
+    if isinstance(operation_id, ModelRequestId) and count == 5:
+        return ["model_id", "messages", "model_settings", "model_request_parameters", "run_context"]
+    if isinstance(operation_id, (ToolsetCallToolId, ToolsetValidateToolArgumentsId)) and count == 4:
+        return ["tool_name", "tool_args", "ctx", "tool"]
+    if count == 1:
+        return ["ctx"]
+    return [f"input_{index}" for index in range(count)]
+
+
+@dataclass
+class _Trail:
+    """Results of one agent run so far, so each task gets graph edges from the ones it follows."""
+
+    last_model: object | None = None
+    since_model: list[object] = field(default_factory=list)
+
+
+_trail: ContextVar[_Trail | None] = ContextVar("nbflow_agent_trail", default=None)
+
+
+class _Namer:
+    """Task names: a model request is named for its model, a tool call for its tool."""
+
+    def __init__(self, agent_name: str) -> None:
+        self.agent_name = agent_name
+
+    def operation_name(self, operation_id: DurableOperationId) -> str:
+        if isinstance(operation_id, ModelRequestId):
+            return operation_id.model_name
+        kind = type(operation_id).__name__.removesuffix("Id")
+        detail = getattr(operation_id, "toolset_id", None) or getattr(operation_id, "capability_id", None)
+        return f"{self.agent_name}: {kind}" + (f" {detail}" if detail else "")
+
+    def invocation_name(self, operation_id: DurableOperationId, *, label: str | None) -> DurableInvocationName:
+        if isinstance(operation_id, (ToolsetCallToolId, ToolsetValidateToolArgumentsId)) and label:
+            return DurableInvocationName(label, display_name=label)
+        name = self.operation_name(operation_id)
+        return DurableInvocationName(name, display_name=name)
+
+
+class NbflowOperationBackend(CallableOperationBackend[dict[str, Any]]):
+    """Runs each durable operation of an agent as one nbflow task call."""
+
+    def __init__(self, *, agent_name: str, config: RoleBasedOperationConfig[dict[str, Any]]) -> None:
+        super().__init__(namer=_Namer(agent_name), config=config)
+        self._agent_name = agent_name
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: dict[str, Any],
+    ) -> object:
+        # Argument validation is pure and deterministic, and an event handler only reports what the run
+        # does: both run in the flow itself rather than as tasks of their own that would crowd the graph.
+        if isinstance(operation_id, (ToolsetValidateToolArgumentsId, EventStreamHandlerId)):
+            return await body()
+        trail = _trail.get()
+        is_model = isinstance(operation_id, ModelRequestId)
+        upstream: tuple[object, ...] = ()
+        if trail is not None:
+            if is_model:
+                upstream = tuple(trail.since_model) or (
+                    (trail.last_model,) if trail.last_model is not None else ()
+                )
+            elif trail.last_model is not None:
+                upstream = (trail.last_model,)
+        task = _operation_task(operation_id, name, len(cache_key), body, self._agent_name, config)
+        result = await task(*cache_key, **{UPSTREAM_PARAMETER: upstream})
+        if trail is not None:
+            if is_model:
+                trail.last_model = result
+                trail.since_model = []
+            else:
+                trail.since_model.append(result)
+        return result
+
+
+def _operation_task(operation_id: DurableOperationId, name: str, count: int,
+                    body: Callable[[], Awaitable[object]], agent_name: str,
+                    config: dict[str, Any]) -> Task[..., Any]:
+    names = _parameter_names(operation_id, count)
+
+    async def operation(*inputs: object, **_: object) -> object:
+        return await body()
+
+    parameters = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    parameters.append(inspect.Parameter(UPSTREAM_PARAMETER, inspect.Parameter.KEYWORD_ONLY, default=()))
+    operation.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    # The task key (module + qualname) tells operations apart when a flow retry reuses earlier results.
+    operation.__name__ = name
+    operation.__qualname__ = f"{agent_name}.{type(operation_id).__name__}.{name}"
+    return Task(operation, name=name, **config)
+
+
+@dataclass(init=False)
+class NbflowDurability(BaseDurabilityCapability[AgentDepsT]):
+    """A pydantic-ai capability that makes an agent's runs inside an nbflow flow durable.
+
+    :class:`~nbflow.integrations.pydantic_ai.DurableAgent` attaches it for you. Attach it yourself with
+    ``Agent(..., capabilities=[NbflowDurability()])`` when the agent runs inside a flow of your own: each
+    model request then is a task named for the model, each tool call a task named for the tool.
+    Per-tool options go in the tool's metadata: ``@agent.tool(metadata={"nbflow": TaskConfig(...)})``,
+    or ``{"nbflow": False}`` to run that tool inline, without a task.
+    """
+
+    engine_spec = DurabilityEngineSpec(
+        engine_name="nbflow",
+        durable_unit_noun="task",
+        durable_container_noun="flow",
+        codec=IDENTITY_CODEC,  # nbflow's store serializes results itself
+        wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        # Units run in the flow's own process, so an MCP session can be entered by the first task
+        # that needs it and held for the run.
+        toolset_lifecycles={"function": "enter-always", "mcp": "enter-in-durable-unit", "dynamic": "enter-never"},
+        # Toolsets passed to a single run were never wrapped, so their calls could not be tasks.
+        unsupported_runtime_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        journal_discovery=True,
+        sequential_tools_in_durable_context=False,
+        tool_config_key="nbflow",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        model_task_config: TaskConfig | None = None,
+        tool_task_config: TaskConfig | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        models: Mapping[str, Model] | None = None,
+    ) -> None:
+        """Options: ``name`` (defaults to the agent's name), ``model_task_config`` and ``tool_task_config``
+        (:class:`TaskConfig` for model-request and tool-call tasks), ``event_stream_handler`` (called with
+        the model's stream events inside each model-request task, and with tool events in the flow), and
+        ``models`` (extra models a run may switch to, by key)."""
+        super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
+        self._model_config = _with_non_retryable(check_task_config(model_task_config, "model_task_config"))
+        self._tool_config = check_task_config(tool_task_config, "tool_task_config")
+
+    @property
+    def in_durable_context(self) -> bool:
+        return current_flow_run() is not None
+
+    async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: Any) -> Any:
+        token = _trail.set(_Trail()) if self.in_durable_context else None
+        try:
+            return await super().wrap_run(ctx, handler=handler)
+        finally:
+            if token is not None:
+                _trail.reset(token)
+
+    def get_durable_operation_backend(self) -> DurableOperationBackend[dict[str, Any]]:
+        def tool_config(operation_id: DurableOperationId, tool: object | None,
+                        tool_name: str) -> dict[str, Any] | Literal[False]:
+            resolve = self._build_resolve_tool_config(self._toolset_base_config("function"))
+            return cast("dict[str, Any] | Literal[False]", resolve(cast("ToolsetTool[Any] | None", tool), tool_name))
+
+        return NbflowOperationBackend(
+            agent_name=self.name,
+            config=RoleBasedOperationConfig(
+                model=cast(dict[str, Any], self._model_config),
+                event=cast(dict[str, Any], _with_non_retryable({})),
+                capability=cast(dict[str, Any], _with_non_retryable({})),
+                tool=cast(dict[str, Any], _with_non_retryable(self._tool_config)),
+                resolve_tool=tool_config,
+            ),
+        )
+
+    def _toolset_base_config(self, kind: ToolsetKind) -> Any:
+        return self._tool_config
+
+    def _normalize_unit_config(self, config: Any) -> Any:
+        # Per-tool metadata is merged over the tool defaults here; unknown names fail with the tool's name.
+        return _with_non_retryable(check_task_config(config, "tool metadata 'nbflow'"))

@@ -1,0 +1,244 @@
+"""Cache keys for agent operations: a canonical projection of what a model request or a tool call depends on.
+
+A model request depends on the model, the messages, the model settings, the request parameters (tool
+definitions, output mode) and whatever the run context carries into it (deps, the prompt, retry counters,
+the run step...). Two things keep those from being hashed as they are:
+
+- pydantic-ai stamps every message with **per-run values** — ``timestamp``, ``run_id``,
+  ``conversation_id`` — and generates tool call ids (``pyd_ai_...``) at random when a model does not give
+  one. Hashed raw, two identical runs never share a key and a rerun never hits. Those fields of
+  pydantic-ai's own dataclasses are left out, and generated tool call ids are replaced by their order of
+  first appearance, which is stable between identical runs and still tells two parallel calls apart.
+- the run context holds **live machinery** — the model object, HTTP clients, tracers, usage counters,
+  the agent — that cannot be fingerprinted and does not change what an operation computes. Only the
+  fields listed in :data:`_RUN_CONTEXT_FIELDS` count; a user value among them (deps, metadata) that
+  cannot be fingerprinted, or a field of it that cannot, is replaced by a marker naming its type instead
+  of failing the call.
+
+Code counts too: a tool call's key includes the code identity of the tool's function (so editing a tool
+recomputes its calls), and a :class:`~pydantic_ai.models.function.FunctionModel`'s key the code identity of
+its functions. A real provider's model counts by name and system (and its package by version, through
+nothing else changing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import xxhash
+
+from nbflow.cache_policies import CachePolicy, KeyContext
+from nbflow.exceptions import UnfingerprintableError
+from nbflow.hashing import code_identity, fingerprint
+
+__all__ = ["AGENT_INPUTS", "AgentInputs", "UPSTREAM_PARAMETER", "canonical"]
+
+# The task parameter that carries graph edges (earlier results of the same agent run); never keyed.
+UPSTREAM_PARAMETER = "upstream"
+
+# Fields of pydantic-ai's own dataclasses that differ between two identical runs.
+_PER_RUN_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
+_GENERATED_ID_PREFIX = "pyd_ai_"
+_MAX_DEPTH = 64
+
+# The run-context fields an operation's result can depend on. Everything else is live machinery
+# (model, usage, tracer, agent, toolsets, capabilities, cancellation) or per-run bookkeeping (run and
+# conversation ids, the deadline: a clock time).
+_RUN_CONTEXT_FIELDS = (
+    "deps",
+    "_model_id",
+    "prompt",
+    "messages",
+    "model_settings",
+    "metadata",
+    "validation_context",
+    "usage_limits",
+    "retries",
+    "retry",
+    "max_retries",
+    "run_step",
+    "tool_name",
+    "tool_call_id",
+    "tool_call_approved",
+    "tool_call_metadata",
+    "partial_output",
+    "loaded_capability_ids",
+    "discovered_tool_names",
+)
+
+
+def _is_framework(obj: object) -> bool:
+    module = type(obj).__module__
+    return module == "pydantic_ai" or module.startswith("pydantic_ai.")
+
+
+class _Projector:
+    """One projection pass; it numbers generated tool call ids in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+
+    def generated_id(self, value: str) -> str:
+        label = self.ids.get(value)
+        if label is None:
+            label = self.ids[value] = f"<generated tool call #{len(self.ids)}>"
+        return label
+
+    def project(self, value: Any, depth: int = 0) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str, bytes)):
+            return value
+        if depth > _MAX_DEPTH:
+            return f"<too deep: {type(value).__qualname__}>"
+        from pydantic_ai.models import Model
+        from pydantic_ai.tools import RunContext
+        from pydantic_ai.toolsets import ToolsetTool
+
+        if isinstance(value, RunContext):
+            return self.run_context(value, depth)
+        if isinstance(value, ToolsetTool):
+            return self.tool(value, depth)
+        if isinstance(value, Model):
+            return model_identity(value)
+        if isinstance(value, dict):
+            return {key: self.project(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.project(item, depth + 1) for item in value]
+        if isinstance(value, (set, frozenset)):
+            return sorted(_digest(self.project(item, depth + 1)) for item in value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return self.dataclass(value, depth)
+        return self.user_value(value, depth)
+
+    def dataclass(self, value: Any, depth: int) -> dict[str, Any]:
+        framework = _is_framework(value)
+        out: dict[str, Any] = {"__type__": type(value).__qualname__}
+        for field in dataclasses.fields(value):
+            name = field.name
+            if framework and (name in _PER_RUN_FIELDS or name.startswith("_")):
+                continue
+            item = getattr(value, name, None)
+            if framework and name == "tool_call_id" and isinstance(item, str) and item.startswith(
+                _GENERATED_ID_PREFIX
+            ):
+                out[name] = self.generated_id(item)
+                continue
+            out[name] = self.project(item, depth + 1)
+        return out
+
+    def run_context(self, ctx: Any, depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"__type__": "RunContext"}
+        for name in _RUN_CONTEXT_FIELDS:
+            item = getattr(ctx, name, None)
+            if name == "tool_call_id" and isinstance(item, str) and item.startswith(_GENERATED_ID_PREFIX):
+                out[name] = self.generated_id(item)
+            else:
+                out[name] = self.project(item, depth + 1)
+        agent = getattr(ctx, "agent", None)
+        out["agent"] = getattr(agent, "name", None)
+        model = getattr(ctx, "model", None)
+        out["model"] = model_identity(model) if model is not None else None
+        return out
+
+    def tool(self, tool: Any, depth: int) -> dict[str, Any]:
+        toolset = getattr(tool, "toolset", None)
+        return {
+            "__type__": "ToolsetTool",
+            "toolset": getattr(toolset, "id", None),
+            "tool_def": self.project(tool.tool_def, depth + 1),
+            "max_retries": tool.max_retries,
+            "code": tool_code_identity(tool),
+        }
+
+    def user_value(self, value: Any, depth: int) -> Any:
+        # A user's value (deps, a tool's return value, metadata): its nbflow fingerprint. A pydantic model
+        # goes field by field, so one field holding a client only blanks that field.
+        try:
+            from pydantic import BaseModel
+        except ImportError:  # pragma: no cover - pydantic is a dependency of nbflow
+            BaseModel = None  # type: ignore[assignment,misc]
+        if BaseModel is not None and isinstance(value, BaseModel):
+            fields = type(value).model_fields
+            return {"__type__": type(value).__qualname__,
+                    **{name: self.project(getattr(value, name, None), depth + 1) for name in fields}}
+        try:
+            return {"__value__": fingerprint(value)}
+        except (UnfingerprintableError, RecursionError):
+            return f"<not fingerprinted: {type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _digest(value: Any) -> str:
+    return fingerprint(value)
+
+
+def _wrapped_models(model: Any) -> Iterator[Any]:
+    seen: set[int] = set()
+    while model is not None and id(model) not in seen:
+        seen.add(id(model))
+        yield model
+        model = getattr(model, "wrapped", None)
+
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """What identifies a model in a key: name and system, plus the code of a FunctionModel's functions."""
+    identity: dict[str, Any] = {
+        "name": getattr(model, "model_name", None),
+        "system": getattr(model, "system", None),
+    }
+    for inner in _wrapped_models(model):
+        for attribute in ("function", "stream_function"):
+            function = getattr(inner, attribute, None)
+            if function is not None and callable(function):
+                identity[attribute] = _code_or_marker(function)
+    return identity
+
+
+def tool_code_identity(tool: Any) -> str | None:
+    """Code identity of the user function behind a function tool (None for tools without one, e.g. MCP)."""
+    call = getattr(tool, "call_func", None)
+    function = getattr(getattr(call, "__self__", None), "function", None)
+    if function is None:
+        return None
+    return _code_or_marker(function)
+
+
+def _code_or_marker(function: Any) -> str:
+    try:
+        return code_identity(function)
+    except UnfingerprintableError:
+        # A callable whose code cannot be read still keys by its qualified name.
+        return f"<code of {getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}>"
+
+
+def canonical(values: dict[str, Any]) -> dict[str, Any]:
+    """The canonical projection of an operation's named inputs (one pass, so tool call ids number once)."""
+    projector = _Projector()
+    return {name: projector.project(value) for name, value in values.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentInputs(CachePolicy):
+    """The default cache policy of agent operations: the canonical projection of their inputs.
+
+    Compose it like any policy: ``AGENT_INPUTS + RUN_ID`` keeps entries to one flow run;
+    ``cache_policy=NONE`` in a :class:`TaskConfig` turns caching off for those operations.
+    """
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        named = {name: value for name, value in inputs.items() if name != UPSTREAM_PARAMETER}
+        projected = canonical(named)
+        hasher = xxhash.xxh3_128()
+        for name in sorted(projected):
+            digest = fingerprint(projected[name])
+            context.parts[f"input:{name}"] = digest
+            hasher.update(name.encode())
+            hasher.update(b"\0")
+            hasher.update(digest.encode())
+        return hasher.hexdigest()
+
+    def __repr__(self) -> str:
+        return "AGENT_INPUTS"
+
+
+AGENT_INPUTS: CachePolicy = AgentInputs()
