@@ -892,6 +892,26 @@ class ResultStore:
                 stacklevel=3,
             )
 
+    # -- for `nbflow cache`: sizing and clearing by metadata alone ----------------------------------
+    # (Used by the CLI, possibly while kernels write the same store. Nothing here reads a payload.)
+
+    def disk_usage(self) -> int:
+        """Bytes the store's files take on disk (database and journal, diskcache's value files, buffer
+        files), summed from file sizes."""
+        total = 0
+        for root, _directories, files in os.walk(self.directory):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except FileNotFoundError:  # removed by another process meanwhile
+                    continue
+        return total
+
+    def delete_records(self, records: list[Record]) -> list[Record]:
+        """Delete the entries ``records`` describe, each only if it is still that entry (one saved again
+        since the records were read is kept); return the records of the entries deleted."""
+        return [record for record in records if self._delete_if(record.key, self._same_entry(record))]
+
 
 def _registered(name: str) -> Serializer | None:
     try:

@@ -1,0 +1,162 @@
+"""The ``nbflow`` console script: run notebooks headless, look at run history, manage the cache.
+
+::
+
+    nbflow run NOTEBOOK [-p NAME=VALUE]... [-o OUTPUT] [--kernel NAME] [--cwd DIR] [--timeout S] [--json]
+    nbflow runs [--limit N] [--json]          recent runs, newest first
+    nbflow runs show RUN_ID [--json]          one run's task table, with errors
+    nbflow cache info [--json]                entries, sizes, limit, hits, oldest/newest
+    nbflow cache ls [--task NAME] [--json]    one line per entry
+    nbflow cache clear [--task NAME] [--older-than AGE] [--json]
+    nbflow cache prune [--json]               apply expirations and the size limit now
+
+Every command works on the store and run history of ``NBFLOW_HOME`` (default ``./.nbflow``), the same
+ones notebooks use, and accepts ``--home DIR`` instead. Exit codes: 0 success, 1 a cell or task failed
+(``run``), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from nbflow.cli.common import EXIT_OK, EXIT_USAGE, Usage, resolve_home
+
+__all__ = ["main"]
+
+_HOME_HELP = "store directory (default: $NBFLOW_HOME, else ./.nbflow)"
+_JSON_HELP = "print JSON instead of a table"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbflow",
+        description="Durable execution for Jupyter notebooks: run notebooks headless against nbflow's cache, "
+        "and inspect the run history and the cache that notebooks and headless runs share.",
+        epilog="Exit codes: 0 success, 1 a cell or task failed, 2 bad usage. "
+        "`nbflow COMMAND --help` describes each command.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="execute a notebook in a real kernel, showing its tasks live",
+        description="Execute NOTEBOOK in a fresh kernel (like 'Restart & Run All') with nbflow's extension "
+        "loaded, reusing cached task results. Each task is shown as it starts and ends; a summary of every "
+        "task run follows. Exit code: 0 success, 1 a cell or task failed, 2 bad usage.",
+    )
+    run.add_argument("notebook", metavar="NOTEBOOK", help="path of the .ipynb file to execute")
+    run.add_argument("-p", "--parameter", dest="parameters", action="append", default=[], metavar="NAME=VALUE",
+                     help="set a parameter (repeatable): a Python literal, else a string; assigned in a cell "
+                     "after the one tagged 'parameters' (papermill's convention)")
+    run.add_argument("-o", "--output", help="write the executed notebook (outputs, task graph, run summary) here")
+    run.add_argument("--kernel", default=None, help="kernel name (default: the notebook's, else python3)")
+    run.add_argument("--cwd", default=None, help="working directory of the kernel (default: the notebook's)")
+    run.add_argument("--timeout", type=float, default=None, help="seconds a single cell may run (default: no limit)")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON (live lines go to stderr)")
+
+    runs = commands.add_parser(
+        "runs",
+        help="list recent runs (flows, notebook sessions, headless runs)",
+        description="List recorded runs, newest first: id, notebook or flow, state, start, duration, and "
+        "task runs cached/computed/failed. `nbflow runs show RUN_ID` shows one run's tasks.",
+    )
+    runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    runs.add_argument("--home", default=None, help=_HOME_HELP)
+    runs.add_argument("--json", action="store_true", help=_JSON_HELP)
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
+    show = runs_commands.add_parser(
+        "show", help="one run's task table, with errors",
+        description="Show the task runs of one run (a unique prefix of its id is enough), with errors.",
+    )
+    show.add_argument("run_id", metavar="RUN_ID", help="run id or a unique prefix of it (from `nbflow runs`)")
+    show.add_argument("--traceback", action="store_true", help="print the tracebacks of failed tasks too")
+    show.add_argument("--home", default=None, help=_HOME_HELP)
+    show.add_argument("--json", action="store_true", help=_JSON_HELP)
+
+    cache = commands.add_parser(
+        "cache",
+        help="inspect and clean the result store",
+        description="Inspect and clean the result store. Listing reads metadata records only, never a "
+        "stored result, and is safe while notebooks write to the store.",
+    )
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+    info = cache_commands.add_parser(
+        "info", help="entries, size on disk, limit, hit counts, oldest/newest",
+        description="Summarize the store: entries, size of the results and on disk, the size limit, hit "
+        "counts, the oldest and newest entry, and entries per task.")
+    ls = cache_commands.add_parser(
+        "ls", help="one line per entry", description="List entries, most recently used first: task, size, "
+        "created, last used, hits, expiry and key.")
+    ls.add_argument("--task", default=None, metavar="NAME", help="only the entries of this task")
+    ls.add_argument("--limit", type=int, default=None, help="at most this many entries")
+    clear = cache_commands.add_parser(
+        "clear", help="delete entries (all, one task's, or older ones)",
+        description="Delete cache entries: all of them, or those of one task and/or those created longer "
+        "ago than an age.")
+    clear.add_argument("--task", default=None, metavar="NAME", help="only the entries of this task")
+    clear.add_argument("--older-than", default=None, metavar="AGE",
+                       help="only entries created longer ago than AGE: 90s, 30m, 12h, 7d, 2w")
+    prune = cache_commands.add_parser(
+        "prune", help="apply the size limit and expirations now",
+        description="Delete expired entries, then least recently used ones until the store is within its "
+        "size limit (NBFLOW_SIZE_LIMIT); also removes leftovers of interrupted writes.")
+    for sub in (info, ls, clear, prune):
+        sub.add_argument("--home", default=None, help=_HOME_HELP)
+        sub.add_argument("--json", action="store_true", help=_JSON_HELP)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nbflow`` console script; returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exit_.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    out = sys.stdout
+    try:
+        if args.command == "run":
+            from nbflow.cli.run import run_notebook
+
+            return run_notebook(
+                Path(args.notebook), output=args.output, kernel=args.kernel, cwd=args.cwd, timeout=args.timeout,
+                parameters=args.parameters, as_json=args.json, out=out,
+            )
+        if args.command == "runs":
+            from nbflow.cli import history
+
+            if args.runs_command == "show":
+                return history.show_command(resolve_home(args.home), args.run_id, as_json=args.json,
+                                            tracebacks=args.traceback, out=out)
+            return history.list_command(resolve_home(args.home), limit=args.limit, as_json=args.json, out=out)
+        if args.command == "cache":
+            from nbflow.cli import cache
+
+            if args.cache_command is None:
+                raise Usage("`nbflow cache` needs a subcommand: info, ls, clear or prune (see nbflow cache --help)")
+            home = resolve_home(args.home)
+            if args.cache_command == "info":
+                return cache.info_command(home, as_json=args.json, out=out)
+            if args.cache_command == "ls":
+                return cache.ls_command(home, task=args.task, limit=args.limit, as_json=args.json, out=out)
+            if args.cache_command == "clear":
+                return cache.clear_command(home, task=args.task, older_than=args.older_than, as_json=args.json,
+                                           out=out)
+            return cache.prune_command(home, as_json=args.json, out=out)
+    except Usage as error:
+        print(f"nbflow: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nbflow: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `nbflow runs | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return EXIT_USAGE

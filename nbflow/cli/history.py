@@ -1,0 +1,283 @@
+"""``nbflow runs`` and ``nbflow runs show``, and the reader ``nbflow run`` polls while its kernel works.
+
+They read ``<NBFLOW_HOME>/runs.sqlite`` directly (WAL mode: reading never blocks the kernels that write
+it) and never create it. Listing runs counts task runs in SQL rather than loading them, so a session run
+of a million task calls lists as fast as a small flow.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from nbflow.cli.common import EXIT_OK, Usage, format_time, print_json, table
+from nbflow.runs import RunRecord, TaskRunRecord, _run_from_json, format_duration
+
+__all__ = ["LaunchWatcher", "list_command", "outcome", "show_command"]
+
+_FAILED_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
+# SQLite limits the number of parameters of one statement (999 in older builds).
+_BATCH = 500
+
+
+def outcome(state: str, state_type: str) -> str:
+    """``cached``, ``computed``, ``failed`` or ``other`` (still running, pending) for a task run's state."""
+    if state == "Cached":
+        return "cached"
+    if state_type == "COMPLETED":
+        return "computed"
+    if state_type in _FAILED_TYPES:
+        return "failed"
+    return "other"
+
+
+def connect(home: Path) -> sqlite3.Connection | None:
+    """A reading connection to the history of ``home``, or None if nothing was ever recorded there."""
+    path = Path(home) / "runs.sqlite"
+    if not path.exists():
+        return None
+    # Used by one thread at a time (the CLI's poller, then its main thread once the poller stopped).
+    connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    try:
+        connection.execute("SELECT 1 FROM runs LIMIT 1")
+    except sqlite3.OperationalError:  # created by a writer that has not made its tables yet
+        connection.close()
+        return None
+    return connection
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _BATCH):
+        yield items[start : start + _BATCH]
+
+
+def task_counts(connection: sqlite3.Connection, run_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Task runs by outcome (cached, computed, failed, other) for each run id, counted in SQL."""
+    counts = {run_id: {"cached": 0, "computed": 0, "failed": 0, "other": 0} for run_id in run_ids}
+    for chunk in _chunks(run_ids):
+        marks = ",".join("?" * len(chunk))
+        query = (
+            "SELECT run_id, state, json_extract(data, '$.state_type'), COUNT(*) FROM task_runs "
+            f"WHERE run_id IN ({marks}) GROUP BY run_id, state, 3"
+        )
+        for run_id, state, state_type, count in connection.execute(query, chunk):
+            counts[run_id][outcome(state or "", state_type or "")] += count
+    return counts
+
+
+def _duration(run: RunRecord) -> float | None:
+    return run.duration
+
+
+def _run_name(run: RunRecord) -> str:
+    if run.kind == "session":
+        return Path(run.source).name if run.source else "session"
+    return run.flow_name
+
+
+def run_summary(run: RunRecord, counts: dict[str, int]) -> dict[str, Any]:
+    """One run as ``nbflow runs --json`` lists it."""
+    return {
+        "id": run.id,
+        "name": _run_name(run),
+        "kind": run.kind,
+        "flow_name": run.flow_name,
+        "source": run.source,
+        "state": run.state,
+        "state_type": run.state_type,
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "duration": _duration(run),
+        "parent_run_id": run.parent_run_id,
+        "launch_id": run.launch_id,
+        "pid": run.pid,
+        "parameters": run.parameters,
+        "tasks": counts,
+    }
+
+
+def list_command(home: Path, *, limit: int, as_json: bool, out: TextIO) -> int:
+    """``nbflow runs``: the latest runs, newest first."""
+    if limit <= 0:
+        raise Usage(f"--limit must be a positive number, not {limit}")
+    connection = connect(home)
+    runs: list[RunRecord] = []
+    counts: dict[str, dict[str, int]] = {}
+    if connection is not None:
+        try:
+            rows = connection.execute("SELECT data FROM runs ORDER BY start_time DESC LIMIT ?", (limit,)).fetchall()
+            runs = [_run_from_json(data) for (data,) in rows]
+            counts = task_counts(connection, [run.id for run in runs])
+        finally:
+            connection.close()
+    summaries = [run_summary(run, counts[run.id]) for run in runs]
+    if as_json:
+        print_json({"home": str(home), "runs": summaries}, out)
+        return EXIT_OK
+    if not runs:
+        print(f"no runs recorded in {home}", file=out)
+        return EXIT_OK
+    rows_out = []
+    for item in summaries:
+        tasks = item["tasks"]
+        running = f", {tasks['other']} other" if tasks["other"] else ""
+        rows_out.append((
+            item["id"][:12], item["name"], item["kind"], item["state"], format_time(item["start_time"]),
+            format_duration(item["duration"]),
+            f"{tasks['cached']} cached, {tasks['computed']} computed, {tasks['failed']} failed{running}",
+        ))
+    table(("run", "notebook/flow", "kind", "state", "started", "duration", "tasks"), rows_out, out)
+    return EXIT_OK
+
+
+def load_run(home: Path, run_id: str) -> RunRecord:
+    """One run with its task runs, by id or unique id prefix; a usage error naming the id otherwise."""
+    connection = connect(home)
+    if connection is None:
+        raise Usage(f"no runs recorded in {home} (set NBFLOW_HOME or --home to the store the run used)")
+    try:
+        rows = connection.execute(
+            "SELECT data FROM runs WHERE id = ? OR id LIKE ? LIMIT 3", (run_id, run_id + "%")
+        ).fetchall()
+        exact = [data for (data,) in rows if json.loads(data).get("id") == run_id]
+        if exact:
+            rows = [(exact[0],)]
+        if not rows:
+            raise Usage(f"no run {run_id!r} in {home}; `nbflow runs` lists the recorded runs")
+        if len(rows) > 1:
+            raise Usage(f"run id prefix {run_id!r} is ambiguous; give more characters")
+        run = _run_from_json(rows[0][0])
+        for (data,) in connection.execute("SELECT data FROM task_runs WHERE run_id = ? ORDER BY seq", (run.id,)):
+            run.task_runs.append(TaskRunRecord.from_dict(json.loads(data)))
+        return run
+    finally:
+        connection.close()
+
+
+def task_row(task_run: TaskRunRecord, run: RunRecord | None = None) -> dict[str, Any]:
+    """One task run as the JSON summaries list it."""
+    row: dict[str, Any] = {
+        "id": task_run.id,
+        "task": task_run.task_name,
+        "run_id": task_run.run_id,
+        "state": task_run.state,
+        "state_type": task_run.state_type,
+        "result": outcome(task_run.state, task_run.state_type),
+        "attempts": task_run.attempts,
+        "start_time": task_run.start_time,
+        "end_time": task_run.end_time,
+        "duration": task_run.duration,
+        "cache_key": task_run.cache_key,
+        "error": task_run.error,
+    }
+    if run is not None:
+        row["flow"] = run.flow_name if run.kind == "flow" else None
+    return row
+
+
+def show_command(home: Path, run_id: str, *, as_json: bool, tracebacks: bool, out: TextIO) -> int:
+    """``nbflow runs show RUN_ID``: a run's task table, with errors."""
+    run = load_run(home, run_id)
+    counts = run.counts()
+    if as_json:
+        data = run_summary(run, counts)
+        data["error"] = run.error
+        data["task_runs"] = [{**task_row(task_run), "traceback": task_run.traceback, "logs": task_run.logs}
+                             for task_run in run.task_runs]
+        print_json(data, out)
+        return EXIT_OK
+    print(f"run {run.id}  {_run_name(run)} ({run.kind})  {run.state}", file=out)
+    print(f"started {format_time(run.start_time)}, ended {format_time(run.end_time)}, "
+          f"duration {format_duration(run.duration)}", file=out)
+    if run.parameters:
+        print("parameters: " + ", ".join(f"{k}={v}" for k, v in run.parameters.items()), file=out)
+    print(f"{len(run.task_runs)} task run(s): {counts['cached']} cached, {counts['computed']} computed, "
+          f"{counts['failed']} failed", file=out)
+    if run.task_runs:
+        print(file=out)
+        rows = [(tr.task_name, tr.state, outcome(tr.state, tr.state_type), str(tr.attempts),
+                 format_duration(tr.duration), format_time(tr.start_time), (tr.cache_key or "-")[:16])
+                for tr in run.task_runs]
+        table(("task", "state", "result", "attempts", "duration", "started", "cache key"), rows, out)
+    failures = [tr for tr in run.task_runs if tr.error]
+    if run.error:
+        print(f"\nrun error: {run.error}", file=out)
+    for task_run in failures:
+        print(f"\n{task_run.task_name} ({task_run.state}): {task_run.error}", file=out)
+        if tracebacks and task_run.traceback:
+            print(task_run.traceback.rstrip(), file=out)
+    if failures and not tracebacks:
+        print("\n(--traceback shows the tracebacks)", file=out)
+    return EXIT_OK
+
+
+class LaunchWatcher:
+    """The runs one ``nbflow run`` launch made, read from the history while its kernel writes it.
+
+    :meth:`poll` returns the task runs whose state changed since the previous poll. It reads only ids and
+    state names for the task runs it already knows, and the full records of the changed ones.
+    """
+
+    def __init__(self, home: Path, launch_id: str, since: float) -> None:
+        self.home = Path(home)
+        self.launch_id = launch_id
+        self.since = since - 5.0  # clock steps between processes of one machine are small
+        self.runs: dict[str, RunRecord] = {}
+        self.task_runs: dict[str, TaskRunRecord] = {}
+        self._headers: dict[str, str] = {}
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._connection is None:
+            self._connection = connect(self.home)
+        return self._connection
+
+    def poll(self) -> list[TaskRunRecord]:
+        connection = self._connect()
+        if connection is None:
+            return []
+        for run_id, data in connection.execute(
+            "SELECT id, data FROM runs WHERE start_time >= ? AND json_extract(data, '$.launch_id') = ?",
+            (self.since, self.launch_id),
+        ):
+            if self._headers.get(run_id) != data:
+                self._headers[run_id] = data
+                self.runs[run_id] = _run_from_json(data)
+        changed: list[str] = []
+        known = self.task_runs
+        for chunk in _chunks(list(self.runs)):
+            marks = ",".join("?" * len(chunk))
+            for task_run_id, state in connection.execute(
+                f"SELECT id, state FROM task_runs WHERE run_id IN ({marks})", chunk
+            ):
+                current = known.get(task_run_id)
+                if current is None or current.state != state:
+                    changed.append(task_run_id)
+        updates: list[TaskRunRecord] = []
+        for chunk in _chunks(changed):
+            marks = ",".join("?" * len(chunk))
+            for (data,) in connection.execute(f"SELECT data FROM task_runs WHERE id IN ({marks})", chunk):
+                task_run = TaskRunRecord.from_dict(json.loads(data))
+                known[task_run.id] = task_run
+                updates.append(task_run)
+        updates.sort(key=lambda tr: (tr.end_time or tr.start_time or time.time(), tr.seq))
+        return updates
+
+    def records(self) -> list[RunRecord]:
+        """The launch's runs (oldest first), each with its task runs in call order."""
+        runs = sorted(self.runs.values(), key=lambda run: run.start_time)
+        by_run: dict[str, list[TaskRunRecord]] = {run.id: [] for run in runs}
+        for task_run in self.task_runs.values():
+            by_run.setdefault(task_run.run_id, []).append(task_run)
+        for run in runs:
+            run.task_runs = sorted(by_run[run.id], key=lambda tr: tr.seq)
+        return runs
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -1,0 +1,415 @@
+"""``nbflow run``: execute a notebook headless in a real kernel, live, against the shared store.
+
+The kernel is started by nbclient with the same ``NBFLOW_HOME`` the notebooks use, so a scheduled run
+warms the cache for interactive work and the other way round. Before the first cell the kernel loads
+nbflow's IPython extension (``%%task`` works without ``%load_ext``) and starts recording task starts;
+the CLI polls the run history (SQLite) to print each task as it starts and ends. After the last cell the
+kernel writes its history, and the CLI prints (or writes as JSON) a summary of every task run.
+
+Parameters follow papermill's convention: ``-p NAME=VALUE`` values are Python literals (else strings),
+assigned in a new cell tagged ``injected-parameters`` placed after the cell tagged ``parameters``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import keyword
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from nbflow.cli.common import EXIT_FAILED, EXIT_OK, Usage, print_json, resolve_home, table
+from nbflow.cli.history import LaunchWatcher, outcome, task_row
+from nbflow.runs import format_duration
+
+if TYPE_CHECKING:
+    from nbflow.runs import RunRecord, TaskRunRecord
+
+__all__ = ["inject_parameters", "parse_parameters", "run_notebook"]
+
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+SUMMARY_TAG = "nbflow-run-summary"
+# How often the CLI reads the history while the kernel runs. The kernel writes it in batches about
+# this often, so polling faster would only show the same state again.
+_POLL_SECONDS = 0.3
+
+
+# -- parameters ---------------------------------------------------------------------------------------
+
+def parse_parameters(items: Sequence[str]) -> dict[str, Any]:
+    """``["n=50", "start=2026-01-01"]`` -> ``{"n": 50, "start": "2026-01-01"}``: Python literals where
+    the text is one, strings otherwise. A malformed item is a usage error naming it."""
+    parameters: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise Usage(f"-p {item!r}: write parameters as NAME=VALUE, e.g. -p n_trials=50")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise Usage(f"-p {item!r}: {name!r} is not a valid Python variable name")
+        try:
+            value: Any = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value = text
+        parameters[name] = value
+    return parameters
+
+
+def inject_parameters(notebook: Any, parameters: dict[str, Any]) -> None:
+    """Put a cell tagged ``injected-parameters`` after the cell tagged ``parameters`` (at the top if there
+    is none), replacing one a previous run injected."""
+    from nbformat.v4 import new_code_cell
+
+    notebook.cells = [cell for cell in notebook.cells if INJECTED_TAG not in _tags(cell)]
+    if not parameters:
+        return
+    lines = ["# Parameters"] + [f"{name} = {value!r}" for name, value in parameters.items()]
+    cell = new_code_cell("\n".join(lines) + "\n", metadata={"tags": [INJECTED_TAG]})
+    _fit_cell_ids(notebook, cell)
+    position = next((i + 1 for i, c in enumerate(notebook.cells) if PARAMETERS_TAG in _tags(c)), 0)
+    notebook.cells.insert(position, cell)
+
+
+def _tags(cell: Any) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _fit_cell_ids(notebook: Any, cell: Any) -> None:
+    # Cell ids exist from nbformat 4.5 on; an older notebook would fail validation with one.
+    if (notebook.nbformat, notebook.nbformat_minor) < (4, 5):
+        cell.pop("id", None)
+
+
+# -- reading the input --------------------------------------------------------------------------------
+
+def read_notebook(path: Path) -> Any:
+    import nbformat
+
+    if not path.exists():
+        raise Usage(f"notebook {str(path)!r} does not exist")
+    if path.is_dir():
+        raise Usage(f"{str(path)!r} is a directory; give the path of an .ipynb file")
+    try:
+        notebook = nbformat.read(str(path), as_version=4)
+        nbformat.validate(notebook)
+    except Exception as error:
+        raise Usage(f"{str(path)!r} is not a valid Jupyter notebook: {error}") from None
+    return notebook
+
+
+def check_kernel(name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        manager.get_kernel_spec(name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(manager.find_kernel_specs())) or "none"
+        raise Usage(f"kernel {name!r} is not installed (installed kernels: {known}); "
+                    f"pick one with --kernel NAME") from None
+
+
+# -- the live display -----------------------------------------------------------------------------------
+
+class LiveDisplay:
+    """Prints a line when a task is seen running and when it ends, with the cell and task counts."""
+
+    def __init__(self, out: TextIO, total_cells: int) -> None:
+        self.out = out
+        self.total_cells = total_cells
+        self.cell = 0
+        self.done = 0
+        self.running: set[str] = set()
+        self._lock = threading.Lock()
+        self._final: set[str] = set()
+
+    def show(self, task_runs: list[TaskRunRecord]) -> None:
+        with self._lock:
+            for task_run in task_runs:
+                result = outcome(task_run.state, task_run.state_type)
+                if result == "other":
+                    if task_run.id in self.running or task_run.id in self._final:
+                        continue
+                    self.running.add(task_run.id)
+                    self._line("start", task_run.task_name, task_run.state if task_run.state != "Running" else "")
+                    continue
+                if task_run.id in self._final:  # a later change of a final record (e.g. its logs)
+                    continue
+                self._final.add(task_run.id)
+                self.running.discard(task_run.id)
+                self.done += 1
+                detail = format_duration(task_run.duration)
+                if task_run.attempts > 1:
+                    detail += f", {task_run.attempts} attempts"
+                if result == "failed" and task_run.error:
+                    detail += f"  {task_run.error}"
+                self._line(result if result != "failed" else task_run.state.lower(), task_run.task_name, detail)
+            self.out.flush()
+
+    def _line(self, verb: str, task: str, detail: str) -> None:
+        count = f"{self.done} done" + (f", {len(self.running)} running" if self.running else "")
+        cells = f"cell {self.cell}/{self.total_cells}"
+        print(f"  [{cells}, {count}] {verb:<9} {task:<24} {detail}".rstrip(), file=self.out)
+
+
+def _watch(watcher: LaunchWatcher, display: LiveDisplay | None, stop: threading.Event) -> None:
+    while not stop.wait(_POLL_SECONDS):
+        try:
+            changes = watcher.poll()
+        except Exception:  # the history is busy or being created: the next poll will see it
+            continue
+        if display is not None and changes:
+            display.show(changes)
+
+
+# -- outcome --------------------------------------------------------------------------------------------
+
+def unresolved_failures(runs: list[RunRecord]) -> list[TaskRunRecord]:
+    """Failed task runs not followed by a successful run of the same call (same task and inputs in the
+    same run): a task retried by hand (``%nbflow retry``) or by its flow's retry is not a failure."""
+    failed: list[TaskRunRecord] = []
+    for run in runs:
+        succeeded: dict[tuple[str, str], int] = {}
+        for task_run in run.task_runs:
+            if task_run.state_type == "COMPLETED":
+                call = (task_run.task_key, repr(sorted(task_run.inputs.items())))
+                succeeded[call] = max(succeeded.get(call, -1), task_run.seq)
+        for task_run in run.task_runs:
+            if outcome(task_run.state, task_run.state_type) != "failed":
+                continue
+            call = (task_run.task_key, repr(sorted(task_run.inputs.items())))
+            if succeeded.get(call, -1) < task_run.seq:
+                failed.append(task_run)
+    return failed
+
+
+def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, launch_id: str,
+                  parameters: dict[str, Any], started: float, elapsed: float, runs: list[RunRecord],
+                  failed_cell: dict[str, Any] | None) -> dict[str, Any]:
+    """The run summary: what ``--json`` prints and the output notebook keeps in its metadata."""
+    counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
+    tasks = []
+    for run in runs:
+        for task_run in run.task_runs:
+            counts[outcome(task_run.state, task_run.state_type)] += 1
+            tasks.append(task_row(task_run, run))
+    failures = unresolved_failures(runs)
+    ok = failed_cell is None and not failures
+    return {
+        "notebook": str(path),
+        "output": output,
+        "kernel": kernel,
+        "home": str(home),
+        "launch_id": launch_id,
+        # JSON-safe: the summary also goes into the output notebook's metadata.
+        "parameters": json.loads(json.dumps(parameters, default=repr)),
+        "status": "ok" if ok else "failed",
+        "exit_code": EXIT_OK if ok else EXIT_FAILED,
+        "start_time": started,
+        "duration": elapsed,
+        "counts": counts,
+        "runs": [{"id": run.id, "name": run.flow_name, "kind": run.kind, "state": run.state,
+                  "parent_run_id": run.parent_run_id} for run in runs],
+        "tasks": tasks,
+        "failed_tasks": [{"task": tr.task_name, "state": tr.state, "error": tr.error, "id": tr.id}
+                         for tr in failures],
+        "failed_cell": failed_cell,
+    }
+
+
+def print_summary(summary: dict[str, Any], out: TextIO) -> None:
+    counts = summary["counts"]
+    total = sum(counts.values())
+    retried = counts["failed"] - len(summary["failed_tasks"])
+    print(f"\n{total} task run(s): {counts['cached']} cached, {counts['computed']} computed, "
+          f"{counts['failed']} failed" + (f" ({retried} then retried successfully)" if retried else ""), file=out)
+    names = {run["id"]: run["name"] if run["kind"] == "flow" else "(notebook)" for run in summary["runs"]}
+    if summary["tasks"]:
+        rows = [(task["task"], names.get(task["run_id"], "?"), task["state"],
+                 task["result"] if task["result"] != "other" else "-", str(task["attempts"]),
+                 format_duration(task["duration"])) for task in summary["tasks"]]
+        table(("task", "in", "state", "result", "attempts", "duration"), rows, out)
+    for task in summary["failed_tasks"]:
+        print(f"failed task {task['task']}: {task['error']}", file=out)
+    cell = summary["failed_cell"]
+    if cell is not None:
+        where = f" (cell {cell['index'] + 1})" if cell.get("index") is not None else ""
+        print(f"\nA cell failed: {cell['error']}{where}", file=out)
+    status = "FAILED" if summary["exit_code"] else "OK"
+    print(f"\n{status} in {summary['duration']:.1f} s", file=out)
+
+
+# -- the output notebook ------------------------------------------------------------------------------
+
+def _graph_outputs(runs: list[RunRecord], text: str) -> list[Any]:
+    """A display output with a static SVG of the run's task graph (the widget's layout and colours)."""
+    from nbformat.v4 import new_output
+
+    from nbflow.ui.model import GraphModel
+    from nbflow.ui.svg import STATIC_NODE_LIMIT, render_html, render_svg
+
+    model = GraphModel()
+    for run in runs:
+        model.add_run(run)
+    payload = model.payload(rev=1)
+    data: dict[str, Any] = {"text/plain": text, "text/html": render_html(payload)}
+    if len(payload["nodes"]) <= STATIC_NODE_LIMIT:
+        data["image/svg+xml"] = render_svg(payload)
+    return [new_output("display_data", data=data)]
+
+
+def finish_output_notebook(notebook: Any, summary: dict[str, Any], runs: list[RunRecord]) -> None:
+    """Add the run summary to the metadata and a last cell showing the run's task graph."""
+    from nbformat.v4 import new_code_cell
+
+    notebook.cells = [cell for cell in notebook.cells if SUMMARY_TAG not in _tags(cell)]
+    notebook.metadata["nbflow"] = {"run": summary}
+    if not summary["tasks"]:
+        return
+    counts = summary["counts"]
+    text = (f"nbflow run: {summary['status']}, {sum(counts.values())} task run(s): {counts['cached']} cached, "
+            f"{counts['computed']} computed, {counts['failed']} failed")
+    cell = new_code_cell(
+        "# The task graph of this run, added by `nbflow run` (the summary is in the notebook's metadata).",
+        metadata={"tags": [SUMMARY_TAG], "editable": False},
+    )
+    _fit_cell_ids(notebook, cell)
+    try:
+        cell.outputs = _graph_outputs(runs, text)
+    except Exception as error:  # the picture is a nicety: the run and its summary stand without it
+        print(f"nbflow: warning: could not draw the task graph: {error}", file=sys.stderr)
+        return
+    notebook.cells.append(cell)
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+def _setup_code(path: Path, parameters: dict[str, Any]) -> str:
+    return (
+        "import nbflow.cli.kernel as _nbflow_cli_kernel\n"
+        f"_nbflow_cli_kernel.setup({str(path)!r}, {({k: repr(v) for k, v in parameters.items()})!r})\n"
+        "del _nbflow_cli_kernel\n"
+    )
+
+
+_FINISH_CODE = "import nbflow.cli.kernel as _nbflow_cli_kernel\n_nbflow_cli_kernel.finish()\ndel _nbflow_cli_kernel\n"
+
+
+def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = None, cwd: str | None = None,
+                 timeout: float | None = None, parameters: Sequence[str] = (), as_json: bool = False,
+                 out: TextIO | None = None) -> int:
+    """Execute the notebook at ``path``, showing tasks live, then print the summary; return the exit code."""
+    import asyncio
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    out = out or sys.stdout
+    values = parse_parameters(parameters)
+    notebook = read_notebook(path)
+    workdir = Path(cwd) if cwd else path.resolve().parent
+    if not workdir.is_dir():
+        raise Usage(f"--cwd {str(workdir)!r} is not a directory")
+    if timeout is not None and timeout <= 0:
+        raise Usage(f"--timeout must be a positive number of seconds, not {timeout}")
+    kernel_name = kernel or notebook.metadata.get("kernelspec", {}).get("name") or "python3"
+    check_kernel(kernel_name)
+    inject_parameters(notebook, values)
+
+    # The kernel must use the store this process reads: resolve NBFLOW_HOME the way the kernel would
+    # (relative to its working directory) and pass it down explicitly.
+    home = resolve_home(None, workdir)
+    launch_id = uuid.uuid4().hex
+    env = {**os.environ, "NBFLOW_HOME": str(home), "NBFLOW_LAUNCH_ID": launch_id}
+    client = NotebookClient(
+        notebook, kernel_name=kernel_name, timeout=timeout, allow_errors=False,
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    # With --json, stdout carries the JSON alone; the live lines go to stderr.
+    live_out = sys.stderr if as_json else out
+    code_cells = sum(1 for cell in notebook.cells if cell.cell_type == "code")
+    display = LiveDisplay(live_out, code_cells)
+    failed_cell: dict[str, Any] | None = None
+    started = time.time()
+    given = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    print(f"nbflow run {path} (kernel {kernel_name}, store {home})" + (f"\nparameters: {given}" if given else ""),
+          file=live_out, flush=True)
+    watcher = LaunchWatcher(home, launch_id, started)
+    stop = threading.Event()
+    poller = threading.Thread(target=_watch, args=(watcher, display, stop), name="nbflow-run-watch", daemon=True)
+
+    async def execute() -> None:
+        nonlocal failed_cell
+        client.reset_execution_trackers()
+        # The kernel process's own stderr carries only its start-up chatter; what cells print to stderr
+        # still arrives through the kernel protocol and lands in the outputs.
+        async with client.async_setup_kernel(env=env, stderr=subprocess.DEVNULL):
+            assert client.kc is not None
+            reply = await client.async_wait_for_reply(
+                client.kc.execute(_setup_code(path.resolve(), values), silent=True, store_history=False))
+            if reply is not None and reply["content"].get("status") != "ok":
+                content = reply["content"]
+                print(f"nbflow: warning: nbflow could not be set up in kernel {kernel_name!r} "
+                      f"({content.get('ename')}: {content.get('evalue')}); its tasks will not be shown",
+                      file=sys.stderr)
+            poller.start()
+            index = 0
+            try:
+                for index, cell in enumerate(notebook.cells):
+                    if cell.cell_type == "code":
+                        display.cell += 1
+                    await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            except CellExecutionError as error:
+                failed_cell = {"index": index, "error": _cell_error(error),
+                               "ename": getattr(error, "ename", None), "evalue": getattr(error, "evalue", None)}
+            finally:
+                # Even after a failed cell, so the kernel's history is on disk before it is read.
+                await client.async_wait_for_reply(client.kc.execute(_FINISH_CODE, silent=True, store_history=False))
+            client.set_widgets_metadata()
+
+    try:
+        asyncio.run(execute())
+    except Exception as error:
+        if failed_cell is None:
+            failed_cell = {"index": None, "error": f"{type(error).__name__}: {error}", "ename": type(error).__name__,
+                           "evalue": str(error)}
+    finally:
+        stop.set()
+        if poller.is_alive():
+            poller.join()
+    elapsed = time.time() - started
+    try:
+        display.show(watcher.poll())  # what the kernel wrote at its end
+    except Exception as error:
+        print(f"nbflow: warning: could not read the run history in {home}: {error}", file=sys.stderr)
+    runs = watcher.records()
+    watcher.close()
+
+    summary = build_summary(path=path, output=output, kernel=kernel_name, home=home, launch_id=launch_id,
+                            parameters=values, started=started, elapsed=elapsed, runs=runs,
+                            failed_cell=failed_cell)
+    if output:
+        finish_output_notebook(notebook, summary, runs)
+        output_path = Path(output)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, str(output_path))
+    if as_json:
+        print_json(summary, out)
+    else:
+        print_summary(summary, out)
+    return int(summary["exit_code"])
+
+
+def _cell_error(error: Exception) -> str:
+    name = getattr(error, "ename", None) or type(error).__name__
+    value = getattr(error, "evalue", None) or ""
+    return f"{name}: {value}".strip()
