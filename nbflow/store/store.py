@@ -2,7 +2,7 @@
 
 Layout under ``<home>/store/`` (directories mode 0700):
 
-* a diskcache (``cache.db`` plus diskcache's own files for large values) holding, per entry,
+* a diskcache (``cache.db``; streams are kept inside their rows, see ``_STREAM_IN_ROW_MAX``) holding, per entry,
   ``m:<FORMAT_VERSION>:<key>`` -> the :class:`Record` as a JSON string, and
   ``p:<FORMAT_VERSION>:<key>`` -> the serialized stream as bytes; plus ``s:<FORMAT_VERSION>:volume``, the
   running total of record sizes;
@@ -39,6 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so eviction cannot see which entries are being read
+    fcntl = None  # type: ignore[assignment]
+
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
 from nbflow.store.record import FORMAT_VERSION, Record
 from nbflow.store.secret import load_or_create_secret
@@ -63,6 +68,12 @@ _ORPHAN_AGE = 60.0
 # A save that takes the store over its limit prunes down to this fraction of the limit, so that the next
 # saves do not each trigger a full scan.
 _PRUNE_LOW_WATER = 0.9
+# Streams up to this size are kept inside the database row rather than in a file of diskcache's own.
+# diskcache deletes the file of a value that is replaced or deleted inside an enclosing transaction before
+# that transaction commits: a process killed in between would leave the old, still committed entry
+# pointing at a deleted file. In the row, a stream commits and rolls back together with its record.
+# (SQLite rows hold up to 1 GB; larger streams still go to files. Large arrays never reach the stream.)
+_STREAM_IN_ROW_MAX = 1 << 29
 # How often load() retries when the entry changes between reading its record and its payload.
 _LOAD_ATTEMPTS = 4
 # Keys that can be used directly in a blob file name.
@@ -80,6 +91,8 @@ _SELECT_PAIR = (
 _MODE_RAW = 1
 
 
+# What ResultStore._claim returns for an entry a load is reading (never a file descriptor).
+_IN_USE = -1
 # Marks a stream that still has to be read (see ResultStore._read_entry).
 _NOT_READ = object()
 
@@ -129,6 +142,11 @@ def _allocate(size: int) -> WritableBuffer:
                 pass
         return memory
     return bytearray(size)
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -184,6 +202,10 @@ class ResultStore:
                 size_limit=2**62,
                 cull_limit=0,
                 statistics=False,
+                # Streams stay inside their database row (see _STREAM_IN_ROW_MAX), and a large write
+                # does not leave the write-ahead log that large afterwards.
+                disk_min_file_size=_STREAM_IN_ROW_MAX,
+                sqlite_journal_size_limit=64 << 20,
             )
         except (OSError, sqlite3.Error) as error:
             raise ConfigurationError(
@@ -306,35 +328,43 @@ class ResultStore:
             self._delete_if(key, self._same_entry(record))
             raise CacheMiss(key, "expired")
         buffers: list[WritableBuffer] = []
+        lease: int | None = None
         if record.buffers:
             if self.strict_buffers and not all(c.startswith(_KEYED) for _, c in record.buffers):
                 # Written without keyed buffer MACs: not trusted in strict mode, but not corrupt either.
                 raise CacheMiss(key, "written without strict buffer authentication")
+            # Held until the value is rebuilt: eviction skips an entry whose first buffer file is leased,
+            # so an entry is never evicted from under a load that is reading it.
+            lease = self._lease(self._blob_path(key, record.blob_id, 0))
+        try:
             for index, (size, checksum) in enumerate(record.buffers):
                 buffers.append(self._read_blob(self._blob_path(key, record.blob_id, index), size, checksum))
-        try:
-            serializer = get_serializer(record.serializer)
-        except ConfigurationError:
-            warnings.warn(
-                f"the cached result of task {record.task_name!r} was written with serializer "
-                f"{record.serializer!r}, which is not registered in this process; it is treated as a "
-                f"cache miss",
-                NbflowWarning,
-                stacklevel=3,
-            )
-            raise CacheMiss(key, "unknown serializer") from None
-        try:
-            return serializer.loads(stream, buffers, type_hint)
-        except Exception as error:
-            # Authentic but unusable here, e.g. a class that was renamed since, or a changed type hint.
-            self._delete_if(key, self._same_entry(record))
-            warnings.warn(
-                f"the cached result of task {record.task_name!r} could not be deserialized "
-                f"({type(error).__name__}: {error}); it was deleted and is treated as a cache miss",
-                NbflowWarning,
-                stacklevel=3,
-            )
-            raise CacheMiss(key, "could not be deserialized") from error
+            try:
+                serializer = get_serializer(record.serializer)
+            except ConfigurationError:
+                warnings.warn(
+                    f"the cached result of task {record.task_name!r} was written with serializer "
+                    f"{record.serializer!r}, which is not registered in this process; it is treated as a "
+                    f"cache miss",
+                    NbflowWarning,
+                    stacklevel=3,
+                )
+                raise CacheMiss(key, "unknown serializer") from None
+            try:
+                return serializer.loads(stream, buffers, type_hint)
+            except Exception as error:
+                # Authentic but unusable here, e.g. a class that was renamed since, or a changed type hint.
+                self._delete_if(key, self._same_entry(record))
+                warnings.warn(
+                    f"the cached result of task {record.task_name!r} could not be deserialized "
+                    f"({type(error).__name__}: {error}); it was deleted and is treated as a cache miss",
+                    NbflowWarning,
+                    stacklevel=3,
+                )
+                raise CacheMiss(key, "could not be deserialized") from error
+        finally:
+            if lease is not None:
+                os.close(lease)
 
     def _read_blob(self, path: str, size: int, checksum: str) -> WritableBuffer:
         hasher = self._hasher_for(checksum)
@@ -444,6 +474,14 @@ class ResultStore:
             )
             code = getattr(error, "errno", None)
             raise (PersistError(code, message) if code else PersistError(message)) from error
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): the files of an entry that did not commit are removed.
+            # The interrupt may land just after the commit, so check which entry is live first.
+            live = self._try_parse(self._cache.get(self._mprefix + key)) if written else None
+            if live is None or live.blob_id != blob_id:
+                for path in written:
+                    _remove_file(path)
+            raise
         finally:
             for view in views:
                 view.release()
@@ -611,14 +649,31 @@ class ResultStore:
 
         removed: list[Record] = []
         for start in range(0, len(victims), 256):
-            with cache.transact():
+            batch: list[tuple[Record, str]] = []
+            claims: list[int | None] = []
+            try:
                 for record, raw in victims[start : start + 256]:
-                    mkey = self._mprefix + record.key
-                    # Compare the whole text: a record touched or replaced since the scan is kept.
-                    if cache.get(mkey) == raw:
-                        cache.delete(mkey)
-                        cache.delete(self._pprefix + record.key)
-                        removed.append(record)
+                    claim = self._claim(record)
+                    if claim == _IN_USE:
+                        continue  # a load is reading it right now; a later prune evicts it
+                    batch.append((record, raw))
+                    claims.append(claim)
+                evicted: list[Record] = []
+                with cache.transact():
+                    for record, raw in batch:
+                        mkey = self._mprefix + record.key
+                        # Compare the whole text: a record touched or replaced since the scan is kept.
+                        if cache.get(mkey) == raw:
+                            cache.delete(mkey)
+                            cache.delete(self._pprefix + record.key)
+                            evicted.append(record)
+                # Files go while the claims are held, so that no load can lease them in between.
+                for record in evicted:
+                    self._remove_blobs(record)
+                removed += evicted
+            finally:
+                for claim in claims:
+                    _release(claim)
         live_keys = {record.key for record, _ in live}
         with cache.transact():
             for key, raw in broken:
@@ -639,8 +694,6 @@ class ResultStore:
             remaining = sum(record.size for record, _ in live) - sum(record.size for record in removed)
             cache.set(self._volume_key, max(0, remaining + drift))
 
-        for record in removed:
-            self._remove_blobs(record)
         removed_keys = {record.key for record in removed}
         referenced = {
             (self._blob_name(record.key), record.blob_id)
@@ -835,6 +888,46 @@ class ResultStore:
                 _remove_file(self._blob_path(record.key, record.blob_id, index))
             except OSError:
                 pass  # left for prune()'s garbage collection
+
+    @staticmethod
+    def _lease(path: str) -> int | None:
+        """Open a buffer file with a shared lock, marking its entry as being read (see :meth:`_claim`)."""
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise _Invalid("is missing a buffer file") from None
+        except OSError as error:
+            raise _Invalid(f"has an unreadable buffer file ({error})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _claim(self, record: Record) -> int | None:
+        """Lock an entry's first buffer file for eviction: :data:`_IN_USE` if a load is reading the entry.
+
+        Otherwise an open descriptor holding the lock (``None`` when there is nothing to lock), to be
+        closed with :func:`_release` once the entry's files are deleted.
+        """
+        if fcntl is None or not record.buffers:
+            return None
+        try:
+            fd = os.open(self._blob_path(record.key, record.blob_id, 0), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None  # already gone (or unreadable): nothing to protect
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return _IN_USE
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _blob_files(self) -> Iterator[tuple[str, str, str, float]]:
         """``(path, name, blob_id, mtime)`` of every file under ``blobs/`` (temporary files: empty ids)."""

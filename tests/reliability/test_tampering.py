@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import nbflow
 from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.store import FORMAT_VERSION, CacheMiss, ResultStore
 from nbflow.store.secret import load_or_create_secret
@@ -46,7 +47,7 @@ def test_flipped_byte_in_stream(store: ResultStore) -> None:
 
 
 def test_flipped_byte_in_a_large_stream(store: ResultStore) -> None:
-    # Over diskcache's in-row limit: the stream lives in one of diskcache's own files.
+    # A large stream (it is kept in the database row too).
     store.save("k", list(range(50_000)), task_name="demo.flip")
     stream = store._cache.get(P + "k")
     assert len(stream) > 100_000
@@ -246,3 +247,131 @@ def test_concurrent_secret_creation(tmp_path: Path) -> None:
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         keys = pool.map(_create_secret, [str(path)] * 16)
     assert len(set(keys)) == 1 and keys[0] == path.read_bytes()
+
+
+# -- permissions of the store and the key ------------------------------------------------------------
+
+
+def test_directories_and_secret_are_private(store: ResultStore, secret_file: Path) -> None:
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert secret_file.parent.stat().st_mode & 0o777 == 0o700
+    assert len(secret_file.read_bytes()) == 32
+    assert store.home.stat().st_mode & 0o777 == 0o700
+    assert store.directory.stat().st_mode & 0o777 == 0o700
+    store.save("k", np.ones(20_000), task_name="t")
+    (blob,) = blob_files(store)
+    assert blob.stat().st_mode & 0o077 == 0
+    assert blob.parent.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o777, 0o703])
+def test_a_store_directory_others_can_write_to_warns(tmp_path: Path, secret_file: Path, mode: int) -> None:
+    home = tmp_path / "home"
+    ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
+    os.chmod(home / "store", mode)
+    with pytest.warns(NbflowWarning) as caught:
+        ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert str(home / "store") in message and "chmod 700" in message
+    os.chmod(home / "store", 0o700)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
+
+
+def test_the_engine_creates_home_and_key_private(nbflow_home: Path) -> None:
+    assert make(0) is not None
+    secret = Path(os.environ["NBFLOW_SECRET_FILE"])
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert nbflow_home.stat().st_mode & 0o777 == 0o700
+    assert (nbflow_home / "store").stat().st_mode & 0o777 == 0o700
+
+
+# -- through the engine: a tampered entry is a miss, the task runs again and stores a good entry -----
+
+
+@nbflow.task
+def make(n: int) -> dict[str, Any]:
+    return {"n": n, "data": np.arange(100_000) + n}
+
+
+def entry_key(n: int) -> str:
+    """The cache key of ``make(n)``, as recorded by its latest run."""
+    state = make(n, return_state=True)
+    assert state.is_completed()
+    from nbflow.engine.runtime import session_run
+
+    key = session_run().task_runs[-1].cache_key
+    assert key is not None
+    return key
+
+
+def copy_entry(source: ResultStore, target: ResultStore, key: str) -> None:
+    """Copy one entry, record, stream and buffer files, from one store into another."""
+    record = source.probe(key)
+    assert record is not None
+    target._cache.set(M + key, source._cache.get(M + key))
+    target._cache.set(P + key, source._cache.get(P + key))
+    for index in range(len(record.buffers)):
+        path = Path(target._blob_path(key, record.blob_id, index))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(Path(source._blob_path(key, record.blob_id, index)).read_bytes())
+
+
+@pytest.mark.parametrize("tampering", ["flip-stream", "flip-buffer", "swap", "code", "foreign"])
+def test_a_tampered_entry_warns_once_and_the_task_runs_again(tmp_path: Path, tampering: str) -> None:
+    from nbflow.engine.runtime import get_store
+
+    store = get_store()
+    key = entry_key(1)
+    record = store.probe(key)
+    assert record is not None and record.buffers
+    marker = tmp_path / "pwned"
+    if tampering == "flip-stream":
+        stream = store._cache.get(P + key)
+        store._cache.set(P + key, flip(stream, len(stream) // 2))
+    elif tampering == "flip-buffer":
+        blob = Path(store._blob_path(key, record.blob_id, 0))
+        blob.write_bytes(flip(blob.read_bytes(), 12345))
+    elif tampering == "swap":
+        other = entry_key(2)
+        stream, other_stream = store._cache.get(P + key), store._cache.get(P + other)
+        assert len(stream) == len(other_stream)
+        store._cache.set(P + key, other_stream)
+        store._cache.set(P + other, stream)
+    elif tampering == "code":
+        evil = pickle.dumps(Exploit(marker), protocol=5)
+        store._cache.set(P + key, evil)
+        raw = json.loads(store._cache.get(M + key))
+        # Sizes made consistent with the planted stream, so that only the MAC can tell.
+        raw["size"] += len(evil) - raw["stream_size"]
+        raw["stream_size"] = len(evil)
+        store._cache.set(M + key, json.dumps(raw))
+    else:
+        # The same task run by another user, whose entry is copied in: same key, other secret.
+        other_user = ResultStore(tmp_path / "other", size_limit=1 << 30, secret_file=tmp_path / "other.key")
+        other_user.save(key, {"n": 1, "data": np.zeros(100_000)}, task_name="make")
+        store.delete(key)
+        copy_entry(other_user, store, key)
+        other_user.close()
+
+    with pytest.warns(NbflowWarning) as caught:
+        state = make(1, return_state=True)
+    messages = [str(warning.message) for warning in caught if issubclass(warning.category, NbflowWarning)]
+    assert len(messages) == 1, messages
+    assert "'make'" in messages[0] and "failed verification" in messages[0]
+    assert state.name == "Completed" and state.persisted  # computed again, not served from the bad entry
+    np.testing.assert_array_equal(state.result()["data"], np.arange(100_000) + 1)
+    assert not marker.exists()
+
+    # The bad entry is gone, replaced by a good one: the next call is a hit, and no stray files remain.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NbflowWarning)
+        again = make(1, return_state=True)
+    assert again.name == "Cached"
+    np.testing.assert_array_equal(again.result()["data"], np.arange(100_000) + 1)
+    referenced = {
+        Path(store._blob_path(r.key, r.blob_id, i)) for r in store.records() for i in range(len(r.buffers))
+    }
+    assert set(blob_files(store)) == referenced

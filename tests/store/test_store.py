@@ -532,33 +532,6 @@ def test_from_settings(tmp_path: Path) -> None:
     assert store.load("k") == 1
 
 
-def test_directories_and_secret_are_private(store: ResultStore, secret_file: Path) -> None:
-    assert secret_file.stat().st_mode & 0o777 == 0o600
-    assert secret_file.parent.stat().st_mode & 0o777 == 0o700
-    assert len(secret_file.read_bytes()) == 32
-    assert store.home.stat().st_mode & 0o777 == 0o700
-    assert store.directory.stat().st_mode & 0o777 == 0o700
-    store.save("k", np.ones(20_000), task_name="t")
-    (blob,) = blob_files(store)
-    assert blob.stat().st_mode & 0o077 == 0
-    assert blob.parent.stat().st_mode & 0o777 == 0o700
-
-
-def test_group_writable_store_directory_warns(tmp_path: Path, secret_file: Path) -> None:
-    home = tmp_path / "home"
-    ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
-    os.chmod(home / "store", 0o770)
-    with pytest.warns(NbflowWarning) as caught:
-        ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
-    assert len(caught) == 1
-    message = str(caught[0].message)
-    assert str(home / "store") in message and "chmod 700" in message
-    os.chmod(home / "store", 0o700)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
-
-
 def test_secret_is_reused(tmp_path: Path, secret_file: Path) -> None:
     first = ResultStore(tmp_path / "one", size_limit=1 << 20, secret_file=secret_file)
     key = secret_file.read_bytes()

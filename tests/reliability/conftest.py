@@ -1,0 +1,48 @@
+"""Helpers shared by the reliability tests: stores on temporary homes, and child processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nbflow.store import ResultStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def child_env() -> dict[str, str]:
+    """Environment for child processes: they import ``tests.reliability.workload`` from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def workload_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "tests.reliability.workload", *arguments]
+
+
+def run_child(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; fail the test with its stderr if it fails."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                            env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    return tmp_path / "config" / "nbflow" / "secret.key"
+
+
+@pytest.fixture
+def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
+    """A store on a temporary home with its own secret file."""
+    result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
+    yield result_store
+    result_store.close()
