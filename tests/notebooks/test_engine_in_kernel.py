@@ -3,6 +3,7 @@ between kernels through the store, and retries are recorded."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from nbclient import NotebookClient
@@ -74,3 +75,36 @@ def test_a_second_kernel_is_served_from_the_first_kernels_store(tmp_path: Path) 
     second = execute(tmp_path, *sources)
     assert text_of(first[1]).strip() == "Completed 49"
     assert text_of(second[1]).strip() == "Cached 49"
+
+
+def test_async_tasks_are_awaited_at_top_level_and_submit_works_in_a_kernel(tmp_path: Path) -> None:
+    cells = execute(
+        tmp_path,
+        "import asyncio, time, nbflow\n"
+        "@nbflow.task\nasync def fetch(i):\n    await asyncio.sleep(0.2)\n    return i * 2\n"
+        "@nbflow.flow\nasync def gather_all(n):\n    return await asyncio.gather(*(fetch(i) for i in range(n)))",
+        "started = time.monotonic()\nvalues = await gather_all(5)\n"
+        "print(values, time.monotonic() - started < 0.9)",
+        "print(await fetch(3, return_state=True))",
+        "@nbflow.task\ndef square(x):\n    return x * x\n"
+        "print(nbflow.wait(square.map(range(4))).not_done, [f.result() for f in square.map(range(4))])",
+    )
+    assert text_of(cells[1]).strip().endswith("[0, 2, 4, 6, 8] True")  # after the flow's graph
+    assert "Cached" in text_of(cells[2])
+    assert text_of(cells[3]).strip() == "set() [0, 1, 4, 9]"
+
+
+def test_a_transaction_inside_a_cell_task_rolls_back_and_the_cell_is_not_stored(tmp_path: Path) -> None:
+    cells = execute(
+        tmp_path,
+        "%load_ext nbflow\nimport nbflow\nundone = []\n"
+        "@nbflow.task\ndef write(x):\n    return x\n"
+        "write.on_rollback(lambda txn: undone.append(txn.get('table')))",
+        "%%task publish\nwith nbflow.transaction() as txn:\n    txn.set('table', 'sales')\n"
+        "    written = write(1)\n    raise RuntimeError('publish failed')",
+        "print(undone)\n%nbflow status",
+    )
+    assert "RuntimeError: publish failed" in text_of(cells[1])
+    status = text_of(cells[2])
+    assert status.startswith("['sales']")
+    assert re.search(r"publish\s+cell\s+Failed", status) and re.search(r"write\s+task\s+RolledBack", status)
