@@ -270,6 +270,38 @@ def test_a_model_request_that_fails_twice_is_retried_by_nbflow(calls: Path) -> N
     assert [entry.name for entry in request.history].count("AwaitingRetry") == 2
 
 
+def rejecting_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    note("model")
+    raise ModelHTTPError(status_code=401, model_name="rejecting", body="invalid api key")
+
+
+def test_a_rejected_model_request_is_not_retried(calls: Path) -> None:
+    durable = DurableAgent(Agent(FunctionModel(rejecting_model), name="rejecting"),
+                           model_task_config=TaskConfig(retries=3, retry_delay_seconds=0))
+    with pytest.raises(ModelHTTPError, match="401"):
+        durable.run_sync("hi")
+    assert logged(calls) == ["model"]
+    assert last_run().task_runs[0].attempts == 1
+
+
+async def slow_then_fast_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    note("model")
+    if len(Path(os.environ[CALLS]).read_text().split()) == 1:
+        await asyncio.sleep(30)  # the first attempt hangs
+    return ModelResponse(parts=[TextPart("answered")])
+
+
+def test_a_model_request_over_its_timeout_is_cancelled_and_retried(calls: Path) -> None:
+    durable = DurableAgent(Agent(FunctionModel(slow_then_fast_model), name="slow"),
+                           model_task_config=TaskConfig(retries=1, retry_delay_seconds=0, timeout_seconds=0.5))
+    assert durable.run_sync("hi").output == "answered"
+    (request,) = last_run().task_runs
+    assert request.attempts == 2
+    waits = [entry.message or "" for entry in request.history if entry.name == "AwaitingRetry"]
+    assert len(waits) == 1 and "timed out after 0.5 s" in waits[0]
+    assert request.duration is not None and request.duration < 10
+
+
 def refusing_tool_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     note("model")
     return ModelResponse(parts=[ToolCallPart("misconfigured", {})])
@@ -411,6 +443,16 @@ def test_event_stream_handler_sees_the_events(calls: Path) -> None:
     assert "FunctionToolCallEvent" in seen and "FunctionToolResultEvent" in seen
     assert [name for name, _ in states(last_run())] == ["function::stream", "capital", "function::stream"]
     assert logged(calls) == ["model", "tool", "model"]
+
+
+def test_toolsets_given_to_one_run_are_refused_in_the_flow(calls: Path) -> None:
+    from pydantic_ai import FunctionToolset
+
+    extra = FunctionToolset([Tool(capital)])
+    durable = DurableAgent(Agent(FunctionModel(geography_model), name="geography"))
+    with pytest.raises(UserError, match="nbflow"):
+        durable.run_sync("Mexico?", toolsets=[extra])
+    assert logged(calls) == []
 
 
 def test_run_stream_is_not_durable_and_says_so(calls: Path) -> None:

@@ -92,7 +92,22 @@ def _non_retryable() -> tuple[type[BaseException], ...]:
 
 
 NON_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = _non_retryable()
-"""Errors a retry cannot fix; a task failing with one of them is not retried, whatever its ``retries``."""
+"""Errors a retry cannot fix; a task failing with one of them is not retried, whatever its ``retries``.
+An HTTP error from a model with a 4xx status other than 408, 409 and 429 is not retried either."""
+
+_RETRYABLE_4XX = frozenset({408, 409, 429})  # timeout, conflict, rate limit: another attempt may pass
+
+
+def is_retryable(error: object) -> bool:
+    """Whether another attempt could succeed where ``error`` failed (see :data:`NON_RETRYABLE_ERRORS`)."""
+    from pydantic_ai.exceptions import ModelHTTPError
+
+    if isinstance(error, NON_RETRYABLE_ERRORS):
+        return False
+    if isinstance(error, ModelHTTPError):
+        status = error.status_code
+        return not (400 <= status < 500 and status not in _RETRYABLE_4XX)
+    return True
 
 
 def _with_non_retryable(config: Mapping[str, Any]) -> TaskConfig:
@@ -100,8 +115,7 @@ def _with_non_retryable(config: Mapping[str, Any]) -> TaskConfig:
     user_condition = merged.get("retry_condition_fn")
 
     def retry_condition(task: Task[..., Any], task_run: Any, state: Any) -> bool:
-        error = state.result(raise_on_failure=False)
-        if isinstance(error, NON_RETRYABLE_ERRORS):
+        if not is_retryable(state.result(raise_on_failure=False)):
             return False
         return True if user_condition is None else bool(user_condition(task, task_run, state))
 
