@@ -26,7 +26,7 @@ def test_processes_and_threads_share_one_home(tmp_path: Path, child_env: dict[st
     home, secret = tmp_path / "home", tmp_path / "secret.key"
     children = [
         subprocess.Popen(
-            workload_command("hammer", str(home), str(secret), str(process), str(THREADS), str(SECONDS)),
+            workload_command("hammer", str(home), str(secret), str(process), str(THREADS), str(SECONDS), str(1 << 34)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env, cwd=ROOT,
         )
         for process in range(PROCESSES)

@@ -112,15 +112,18 @@ def crash_writer(home: str, secret: str, log: str, start: int) -> None:
 SHARED_KEYS = 4
 
 
-def hammer(home: str, secret: str, process: int, threads: int, seconds: float) -> dict[str, Any]:
+def hammer(home: str, secret: str, process: int, threads: int, seconds: float,
+           size_limit: int = 1 << 34) -> dict[str, Any]:
     """Run ``threads`` threads reading and writing one store for ``seconds``; report what happened.
 
     Keys ``shared-*`` are written by every thread of every process; keys ``own-<writer>-*`` only by
-    one thread, which reads each of its writes straight back. Any exception or NbflowWarning (e.g. a
-    spurious "failed verification") is reported as an error.
+    one thread, which reads each of its writes straight back (unless ``size_limit`` is small enough
+    for entries to be evicted). Any exception or NbflowWarning (e.g. a spurious "failed verification")
+    is reported as an error.
     """
     warnings.simplefilter("error", NbflowWarning)
-    store = ResultStore(Path(home), size_limit=1 << 34, secret_file=Path(secret))
+    store = ResultStore(Path(home), size_limit=size_limit, secret_file=Path(secret))
+    lossless = size_limit >= 1 << 34
     errors: list[str] = []
     results: dict[int, dict[str, Any]] = {}
 
@@ -142,17 +145,17 @@ def hammer(home: str, secret: str, process: int, threads: int, seconds: float) -
                     store.save(key, make_value(key, n, kind, writer), task_name=key)
                     last[key] = n
                     counts["saves"] += 1
-                    if own:  # nobody else writes it: reading it back must give exactly this write
+                    if own and lossless:  # nobody else writes it: reading it back gives exactly this write
                         assert identify(store.load(key), key) == (writer, n)
                 elif roll < 0.98:
                     try:
                         value = store.load(key, store.probe(key)) if rng.random() < 0.5 else store.load(key)
                     except CacheMiss:
-                        assert not own or key not in last, f"{key}: a committed write was lost"
+                        assert not (own and lossless) or key not in last, f"{key}: a committed write was lost"
                         counts["misses"] += 1
                         continue
                     got_writer, got_n = identify(value, key)
-                    if own:
+                    if own and lossless:
                         assert (got_writer, got_n) == (writer, last[key]), f"{key}: stale or lost write"
                     counts["hits"] += 1
                 else:
@@ -174,12 +177,54 @@ def hammer(home: str, secret: str, process: int, threads: int, seconds: float) -
     return {"errors": errors, "writers": {str(writer): result for writer, result in results.items()}}
 
 
+# -- eviction test: a load held up inside the serializer, while the store is pruned ------------------
+
+
+class BlockingSerializer:
+    """Keeps the payload in one out-of-band buffer; ``loads`` waits until a release file exists.
+
+    Registered under the name ``"blocking"``: a load of such an entry stays in progress, with its
+    buffer file already read, for as long as the test wants.
+    """
+
+    name = "blocking"
+
+    def __init__(self, started: Path | None = None, release: Path | None = None) -> None:
+        self.started = started
+        self.release = release
+
+    def dumps(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        return b"blocking", [memoryview(value)]
+
+    def loads(self, stream: bytes, buffers: list[Any], type_hint: Any = None) -> Any:
+        if self.started is not None and self.release is not None:
+            self.started.touch()
+            deadline = time.monotonic() + 60
+            while not self.release.exists():
+                assert time.monotonic() < deadline, "never released"
+                time.sleep(0.005)
+        return bytes(buffers[0])
+
+
+def blocked_reader(home: str, secret: str, key: str, started: str, release: str) -> None:
+    """Load ``key`` with a :class:`BlockingSerializer` that waits for ``release``; print what came back."""
+    from nbflow.store.serializers import register_serializer
+
+    warnings.simplefilter("error", NbflowWarning)
+    register_serializer(BlockingSerializer(Path(started), Path(release)))
+    store = ResultStore(Path(home), size_limit=1 << 34, secret_file=Path(secret))
+    value = store.load(key)
+    print(json.dumps({"size": len(value), "first": value[0], "last": value[-1]}))
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     if command == "crash-writer":
         crash_writer(arguments[0], arguments[1], arguments[2], int(arguments[3]))
     elif command == "hammer":
         print(json.dumps(hammer(arguments[0], arguments[1], int(arguments[2]), int(arguments[3]),
-                                float(arguments[4]))))
+                                float(arguments[4]), int(arguments[5]))))
+    elif command == "blocked-reader":
+        blocked_reader(*arguments)
     else:
         raise SystemExit(f"unknown command {command!r}")
