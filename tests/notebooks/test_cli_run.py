@@ -116,3 +116,89 @@ def test_cli_and_notebook_share_the_store_and_history(tmp_path: Path) -> None:
     # The function is defined in a different place (a cell vs. a script) but its code is the same.
     assert name == "Cached"
     assert count == 2 and first_task == "square"
+
+
+def parameterized_notebook(path: Path) -> Path:
+    notebook = new_notebook(cells=[
+        new_code_cell("import time\nimport nbflow"),
+        new_code_cell("start = '2025-01-01'\nn_trials = 1", metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "@nbflow.task\ndef simulate(start, n_trials):\n    time.sleep(2)\n    return f'{start}:{n_trials * 2}'"
+        ),
+        new_code_cell("print('params', start, n_trials)\nresult = simulate(start, n_trials)\nresult"),
+        # No %load_ext in the notebook: `nbflow run` loads the extension.
+        new_code_cell("%%task tail\nlast = result[-3:]\nprint(last)"),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, str(path))
+    return path
+
+
+def test_parameters_live_lines_json_summary_and_output_notebook(tmp_path: Path) -> None:
+    path = parameterized_notebook(tmp_path / "analysis.ipynb")
+    output = tmp_path / "out" / "analysis.ipynb"
+    args = ("run", str(path), "-p", "start=2026-01-01", "-p", "n_trials=50")
+    first = nbflow_cli(*args, "-o", str(output), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert "parameters: start='2026-01-01', n_trials=50" in lines
+    # The 2 s task is shown while it runs, then when it ends, with a progress count.
+    started = next(i for i, line in enumerate(lines) if "start" in line.split() and "simulate" in line)
+    ended = next(i for i, line in enumerate(lines) if "computed" in line.split() and "simulate" in line)
+    assert started < ended
+    assert "cell 5/6" in lines[started] and "0 done, 1 running" in lines[started]
+    assert "1 done" in lines[ended] and "2.0" in lines[ended]
+    assert "2 task run(s): 0 cached, 2 computed, 0 failed" in first.stdout
+
+    executed = nbformat.read(str(output), as_version=4)
+    tags = [cell.metadata.get("tags") for cell in executed.cells]
+    assert tags == [None, ["parameters"], ["injected-parameters"], None, None, None, ["nbflow-run-summary"]]
+    assert executed.cells[2].source == "# Parameters\nstart = '2026-01-01'\nn_trials = 50\n"
+    printed = "".join(o.get("text", "") for o in executed.cells[4].outputs if o.output_type == "stream")
+    assert printed == "params 2026-01-01 50\n"
+    assert "'2026-01-01:100'" in executed.cells[4].outputs[-1]["data"]["text/plain"]
+    summary = executed.metadata["nbflow"]["run"]
+    assert summary["status"] == "ok" and summary["parameters"] == {"start": "2026-01-01", "n_trials": 50}
+    assert [(t["task"], t["result"]) for t in summary["tasks"]] == [("simulate", "computed"), ("tail", "computed")]
+    graph = executed.cells[-1].outputs[0]["data"]
+    assert graph["image/svg+xml"].startswith("<svg") and graph["image/svg+xml"].count('data-state="completed"') == 2
+    assert "simulate" in graph["image/svg+xml"] and "2 task run(s)" in graph["text/plain"]
+
+    # Same parameters: served from the cache. The executed notebook runs again as well (its injected
+    # cell and graph are replaced, not added).
+    again = nbflow_cli("run", str(output), "-p", "start=2026-01-01", "-p", "n_trials=50", "--json",
+                       "-o", str(output), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    data = json.loads(again.stdout)
+    assert data["counts"] == {"cached": 2, "computed": 0, "failed": 0, "other": 0}
+    assert data["status"] == "ok" and data["exit_code"] == 0 and data["failed_tasks"] == []
+    assert "cached" in again.stderr  # the live lines go to stderr with --json
+    rerun = nbformat.read(str(output), as_version=4)
+    assert [cell.metadata.get("tags") for cell in rerun.cells] == tags
+    # Other parameters: computed again.
+    other = json.loads(nbflow_cli(*args[:4], "-p", "n_trials=7", "--json", cwd=tmp_path).stdout)
+    assert other["counts"]["computed"] == 2
+
+    # The history the CLI and notebooks share names the run after its notebook, with its parameters.
+    runs = json.loads(nbflow_cli("runs", "--json", cwd=tmp_path).stdout)["runs"]
+    assert [run["name"] for run in runs] == ["analysis.ipynb"] * 3
+    assert runs[0]["parameters"] == {"start": "'2026-01-01'", "n_trials": "7"}
+    assert [run["tasks"]["cached"] for run in runs] == [0, 2, 0]
+
+
+def test_failure_with_json_names_the_task_and_bad_parameters_exit_2(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "fails.ipynb",
+        "import nbflow\n@nbflow.task(retries=1)\ndef fetch(url):\n    raise ConnectionError(f'{url} is down')",
+        "fetch('http://example.invalid')",
+    )
+    done = nbflow_cli("run", str(path), "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert data["status"] == "failed" and data["exit_code"] == 1
+    assert data["failed_tasks"] == [{"task": "fetch", "state": "Failed", "id": data["failed_tasks"][0]["id"],
+                                     "error": "ConnectionError: http://example.invalid is down"}]
+    assert data["failed_cell"]["index"] == 1 and data["failed_cell"]["ename"] == "ConnectionError"
+    assert data["tasks"][0]["attempts"] == 2
+    bad = nbflow_cli("run", str(path), "-p", "2x=1", cwd=tmp_path)
+    assert bad.returncode == 2 and "'2x' is not a valid Python variable name" in bad.stderr
