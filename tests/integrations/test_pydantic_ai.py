@@ -109,9 +109,15 @@ def test_an_agent_without_a_name_is_a_clear_error() -> None:
     assert DurableAgent(Agent(TestModel()), name="helper").name == "helper"
 
 
-def test_unknown_task_options_are_named() -> None:
+def test_bad_task_options_fail_when_the_agent_is_wrapped() -> None:
     with pytest.raises(ConfigurationError, match="retry_count"):
         DurableAgent(geography(), model_task_config={"retry_count": 3})  # type: ignore[typeddict-unknown-key]
+    with pytest.raises(ConfigurationError, match=r"tool_task_config.*retries=-1"):
+        DurableAgent(geography(), tool_task_config=TaskConfig(retries=-1))
+    agent = Agent(FunctionModel(geography_model), name="geography")
+    agent.tool(metadata={"nbflow": {"timeout": 3}})(capital)
+    with pytest.raises(ConfigurationError, match=r"tool 'capital'.*timeout"):
+        DurableAgent(agent)
 
 
 # -- runs, tasks and the cache ---------------------------------------------------------------------
@@ -363,6 +369,21 @@ def test_keys_ignore_ids_and_timestamps_but_not_content() -> None:
     assert canonical({"messages": one}) == canonical({"messages": two})
     other = plain.run_sync("Peru?").all_messages()
     assert canonical({"messages": other}) != canonical({"messages": one})
+
+
+class Session:
+    """Deps as a plain object: a value that counts and a live handle that cannot be fingerprinted."""
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.handle = threading.Lock()
+
+
+def test_a_plain_deps_object_counts_by_the_attributes_that_can_be_fingerprinted() -> None:
+    alice, bob = canonical({"deps": Session("alice")}), canonical({"deps": Session("bob")})
+    assert alice == canonical({"deps": Session("alice")})
+    assert alice != bob
+    assert "not fingerprinted" in str(alice)
 
 
 def test_deps_that_cannot_be_fingerprinted_are_left_out_without_error(calls: Path) -> None:

@@ -15,7 +15,7 @@ from pydantic_ai.run import AgentRunResult
 
 from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.flows import Flow
-from nbflow.integrations.pydantic_ai._durability import NbflowDurability, TaskConfig
+from nbflow.integrations.pydantic_ai._durability import NbflowDurability, TaskConfig, check_tool_metadata
 
 __all__ = ["DurableAgent"]
 
@@ -66,6 +66,7 @@ class DurableAgent(Generic[OutputT]):
         )
         # Bind once now, so a bad per-tool config or a second durability capability fails here and not
         # in the middle of the first run.
+        check_tool_metadata(agent)
         self.capability.for_agent(agent)
 
         async def agent_run(user_prompt: Any = None, options: dict[str, Any] | None = None) -> Any:

@@ -39,6 +39,7 @@ from typing_extensions import TypedDict
 from nbflow.cache_policies import CachePolicy
 from nbflow.context import current_flow_run
 from nbflow.engine.retries import RetryDelay
+from nbflow.exceptions import ConfigurationError
 from nbflow.integrations.pydantic_ai._keys import AGENT_INPUTS, UPSTREAM_PARAMETER
 from nbflow.tasks import RetryCondition, Task
 
@@ -131,12 +132,35 @@ def check_task_config(config: Mapping[str, Any] | None, owner: str) -> dict[str,
         raise TypeError(f"{owner} must be a TaskConfig (a dict of task options), got {type(config).__name__}")
     unknown = set(config) - _KNOWN_OPTIONS
     if unknown:
-        from nbflow.exceptions import ConfigurationError
-
         raise ConfigurationError(
             f"{owner}: unknown option(s) {sorted(unknown)}; a TaskConfig takes {sorted(_KNOWN_OPTIONS)}"
         )
+    try:  # the values, now rather than at the first model request of a run
+        Task(_check_values, name=owner, **config)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"{owner}: {error}") from None
     return dict(config)
+
+
+def _check_values() -> None:
+    """Stands in for an operation while a TaskConfig's values are checked."""
+
+
+def check_tool_metadata(agent: Any) -> None:
+    """Check the ``"nbflow"`` metadata of the agent's function tools (a TaskConfig or False)."""
+    from pydantic_ai.toolsets import FunctionToolset
+
+    def visit(toolset: Any) -> None:
+        if not isinstance(toolset, FunctionToolset):
+            return
+        for name, tool in toolset.tools.items():
+            config = (tool.metadata or {}).get("nbflow")
+            if config is None or config is False:
+                continue
+            check_task_config(config, f"tool {name!r}: metadata 'nbflow'")
+
+    for toolset in agent.toolsets:
+        toolset.apply(visit)
 
 
 # Names of the task parameters for each kind of operation, in the order of pydantic-ai's cache identity

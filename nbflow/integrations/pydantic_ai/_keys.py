@@ -28,6 +28,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import xxhash
+from pydantic import BaseModel
+from pydantic_ai.models import Model
+from pydantic_ai.tools import RunContext
+from pydantic_ai.toolsets import ToolsetTool
 
 from nbflow.cache_policies import CachePolicy, KeyContext
 from nbflow.exceptions import UnfingerprintableError
@@ -91,10 +95,6 @@ class _Projector:
             return value
         if depth > _MAX_DEPTH:
             return f"<too deep: {type(value).__qualname__}>"
-        from pydantic_ai.models import Model
-        from pydantic_ai.tools import RunContext
-        from pydantic_ai.toolsets import ToolsetTool
-
         if isinstance(value, RunContext):
             return self.run_context(value, depth)
         if isinstance(value, ToolsetTool):
@@ -153,19 +153,21 @@ class _Projector:
 
     def user_value(self, value: Any, depth: int) -> Any:
         # A user's value (deps, a tool's return value, metadata): its nbflow fingerprint. A pydantic model
-        # goes field by field, so one field holding a client only blanks that field.
-        try:
-            from pydantic import BaseModel
-        except ImportError:  # pragma: no cover - pydantic is a dependency of nbflow
-            BaseModel = None  # type: ignore[assignment,misc]
-        if BaseModel is not None and isinstance(value, BaseModel):
+        # goes field by field, and so does a plain object that cannot be fingerprinted whole, so a field
+        # holding a client only blanks that field and the others (a user id, a region) still count.
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        if isinstance(value, BaseModel):
             fields = type(value).model_fields
-            return {"__type__": type(value).__qualname__,
-                    **{name: self.project(getattr(value, name, None), depth + 1) for name in fields}}
+            return {"__type__": kind, **{name: self.project(getattr(value, name, None), depth + 1) for name in fields}}
         try:
             return {"__value__": fingerprint(value)}
         except (UnfingerprintableError, RecursionError):
-            return f"<not fingerprinted: {type(value).__module__}.{type(value).__qualname__}>"
+            pass
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict) and not isinstance(value, type):
+            return {"__type__": kind, **{str(name): self.project(item, depth + 1)
+                                         for name, item in attributes.items()}}
+        return f"<not fingerprinted: {kind}>"
 
 
 def _digest(value: Any) -> str:
