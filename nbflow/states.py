@@ -126,8 +126,9 @@ class State(BaseModel):
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's return value; for a failed run, its exception is raised (or returned when
         ``raise_on_failure=False``)."""
-        data = self._data
-        if isinstance(data, BaseException) and not self.is_completed():
+        private = self.__pydantic_private__
+        data = private["_data"] if private is not None else _NOT_SET
+        if isinstance(data, BaseException) and self.type is not StateType.COMPLETED:
             if raise_on_failure:
                 raise data
             return data
@@ -141,11 +142,21 @@ class State(BaseModel):
         return self
 
 
+_FIELDS_SET = frozenset({"type", "name", "message"})
+_new = object.__new__
+_set = object.__setattr__
+
+
 def _state(type_: StateType, name: str, message: str | None = None, data: Any = _NOT_SET,
-           **fields: Any) -> State:
-    state = State(type=type_, name=name, message=message, **fields)
-    if data is not _NOT_SET:
-        state._data = data
+           persisted: bool | None = None) -> State:
+    # The constructors below pass trusted values, so the state is built without pydantic's validation
+    # (a fifth of a cache hit's engine time otherwise); State(...) called by users still validates.
+    state = _new(State)
+    _set(state, "__dict__", {"type": type_, "name": name, "message": message, "timestamp": _now(),
+                             "persisted": persisted})
+    _set(state, "__pydantic_fields_set__", set(_FIELDS_SET))
+    _set(state, "__pydantic_extra__", None)
+    _set(state, "__pydantic_private__", {"_data": data})
     return state
 
 
