@@ -123,3 +123,33 @@ def test_an_async_task_can_be_submitted_from_sync_code() -> None:
 
     futures = add.map([1, 2, 3], nbflow.unmapped(10))
     assert futures.result() == [11, 12, 13]
+
+
+def test_failed_async_tasks_and_flows_can_be_retried_by_hand_even_inside_a_running_loop() -> None:
+    from nbflow.engine.manual_retry import retry_flow_run, retry_task_run
+
+    outcomes = {"fail": True}
+
+    @nbflow.task(cache_policy=NONE)
+    async def fragile() -> str:
+        if outcomes["fail"]:
+            raise ConnectionError("down")
+        return "up"
+
+    @nbflow.flow
+    async def uses_fragile() -> str:
+        return await fragile()
+
+    async def main() -> tuple[str, str, str]:
+        failed_task = await fragile(return_state=True)
+        failed_flow = await uses_fragile(return_state=True)
+        assert failed_task.is_failed() and failed_flow.is_failed()
+        task_run_id = next(t.id for run in list_runs() for t in run.task_runs if t.state == "Failed")
+        flow_run_id = next(run.id for run in list_runs() if run.flow_name == "uses_fragile")
+        outcomes["fail"] = False
+        # A widget's Retry arrives while the kernel's loop runs: the retries must not need their own.
+        again_task = retry_task_run(task_run_id)
+        again_flow = retry_flow_run(flow_run_id)
+        return again_task.result(), again_flow.result(), again_flow.name
+
+    assert asyncio.run(main()) == ("up", "up", "Completed")

@@ -193,7 +193,9 @@ class FlowRunEngine:
         self.max_attempts = run.attempts + 1 + self.flow.retries
         self.start_runner()
         if self.flow.is_async:
-            return self.finish(asyncio.run(self.call_body_async()))
+            from nbflow.engine.task_engine import run_coroutine
+
+            return self.finish(run_coroutine(self.call_body_async()))
         return self.finish(self.call_body())
 
 

@@ -108,7 +108,12 @@ def retry_task_run(task_run_id: str) -> State:
         engine = TaskRunEngine(call.task, call.args, call.kwargs)
         # Recorded under the failed call's place in the flow, so a later flow retry reuses the result.
         engine.forced_dynamic_key = call.dynamic_key
-        state = engine.run_to_state()
+        if call.task.is_async:
+            from nbflow.engine.task_engine import run_coroutine
+
+            state = run_coroutine(engine.run_to_state_async())
+        else:
+            state = engine.run_to_state()
     finally:
         _flow_run.reset(token)
     if state.is_completed():

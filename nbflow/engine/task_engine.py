@@ -469,34 +469,56 @@ class TaskRunEngine:
         return state
 
     def run_to_state(self) -> State:
-        self.begin()
+        try:
+            self.begin()
+        except KeyboardInterrupt as error:
+            if self.task_run is _MISSING:  # nothing recorded yet
+                raise
+            return self.finish(self.interrupted(error))
         return self.run_begun()
 
     def run_begun(self) -> State:
         """Every step after :meth:`begin` (which a submission runs in the caller's thread)."""
-        state = self.reuse() or None
-        if state is None:
-            self.compute_key()
-            state = self.probe()
-        if state is None:
-            state = self.call()
-            if state.is_completed():
-                state = self.persist(state)
+        try:
+            state = self.reuse() or None
+            if state is None:
+                self.compute_key()
+                state = self.probe()
+            if state is None:
+                state = self.call()
+                if state.is_completed():
+                    state = self.persist(state)
+        except KeyboardInterrupt as error:
+            state = self.interrupted(error)
         return self.finish(state)
 
+    def interrupted(self, error: KeyboardInterrupt) -> State:
+        """An interrupt while hashing, loading or persisting (one during the call is already a state):
+        ``Cancelled``. The store is left as it was, since a save commits entirely or not at all."""
+        self.task_run.persisted = False
+        return Cancelled(error, message="interrupted (KeyboardInterrupt)")
+
     async def run_to_state_async(self) -> State:
-        self.begin()
+        try:
+            self.begin()
+        except KeyboardInterrupt as error:
+            if self.task_run is _MISSING:  # nothing recorded yet
+                raise
+            return self.finish(self.interrupted(error))
         return await self.run_begun_async()
 
     async def run_begun_async(self) -> State:
-        state = self.reuse() or None
-        if state is None:
-            self.compute_key()
-            state = self.probe()
-        if state is None:
-            state = await self.call_async()
-            if state.is_completed():
-                state = self.persist(state)
+        try:
+            state = self.reuse() or None
+            if state is None:
+                self.compute_key()
+                state = self.probe()
+            if state is None:
+                state = await self.call_async()
+                if state.is_completed():
+                    state = self.persist(state)
+        except KeyboardInterrupt as error:
+            state = self.interrupted(error)
         return self.finish(state)
 
     def resolve_upstream(self) -> State | None:
@@ -521,8 +543,34 @@ class TaskRunEngine:
         if failed is not None:
             return self.finish(failed)
         if self.task.is_async:
-            return asyncio.run(self.run_begun_async())
+            return run_coroutine(self.run_begun_async())
         return self.run_begun()
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """Run ``coroutine`` to the end from synchronous code and return its result — also from a thread
+    whose event loop is running (a Jupyter kernel handling a widget's retry), via a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as error:
+            outcome["error"] = error
+
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(run,), name="nbflow-coroutine", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _outcome(state: State, return_state: bool) -> Any:
