@@ -215,6 +215,27 @@ def test_changing_a_tools_code_recomputes_from_that_tool_on(calls: Path) -> None
     assert [state for _, state in states(last_run())] == ["Cached", "Completed", "Completed"]
 
 
+def twice_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    note("model")
+    returned = [p for m in messages for p in m.parts if isinstance(p, ToolReturnPart)]
+    if not returned:  # two calls with the same arguments in one response, ids left to pydantic-ai
+        return ModelResponse(parts=[ToolCallPart("capital", {"country": "Mexico"}),
+                                    ToolCallPart("capital", {"country": "Mexico"})])
+    return ModelResponse(parts=[TextPart(" / ".join(str(p.content) for p in returned))])
+
+
+def test_parallel_identical_tool_calls_each_run_and_each_replay(calls: Path) -> None:
+    agent = Agent(FunctionModel(twice_model), name="twice", tools=[Tool(capital)])
+    first = DurableAgent(agent).run_sync("Mexico?")
+    assert first.output == "Mexico City / Mexico City"
+    assert logged(calls) == ["model", "tool", "tool", "model"]
+    keys = [task_run.cache_key for task_run in last_run().task_runs if task_run.task_name == "capital"]
+    assert len(set(keys)) == 2
+    calls.unlink()
+    again = DurableAgent(agent).run_sync("Mexico?")
+    assert logged(calls) == [] and again.output == first.output
+
+
 def test_await_run_inside_a_running_event_loop(calls: Path) -> None:
     async def main() -> tuple[str, str]:
         durable = DurableAgent(geography())

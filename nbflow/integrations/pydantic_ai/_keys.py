@@ -17,8 +17,8 @@ the run step...). Two things keep those from being hashed as they are:
 
 Code counts too: a tool call's key includes the code identity of the tool's function (so editing a tool
 recomputes its calls), and a :class:`~pydantic_ai.models.function.FunctionModel`'s key the code identity of
-its functions. A real provider's model counts by name and system (and its package by version, through
-nothing else changing).
+its functions. A real provider's model counts by its name and system. Every key also names the
+pydantic-ai release, so an upgrade starts afresh instead of replaying objects an older release recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import xxhash
 from pydantic import BaseModel
+from pydantic_ai import __version__ as _pydantic_ai_version
 from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets import ToolsetTool
@@ -38,6 +39,9 @@ from nbflow.exceptions import UnfingerprintableError
 from nbflow.hashing import code_identity, fingerprint
 
 __all__ = ["AGENT_INPUTS", "AgentInputs", "UPSTREAM_PARAMETER", "canonical"]
+
+# Bump the first part when the projection changes what it keeps.
+_FORMAT = f"agent-inputs/1 pydantic-ai/{_pydantic_ai_version}"
 
 # The task parameter that carries graph edges (earlier results of the same agent run); never keyed.
 UPSTREAM_PARAMETER = "upstream"
@@ -231,6 +235,10 @@ class AgentInputs(CachePolicy):
         named = {name: value for name, value in inputs.items() if name != UPSTREAM_PARAMETER}
         projected = canonical(named)
         hasher = xxhash.xxh3_128()
+        # Recorded results are pydantic-ai objects: another release of it, or another projection, starts
+        # afresh rather than replaying objects an older release made.
+        context.parts["format"] = _FORMAT
+        hasher.update(_FORMAT.encode())
         for name in sorted(projected):
             digest = fingerprint(projected[name])
             context.parts[f"input:{name}"] = digest
