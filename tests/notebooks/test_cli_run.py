@@ -202,3 +202,21 @@ def test_failure_with_json_names_the_task_and_bad_parameters_exit_2(tmp_path: Pa
     assert data["tasks"][0]["attempts"] == 2
     bad = nbflow_cli("run", str(path), "-p", "2x=1", cwd=tmp_path)
     assert bad.returncode == 2 and "'2x' is not a valid Python variable name" in bad.stderr
+
+
+def test_a_task_failure_the_notebook_catches_still_fails_the_run(tmp_path: Path) -> None:
+    notebook = new_notebook(cells=[
+        new_code_cell("import nbflow\n@nbflow.task\ndef parse(text):\n    return float(text)"),
+        # The cell is expected to raise (nbclient lets it), but nothing ever retries the task.
+        new_code_cell("parse('n/a')", metadata={"tags": ["raises-exception"]}),
+        new_code_cell("state = parse('n/b', return_state=True)\nprint(state.name)"),
+        new_code_cell("parse('1.5')"),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, str(tmp_path / "caught.ipynb"))
+    done = nbflow_cli("run", "caught.ipynb", "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert data["failed_cell"] is None
+    assert [task["error"] for task in data["failed_tasks"]] == [
+        "ValueError: could not convert string to float: 'n/a'", "ValueError: could not convert string to float: 'n/b'"]
