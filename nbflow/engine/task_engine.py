@@ -289,13 +289,11 @@ class TaskRunEngine:
             if staged is not None:
                 self.task_run.cache_hit = True
                 return Cached(staged[0], message="staged earlier in this transaction")
-        store = get_store()
-        record = store.probe(self.key)
-        if record is None:
-            return None
-        type_hint = self.task.return_type_hint() if record.serializer == "json" else None
+        task = self.task
+        type_hint = task.return_type_hint() if task.result_serializer == "json" else None
         try:
-            value = store.load(self.key, record, type_hint=type_hint)
+            # One read of record and payload together (a probe, then a load, would be two).
+            value = get_store().load(self.key, type_hint=type_hint)
         except CacheMiss:
             return None
         self.task_run.cache_hit = True
