@@ -497,6 +497,24 @@ def test_toolsets_given_to_one_run_are_refused_in_the_flow(calls: Path) -> None:
     assert logged(calls) == []
 
 
+def test_a_per_run_event_stream_handler_sees_replayed_events_too(calls: Path) -> None:
+    seen: list[str] = []
+
+    async def handler(ctx: RunContext[Any], events: Any) -> None:
+        async for event in events:
+            seen.append(type(event).__name__)
+
+    agent = Agent(TestModel(), name="streaming", tools=[Tool(capital)])  # TestModel streams
+    durable = DurableAgent(agent)
+    durable.run_sync("What is the capital of Mexico?", event_stream_handler=handler)
+    first = list(seen)
+    seen.clear()
+    calls.unlink()
+    durable.run_sync("What is the capital of Mexico?", event_stream_handler=handler)
+    assert [state for _, state in states(last_run())] == ["Cached"] * 3
+    assert logged(calls) == [] and seen == first and "PartStartEvent" in seen
+
+
 def test_run_stream_is_not_durable_and_says_so(calls: Path) -> None:
     durable = DurableAgent(Agent(TestModel(custom_output_text="streamed"), name="streamer"))
 

@@ -34,7 +34,10 @@ class DurableAgent(Generic[OutputT]):
     ``model_task_config`` / ``tool_task_config`` are :class:`TaskConfig` dicts (retries,
     retry_delay_seconds, retry_condition_fn, timeout_seconds, cache_policy, persist_result); a tool's
     ``metadata={"nbflow": TaskConfig(...)}`` overrides them for that tool, ``{"nbflow": False}`` runs it
-    without a task. ``event_stream_handler`` receives the run's stream events as pydantic-ai's does.
+    without a task. ``event_stream_handler`` receives the run's stream events as in pydantic-ai's durable
+    integrations: model events inside each model-request task (a request replayed from the cache does not
+    replay them), tool events in the flow. One passed to ``run(..., event_stream_handler=...)`` gets every
+    event in the flow, replayed ones included.
 
     :meth:`run_stream` is **not** durable: it runs the plain agent, with no flow and no cache.
     """
