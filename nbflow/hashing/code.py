@@ -302,6 +302,15 @@ class _Indexer:
 
 
 _FILES: dict[str, _FileInfo] = {}
+# CPython before 3.11.9/3.12.1 shares the AST converter's recursion counter between threads, so two
+# threads parsing at once (tasks submitted to a pool) can fail with "AST constructor recursion depth
+# mismatch": parse one at a time.
+_PARSE_LOCK = threading.Lock()
+
+
+def _parse(text: str) -> ast.Module:
+    with _PARSE_LOCK:
+        return ast.parse(text)
 
 
 def _file_info(filename: str, module_globals: Any) -> _FileInfo | None:
@@ -320,7 +329,7 @@ def _file_info(filename: str, module_globals: Any) -> _FileInfo | None:
         info.lines = lines
         return info
     try:
-        info = _FileInfo(lines, text, ast.parse(text))
+        info = _FileInfo(lines, text, _parse(text))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     _FILES.pop(filename, None)
@@ -1314,14 +1323,14 @@ def _cell_static(source: str) -> _Static:
         return st
     text = source
     try:
-        tree = ast.parse(text)
+        tree = _parse(text)
     except SyntaxError:
         transformed = _transform_ipython(source)
         try:
             if transformed is None:
                 raise
             text = transformed
-            tree = ast.parse(text)
+            tree = _parse(text)
         except SyntaxError:
             # Not Python: the text itself, minus blank lines, comment lines and trailing spaces.
             lines = (line.rstrip() for line in source.splitlines())
