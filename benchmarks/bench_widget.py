@@ -9,6 +9,7 @@ Run with ``make bench`` (or ``python benchmarks/bench_widget.py [--quick]``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
@@ -64,10 +65,6 @@ def bench_flow(n: int, rounds: int) -> None:
     graphs: list[tuple[TaskGraph, RecordingComm]] = []
 
     def show(run: Any) -> None:  # what nbflow.ui.auto does in a kernel, with a recording comm
-        # The previous round's graph is closed, so that rounds do not pile up 10,000-record graphs in
-        # memory (which makes every later garbage collection, in every variant, slower).
-        while graphs:
-            graphs.pop()[0].close()
         graph = TaskGraph([run])
         comm = RecordingComm()
         graph.comm = comm
@@ -81,35 +78,51 @@ def bench_flow(n: int, rounds: int) -> None:
         pass
 
     timings: dict[str, list[float]] = {"no graph": [], "no-op subscriber": [], "live graph": []}
-    for _ in range(rounds):  # interleaved, so background load hits every variant alike
-        for label in timings:
+    cpu: dict[str, list[float]] = {label: [] for label in timings}  # process CPU: both threads, less load noise
+    labels = list(timings)
+    last: dict[str, Any] = {}
+    for round_ in range(rounds):
+        # Interleaved, so background load hits every variant alike, and in a rotating order, so that no
+        # variant always runs right after another one's garbage.
+        for label in labels[round_ % 3:] + labels[: round_ % 3]:
             flow_engine.frontend_hook = show if label == "live graph" else plain  # type: ignore[assignment]
             unsubscribe = events.subscribe(noop) if label == "no-op subscriber" else None
-            started = time.perf_counter()
+            gc.collect()  # every variant starts from the same heap, not from the previous one's leftovers
+            started, cpu_started = time.perf_counter(), time.process_time()
             many(n)
             timings[label].append(time.perf_counter() - started)
+            cpu[label].append(time.process_time() - cpu_started)
             if unsubscribe is not None:
                 unsubscribe()
+            if graphs:
+                # Close the graph outside the timed part, so that rounds do not pile up graphs of 10,000
+                # task runs in memory (which makes every later garbage collection slower).
+                graph, comm = graphs.pop()
+                graph.close()
+                last = {"graph": graph, "comm": comm, "seconds": timings[label][-1]}
     base = statistics.median(timings["no graph"])
     subscribed = statistics.median(timings["no-op subscriber"])
     live = statistics.median(timings["live graph"])
-    graph, comm = graphs[-1]
+    graph, comm = last["graph"], last["comm"]
     print(f"flow of {n:,} quick tasks, median of {rounds} interleaved rounds")
     for label, seconds in (("no graph", base), ("no-op subscriber", subscribed), ("live graph", live)):
         print(f"  {label:18s}{seconds:8.3f} s   ({seconds / n * 1e6:6.1f} µs per task)")
-    print(f"  ratio live/no-graph  {live / base:.3f}  (overhead {100 * (live / base - 1):+.1f} %; best rounds: "
-          f"{min(timings['live graph']) / min(timings['no graph']):.3f})")
+    # Each round's live run against the same round's run without a graph: paired, so a machine that gets
+    # busier or a heap that grows during the benchmark does not move the ratio.
+    paired = statistics.median(a / b for a, b in zip(timings["live graph"], timings["no graph"], strict=True))
+    paired_cpu = statistics.median(a / b for a, b in zip(cpu["live graph"], cpu["no graph"], strict=True))
+    print(f"  ratio live/no-graph  {paired:.3f}  (overhead {100 * (paired - 1):+.1f} %; median of the rounds' ratios; "
+          f"medians {live / base:.3f}, best rounds {min(timings['live graph']) / min(timings['no graph']):.3f})")
+    print(f"  CPU ratio live/no-graph  {paired_cpu:.3f}  (process CPU time, both threads; overhead "
+          f"{100 * (paired_cpu - 1):+.1f} %)")
     print(f"  ratio live/no-op subscriber  {live / subscribed:.3f}  (the widget's own share; the rest is the "
           "engine publishing events to any subscriber)")
-    per_second = comm.messages / timings["live graph"][-1]
+    per_second = comm.messages / last["seconds"]
     print(f"  messages sent {comm.messages} ({per_second:.1f}/s), {comm.bytes / 1e6:.2f} MB JSON, "
           f"{len(graph.graph['nodes']):,} nodes in the final graph")
     print(f"  the graph's own CPU time (applying events, layout, JSON, sending): {graph.cpu_seconds:.3f} s = "
-          f"{100 * graph.cpu_seconds / timings['live graph'][-1]:.1f} % of that flow's wall time")
+          f"{100 * graph.cpu_seconds / last['seconds']:.1f} % of that flow's wall time")
     print(f"  full graph send at the end: {1000 * graph._full_cost:.0f} ms for {len(graph.graph['nodes']):,} nodes")
-    for item, _ in graphs:
-        item.close()
-    graphs.clear()
 
 
 def bench_layout(n: int) -> None:

@@ -1,13 +1,21 @@
 """The graph model: task run records in, a JSON-ready payload out. Pure Python, no widgets.
 
-One *node* is one task call in a flow run. A call can have several task run records — the failed
+One *call* is one task call in a flow run. A call can have several task run records — the failed
 first run, a manual retry, the reuse in a "retry failed" of the flow — and they all land on the same
-node, so the graph keeps its shape while a retry runs and the node changes colour in place:
+call, so the graph keeps its shape while a retry runs and the node changes colour in place:
 
 - inside a running flow attempt, a call is identified the way the engine reuses results: task key plus
   call index within the attempt (so attempt 2's third ``load`` call is attempt 1's third ``load`` node);
 - a call recorded while its flow run is already final (``retry_task_run``), or in a session run, lands on
-  the latest failed node of the same task with the same inputs.
+  the latest failed call of the same task with the same inputs.
+
+A call is drawn as a node of its own, or as a member of a *group* node: the calls of one ``Task.map``
+(records sharing a ``map_id``), and, once the graph passes ``FOLD_AT`` nodes, all calls of the task
+called most often in a run. A group shows its progress (``37/100``) and its calls by state; it keeps
+those counts up to date call by call, so a group of 10,000 calls costs no more per update than one.
+
+State changes are not pushed call by call: :meth:`GraphModel.poll` looks at the calls still under way
+(one comparison each), which is what keeps a live graph cheap next to a flow of quick tasks.
 
 The message shapes sent to the browser are the TypedDicts below.
 """
@@ -16,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from typing_extensions import NotRequired
@@ -32,6 +39,8 @@ __all__ = [
     "EdgeData",
     "GraphModel",
     "GraphPayload",
+    "GroupKind",
+    "MemberData",
     "NodeData",
     "NodePatch",
     "RunData",
@@ -67,7 +76,11 @@ _BY_TYPE: dict[str, NodeState] = {
 }
 _FINAL_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 _UNSUCCESSFUL = frozenset({"FAILED", "CANCELLED", "CRASHED"})
+_FAILED_STATES: frozenset[str] = frozenset({"failed", "timedout", "cancelled", "crashed"})
 _REUSED = "reused from an earlier attempt"
+# Above this many drawn nodes, the calls of the most-called task of a run are drawn as one node.
+FOLD_AT = 1000
+MEMBERS_SHOWN = 50  # failed calls of a group listed in its details
 
 
 def css_state(name: str, state_type: str) -> NodeState:
@@ -76,8 +89,12 @@ def css_state(name: str, state_type: str) -> NodeState:
 
 
 # -- message shapes ---------------------------------------------------------------------------------
+GroupKind = Literal["map", "repeat"]
+
+
 class NodeData(TypedDict):
-    """One node as drawn: a task call. ``count``/``total`` are for mapped tasks (progress)."""
+    """One node as drawn: a task call, or a group of calls (``group``: a ``Task.map`` call, or the many
+    calls of one task) with its progress (``count`` of ``total`` done) and its calls by state."""
 
     id: str
     label: str
@@ -88,8 +105,10 @@ class NodeData(TypedDict):
     retryable: bool
     x: float
     y: float
+    group: NotRequired[GroupKind]
     count: NotRequired[int]
     total: NotRequired[int]
+    counts: NotRequired[dict[str, int]]
 
 
 class EdgeData(TypedDict):
@@ -128,8 +147,10 @@ class NodePatch(TypedDict):
     state: NodeState
     attempts: int
     retryable: bool
+    group: NotRequired[GroupKind]
     count: NotRequired[int]
     total: NotRequired[int]
+    counts: NotRequired[dict[str, int]]
 
 
 class StatePatch(TypedDict):
@@ -145,6 +166,17 @@ class HistoryEntry(TypedDict):
     state: str
     time: float
     message: str | None
+
+
+class MemberData(TypedDict):
+    """A failed call of a group, as its details panel lists it."""
+
+    id: str
+    index: int
+    state: NodeState
+    error: str | None
+    inputs: dict[str, str]
+    retryable: bool
 
 
 class DetailsData(TypedDict):
@@ -169,6 +201,10 @@ class DetailsData(TypedDict):
     logs: list[str]
     history: list[HistoryEntry]
     retryable: bool
+    group: NotRequired[GroupKind]
+    counts: NotRequired[dict[str, int]]
+    total: NotRequired[int]
+    failed_members: NotRequired[list[MemberData]]
 
 
 class Command(TypedDict, total=False):
@@ -180,30 +216,74 @@ class Command(TypedDict, total=False):
 
 
 # -- the model --------------------------------------------------------------------------------------
-@dataclass(slots=True)  # one per task call; thousands in a big flow
 class _Node:
-    id: str
-    run_id: str
-    task_key: str
-    task_name: str
-    records: list[TaskRunRecord] = field(default_factory=list)
-    count: int | None = None
-    total: int | None = None
+    """A task call (``members is None``) or a group of calls drawn as one node (a ``Task.map`` call, or
+    a task called many times in one run). Hand-written slots: one is made per task call, and a flow of
+    quick tasks must not pay for default factories it does not need."""
+
+    __slots__ = ("counts", "earlier", "failed", "group", "id", "kind", "last", "members", "run_id", "seen",
+                 "seen_record", "shown", "task_key", "task_name", "total")
+
+    def __init__(self, node_id: str, run_id: str, task_run: TaskRunRecord) -> None:
+        self.id = node_id
+        self.run_id = run_id
+        self.task_key = task_run.task_key
+        self.task_name = task_run.task_name
+        # The call's latest task run, and the ones before it (a retry, a reuse): most calls have one, and
+        # a list per call would be one more object for the garbage collector to walk, thousands of times.
+        self.last = task_run
+        self.earlier: list[TaskRunRecord] | None = None
+        # A call: the group that draws it, the state it was last counted in, its last record and state name.
+        self.group: _Node | None = None
+        self.shown: NodeState | None = None
+        self.seen = ""
+        self.seen_record: TaskRunRecord | None = None
+        # A group: its calls, how many it will have (a map's size), calls by state, the unsuccessful ones.
+        self.kind: GroupKind | None = None
+        self.members: list[_Node] | None = None
+        self.total: int | None = None
+        self.counts: dict[str, int] = _NO_COUNTS
+        self.failed: dict[str, _Node] = _NO_FAILED
+
+    @property
+    def records(self) -> list[TaskRunRecord]:
+        """The call's task runs, oldest first."""
+        return [*self.earlier, self.last] if self.earlier else [self.last]
+
+    def add(self, task_run: TaskRunRecord) -> None:
+        if self.earlier is None:
+            self.earlier = []
+        self.earlier.append(self.last)
+        self.last = task_run
+
+
+_NO_COUNTS: dict[str, int] = {}  # shared by calls, never written (only groups count)
+_NO_FAILED: dict[str, _Node] = {}
 
 
 class GraphModel:
     """Task runs of some flow runs, grouped into nodes and edges, with a cached layout.
 
-    Not thread-safe by itself: the widget calls it under its lock.
+    ``calls`` are every task call; ``nodes`` are what is drawn: calls on their own, and groups — one
+    per ``Task.map`` call, and one per task that was called so often in one run that the graph would
+    have more than ``FOLD_AT`` nodes. Not thread-safe by itself: the widget calls it under its lock.
     """
 
     def __init__(self) -> None:
         self.runs: dict[str, RunRecord] = {}
-        self.nodes: dict[str, _Node] = {}
-        self.edges: dict[tuple[str, str], None] = {}  # ordered set
-        self.alias: dict[str, str] = {}  # task run id -> node id
-        self._by_call: dict[tuple[str, str, int], str] = {}  # (run id, task key, call index) -> node id
+        self.calls: dict[str, _Node] = {}
+        self.nodes: dict[str, _Node] = {}  # drawn, in first-seen order (the layout's tie-breaker)
+        self.edges: dict[tuple[str, str], None] = {}  # drawn edges (an ordered set)
+        self._call_edges: dict[tuple[str, str], None] = {}
+        self.alias: dict[str, str] = {}  # task run id -> call id
+        self._by_call: dict[tuple[str, str, int], str] = {}  # (run id, task key, call index) -> call id
         self._calls: dict[tuple[str, int, str], int] = {}  # (run id, attempt, task key) -> calls seen
+        self._own: dict[tuple[str, str], list[_Node]] = {}  # calls drawn on their own, per (run, task)
+        self._folds: dict[tuple[str, str], _Node] = {}  # (run id, task key) -> its repeat group
+        self._maps: dict[str, _Node] = {}  # map id -> its group
+        self._unsuccessful: dict[tuple[str, str], dict[str, _Node]] = {}  # (run, task) -> failed calls
+        self._active: dict[str, _Node] = {}  # calls whose last record was not final when last looked at
+        self._next_fold_check = FOLD_AT
         self.structure_rev = 0
         self._layout: Layout[str] | None = None
         self._layout_rev = -1
@@ -223,85 +303,205 @@ class GraphModel:
         return True
 
     def add_task_run(self, run: RunRecord, task_run: TaskRunRecord, attempt: int, run_final: bool) -> str:
-        """Place ``task_run`` on its node (creating it if needed); returns the node id.
+        """Place ``task_run`` on its call (creating it if needed); returns the id of the node that draws it.
 
         ``attempt`` and ``run_final`` are the flow run's attempt and finality when the task run was
         first seen (captured in the engine's thread, since the run moves on).
         """
-        node_id = self.alias.get(task_run.id)
-        if node_id is not None:
-            records = self.nodes[node_id].records
-            for i, known in enumerate(records):
-                if known.id == task_run.id and known is not task_run:
-                    records[i] = task_run
-            return node_id
+        call_id = self.alias.get(task_run.id)
+        if call_id is not None:
+            placed = self.calls[call_id]
+            if placed.last.id == task_run.id:
+                placed.last = task_run
+            elif placed.earlier:
+                placed.earlier = [task_run if known.id == task_run.id else known for known in placed.earlier]
+            self.observe(placed)
+            return _drawn(placed).id
         if run.id not in self.runs:
             self.runs[run.id] = run
             self.structure_rev += 1
-        node: _Node | None = None
+        call: _Node | None = None
         if run_final or run.kind == "session":
-            node = self._failed_node_for(run.id, task_run)
+            call = self._failed_call_for(run.id, task_run)
         else:
             key = (run.id, attempt, task_run.task_key)
             index = self._calls.get(key, 0)
             self._calls[key] = index + 1
             found = self._by_call.get((run.id, task_run.task_key, index))
             if found is not None:
-                node = self.nodes[found]
+                call = self.calls[found]
             else:
-                node = self._new_node(run.id, task_run)
-                self._by_call[(run.id, task_run.task_key, index)] = node.id
-        if node is None:
-            node = self._new_node(run.id, task_run)
-        node.records.append(task_run)
-        self.alias[task_run.id] = node.id
+                call = self._new_call(run.id, task_run)
+                self._by_call[(run.id, task_run.task_key, index)] = call.id
+        if call is None:
+            call = self._new_call(run.id, task_run)
+        elif call.last is not task_run:
+            call.add(task_run)
+        self.alias[task_run.id] = call.id
         for upstream in task_run.upstream:
             source = self.alias.get(upstream)
-            if source is not None and source != node.id and (source, node.id) not in self.edges:
-                self.edges[(source, node.id)] = None
+            if source is not None and source != call.id and (source, call.id) not in self._call_edges:
+                self._call_edges[(source, call.id)] = None
+                self._add_edge(_drawn(self.calls[source]).id, _drawn(call).id)
+        self.observe(call)
+        if len(self.nodes) > self._next_fold_check:
+            self._fold()
+        return _drawn(call).id
+
+    def _new_call(self, run_id: str, task_run: TaskRunRecord) -> _Node:
+        call = _Node(task_run.id, run_id, task_run)
+        self.calls[call.id] = call
+        key = (run_id, task_run.task_key)
+        if task_run.map_id is not None:
+            group = self._maps.get(task_run.map_id)
+            if group is None:
+                group = self._maps[task_run.map_id] = self._new_group(
+                    "map-" + task_run.map_id, "map", call, task_run.map_size)
+                self.nodes[group.id] = group
                 self.structure_rev += 1
-        return node.id
-
-    def _new_node(self, run_id: str, task_run: TaskRunRecord) -> _Node:
-        node = _Node(task_run.id, run_id, task_run.task_key, task_run.task_name)
-        self.nodes[node.id] = node
+            _join(group, call)
+            return call
+        fold = self._folds.get(key)
+        if fold is not None:
+            _join(fold, call)
+            return call
+        self.nodes[call.id] = call
+        self._own.setdefault(key, []).append(call)
         self.structure_rev += 1
-        return node
+        return call
 
-    def _failed_node_for(self, run_id: str, task_run: TaskRunRecord) -> _Node | None:
+    def _failed_call_for(self, run_id: str, task_run: TaskRunRecord) -> _Node | None:
         # Newest first: a retry replaces the latest failed call of this task with these inputs.
-        for node in reversed(self.nodes.values()):
-            if node.run_id != run_id or node.task_key != task_run.task_key:
-                continue
-            last = node.records[-1]
+        for call in reversed(self._unsuccessful.get((run_id, task_run.task_key), {}).values()):
+            last = call.last
             if last.state_type in _UNSUCCESSFUL and last.inputs == task_run.inputs:
-                return node
+                return call
         return None
 
+    @staticmethod
+    def _new_group(node_id: str, kind: GroupKind, first: _Node, total: int | None) -> _Node:
+        group = _Node(node_id, first.run_id, first.last)
+        group.kind = kind
+        group.members = []
+        group.total = total
+        group.counts = {}
+        group.failed = {}
+        return group
+
+    def _add_edge(self, source: str, target: str) -> None:
+        if source != target and (source, target) not in self.edges:
+            self.edges[(source, target)] = None
+            self.structure_rev += 1
+
+    def _fold(self) -> None:
+        """Too many nodes: draw the calls of the most-called tasks as one node each, until there are at most
+        ``FOLD_AT`` nodes (a column of thousands of boxes shows nothing, and costs layout and JSON)."""
+        while len(self.nodes) > FOLD_AT:
+            key, calls = max(self._own.items(), key=lambda item: len(item[1]), default=(None, []))
+            if key is None or len(calls) < 2:
+                break
+            del self._own[key]
+            group = self._folds[key] = self._new_group("calls-" + calls[0].id, "repeat", calls[0], None)
+            folded = {call.id for call in calls}
+            nodes: dict[str, _Node] = {}
+            for node_id, node in self.nodes.items():  # the group takes its first call's place in the order
+                if node_id == calls[0].id:
+                    nodes[group.id] = group
+                elif node_id not in folded:
+                    nodes[node_id] = node
+            self.nodes = nodes
+            for call in calls:
+                _join(group, call)
+            self.edges = {}
+            for source, target in self._call_edges:
+                self._add_edge(_drawn(self.calls[source]).id, _drawn(self.calls[target]).id)
+            self.structure_rev += 1
+        # Nothing (more) to fold: look again only after a tenth more nodes, not on every call.
+        self._next_fold_check = max(FOLD_AT, len(self.nodes) + FOLD_AT // 10 if len(self.nodes) > FOLD_AT else 0)
+
+    # -- state changes --------------------------------------------------------------------------------
+    def observe(self, call: _Node) -> bool:
+        """Take in the current state of ``call`` (its group's counts follow). True if it changed since the
+        last look."""
+        last = call.last
+        name = last.state
+        if name == call.seen and last is call.seen_record:
+            return False
+        call.seen = name
+        call.seen_record = last
+        if last.state_type in _FINAL_TYPES:
+            self._active.pop(call.id, None)
+        else:
+            self._active[call.id] = call
+        state, _ = self.node_state(call)
+        old = call.shown
+        if state != old:
+            call.shown = state
+            key = (call.run_id, call.task_key)
+            if state in _FAILED_STATES:
+                self._unsuccessful.setdefault(key, {})[call.id] = call
+            elif old in _FAILED_STATES:
+                self._unsuccessful.get(key, {}).pop(call.id, None)
+            group = call.group
+            if group is not None:
+                counts = group.counts
+                if old is not None:
+                    counts[old] -= 1
+                counts[state] = counts.get(state, 0) + 1
+                if state in _FAILED_STATES:
+                    group.failed[call.id] = call
+                elif old in _FAILED_STATES:
+                    group.failed.pop(call.id, None)
+        return True
+
+    def poll(self) -> set[str]:
+        """Look at the calls still under way; returns the ids of the drawn nodes whose state changed.
+        Costs one comparison per call under way (a finished call is never looked at again)."""
+        changed: set[str] = set()
+        for call in list(self._active.values()):
+            if call.last.state != call.seen and self.observe(call):
+                changed.add(_drawn(call).id)
+        return changed
+
     # -- node views ---------------------------------------------------------------------------------
-    def node_state(self, node: _Node) -> tuple[NodeState, TaskRunRecord]:
-        """The state to draw, and the record it comes from. A reuse in a flow retry keeps the colour of
-        the call it reuses (it was computed, not loaded from the store)."""
-        records = node.records
-        last = records[-1]
-        if len(records) == 1:
+    def node_state(self, node: _Node) -> tuple[NodeState, TaskRunRecord | None]:
+        """The state to draw, and the record it comes from (None for a group). A reuse in a flow retry keeps
+        the colour of the call it reuses (it was computed, not loaded from the store)."""
+        if node.members is not None:
+            return _group_state(node), None
+        last = node.last
+        if not node.earlier:
             return _BY_NAME.get(last.state) or _BY_TYPE.get(last.state_type, "pending"), last
-        if len(records) > 1 and last.state == "Cached" and _is_reuse(last):
-            for earlier in reversed(records[:-1]):
+        if last.state == "Cached" and _is_reuse(last):
+            for earlier in reversed(node.earlier):
                 if earlier.state_type == "COMPLETED":
                     return css_state(earlier.state, earlier.state_type), earlier
         return css_state(last.state, last.state_type), last
+
+    def retryable(self, node: _Node, retryable_ids: set[str]) -> bool:
+        """A failed call this process can retry, or a group with at least one."""
+        if node.members is not None:
+            return any(call.last.id in retryable_ids for call in node.failed.values())
+        return node.last.id in retryable_ids
+
+    def retry_targets(self, node_id: str) -> list[str]:
+        """The task run ids a Retry on ``node_id`` reruns: the node's last run, or a group's failed calls'."""
+        node = self.nodes.get(node_id) or self.calls.get(node_id)
+        if node is None:
+            return []
+        if node.members is not None:
+            return [call.last.id for call in node.failed.values()]
+        return [node.last.id]
 
     def node_patch(self, node: _Node, retryable_ids: set[str]) -> NodePatch:
         state, _ = self.node_state(node)
         patch: NodePatch = {
             "state": state,
-            "attempts": sum(record.attempts for record in node.records),
-            "retryable": node.records[-1].id in retryable_ids,
+            "attempts": _attempts(node),
+            "retryable": self.retryable(node, retryable_ids),
         }
-        if node.total is not None:
-            patch["count"] = node.count or 0
-            patch["total"] = node.total
+        if node.members is not None:
+            _group_fields(node, patch)
         return patch
 
     def run_data(self, run: RunRecord, retryable_runs: set[str]) -> RunData:
@@ -338,16 +538,14 @@ class GraphModel:
         for node in self.nodes.values():
             x, y = positions[node.id]
             state, _ = self.node_state(node)
-            records = node.records
             data: NodeData = {
                 "id": node.id, "label": node.task_name, "task": node.task_key, "run": node.run_id,
                 "state": state,
-                "attempts": records[0].attempts if len(records) == 1 else sum(r.attempts for r in records),
-                "retryable": records[-1].id in ids, "x": x, "y": y,
+                "attempts": _attempts(node),
+                "retryable": self.retryable(node, ids), "x": x, "y": y,
             }
-            if node.total is not None:
-                data["count"] = node.count or 0
-                data["total"] = node.total
+            if node.members is not None:
+                _group_fields(node, data)
             nodes.append(data)
         edges: list[EdgeData] = [
             {"source": source, "target": target, "points": [[round(x, 1), round(y, 1)] for x, y in points]}
@@ -367,14 +565,18 @@ class GraphModel:
                 earlier: Iterable[TaskRunRecord] = ()) -> DetailsData | None:
         """Everything the details panel shows for one node; ``earlier`` are task runs from the run history
         to explain a cache miss when this session has no earlier run of the task."""
-        node = self.nodes.get(node_id)
+        node = self.nodes.get(node_id) or self.calls.get(node_id)
         if node is None:
             return None
+        ids = set(retryable_ids)
+        if node.members is not None:
+            return self._group_details(node, ids)
         state, shown = self.node_state(node)
-        last = node.records[-1]
+        assert shown is not None
+        last = node.last
         computed = [r for r in node.records if not _is_reuse(r)]
         keyed = computed[-1] if computed else last
-        previous = _previous_run(keyed, [r for n in self.nodes.values() for r in n.records], earlier)
+        previous = _previous_run(keyed, [r for n in self.calls.values() for r in n.records], earlier)
         cache, changes = explain_cache(keyed, previous)
         failed = next((r for r in reversed(node.records) if r.traceback), None)
         history: list[HistoryEntry] = [
@@ -401,8 +603,113 @@ class GraphModel:
             "traceback": failed.traceback if failed else None,
             "logs": logs,
             "history": history,
-            "retryable": last.id in set(retryable_ids),
+            "retryable": last.id in ids,
         }
+
+    def _group_details(self, group: _Node, ids: set[str]) -> DetailsData:
+        """A group's panel: counts by state, and its failed calls with their errors (the first
+        ``MEMBERS_SHOWN``); the first failure's traceback."""
+        members = group.members or []
+        state = _group_state(group)
+        failed: list[MemberData] = []
+        for call in list(group.failed.values())[:MEMBERS_SHOWN]:
+            last = call.last
+            failed.append({
+                "id": call.id,
+                "index": last.map_index if last.map_index is not None else members.index(call),
+                "state": call.shown or "failed",
+                "error": last.error,
+                "inputs": dict(last.inputs),
+                "retryable": last.id in ids,
+            })
+        first = next((call.last for call in group.failed.values() if call.last.traceback), None)
+        starts = [r.start_time for call in members for r in call.records if r.start_time is not None]
+        ends = [r.end_time for call in members for r in call.records if r.end_time is not None]
+        counts = {name: count for name, count in group.counts.items() if count}
+        cached = counts.get("cached", 0)
+        return {
+            "id": group.id,
+            "task": group.task_key,
+            "label": group.task_name,
+            "run": group.run_id,
+            "state": state,
+            "state_name": state.capitalize(),
+            "attempts": sum(r.attempts for call in members for r in call.records),
+            "calls": len(members),
+            "duration": max(ends) - min(starts) if starts and ends and not self._group_running(group) else None,
+            "cache_key": None,
+            "cache": f"{cached:,} of {len(members):,} calls loaded from the cache" if cached else "",
+            "key_changes": [],
+            "inputs": {},
+            "result": None,
+            "error": first.error if first is not None else None,
+            "traceback": first.traceback if first is not None else None,
+            "logs": [],
+            "history": [],
+            "retryable": self.retryable(group, ids),
+            "group": group.kind or "repeat",
+            "counts": counts,
+            "total": max(group.total or 0, len(members)),
+            "failed_members": failed,
+        }
+
+    @staticmethod
+    def _group_running(group: _Node) -> bool:
+        return _group_state(group) in ("running", "retrying", "pending")
+
+
+def _attempts(node: _Node) -> int:
+    """A call's attempts over all its task runs (0 for a group: its panel sums them on demand)."""
+    if node.members is not None:
+        return 0
+    attempts = node.last.attempts
+    return attempts + sum(r.attempts for r in node.earlier) if node.earlier else attempts
+
+
+def _drawn(call: _Node) -> _Node:
+    """The node that draws ``call``: its group, or itself."""
+    group = call.group
+    return call if group is None else group
+
+
+def _join(group: _Node, call: _Node) -> None:
+    call.group = group
+    assert group.members is not None
+    group.members.append(call)
+    if call.shown is not None:
+        group.counts[call.shown] = group.counts.get(call.shown, 0) + 1
+        if call.shown in _FAILED_STATES:
+            group.failed[call.id] = call
+
+
+def _group_state(group: _Node) -> NodeState:
+    """A group is running while any call runs or is still to come; then it takes the worst outcome of its
+    calls, and is "cached" only if every call was loaded from the cache."""
+    counts = group.counts
+    if counts.get("running"):
+        return "running"
+    if counts.get("retrying"):
+        return "retrying"
+    members = len(group.members or ())
+    total = max(group.total or 0, members)
+    waiting = counts.get("pending", 0) + total - members
+    if waiting:
+        return "running" if waiting < total else "pending"
+    worst: tuple[NodeState, ...] = ("crashed", "failed", "timedout", "cancelled")
+    for state in worst:
+        if counts.get(state):
+            return state
+    if total and counts.get("cached", 0) == total:
+        return "cached"
+    return "completed"
+
+
+def _group_fields(group: _Node, data: NodeData | NodePatch) -> None:
+    counts = group.counts
+    data["group"] = group.kind or "repeat"
+    data["count"] = counts.get("completed", 0) + counts.get("cached", 0)
+    data["total"] = max(group.total or 0, len(group.members or ()))
+    data["counts"] = {name: count for name, count in counts.items() if count}
 
 
 def _is_reuse(record: TaskRunRecord) -> bool:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from html import escape
 
 from nbflow.ui.layout import NODE_HEIGHT, NODE_WIDTH
-from nbflow.ui.model import GraphPayload, NodeState
+from nbflow.ui.model import GraphPayload, NodeData, NodeState
 
-__all__ = ["STATE_COLORS", "render_html", "render_svg"]
+__all__ = ["STATE_COLORS", "render_html", "render_svg", "status_text"]
 
 # (fill, stroke, dashed): widgets/graph.css uses the same colours (a test keeps them in step).
 STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
@@ -34,6 +34,22 @@ STATIC_NODE_LIMIT = 2000
 
 def _short(text: str, limit: int = _LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_UNSUCCESSFUL = ("failed", "timedout", "cancelled", "crashed")
+
+
+def status_text(node: NodeData) -> str:
+    """The second line of a node: its state, a group's progress and failures (as graph.js writes it)."""
+    text: str = node["state"]
+    if "total" in node:
+        text += f' {node.get("count", 0)}/{node["total"]}'
+        failed = sum(node.get("counts", {}).get(state, 0) for state in _UNSUCCESSFUL)
+        if failed:
+            text += f" · {failed} failed"
+    if node["attempts"] > 1:
+        text += f' · {node["attempts"]} attempts'
+    return text
 
 
 def render_svg(graph: GraphPayload) -> str:
@@ -58,15 +74,23 @@ def render_svg(graph: GraphPayload) -> str:
     for node in graph["nodes"]:
         fill, stroke, dashed = STATE_COLORS.get(node["state"], STATE_COLORS["pending"])
         dash = ' stroke-dasharray="5 3"' if dashed else ""
-        status: str = node["state"]
-        if "total" in node:
-            status += f' {node.get("count", 0)}/{node["total"]}'
+        status = status_text(node)
+        group = node.get("group")
+        box = (f'width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="{fill}" stroke="{stroke}" '
+               f'stroke-width="1.5"{dash}')
+        # A group is drawn as a stack of boxes, with a bar for the share of its calls done.
+        stack = f'<rect class="stack" x="4" y="-4" {box}/>' if group else ""
+        bar = ""
+        if group and node.get("total"):
+            done = NODE_WIDTH * min(1.0, node.get("count", 0) / node["total"])
+            bar = (f'<rect class="progress" x="0" y="{NODE_HEIGHT - 4}" width="{done:.1f}" height="4" '
+                   f'rx="2" fill="{stroke}"/>')
         parts.append(
-            f'<g class="node" data-id="{escape(node["id"])}" data-state="{node["state"]}" '
-            f'transform="translate({node["x"]:.1f},{node["y"]:.1f})">'
-            f"<title>{escape(node['label'])}: {escape(status)}</title>"
-            f'<rect width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="{fill}" stroke="{stroke}" '
-            f'stroke-width="1.5"{dash}/>'
+            f'<g class="node" data-id="{escape(node["id"])}" data-state="{node["state"]}"'
+            + (f' data-group="{group}"' if group else "")
+            + f' transform="translate({node["x"]:.1f},{node["y"]:.1f})">'
+            f"<title>{escape(node['label'])}: {escape(status)}</title>{stack}"
+            f'<rect class="box" {box}/>{bar}'
             f'<text x="8" y="15" fill="#111827">{escape(_short(node["label"]))}</text>'
             f'<text x="8" y="29" fill="#374151" font-size="10">{escape(status)}</text></g>'
         )

@@ -1,12 +1,14 @@
 """`TaskGraph`: the live graph of task runs, an anywidget widget. Python holds the model and the layout;
 the browser (``widgets/graph.js``) draws, pans and zooms, and sends commands back.
 
-Live updates are coalesced. The engine's event callback only appends to a queue (O(1), in the engine's
-thread); a per-widget sender thread drains it at most ``MAX_RATE`` times a second, sends small state
-patches, and re-sends the laid-out graph only when its shape changed — less often for large graphs, so
-layout and JSON never take more than a few percent of the process. The end of a flow run is flushed at
-once in the engine's thread, so the final state is part of the cell's own output (nbclient and
-``nbflow run`` record it).
+Live updates are coalesced. The engine's event callback queues a task run the first time it is seen and
+otherwise only wakes the sender (O(1), in the engine's thread); a per-widget sender thread wakes at most
+``MAX_RATE`` times a second, places the new task runs, looks at the calls still under way
+(:meth:`GraphModel.poll`), sends small state patches, and re-sends the laid-out graph only when its shape
+changed — less often for large graphs, so layout and JSON never take more than a few percent of the
+process. A task called thousands of times is drawn as one node (see ``FOLD_AT``), so a huge flow stays a
+small graph. The end of a flow run is flushed at once in the engine's thread, so the final state is part of
+the cell's own output (nbclient and ``nbflow run`` record it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from IPython.display import DisplayHandle
 
     from nbflow.runs import RunRecord, TaskRunRecord
+    from nbflow.states import State
 
 __all__ = ["TaskGraph", "session_graph"]
 
@@ -87,15 +90,13 @@ class TaskGraph(anywidget.AnyWidget):
         self._model = GraphModel()
         self._lock = threading.RLock()
         self._queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
-        # Later events of a task run already queued: just its id (deques are safe across threads).
-        self._changed: deque[str] = deque()
-        self._seen: set[str] = set()
+        self._seen: set[str] = set()  # task runs queued already: their later events only wake the sender
         self._wake = threading.Event()
         self._sender: threading.Thread | None = None
         self._closed = False
         self._rev = 0
         self._sent_structure = -1
-        self._last_send = 0.0
+        self._last_flush = 0.0
         self._last_full = 0.0
         self._full_cost = 0.0
         self._sent_ids: set[str] = set()
@@ -120,9 +121,7 @@ class TaskGraph(anywidget.AnyWidget):
         """Called by the dispatcher in the engine's thread: queue and wake the sender, nothing more."""
         run = event.run
         task_run = event.task_run
-        if task_run is not None and task_run.id in self._seen:
-            self._changed.append(task_run.id)  # placed already: only its state changed
-        else:
+        if task_run is None or task_run.id not in self._seen:
             if task_run is not None:
                 self._seen.add(task_run.id)
             # The attempt and finality now, in the engine's thread: they place the task run on its node.
@@ -154,10 +153,13 @@ class TaskGraph(anywidget.AnyWidget):
                         return
                     self._sender = threading.current_thread()
                 continue
-            wait = self._last_send + interval - time.monotonic()
+            # Paced by the last look, not the last message: a look that had nothing to send must not be
+            # followed by another at once (the thread would spin, taking the GIL from the engine).
+            wait = self._last_flush + interval - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # coalesce everything that arrives meanwhile into one message
             self._wake.clear()
+            self._last_flush = time.monotonic()
             try:
                 self.flush()
             except Exception:  # the graph must never take the kernel down
@@ -171,9 +173,10 @@ class TaskGraph(anywidget.AnyWidget):
         with self._lock:
             if self._closed:
                 return
-            changed_nodes: set[str] = set()
             changed_runs: set[str] = set()
             model = self._model
+            # Calls under way first, so that a failure is known before a retry of it is placed.
+            changed_nodes = model.poll()
             while self._queue:
                 run, task_run, attempt, run_final = self._queue.popleft()
                 if run.id not in model.runs:
@@ -181,11 +184,6 @@ class TaskGraph(anywidget.AnyWidget):
                 changed_runs.add(run.id)
                 if task_run is not None:
                     changed_nodes.add(model.add_task_run(run, task_run, attempt, run_final))
-            alias = model.alias
-            while self._changed:
-                node_id = alias.get(self._changed.popleft())
-                if node_id is not None:
-                    changed_nodes.add(node_id)
             now = time.monotonic()
             structure_changed = model.structure_rev != self._sent_structure
             full_due = now - self._last_full >= self._full_cost / SEND_SHARE
@@ -247,7 +245,6 @@ class TaskGraph(anywidget.AnyWidget):
         self._sent()
 
     def _sent(self) -> None:
-        self._last_send = time.monotonic()
         self.messages_sent += 1
 
     def _update_display(self) -> None:
@@ -305,21 +302,36 @@ class TaskGraph(anywidget.AnyWidget):
             raise ValueError(f"unknown command {kind!r}")
 
     def _retry_node(self, node_id: str) -> None:
+        """Rerun a failed call with its original inputs — or every failed call of a group — then resume
+        the failed flow run, so what depends on them runs."""
         with self._lock:
-            node = self._model.nodes.get(node_id)
+            model = self._model
+            node = model.nodes.get(node_id) or model.calls.get(node_id)
             if node is None:
                 raise manual_retry.NotRetryable(f"no task run {node_id!r} in this graph")
-            task_run_id = node.records[-1].id
+            retryable = set(manual_retry.failed_task_runs())
+            targets = [task_run_id for task_run_id in model.retry_targets(node_id)
+                       if node.members is None or task_run_id in retryable]
             run_id = node.run_id
-        self._running(f"retrying {node.task_name}…")
+        if not targets:
+            raise manual_retry.NotRetryable(f"{node.task_name}: no failed call this process can retry")
+        label = node.task_name if len(targets) == 1 else f"{len(targets)} failed calls of {node.task_name}"
+        self._running(f"retrying {label}…")
+        states: list[State] = []
         try:
-            state = manual_retry.retry_task_run(task_run_id)
-            if state.is_completed() and run_id in manual_retry.failed_flow_runs():
+            for task_run_id in targets:
+                states.append(manual_retry.retry_task_run(task_run_id))
+            if all(state.is_completed() for state in states) and run_id in manual_retry.failed_flow_runs():
                 # The rest of the flow never ran: carry on from here (completed tasks are reused).
-                state = manual_retry.retry_flow_run(run_id)
+                states = [manual_retry.retry_flow_run(run_id)]
         finally:
             self._done()
-        self.notice = f"retry: {state.name}" + (f" ({state.message})" if state.message else "")
+        if len(states) == 1:
+            state = states[0]
+            self.notice = f"retry: {state.name}" + (f" ({state.message})" if state.message else "")
+        else:
+            failed = sum(not state.is_completed() for state in states)
+            self.notice = f"retry: {len(states) - failed} of {len(states)} Completed"
 
     def _retry_flow(self, run_id: str) -> None:
         self._running("retrying failed tasks…")
@@ -362,10 +374,10 @@ class TaskGraph(anywidget.AnyWidget):
 def _earlier_runs_of(model: GraphModel, node_id: str) -> list[TaskRunRecord]:
     """Task runs of the same task from the run history, to explain a miss when this session has no earlier
     run of it (read on a click only)."""
-    node = model.nodes.get(node_id)
+    node = model.calls.get(node_id)
     if node is None:
         return []
-    if any(len(n.records) and n.task_key == node.task_key and n.id != node.id for n in model.nodes.values()):
+    if any(n.task_key == node.task_key and n.id != node.id for n in model.calls.values()):
         return []
     from nbflow.runs import list_runs
 
