@@ -29,11 +29,24 @@ function short(text, n = 20) {
   return text.length <= n ? text : text.slice(0, n - 1) + "…";
 }
 
+const UNSUCCESSFUL = ["failed", "timedout", "cancelled", "crashed"];
+
+// The same text as nbflow/ui/svg.py status_text (the static picture).
 function statusText(node) {
   let text = node.state;
-  if (node.total !== undefined) text += ` ${node.count ?? 0}/${node.total}`;
+  if (node.total !== undefined) {
+    text += ` ${node.count ?? 0}/${node.total}`;
+    const counts = node.counts || {};
+    const failed = UNSUCCESSFUL.reduce((sum, state) => sum + (counts[state] || 0), 0);
+    if (failed) text += ` · ${failed} failed`;
+  }
   if (node.attempts > 1) text += ` · ${node.attempts} attempts`;
   return text;
+}
+
+function progressWidth(node) {
+  if (!node.total) return 0;
+  return (NODE_W * Math.min(1, (node.count || 0) / node.total)).toFixed(1);
 }
 
 function fmtTime(seconds) {
@@ -86,7 +99,14 @@ function render({ model, el }) {
     const g = svg("g", { class: "node", "data-id": node.id, "data-state": node.state,
       "data-retryable": node.retryable ? "true" : "false", transform: `translate(${node.x},${node.y})` });
     svg("title", {}, g).textContent = node.label;
+    if (node.group) {
+      // A group (the calls of one Task.map, or of a task called very often): a stack of boxes and a bar
+      // for the share of its calls done.
+      g.setAttribute("data-group", node.group);
+      svg("rect", { class: "stack", x: 4, y: -4, width: NODE_W, height: NODE_H, rx: 6 }, g);
+    }
     svg("rect", { class: "box", width: NODE_W, height: NODE_H, rx: 6 }, g);
+    if (node.group) svg("rect", { class: "progress", x: 0, y: NODE_H - 4, height: 4, rx: 2, width: progressWidth(node) }, g);
     const label = svg("text", { class: "label", x: 8, y: 15 }, g);
     label.textContent = short(node.label, node.retryable ? 14 : 20);
     const status = svg("text", { class: "status", x: 8, y: 29 }, g);
@@ -114,6 +134,8 @@ function render({ model, el }) {
     g.setAttribute("data-retryable", node.retryable ? "true" : "false");
     g.querySelector("text.status").textContent = statusText(node);
     g.querySelector("text.label").textContent = short(node.label, node.retryable ? 14 : 20);
+    const bar = g.querySelector("rect.progress");
+    if (bar) bar.setAttribute("width", progressWidth(node));
   }
 
   function drawGraph() {
@@ -209,7 +231,9 @@ function render({ model, el }) {
     html("span", {}, h, d.label);
     html("span", { class: "nbflow-badge", "data-state": d.state_name }, h, d.state_name);
     if (d.retryable) {
-      const retry = html("button", { class: "nbflow-retry" }, h, "Retry");
+      const failedCalls = (d.failed_members || []).filter((m) => m.retryable).length;
+      const label = d.group ? `Retry ${failedCalls || ""} failed`.replace("  ", " ") : "Retry";
+      const retry = html("button", { class: "nbflow-retry", title: d.group ? "Rerun the failed calls with their inputs" : "Rerun with the same inputs" }, h, label);
       retry.disabled = !!model.get("busy");
       retry.addEventListener("click", () => send({ type: "retry", id: d.id }));
     }
@@ -221,7 +245,11 @@ function render({ model, el }) {
       details.hidden = true;
     });
     const dl = html("dl", {}, details);
-    row(dl, "attempts", d.attempts + (d.calls > 1 ? ` (${d.calls} runs)` : ""));
+    if (d.group) {
+      row(dl, d.group === "map" ? "mapped" : "calls", `${d.calls} of ${d.total}`);
+      for (const [state, count] of Object.entries(d.counts || {})) row(dl, state, count);
+    }
+    row(dl, "attempts", d.attempts + (!d.group && d.calls > 1 ? ` (${d.calls} runs)` : ""));
     row(dl, "duration", fmtDuration(d.duration));
     row(dl, "cache", d.cache);
     row(dl, "cache key", d.cache_key);
@@ -233,9 +261,20 @@ function render({ model, el }) {
       const idl = html("dl", {}, details);
       for (const [k, v] of inputs) row(idl, k, v);
     }
-    html("div", { class: "nbflow-section" }, details, "history");
-    const hdl = html("dl", { class: "nbflow-history" }, details);
-    for (const e of d.history || []) row(hdl, fmtTime(e.time), e.state + (e.message ? ` — ${e.message}` : ""));
+    const failedMembers = d.failed_members || [];
+    if (failedMembers.length) {
+      html("div", { class: "nbflow-section" }, details, "failed calls");
+      const fdl = html("dl", { class: "nbflow-failed-calls" }, details);
+      for (const m of failedMembers) {
+        const args = Object.entries(m.inputs || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+        row(fdl, `#${m.index}`, `${m.error || m.state}${args ? ` (${args})` : ""}`);
+      }
+    }
+    if (!d.group) {
+      html("div", { class: "nbflow-section" }, details, "history");
+      const hdl = html("dl", { class: "nbflow-history" }, details);
+      for (const e of d.history || []) row(hdl, fmtTime(e.time), e.state + (e.message ? ` — ${e.message}` : ""));
+    }
     if (d.logs && d.logs.length) {
       html("div", { class: "nbflow-section" }, details, "logs");
       html("pre", { class: "nbflow-logs" }, details, d.logs.join("\n"));

@@ -79,12 +79,13 @@ def render_svg(graph: GraphPayload) -> str:
         box = (f'width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="{fill}" stroke="{stroke}" '
                f'stroke-width="1.5"{dash}')
         # A group is drawn as a stack of boxes, with a bar for the share of its calls done.
-        stack = f'<rect class="stack" x="4" y="-4" {box}/>' if group else ""
+        stack = (f'<rect class="stack" x="4" y="-4" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="#fff" '
+                 f'stroke="#9ca3af"/>') if group else ""
         bar = ""
         if group and node.get("total"):
             done = NODE_WIDTH * min(1.0, node.get("count", 0) / node["total"])
             bar = (f'<rect class="progress" x="0" y="{NODE_HEIGHT - 4}" width="{done:.1f}" height="4" '
-                   f'rx="2" fill="{stroke}"/>')
+                   f'rx="2" fill="#15803d"/>')
         parts.append(
             f'<g class="node" data-id="{escape(node["id"])}" data-state="{node["state"]}"'
             + (f' data-group="{group}"' if group else "")

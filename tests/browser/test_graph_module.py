@@ -90,3 +90,54 @@ def test_graph_module_draws_patches_and_sends_commands(browser: Any, tmp_path: P
     finally:
         page.close()
         widget.close()
+
+
+@pytest.mark.timeout(60)
+def test_graph_module_draws_a_group_with_progress_and_its_failed_calls(browser: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    from tests.ui.test_groups import finish, mapped_flow
+
+    run, _, members, _ = mapped_flow()
+    for task_run in members[:37]:
+        finish(task_run, "Completed", "COMPLETED")
+    widget = TaskGraph([run], live=False)
+    state = {"graph_json": widget.graph_json, "patch": widget.patch, "details": {}, "selected": "",
+             "notice": "", "busy": False}
+    page = browser.new_page()
+    try:
+        page.set_content("<html><body></body></html>")
+        page.evaluate(FAKE_MODEL, [(ROOT / "widgets" / "graph.js").read_text(),
+                                   (ROOT / "widgets" / "graph.css").read_text(), state])
+        group = page.locator('svg.nbflow-graph g.node[data-group="map"]')
+        expect(group).to_have_attribute("data-state", "running")
+        expect(group.locator("text.status")).to_have_text("running 37/100")
+        expect(group.locator("rect.progress")).to_have_attribute("width", "55.5")  # 37% of 150
+        expect(group.locator("rect.stack")).to_have_count(1)
+
+        # The rest finish, three failing: a patch (as the widget sends it) updates text and bar in place.
+        for i, task_run in enumerate(members[37:], start=37):
+            finish(task_run, *(("Failed", "FAILED") if i in (40, 41, 99) else ("Completed", "COMPLETED")),
+                   error=f"ValueError: bad item {i}" if i in (40, 41, 99) else None)
+        changed = widget.model.poll()
+        patch = {"rev": widget.graph["rev"], "runs": {},
+                 "nodes": {node_id: widget.model.node_patch(widget.model.nodes[node_id], set()) for node_id in changed}}
+        page.evaluate(f"() => window.model.change('patch', {json.dumps(patch)})")
+        expect(group).to_have_attribute("data-state", "failed")
+        expect(group.locator("text.status")).to_have_text("failed 97/100 · 3 failed")
+        expect(group.locator("rect.progress")).to_have_attribute("width", "145.5")
+
+        # Its details list the failed calls (what the kernel sends back for a click).
+        details = widget.model.details("map-m1", {m.id for m in members})
+        page.evaluate(f"() => {{ window.model.set('selected', 'map-m1'); window.model.change('details', "
+                      f"{json.dumps(details)}); }}")
+        panel = page.locator(".nbflow-details")
+        expect(panel.locator("dl.nbflow-failed-calls dt")).to_have_text(["#40", "#41", "#99"])
+        expect(panel.locator("dl.nbflow-failed-calls")).to_contain_text("ValueError: bad item 41 (i=41)")
+        expect(panel.locator("button.nbflow-retry")).to_have_text("Retry 3 failed")
+        panel.locator("button.nbflow-retry").click()
+        assert page.evaluate("() => window.sent") == [{"type": "retry", "id": "map-m1"}]
+        page.screenshot(path=str(tmp_path / "module-group.png"))
+    finally:
+        page.close()
+        widget.close()
