@@ -174,3 +174,43 @@ def test_retry_on_a_group_reruns_only_its_failed_calls_then_the_flow(
     assert summed_node["state"] == "completed"
     assert graph.graph["runs"][0]["state"] == "Completed"
     assert graph.details["failed_members"] == [] and graph.details["state"] == "completed"
+
+
+def test_a_real_task_map_is_one_node_and_retry_reruns_its_failed_calls(
+    shown: list[TaskGraph], executions: dict[str, int]
+) -> None:
+    broken = {5, 17}
+
+    @nbflow.task(cache_policy=NONE)
+    def fetch(i: int) -> list[int]:
+        if i in broken:
+            raise TimeoutError(f"item {i}: no answer")
+        return [i]
+
+    @nbflow.task(cache_policy=NONE)
+    def combine(rows: list[list[int]]) -> int:
+        return sum(row[0] for row in rows)
+
+    @nbflow.flow
+    def crawl(n: int) -> int:
+        futures = fetch.map(range(n))
+        return combine([future.result() for future in futures])
+
+    assert crawl(40, return_state=True).is_failed()
+    (graph,) = shown
+    (node,) = graph.graph["nodes"]
+    assert (node["group"], node["label"], node["state"], node["count"], node["total"]) == (
+        "map", "fetch", "failed", 38, 40)
+    assert node["counts"] == {"completed": 38, "failed": 2} and node["retryable"]
+    browser_command(graph, {"type": "select", "id": node["id"]})
+    assert [(m["index"], m["error"]) for m in graph.details["failed_members"]] == [
+        (5, "TimeoutError: item 5: no answer"), (17, "TimeoutError: item 17: no answer")]
+
+    broken.clear()
+    browser_command(graph, {"type": "retry", "id": node["id"]})
+    assert executions == {"fetch": 42, "combine": 1}
+    mapped, combined = graph.graph["nodes"]
+    assert (mapped["state"], mapped["count"], mapped["total"], mapped["retryable"]) == ("completed", 40, 40, False)
+    assert combined["state"] == "completed" and graph.graph["runs"][0]["state"] == "Completed"
+    label = {n["id"]: n["label"] for n in graph.graph["nodes"]}
+    assert [(label[e["source"]], label[e["target"]]) for e in graph.graph["edges"]] == [("fetch", "combine")]
