@@ -40,6 +40,8 @@ SUMMARY_TAG = "nbflow-run-summary"
 # How often the CLI reads the history while the kernel runs. The kernel writes it in batches about
 # this often, so polling faster would only show the same state again.
 _POLL_SECONDS = 0.3
+# More task changes than this in one poll are shown as one line of counts (failures still one by one).
+_LINES_PER_POLL = 10
 
 
 # -- parameters ---------------------------------------------------------------------------------------
@@ -133,25 +135,36 @@ class LiveDisplay:
 
     def show(self, task_runs: list[TaskRunRecord]) -> None:
         with self._lock:
+            # A flow of thousands of quick tasks gets one line per poll, not one per task (failures and
+            # long tasks starting are still shown one by one).
+            busy = len(task_runs) > _LINES_PER_POLL
+            quiet: dict[str, int] = {}
             for task_run in task_runs:
                 result = outcome(task_run.state, task_run.state_type)
                 if result == "other":
                     if task_run.id in self.running or task_run.id in self._final:
                         continue
                     self.running.add(task_run.id)
-                    self._line("start", task_run.task_name, task_run.state if task_run.state != "Running" else "")
+                    if not busy:
+                        self._line("start", task_run.task_name,
+                                   task_run.state if task_run.state != "Running" else "")
                     continue
                 if task_run.id in self._final:  # a later change of a final record (e.g. its logs)
                     continue
                 self._final.add(task_run.id)
                 self.running.discard(task_run.id)
                 self.done += 1
+                if busy and result != "failed":
+                    quiet[result] = quiet.get(result, 0) + 1
+                    continue
                 detail = format_duration(task_run.duration)
                 if task_run.attempts > 1:
                     detail += f", {task_run.attempts} attempts"
                 if result == "failed" and task_run.error:
                     detail += f"  {task_run.error}"
                 self._line(result if result != "failed" else task_run.state.lower(), task_run.task_name, detail)
+            if quiet:
+                self._line("ended", f"{sum(quiet.values())} tasks", ", ".join(f"{n} {r}" for r, n in quiet.items()))
             self.out.flush()
 
     def _line(self, verb: str, task: str, detail: str) -> None:
