@@ -52,9 +52,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="set a parameter (repeatable): a Python literal, else a string; assigned in a cell "
                      "after the one tagged 'parameters' (papermill's convention)")
     run.add_argument("-o", "--output", help="write the executed notebook (outputs, task graph, run summary) here")
-    run.add_argument("--kernel", default=None, help="kernel name (default: the notebook's, else python3)")
-    run.add_argument("--cwd", default=None, help="working directory of the kernel (default: the notebook's)")
-    run.add_argument("--timeout", type=float, default=None, help="seconds a single cell may run (default: no limit)")
+    run.add_argument("--kernel", default=None, metavar="NAME",
+                     help="kernel name (default: the notebook's, else python3)")
+    run.add_argument("--cwd", default=None, metavar="DIR",
+                     help="working directory of the kernel (default: the notebook's)")
+    run.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="seconds a single cell may run (default: no limit)")
+    run.add_argument("--home", default=None, metavar="DIR",
+                     help="store directory (default: $NBFLOW_HOME, else .nbflow in the kernel's directory)")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (live lines go to stderr)")
 
     runs = commands.add_parser(
@@ -64,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "task runs cached/computed/failed. `nbflow runs show RUN_ID` shows one run's tasks.",
     )
     runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
-    runs.add_argument("--home", default=None, help=_HOME_HELP)
+    runs.add_argument("--home", default=None, metavar="DIR", help=_HOME_HELP)
     runs.add_argument("--json", action="store_true", help=_JSON_HELP)
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
     show = runs_commands.add_parser(
@@ -73,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument("run_id", metavar="RUN_ID", help="run id or a unique prefix of it (from `nbflow runs`)")
     show.add_argument("--traceback", action="store_true", help="print the tracebacks of failed tasks too")
-    show.add_argument("--home", default=None, help=_HOME_HELP)
+    show.add_argument("--home", default=None, metavar="DIR", help=_HOME_HELP)
     show.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     cache = commands.add_parser(
@@ -104,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Delete expired entries, then least recently used ones until the store is within its "
         "size limit (NBFLOW_SIZE_LIMIT); also removes leftovers of interrupted writes.")
     for sub in (info, ls, clear, prune):
-        sub.add_argument("--home", default=None, help=_HOME_HELP)
+        sub.add_argument("--home", default=None, metavar="DIR", help=_HOME_HELP)
         sub.add_argument("--json", action="store_true", help=_JSON_HELP)
     return parser
 
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_notebook(
                 Path(args.notebook), output=args.output, kernel=args.kernel, cwd=args.cwd, timeout=args.timeout,
-                parameters=args.parameters, as_json=args.json, out=out,
+                parameters=args.parameters, as_json=args.json, home=args.home, out=out,
             )
         if args.command == "runs":
             from nbflow.cli import history

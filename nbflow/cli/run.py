@@ -318,7 +318,7 @@ _FINISH_CODE = "import nbflow.cli.kernel as _nbflow_cli_kernel\n_nbflow_cli_kern
 
 def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = None, cwd: str | None = None,
                  timeout: float | None = None, parameters: Sequence[str] = (), as_json: bool = False,
-                 out: TextIO | None = None) -> int:
+                 home: str | None = None, out: TextIO | None = None) -> int:
     """Execute the notebook at ``path``, showing tasks live, then print the summary; return the exit code."""
     import asyncio
 
@@ -338,11 +338,11 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     check_kernel(kernel_name)
     inject_parameters(notebook, values)
 
-    # The kernel must use the store this process reads: resolve NBFLOW_HOME the way the kernel would
-    # (relative to its working directory) and pass it down explicitly.
-    home = resolve_home(None, workdir)
+    # The kernel must use the store this process reads: --home as given here, else NBFLOW_HOME resolved
+    # the way the kernel would (relative to its working directory); passed down explicitly.
+    store_home = resolve_home(home) if home else resolve_home(None, workdir)
     launch_id = uuid.uuid4().hex
-    env = {**os.environ, "NBFLOW_HOME": str(home), "NBFLOW_LAUNCH_ID": launch_id}
+    env = {**os.environ, "NBFLOW_HOME": str(store_home), "NBFLOW_LAUNCH_ID": launch_id}
     client = NotebookClient(
         notebook, kernel_name=kernel_name, timeout=timeout, allow_errors=False,
         resources={"metadata": {"path": str(workdir)}},
@@ -354,9 +354,9 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     failed_cell: dict[str, Any] | None = None
     started = time.time()
     given = ", ".join(f"{k}={v!r}" for k, v in values.items())
-    print(f"nbflow run {path} (kernel {kernel_name}, store {home})" + (f"\nparameters: {given}" if given else ""),
+    print(f"nbflow run {path} (kernel {kernel_name}, store {store_home})" + (f"\nparameters: {given}" if given else ""),
           file=live_out, flush=True)
-    watcher = LaunchWatcher(home, launch_id, started)
+    watcher = LaunchWatcher(store_home, launch_id, started)
     stop = threading.Event()
     poller = threading.Thread(target=_watch, args=(watcher, display, stop), name="nbflow-run-watch", daemon=True)
 
@@ -403,11 +403,11 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     try:
         display.show(watcher.poll())  # what the kernel wrote at its end
     except Exception as error:
-        print(f"nbflow: warning: could not read the run history in {home}: {error}", file=sys.stderr)
+        print(f"nbflow: warning: could not read the run history in {store_home}: {error}", file=sys.stderr)
     runs = watcher.records()
     watcher.close()
 
-    summary = build_summary(path=path, output=output, kernel=kernel_name, home=home, launch_id=launch_id,
+    summary = build_summary(path=path, output=output, kernel=kernel_name, home=store_home, launch_id=launch_id,
                             parameters=values, started=started, elapsed=elapsed, runs=runs,
                             failed_cell=failed_cell)
     if output:

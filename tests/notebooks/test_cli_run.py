@@ -192,10 +192,13 @@ def test_failure_with_json_names_the_task_and_bad_parameters_exit_2(tmp_path: Pa
         "import nbflow\n@nbflow.task(retries=1)\ndef fetch(url):\n    raise ConnectionError(f'{url} is down')",
         "fetch('http://example.invalid')",
     )
-    done = nbflow_cli("run", str(path), "--json", cwd=tmp_path)
+    done = nbflow_cli("run", str(path), "--json", "--home", "elsewhere", cwd=tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     data = json.loads(done.stdout)
     assert data["status"] == "failed" and data["exit_code"] == 1
+    assert data["home"] == str(tmp_path / "elsewhere")
+    runs = json.loads(nbflow_cli("runs", "--home", "elsewhere", "--json", cwd=tmp_path).stdout)["runs"]
+    assert [(run["state"], run["tasks"]["failed"]) for run in runs] == [("Failed", 1)]
     assert data["failed_tasks"] == [{"task": "fetch", "state": "Failed", "id": data["failed_tasks"][0]["id"],
                                      "error": "ConnectionError: http://example.invalid is down"}]
     assert data["failed_cell"]["index"] == 1 and data["failed_cell"]["ename"] == "ConnectionError"
