@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 DEMO_HOME := $(CURDIR)/.nbflow-demo
 
-.PHONY: demo test lint bench install clean system-deps
+.PHONY: demo test lint bench bench-prefect install clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,22 @@ lint: install
 	$(VENV)/bin/ruff check nbflow tests benchmarks
 	$(VENV)/bin/mypy
 
-bench: install
+# The benchmarks' peers (the bench extra), and every module compiled to .pyc up front: with
+# PYTHONDONTWRITEBYTECODE=1 set, nothing else would ever write them and every import would compile.
+$(VENV)/.bench-installed: pyproject.toml | $(STAMP)
+	$(PIP) install -e ".[bench]"
+	touch $@
+
+bench: install $(VENV)/.bench-installed
+	$(PY) -m compileall -q -j 0 $(VENV)/lib nbflow benchmarks >/dev/null || true
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/bench_widget.py
+
+# Optional: Prefect 3.8 (with a FastAPI it runs with) into the venv, then nbflow against it (not part of `make test`).
+bench-prefect: install $(VENV)/.bench-installed
+	$(PIP) install "prefect>=3.8,<3.9" "fastapi<=0.154"
+	$(PY) -m compileall -q -j 0 $(VENV)/lib nbflow benchmarks >/dev/null || true
+	$(PY) benchmarks/bench_prefect.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,12 @@
-"""The benchmark script runs (quick mode) and prints its ratios; timings are not asserted here."""
+"""The benchmarks run (quick mode) and print their tables, ratios and target marks.
+
+Timings are never asserted here: the machine is shared and noisy, and `make bench` is where the figures are
+read. What is checked is that every section ran and printed what a reader compares.
+"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +14,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_overhead_benchmark_runs_and_reports_ratios() -> None:
+def test_overhead_benchmark_runs_and_prints_every_section(tmp_path: Path) -> None:
+    figures = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--quick", "--json", str(figures)],
         capture_output=True, text=True, timeout=300,
     )
-    assert done.returncode == 0, done.stderr
-    assert "ratio joblib/nbflow" in done.stdout
-    assert "GB/s" in done.stdout
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for heading in ("trivial task, per call", "import nbflow", "Restart & Run All", "fingerprint throughput",
+                    "float64 array result", "a flow of", "Task.submit", "targets (issue 9)"):
+        assert heading in out, f"section {heading!r} missing from:\n{out}"
+    for row in ("joblib.Memory", "diskcache memoize", "bare floor", "np.save", "np.load", "memory copy",
+                "live TaskGraph"):
+        assert row in out, f"row {row!r} missing from:\n{out}"
+    marks = [line for line in out.splitlines() if line.strip().startswith(("PASS", "MISS"))]
+    assert len(marks) >= 15, out
+    saved = json.loads(figures.read_text())
+    assert saved["results"]["calls"]["hit_us"]["nbflow"] > 0
+    names = {name for name, _, _ in saved["targets"]}
+    assert {"import nbflow <= 100 ms", "submit overhead per task <= 100 µs"} <= names
+
+
+def test_prefect_benchmark_explains_how_to_install_prefect() -> None:
+    """Prefect is optional (`make bench-prefect`); without it the comparison says how to get it."""
+    import importlib.util
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_prefect.py"), "--quick"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if importlib.util.find_spec("prefect") is None:
+        assert done.returncode == 2
+        assert "make bench-prefect" in done.stderr
+    else:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "Prefect" in done.stdout
