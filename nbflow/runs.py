@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -377,13 +378,15 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _dumps(data: dict[str, Any]) -> str:
-    # pydantic-core's encoder is several times faster than json.dumps, and this runs per task call.
-    from pydantic_core import to_json
-
+    # pydantic-core's encoder is several times faster than json.dumps, and this runs per task call; but
+    # importing it costs a fresh process ~50 ms, so it is used only once something else has loaded it.
+    core = sys.modules.get("pydantic_core")
     # A record may gain a log line or a state while it is written; a retry sees a consistent copy.
     for _ in range(5):
         try:
-            return to_json(data, fallback=str).decode()
+            if core is not None:
+                return str(core.to_json(data, fallback=str).decode())
+            return json.dumps(data, default=str, separators=(",", ":"))
         except RuntimeError:
             continue
     return json.dumps(data, default=str)

@@ -1,15 +1,17 @@
-"""nbflow's settings: one pydantic model, read from ``NBFLOW_*`` environment variables and
+"""nbflow's settings: one small validated dataclass, read from ``NBFLOW_*`` environment variables and
 overridable in code with :func:`nbflow.configure`.
+
+A dataclass, not a pydantic model: settings are read on a process's first task call, and a cache hit in
+a fresh process should not wait for pydantic to import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nbflow.exceptions import ConfigurationError
 
@@ -38,40 +40,73 @@ def _default_secret_file() -> Path:
     return Path(base) / "nbflow" / "secret.key"
 
 
-class Settings(BaseModel):
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigurationError(f"setting {name}={value!r} must be true or false (or 1/0, yes/no, on/off)")
+
+
+def _path(name: str, value: Any) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ConfigurationError(f"setting {name}={value!r} must be a path")
+    # Resolved once, when set: a later os.chdir in a notebook must not move the store.
+    return Path(value).expanduser().absolute()
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigurationError(f"setting size_limit={value!r} must be a number of bytes or e.g. '10GiB'")
+    size = parse_size(value) if isinstance(value, str) else int(value)
+    if size <= 0:
+        raise ConfigurationError(f"setting size_limit={value!r} must be positive")
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
     """Everything configurable about nbflow.
 
     Each field can be set with an environment variable ``NBFLOW_<FIELD>`` (e.g. ``NBFLOW_HOME``,
-    ``NBFLOW_SIZE_LIMIT=5GiB``) or in code with ``nbflow.configure(field=value)``.
+    ``NBFLOW_SIZE_LIMIT=5GiB``) or in code with ``nbflow.configure(field=value)``:
+
+    - ``home``: directory of the result store and run history (default ``.nbflow``).
+    - ``size_limit``: store size limit in bytes (``"10GiB"`` works); least recently used entries are
+      evicted beyond it.
+    - ``secret_file``: the per-user secret key authenticating stored payloads (created on first use,
+      mode 0600; default ``~/.config/nbflow/secret.key``).
+    - ``strict_buffers``: also authenticate raw array buffers with a keyed MAC (slower), not only a
+      checksum.
+    - ``display``: show task graphs automatically in notebooks.
     """
 
-    model_config = ConfigDict(validate_assignment=True, validate_default=True, extra="forbid")
+    home: Path = Path(".nbflow")
+    size_limit: int = 10 * 1024**3
+    secret_file: Path = dataclasses.field(default_factory=_default_secret_file)
+    strict_buffers: bool = False
+    display: bool = True
 
-    home: Path = Field(default=Path(".nbflow"), description="Directory of the result store and run history.")
-    size_limit: int = Field(default=10 * 1024**3, description="Store size limit in bytes; LRU eviction beyond.")
-    secret_file: Path = Field(
-        default_factory=_default_secret_file,
-        description="Per-user secret key authenticating stored payloads (created on first use, mode 0600).",
-    )
-    strict_buffers: bool = Field(
-        default=False,
-        description="Also authenticate raw array buffers with a keyed MAC (slower), not only a checksum.",
-    )
-    display: bool = Field(default=True, description="Show task graphs automatically in notebooks.")
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__  # frozen: values are checked and normalized once, here
+        set_field(self, "home", _path("home", self.home))
+        set_field(self, "secret_file", _path("secret_file", self.secret_file))
+        set_field(self, "size_limit", _size(self.size_limit))
+        set_field(self, "strict_buffers", _flag("strict_buffers", self.strict_buffers))
+        set_field(self, "display", _flag("display", self.display))
 
-    @field_validator("size_limit", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> int:
-        size = parse_size(value)
-        if size <= 0:
-            raise ValueError("size_limit must be positive")
-        return size
+    def model_dump(self) -> dict[str, Any]:
+        """The settings as a dict."""
+        return dataclasses.asdict(self)
 
-    @field_validator("home", "secret_file", mode="after")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        # Resolved once, when set: a later os.chdir in a notebook must not move the store.
-        return value.expanduser().absolute()
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(Settings))
 
 
 _lock = threading.Lock()
@@ -80,13 +115,13 @@ _settings: Settings | None = None
 
 def _from_environment() -> Settings:
     values: dict[str, Any] = {}
-    for name in Settings.model_fields:
+    for name in _FIELD_NAMES:
         raw = os.environ.get(f"NBFLOW_{name.upper()}")
         if raw is not None and raw != "":
             values[name] = raw
     try:
         return Settings(**values)
-    except ValidationError as error:
+    except ConfigurationError as error:
         raise ConfigurationError(f"invalid NBFLOW_* environment variable: {error}") from None
 
 
@@ -109,18 +144,14 @@ def configure(**overrides: Any) -> Settings:
     settings. Open stores are reopened at their new place on next use.
     """
     global _settings
-    unknown = set(overrides) - set(Settings.model_fields)
+    unknown = set(overrides) - set(_FIELD_NAMES)
     if unknown:
         raise ConfigurationError(
-            f"unknown setting(s) {sorted(unknown)}; known settings are {sorted(Settings.model_fields)}"
+            f"unknown setting(s) {sorted(unknown)}; known settings are {sorted(_FIELD_NAMES)}"
         )
     with _lock:
         base = _settings if _settings is not None else _from_environment()
-        try:
-            merged = {**base.model_dump(), **overrides}
-            _settings = Settings(**merged)
-        except ValidationError as error:
-            raise ConfigurationError(f"invalid setting: {error}") from None
+        _settings = dataclasses.replace(base, **overrides)
         new = _settings
     _notify(new)
     return new

@@ -1,7 +1,11 @@
-"""States are data: one pydantic model with a ``type`` that drives logic and a ``name`` for display.
+"""States are data: one small class with a ``type`` that drives logic and a ``name`` for display.
 
 The constructors (:func:`Completed`, :func:`Cached`, :func:`Failed`, ...) are the only way the engine
 makes states, so every name used anywhere is listed here.
+
+``State`` is a plain slotted class rather than a pydantic model so that a cache hit in a fresh process
+never imports pydantic (about a hundred milliseconds); it offers the pydantic-style ``model_dump`` /
+``model_copy`` and validates as a field of pydantic models all the same.
 """
 
 from __future__ import annotations
@@ -10,9 +14,7 @@ import datetime as _dt
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
-
-from nbflow.exceptions import MissingResult
+from nbflow.exceptions import ConfigurationError, MissingResult
 
 __all__ = [
     "AwaitingRetry",
@@ -69,25 +71,46 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-class State(BaseModel):
+_FIELDS = ("type", "name", "message", "timestamp", "persisted")
+
+
+class State:
     """The state of a task run or flow run at one moment.
 
     ``type`` drives logic (``COMPLETED``, ``FAILED``, ...); ``name`` is what users read (``Cached`` is a
     ``COMPLETED`` state whose result came from the store). The result, or the exception of a failed run,
-    rides along privately and is returned or raised by :meth:`result`.
+    rides along privately and is returned or raised by :meth:`result`. ``persisted`` says whether the
+    result was written to the store (None: not applicable).
     """
 
-    model_config = ConfigDict(frozen=False, arbitrary_types_allowed=True)
+    __slots__ = ("_data", "message", "name", "persisted", "timestamp", "type")
 
     type: StateType
     name: str
-    message: str | None = None
-    timestamp: _dt.datetime = Field(default_factory=_now)
-    persisted: bool | None = Field(
-        default=None, description="Whether the result was written to the store (None: not applicable)."
-    )
+    message: str | None
+    timestamp: _dt.datetime
+    persisted: bool | None
 
-    _data: Any = PrivateAttr(default=_NOT_SET)
+    def __init__(self, type: StateType | str, name: str, message: str | None = None,
+                 timestamp: _dt.datetime | None = None, persisted: bool | None = None) -> None:
+        try:
+            self.type = type if isinstance(type, StateType) else StateType(str(type).upper())
+        except ValueError:
+            choices = ", ".join(member.value for member in StateType)
+            raise ConfigurationError(f"State: type={type!r} is not one of {choices}") from None
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"State: name={name!r} must be a non-empty string")
+        if message is not None and not isinstance(message, str):
+            raise ConfigurationError(f"State: message={message!r} must be a string or None")
+        if timestamp is not None and not isinstance(timestamp, _dt.datetime):
+            raise ConfigurationError(f"State: timestamp={timestamp!r} must be a datetime or None")
+        if persisted is not None and not isinstance(persisted, bool):
+            raise ConfigurationError(f"State: persisted={persisted!r} must be True, False or None")
+        self.name = name
+        self.message = message
+        self.timestamp = timestamp if timestamp is not None else _now()
+        self.persisted = persisted
+        self._data = _NOT_SET
 
     def __repr__(self) -> str:
         message = f", message={self.message!r}" if self.message else ""
@@ -95,6 +118,49 @@ class State(BaseModel):
 
     __str__ = __repr__
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS) and self._data is other._data
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the pydantic model it replaces
+
+    # -- data ---------------------------------------------------------------------------------------
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]:
+        """The fields as a dict; ``mode="json"`` gives JSON-ready values (type as text, ISO timestamp)."""
+        data = {name: getattr(self, name) for name in _FIELDS}
+        if mode == "json":
+            data["type"] = self.type.value
+            data["timestamp"] = self.timestamp.isoformat()
+        return data
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> State:
+        """A copy (with ``update`` applied to its fields); the result rides along."""
+        fields = {name: getattr(self, name) for name in _FIELDS}
+        fields.update(update or {})
+        copy = State(**fields)
+        copy._data = self._data
+        return copy
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        # Lets a pydantic model hold a State field (validated from a State or a dict of its fields).
+        from pydantic_core import core_schema
+
+        def validate(value: Any) -> State:
+            if isinstance(value, State):
+                return value
+            if isinstance(value, dict):
+                return State(**value)
+            raise ValueError(f"expected a State or a dict of its fields, got {type(value).__name__}")
+
+        return core_schema.no_info_plain_validator_function(
+            validate, serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda state: state.model_dump(mode="json")
+            ),
+        )
+
+    # -- kind -----------------------------------------------------------------------------------------
     def is_pending(self) -> bool:
         return self.type in (StateType.PENDING, StateType.SCHEDULED)
 
@@ -120,14 +186,14 @@ class State(BaseModel):
         """True for COMPLETED, FAILED, CANCELLED and CRASHED."""
         return self.type in _FINAL
 
+    # -- result ---------------------------------------------------------------------------------------
     def has_result(self) -> bool:
         return self._data is not _NOT_SET
 
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's return value; for a failed run, its exception is raised (or returned when
         ``raise_on_failure=False``)."""
-        private = self.__pydantic_private__
-        data = private["_data"] if private is not None else _NOT_SET
+        data = self._data
         if isinstance(data, BaseException) and self.type is not StateType.COMPLETED:
             if raise_on_failure:
                 raise data
@@ -142,21 +208,20 @@ class State(BaseModel):
         return self
 
 
-_FIELDS_SET = frozenset({"type", "name", "message"})
 _new = object.__new__
-_set = object.__setattr__
 
 
 def _state(type_: StateType, name: str, message: str | None = None, data: Any = _NOT_SET,
            persisted: bool | None = None) -> State:
-    # The constructors below pass trusted values, so the state is built without pydantic's validation
-    # (a fifth of a cache hit's engine time otherwise); State(...) called by users still validates.
+    # The constructors below pass trusted values, so the state is built without checks;
+    # State(...) called by users still checks its arguments.
     state = _new(State)
-    _set(state, "__dict__", {"type": type_, "name": name, "message": message, "timestamp": _now(),
-                             "persisted": persisted})
-    _set(state, "__pydantic_fields_set__", set(_FIELDS_SET))
-    _set(state, "__pydantic_extra__", None)
-    _set(state, "__pydantic_private__", {"_data": data})
+    state.type = type_
+    state.name = name
+    state.message = message
+    state.timestamp = _now()
+    state.persisted = persisted
+    state._data = data
     return state
 
 

@@ -23,6 +23,21 @@ def test_import_is_light() -> None:
     assert json.loads(done.stdout) == []
 
 
+def test_a_cache_hit_in_a_fresh_process_stays_light(subprocess_env) -> None:
+    # What "Restart & Run All" pays before its first result: no pydantic, asyncio or notebook machinery.
+    code = (
+        "import sys, json, nbflow\n"
+        "@nbflow.task\ndef double(x):\n    return 2 * x\n"
+        "state = double(21, return_state=True)\n"
+        "print(json.dumps([state.name, state.result(), sorted(m for m in ('IPython', 'numpy', 'pandas', "
+        "'pydantic', 'pydantic_core', 'asyncio', 'concurrent.futures', 'nbclient', 'ipywidgets') "
+        "if m in sys.modules)]))"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=subprocess_env) for _ in range(2)]
+    assert [json.loads(done.stdout) for done in runs] == [["Completed", 42, []], ["Cached", 42, []]]
+
+
 def test_public_surface() -> None:
     for name in nbflow.__all__:
         assert getattr(nbflow, name) is not None

@@ -6,8 +6,6 @@ reused (matched by task and call order), so only what failed, and what comes aft
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +77,7 @@ class FlowRunEngine:
             finally:
                 _flow_run.reset(token)
             try:
-                concurrent.futures.wait([future._future for future in context.take_futures()])
+                _wait_all(context.take_futures())
             except KeyboardInterrupt as error:
                 return Cancelled(error, message="interrupted while waiting for submitted tasks")
             state = _resolve_returned(state)
@@ -94,6 +92,8 @@ class FlowRunEngine:
 
     async def call_body_async(self) -> State:
         """:meth:`call_body` for an ``async def`` flow."""
+        import asyncio
+
         flow = self.flow
         context = self.context
         assert context is not None
@@ -205,6 +205,13 @@ def _call_arguments(flow: Flow[..., Any], parameters: dict[str, Any]) -> tuple[t
 
     bound = inspect.BoundArguments(flow.signature, dict(parameters))
     return bound.args, bound.kwargs
+
+
+def _wait_all(futures: list[Any]) -> None:
+    if futures:
+        import concurrent.futures
+
+        concurrent.futures.wait([future._future for future in futures])
 
 
 def _resolve_returned(state: State) -> State:

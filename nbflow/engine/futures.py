@@ -8,11 +8,12 @@ without a result, the downstream call ends ``UpstreamFailed`` instead of running
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from nbflow.runs import TaskRunRecord
     from nbflow.states import State
 
@@ -56,11 +57,15 @@ class TaskFuture(Generic[R]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the call is final, or ``timeout`` seconds have passed (then it returns all the same)."""
+        import concurrent.futures
+
         concurrent.futures.wait([self._future], timeout=timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """Wait for the call and return its result; a failed call raises its exception (or, with
         ``raise_on_failure=False``, returns it). Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
+        import concurrent.futures
+
         try:
             state = self._future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
@@ -83,6 +88,8 @@ class TaskFutureList(list[TaskFuture[R]]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until every call is final (or ``timeout`` seconds pass)."""
+        import concurrent.futures
+
         concurrent.futures.wait([future._future for future in self], timeout=timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
@@ -127,6 +134,8 @@ def _check_futures(futures: Iterable[Any], caller: str) -> list[TaskFuture[Any]]
 
 def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> DoneAndNotDone:
     """Wait until every future is final, or ``timeout`` seconds have passed; say which are done."""
+    import concurrent.futures
+
     items = _check_futures(futures, "wait")
     by_inner = {future._future: future for future in items}
     done, not_done = concurrent.futures.wait(list(by_inner), timeout=timeout)
@@ -136,6 +145,8 @@ def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> Do
 def as_completed(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> Iterator[TaskFuture[Any]]:
     """Yield the futures as their calls end (fastest first). Raises ``TimeoutError`` if ``timeout``
     seconds pass before all have ended."""
+    import concurrent.futures
+
     items = _check_futures(futures, "as_completed")
     by_inner = {future._future: future for future in items}
     try:

@@ -21,8 +21,6 @@ The order of the steps matters and is written down here:
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
 import os
 import time
@@ -65,6 +63,8 @@ from nbflow.states import (
 from nbflow.store import CacheMiss
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from nbflow.engine.runners import TaskRunner
     from nbflow.tasks import Task
     from nbflow.transactions import Transaction
@@ -116,6 +116,8 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
 async def async_call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                               timeout_seconds: float | None, label: str) -> State:
     """:func:`call_to_state` for a coroutine function: awaited under its timeout, which cancels it."""
+    import asyncio  # here, not at the top: plain calls never pay for importing asyncio
+
     try:
         if timeout_seconds is None:
             result = await fn(*args, **kwargs)
@@ -327,6 +329,8 @@ class TaskRunEngine:
 
     async def call_async(self) -> State:
         """:meth:`call` for an ``async def`` task: attempts are awaited, retry delays too."""
+        import asyncio
+
         task = self.task
         context = TaskRunContext(task=task, task_run=self.task_run, log_prints=self._log_prints())
         token = _task_run.set(context)
@@ -548,6 +552,8 @@ class TaskRunEngine:
 def run_coroutine(coroutine: Any) -> Any:
     """Run ``coroutine`` to the end from synchronous code and return its result — also from a thread
     whose event loop is running (a Jupyter kernel handling a widget's retry), via a helper thread."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -602,6 +608,8 @@ def submit_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     are numbered in the order they were submitted); the rest runs on the runner once every future among
     the arguments is done.
     """
+    import concurrent.futures
+
     from nbflow.engine.runners import default_runner
 
     flow_context = current_flow_run()

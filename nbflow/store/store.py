@@ -24,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import json
 import mmap
 import os
 import re
 import secrets
 import sqlite3
 import stat
+import sys
 import threading
 import time
 import warnings
@@ -176,7 +178,6 @@ class ResultStore:
     ) -> None:
         # Imported here so that importing nbflow.store stays cheap.
         import diskcache
-        import pydantic_core
 
         if size_limit <= 0:
             raise ConfigurationError(f"size_limit must be a positive number of bytes, not {size_limit!r}")
@@ -216,7 +217,10 @@ class ResultStore:
         self._write_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
         # pydantic-core's JSON parser is several times faster than the json module on records, which
         # matters on the cache-hit path.
-        self._parse_json: Callable[[str], Any] = pydantic_core.from_json
+        # pydantic-core parses records faster than json, but importing it costs a fresh process about
+        # as much as a thousand hits: use it only when something else has loaded it already.
+        core = sys.modules.get("pydantic_core")
+        self._parse_json: Callable[[str], Any] = core.from_json if core is not None else json.loads
         self._mprefix = f"m:{FORMAT_VERSION}:"
         self._pprefix = f"p:{FORMAT_VERSION}:"
         self._volume_key = f"s:{FORMAT_VERSION}:volume"
