@@ -15,6 +15,17 @@ __all__ = ["finish", "setup"]
 _unsubscribe: Any = None
 
 
+def _flush_history(*_: Any) -> None:
+    # After every cell: the CLI sees the cell's tasks at once, and a kernel that dies in a later cell
+    # (where atexit handlers never run) has its earlier task runs on disk.
+    from nbflow.runs import history
+
+    try:
+        history().flush()
+    except Exception:  # the history logs its own write errors; a cell must never fail for it
+        pass
+
+
 def setup(notebook: str, parameters: dict[str, str] | None = None) -> None:
     """Load the IPython extension, name the session run after ``notebook`` (with the ``-p`` parameters),
     and record task starts."""
@@ -35,6 +46,8 @@ def setup(notebook: str, parameters: dict[str, str] | None = None) -> None:
         from nbflow.ipython import load_ipython_extension
 
         load_ipython_extension(shell)
+        if _flush_history not in shell.events.callbacks["post_run_cell"]:
+            shell.events.register("post_run_cell", _flush_history)
     # `nbflow runs` names a session run by its source; in a kernel there is no __main__ file to use.
     session = runtime.session_run()
     session.source = notebook

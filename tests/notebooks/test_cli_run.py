@@ -223,3 +223,16 @@ def test_a_task_failure_the_notebook_catches_still_fails_the_run(tmp_path: Path)
     assert data["failed_cell"] is None
     assert [task["error"] for task in data["failed_tasks"]] == [
         "ValueError: could not convert string to float: 'n/a'", "ValueError: could not convert string to float: 'n/b'"]
+
+
+def test_a_kernel_that_dies_keeps_the_tasks_of_earlier_cells(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "dies.ipynb",
+        "import nbflow\n@nbflow.task\ndef prepare():\n    return 1\nprepare()",
+        "import os\nos._exit(3)  # no atexit handler runs",
+    )
+    done = nbflow_cli("run", str(path), "--json", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert data["failed_cell"]["ename"] == "DeadKernelError"
+    assert [(task["task"], task["result"]) for task in data["tasks"]] == [("prepare", "computed")]
