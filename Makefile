@@ -13,7 +13,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[test,dev,ai]"
+	$(PIP) install -e ".[test,dev,ai,dask]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbflow)" >/dev/null
 	touch $(STAMP)
 
@@ -57,6 +57,7 @@ bench: install $(VENV)/.bench-installed
 	$(PY) -m compileall -q -j 0 $(VENV)/lib nbflow benchmarks >/dev/null || true
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/bench_widget.py
+	$(PY) benchmarks/bench_dask.py
 
 # Optional: Prefect 3.8 (with a FastAPI it runs with) into the venv, then nbflow against it (not part of `make test`).
 bench-prefect: install $(VENV)/.bench-installed

@@ -290,16 +290,26 @@ def test_the_tutorial_notebook_runs_headless_with_a_local_cluster(
         capture_output=True, text=True, cwd=tmp_path, env=subprocess_env, timeout=300, stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    log = done.stdout + done.stderr
     summary = json.loads(done.stdout)
-    assert summary["counts"]["computed"] >= 10 and summary["status"] == "ok"
+    assert summary["counts"]["computed"] >= 10 and summary["status"] == "ok", log
     states = {(task["task"], task["state"]) for task in summary["tasks"]}
-    assert ("write_table", "RolledBack") in states and ("write_table", "Completed") in states
+    assert ("write_table", "RolledBack") in states and ("write_table", "Completed") in states, log
     text = "\n".join(
         output.get("text", "") for cell in nbformat.read(str(output), as_version=4).cells
         for output in cell.get("outputs", []) if output.get("output_type") == "stream"
     )
-    assert "9592 primes below 100,000" in text and "ran in the kernel's process: False" in text
-    assert "rollback: removed" in text
+    assert "9592 primes below 100,000" in text and "ran in the kernel's process: False" in text, text
+    assert "rollback: removed" in text, text
+
+
+def test_the_benchmark_runs_and_prints_its_tables() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dask.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for line in ("sequential plain calls", "DaskTaskRunner, 2 worker processes", "speed-up on Dask with 2 workers",
+                 "all cache hits", "Task.submit + wait (thread pool)", "submit overhead per task"):
+        assert line in done.stdout, done.stdout
 
 
 def test_a_timeout_stops_the_kernel_waiting_even_when_the_worker_cannot_interrupt_the_task(
