@@ -52,7 +52,7 @@ def bench_dask(quick: bool) -> dict[str, float]:
     from nbflow.cache_policies import NONE
     from nbflow.integrations.dask import DaskTaskRunner
 
-    n_tasks, limit, reps = (4, 60_000, 1) if quick else (8, 240_000, 3)
+    n_tasks, limit, reps = (4, 60_000, 1) if quick else (8, 600_000, 3)
     bounds = [limit * i // n_tasks for i in range(n_tasks + 1)]
     chunks = list(itertools.pairwise(bounds))
     primes = nbflow.task(name="count_primes", cache_policy=NONE)(count_primes)
