@@ -90,6 +90,8 @@ def error_summary(error: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+# State types of a task run that has not ended yet (a KeyboardInterrupt then ends it Cancelled).
+_UNFINISHED = frozenset({"", StateType.PENDING.value, StateType.SCHEDULED.value, StateType.RUNNING.value})
 # Final at once, whatever the retries: success, and an interrupt or a crash that must reach the caller.
 _ENDS_AT_ONCE = frozenset({StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED})
 
@@ -473,11 +475,11 @@ class TaskRunEngine:
     def run_to_state(self) -> State:
         try:
             self.begin()
+            return self.run_begun()
         except KeyboardInterrupt as error:
-            if self.task_run is _MISSING:  # nothing recorded yet
-                raise
+            if self.task_run is _MISSING or self.task_run.state_type not in _UNFINISHED:
+                raise  # nothing recorded yet, or the final state already is
             return self.finish(self.interrupted(error))
-        return self.run_begun()
 
     def run_begun(self) -> State:
         """Every step after :meth:`begin` (which a submission runs in the caller's thread)."""
@@ -503,11 +505,11 @@ class TaskRunEngine:
     async def run_to_state_async(self) -> State:
         try:
             self.begin()
+            return await self.run_begun_async()
         except KeyboardInterrupt as error:
-            if self.task_run is _MISSING:  # nothing recorded yet
-                raise
+            if self.task_run is _MISSING or self.task_run.state_type not in _UNFINISHED:
+                raise  # nothing recorded yet, or the final state already is
             return self.finish(self.interrupted(error))
-        return await self.run_begun_async()
 
     async def run_begun_async(self) -> State:
         try:

@@ -21,6 +21,7 @@ which is the commit point: a crash at any moment leaves the old entry or the com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -522,13 +523,14 @@ class ResultStore:
         directory, name = os.path.split(path)
         temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        # Listed before they exist, so that a save interrupted at any point removes them.
+        written.append(temporary)
         try:
             fd = os.open(temporary, flags, 0o600)
         except FileNotFoundError:
             # Created on demand rather than checked on every save.
             os.makedirs(directory, mode=0o700, exist_ok=True)
             fd = os.open(temporary, flags, 0o600)
-        written.append(temporary)
         hasher = self._new_hasher()
         try:
             for start in range(0, view.nbytes, _CHUNK):
@@ -539,15 +541,16 @@ class ResultStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+        written.append(path)
         os.replace(temporary, path)
-        written[-1] = path
+        written.remove(temporary)
         return (_KEYED if self.strict_buffers else _FAST) + hasher.hexdigest()
 
     def _commit(self, key: str, record: Record, stream: bytes) -> tuple[Record | None, int]:
         """Write stream and record in one transaction; return the replaced record and the new total."""
         cache = self._cache
         mkey = self._mprefix + key
-        with cache.transact():
+        with self._transaction():
             previous_raw = cache.get(mkey)
             previous = self._try_parse(previous_raw)
             cache.set(self._pprefix + key, stream)
@@ -663,7 +666,7 @@ class ResultStore:
                     batch.append((record, raw))
                     claims.append(claim)
                 evicted: list[Record] = []
-                with cache.transact():
+                with self._transaction():
                     for record, raw in batch:
                         mkey = self._mprefix + record.key
                         # Compare the whole text: a record touched or replaced since the scan is kept.
@@ -679,7 +682,7 @@ class ResultStore:
                 for claim in claims:
                     _release(claim)
         live_keys = {record.key for record, _ in live}
-        with cache.transact():
+        with self._transaction():
             for key, raw in broken:
                 if cache.get(self._mprefix + key) == raw:  # not replaced by a save since the scan
                     cache.delete(self._mprefix + key)
@@ -709,11 +712,38 @@ class ResultStore:
                 _remove_file(path)
         return len(removed) + garbage_records
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``self._cache.transact()``, safe to interrupt.
+
+        A KeyboardInterrupt can land inside diskcache's own bookkeeping around a transaction (between
+        ``BEGIN`` and noting the transaction, or between clearing that note and ``COMMIT``), leaving this
+        thread's connection inside a transaction nobody will end: every later write would then fail.
+        After an interrupt the connection is dropped instead, which rolls back whatever it left open;
+        the next use opens a fresh one.
+        """
+        try:
+            with self._cache.transact():
+                yield
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        cache = self._cache
+        if getattr(cache, "_txn_id", None) == threading.get_ident():
+            cache._txn_id = None
+        try:
+            cache.close()  # this thread's connection only
+        except Exception:
+            pass
+
     def _delete_if(self, key: str, condition: Callable[[str], bool]) -> bool:
         """Delete the entry if its current record text satisfies ``condition``; return whether it did."""
         cache = self._cache
         mkey = self._mprefix + key
-        with cache.transact():
+        with self._transaction():
             raw = cache.get(mkey)
             if raw is None or not condition(raw):
                 return False
@@ -768,7 +798,7 @@ class ResultStore:
     def _touch(self, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
         cache = self._cache
         mkey = self._mprefix + key
-        with cache.transact():
+        with self._transaction():
             current = self._try_parse(cache.get(mkey))
             # Only update the entry that was read, never one that replaced it in the meantime.
             if current is None or (mac is not None and current.mac != mac):
