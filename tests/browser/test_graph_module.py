@@ -4,6 +4,7 @@ no Jupyter. The full-stack tests are in test_graph_browser.py."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +120,20 @@ def test_graph_module_draws_a_group_with_progress_and_its_failed_calls(browser: 
         for i, task_run in enumerate(members[37:], start=37):
             finish(task_run, *(("Failed", "FAILED") if i in (40, 41, 99) else ("Completed", "COMPLETED")),
                    error=f"ValueError: bad item {i}" if i in (40, 41, 99) else None)
+        run.state, run.state_type, run.end_time = "Failed", "FAILED", 1.0
         changed = widget.model.poll()
-        patch = {"rev": widget.graph["rev"], "runs": {},
-                 "nodes": {node_id: widget.model.node_patch(widget.model.nodes[node_id], set()) for node_id in changed}}
+        retryable = {m.id for m in members}
+        patch = {"rev": widget.graph["rev"], "runs": {run.id: widget.model.run_data(run, set())},
+                 "nodes": {node_id: widget.model.node_patch(widget.model.nodes[node_id], retryable)
+                           for node_id in changed}}
         page.evaluate(f"() => window.model.change('patch', {json.dumps(patch)})")
         expect(group).to_have_attribute("data-state", "failed")
         expect(group.locator("text.status")).to_have_text("failed 97/100 · 3 failed")
         expect(group.locator("rect.progress")).to_have_attribute("width", "145.5")
 
         # Its details list the failed calls (what the kernel sends back for a click).
-        details = widget.model.details("map-m1", {m.id for m in members})
+        expect(page.locator(".nbflow-run[data-state=Failed] button.nbflow-retry-flow")).to_be_visible()
+        details = widget.model.details("map-m1", retryable)
         page.evaluate(f"() => {{ window.model.set('selected', 'map-m1'); window.model.change('details', "
                       f"{json.dumps(details)}); }}")
         panel = page.locator(".nbflow-details")
@@ -138,6 +143,9 @@ def test_graph_module_draws_a_group_with_progress_and_its_failed_calls(browser: 
         panel.locator("button.nbflow-retry").click()
         assert page.evaluate("() => window.sent") == [{"type": "retry", "id": "map-m1"}]
         page.screenshot(path=str(tmp_path / "module-group.png"))
+        picture = ROOT / "docs" / "graph-map.png"  # the README's picture of a group: on request only
+        if not picture.exists() or os.environ.get("NBFLOW_UPDATE_DOCS") == "1":
+            page.locator(".nbflow-root").screenshot(path=str(picture))
     finally:
         page.close()
         widget.close()
