@@ -276,7 +276,9 @@ class GraphModel:
         self.edges: dict[tuple[str, str], None] = {}  # drawn edges (an ordered set)
         self._call_edges: dict[tuple[str, str], None] = {}
         self.alias: dict[str, str] = {}  # task run id -> call id
-        self._by_call: dict[tuple[str, str, int], str] = {}  # (run id, task key, call index) -> call id
+        # (run id, task key) -> its call ids by call index; one list per task, not one key per call (every
+        # object kept per call is one more for the garbage collector to walk).
+        self._by_call: dict[tuple[str, str], list[str]] = {}
         self._calls: dict[tuple[str, int, str], int] = {}  # (run id, attempt, task key) -> calls seen
         self._own: dict[tuple[str, str], list[_Node]] = {}  # calls drawn on their own, per (run, task)
         self._folds: dict[tuple[str, str], _Node] = {}  # (run id, task key) -> its repeat group
@@ -327,12 +329,14 @@ class GraphModel:
             key = (run.id, attempt, task_run.task_key)
             index = self._calls.get(key, 0)
             self._calls[key] = index + 1
-            found = self._by_call.get((run.id, task_run.task_key, index))
-            if found is not None:
-                call = self.calls[found]
+            known = self._by_call.get((run.id, task_run.task_key))
+            if known is None:
+                known = self._by_call[(run.id, task_run.task_key)] = []
+            if index < len(known):
+                call = self.calls[known[index]]
             else:
                 call = self._new_call(run.id, task_run)
-                self._by_call[(run.id, task_run.task_key, index)] = call.id
+                known.append(call.id)
         if call is None:
             call = self._new_call(run.id, task_run)
         elif call.last is not task_run:
