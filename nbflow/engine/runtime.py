@@ -69,8 +69,9 @@ def session_run() -> RunRecord:
 
 
 def _session_source() -> str | None:
+    # A script's path; in a Jupyter kernel, the notebook's (the server names it in the environment).
     main = sys.modules.get("__main__")
-    return getattr(main, "__file__", None)
+    return getattr(main, "__file__", None) or os.environ.get("JPY_SESSION_NAME") or None
 
 
 def finish_session() -> None:
@@ -98,6 +99,12 @@ def _at_exit() -> None:
         finish_session()
     except Exception:
         pass
+    store = _store
+    if store is not None:
+        try:
+            store.close()  # writes the hit counts it batched
+        except Exception:
+            pass
 
 
 # Registered after nbflow.runs' own handler, so it runs first (atexit is last-in, first-out).
