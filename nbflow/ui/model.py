@@ -318,7 +318,7 @@ class GraphModel:
             elif placed.earlier:
                 placed.earlier = [task_run if known.id == task_run.id else known for known in placed.earlier]
             self.observe(placed)
-            return _drawn(placed).id
+            return (placed.group or placed).id
         if run.id not in self.runs:
             self.runs[run.id] = run
             self.structure_rev += 1
@@ -346,11 +346,11 @@ class GraphModel:
             source = self.alias.get(upstream)
             if source is not None and source != call.id and (source, call.id) not in self._call_edges:
                 self._call_edges[(source, call.id)] = None
-                self._add_edge(_drawn(self.calls[source]).id, _drawn(call).id)
+                self._add_edge((self.calls[source].group or self.calls[source]).id, (call.group or call).id)
         self.observe(call)
         if len(self.nodes) > self._next_fold_check:
             self._fold()
-        return _drawn(call).id
+        return (call.group or call).id
 
     def _new_call(self, run_id: str, task_run: TaskRunRecord) -> _Node:
         call = _Node(task_run.id, run_id, task_run)
@@ -437,15 +437,17 @@ class GraphModel:
             self._active.pop(call.id, None)
         else:
             self._active[call.id] = call
-        state, _ = self.node_state(call)
+        if call.earlier is None:  # the common case, inline: one task run, its own state
+            state: NodeState = _BY_NAME.get(name) or _BY_TYPE.get(last.state_type, "pending")
+        else:
+            state, _ = self.node_state(call)
         old = call.shown
         if state != old:
             call.shown = state
-            key = (call.run_id, call.task_key)
             if state in _FAILED_STATES:
-                self._unsuccessful.setdefault(key, {})[call.id] = call
+                self._unsuccessful.setdefault((call.run_id, call.task_key), {})[call.id] = call
             elif old in _FAILED_STATES:
-                self._unsuccessful.get(key, {}).pop(call.id, None)
+                self._unsuccessful.get((call.run_id, call.task_key), {}).pop(call.id, None)
             group = call.group
             if group is not None:
                 counts = group.counts
@@ -464,7 +466,7 @@ class GraphModel:
         changed: set[str] = set()
         for call in list(self._active.values()):
             if call.last.state != call.seen and self.observe(call):
-                changed.add(_drawn(call).id)
+                changed.add((call.group or call).id)
         return changed
 
     # -- node views ---------------------------------------------------------------------------------
