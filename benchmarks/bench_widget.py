@@ -42,7 +42,8 @@ class RecordingComm:
         pass
 
 
-def bench_flow(n: int, rounds: int) -> None:
+def bench_flow(n: int, rounds: int, mapped: bool = False) -> None:
+    """``n`` quick tasks called one after the other, or (``mapped``) as one ``Task.map`` on the thread pool."""
     import nbflow
     import nbflow.engine.flow_engine as flow_engine
     from nbflow import events
@@ -56,11 +57,17 @@ def bench_flow(n: int, rounds: int) -> None:
         return i + 1
 
     @nbflow.flow
-    def many(count: int) -> int:
+    def sequential(count: int) -> int:
         total = 0
         for i in range(count):
             total += tick(i)
         return total
+
+    @nbflow.flow
+    def in_parallel(count: int) -> int:
+        return sum(future.result() for future in tick.map(range(count)))
+
+    many = in_parallel if mapped else sequential
 
     graphs: list[tuple[TaskGraph, RecordingComm]] = []
 
@@ -104,7 +111,8 @@ def bench_flow(n: int, rounds: int) -> None:
     subscribed = statistics.median(timings["no-op subscriber"])
     live = statistics.median(timings["live graph"])
     graph, comm = last["graph"], last["comm"]
-    print(f"flow of {n:,} quick tasks, median of {rounds} interleaved rounds")
+    kind = "Task.map of" if mapped else "flow of"
+    print(f"{kind} {n:,} quick tasks, median of {rounds} interleaved rounds")
     for label, seconds in (("no graph", base), ("no-op subscriber", subscribed), ("live graph", live)):
         print(f"  {label:18s}{seconds:8.3f} s   ({seconds / n * 1e6:6.1f} µs per task)")
     # Each round's live run against the same round's run without a graph: paired, so a machine that gets
@@ -147,8 +155,10 @@ def main() -> None:
     bench_layout(1000)
     if args.quick:
         bench_flow(2000, rounds=2)
+        bench_flow(2000, rounds=2, mapped=True)
     else:
         bench_flow(10_000, rounds=7)
+        bench_flow(10_000, rounds=7, mapped=True)
 
 
 if __name__ == "__main__":
