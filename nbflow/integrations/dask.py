@@ -71,9 +71,10 @@ class DaskTaskRunner(TaskRunner):
     - ``address``: a running scheduler (``"tcp://host:8786"``) to connect to; it is left running when the
       flow ends (only the client is closed).
     - without an address, a :class:`distributed.LocalCluster` is started on the flow run's first cache
-      miss (a fully cached run starts none) and closed when the flow run ends; ``cluster_kwargs`` are
-      passed to it over small defaults (``n_workers`` = cores up to 2, ``threads_per_worker=1``,
-      ``processes=True``, loopback only, the dashboard on a free port: ``client.dashboard_link``).
+      miss (a fully cached run starts none; the first attempts' durations include the start-up) and closed
+      when the flow run ends; ``cluster_kwargs`` are passed to it over small defaults (``n_workers`` =
+      cores up to 2, ``threads_per_worker=1``, ``processes=True``, loopback only, the dashboard on a free
+      port: ``client.dashboard_link``).
     - ``client_kwargs`` are passed to :class:`distributed.Client`; ``client`` uses an existing client
       instead (never closed by nbflow).
     - ``max_in_flight`` bounds how many submitted calls this kernel drives at once (cache lookups run
@@ -118,8 +119,6 @@ class DaskTaskRunner(TaskRunner):
         self._cluster: distributed.LocalCluster | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        # Attempts shipped by this runner: what a fully cached flow run keeps at 0.
-        self.shipped = 0
 
     def __repr__(self) -> str:
         where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
@@ -221,8 +220,6 @@ class DaskTaskRunner(TaskRunner):
         try:
             future = client.submit(_attempt_on_worker, fn, args, kwargs, timeout_seconds, label,
                                    key=key, pure=False)
-            with self._lock:
-                self.shipped += 1
             outcome = self._wait(client, future, key, timeout_seconds, label)
         except Exception as error:
             # Not the user's code: the attempt could not be shipped, or its worker died, or its result

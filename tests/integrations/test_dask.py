@@ -182,6 +182,31 @@ def test_states_upstream_edges_and_upstream_failures_as_with_threads(cluster: di
     assert states == {"load": "Completed", "total": "Failed", "report": "UpstreamFailed"}
 
 
+def test_results_computed_on_dask_inside_a_transaction_are_staged_in_the_kernel(
+    cluster: distributed.LocalCluster, executions: dict[str, int]
+) -> None:
+    @nbflow.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @nbflow.flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+    def staged(x: int, fail: bool) -> int:
+        with nbflow.transaction():
+            value = double.submit(x).result()
+            if fail:
+                raise RuntimeError("a later step failed")
+        return value
+
+    with pytest.raises(RuntimeError, match="a later step failed"):
+        staged(21, True)
+    (rolled_back,) = flow_run("staged").task_runs
+    assert rolled_back.state == "RolledBack" and rolled_back.persisted is False
+    assert staged(21, False) == 42
+    assert executions["double"] == 2  # the rolled-back result never reached the store
+    assert staged(21, False) == 42
+    assert executions["double"] == 2  # the committed one did
+
+
 def test_a_timeout_is_enforced_on_the_worker(cluster: distributed.LocalCluster) -> None:
     @nbflow.task(timeout_seconds=0.5, cache_policy=NONE)
     def spins(seconds: float) -> int:
