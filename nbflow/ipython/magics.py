@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import time
+import traceback
 import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -56,6 +58,8 @@ def _number(kind: type[int] | type[float], label: str) -> Any:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{label} must be a number, got {text!r}") from None
+        if not math.isfinite(value):  # float("nan"), float("inf") and "1e400" parse
+            raise argparse.ArgumentTypeError(f"{label} must be a finite number, got {text!r}")
         if value < 0:
             raise argparse.ArgumentTypeError(f"{label} must be >= 0, got {text!r}")
         return value
@@ -84,6 +88,8 @@ def parse_task_line(line: str) -> CellOptions:
         _usage("%%task: --timeout must be > 0")
     if args.name is not None and args.name.startswith("-"):
         _usage(f"%%task: unknown option {args.name!r}")
+    if args.name is not None and not (args.name.isprintable() and args.name.strip() == args.name):
+        _usage(f"%%task: the task name {args.name!r} must be printable, without spaces around it")
     return CellOptions(
         name=args.name, retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         no_cache=args.no_cache, refresh=args.refresh, inputs=args.inputs, outputs=args.outputs, tags=args.tags,
@@ -97,8 +103,27 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
         missing = [name for name in options.inputs if name not in shell.user_ns]
         if missing:
             _usage(f"%%task: --inputs names undefined variable(s): {', '.join(missing)}")
-    spec = prepare_cell(shell, cell, options)
+    try:
+        spec = prepare_cell(shell, cell, options)
+        # Compiled once here too, so that errors only the compiler finds (`return` or `nonlocal` at the
+        # top level) are reported like the parser's, not from inside nbflow.
+        compile(spec.tree, "<cell>", "exec", flags=shell.compile.flags, dont_inherit=True)
+    except SyntaxError as error:
+        _syntax_error(shell, error)
     return run_cell_task(shell, spec, session)
+
+
+def _syntax_error(shell: Any, error: SyntaxError) -> NoReturn:
+    """Report a cell body that is not Python as IPython reports a usage error: the error, no traceback."""
+    from IPython.core.error import UsageError
+
+    if error.lineno is not None:  # line 1 of the body is line 2 of the cell, after the %%task line
+        error.lineno += 1
+        if error.end_lineno is not None:
+            error.end_lineno += 1
+    error.filename = f"Cell In[{shell.execution_count}]"
+    text = "".join(traceback.format_exception_only(type(error), error)).rstrip("\n")
+    raise UsageError(f"%%task: the cell is not valid Python:\n{text}") from None
 
 
 # -- %nbflow ------------------------------------------------------------------------------------------
