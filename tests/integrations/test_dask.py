@@ -174,6 +174,15 @@ def test_states_upstream_edges_and_upstream_failures_as_with_threads(cluster: di
     assert by_name["total"].upstream == [by_name["load"].id]
     assert by_name["report"].upstream == [by_name["total"].id]
     assert run.state == "Completed" and {tr.state for tr in run.task_runs} == {"Completed"}
+    from nbflow.ui.model import GraphModel
+
+    graph = GraphModel()  # what the task-graph widget draws for this run
+    graph.add_run(run)
+    payload = graph.payload(1)
+    assert sorted((node["label"], node["state"]) for node in payload["nodes"]) == [
+        ("load", "completed"), ("report", "completed"), ("total", "completed")
+    ]
+    assert len(payload["edges"]) == 2
 
     with pytest.raises(UpstreamTaskError, match="upstream task 'total' ended Failed: ValueError: nothing to add"):
         pipeline(0)
