@@ -232,6 +232,8 @@ def bench_fingerprint(report: Report, size: int, rounds: int, object_rows: int) 
         what = (f"{name} ({result['object_bytes'] / 1e6:.0f} MB)" if "object" in name
                 else f"{name} ({result['size'] / 1e9:g} GB)")
         print(f"  {what:36s}{rate / 1e9:8.2f}{rate / copy:9.0%}")
+    print("  (a copy reads and writes every byte, a hash only reads it; xxh3 over the raw buffer is the ceiling "
+          "for a fingerprint)")
     print(f"  peak memory allocated while fingerprinting the array and its DataFrame: "
           f"{result['peak_alloc'] / 1e6:.2f} MB (the data is {result['size'] / 1e9:g} GB: no copy)")
     print(f"  object column hashed by value (equal strings alike, a changed one not): {result['object_by_value']}")
@@ -239,7 +241,8 @@ def bench_fingerprint(report: Report, size: int, rounds: int, object_rows: int) 
     ours = min(rates["nbflow ndarray"], rates["nbflow DataFrame"], rates["nbflow arrow Table"])
     report.target("fingerprint numeric inputs >= 60% of memory copy", ours >= 0.6 * copy,
                   f"slowest of ndarray/DataFrame/arrow {ours / copy:.0%} of copy")
-    report.target("fingerprint numeric inputs >= 10 GB/s", ours >= 10e9, f"{ours / 1e9:.1f} GB/s")
+    report.target("fingerprint numeric inputs >= 10 GB/s", ours >= 10e9,
+                  f"{ours / 1e9:.1f} GB/s (xxh3 over the raw buffer: {rates['xxh3 raw buffer'] / 1e9:.1f} GB/s)")
     report.target("no copy of the data while fingerprinting", result["peak_alloc"] < 0.01 * result["size"],
                   f"peak {result['peak_alloc'] / 1e6:.2f} MB")
     report.target("object-dtype columns hashed by value", bool(result["object_by_value"]),
