@@ -221,8 +221,8 @@ class _Node:
     a task called many times in one run). Hand-written slots: one is made per task call, and a flow of
     quick tasks must not pay for default factories it does not need."""
 
-    __slots__ = ("counts", "earlier", "failed", "group", "id", "kind", "last", "members", "run_id", "seen",
-                 "seen_record", "shown", "task_key", "task_name", "total")
+    __slots__ = ("counts", "earlier", "failed", "group", "id", "kind", "last", "light", "members", "run_id",
+                 "seen", "seen_record", "shown", "task_key", "task_name", "total")
 
     def __init__(self, node_id: str, run_id: str, task_run: TaskRunRecord) -> None:
         self.id = node_id
@@ -241,6 +241,8 @@ class _Node:
         # A group: its calls, how many it will have (a map's size), calls by state, the unsuccessful ones.
         self.kind: GroupKind | None = None
         self.members: list[_Node] | None = None
+        # A group's calls that had completed when first seen: just their task runs (see add_task_run).
+        self.light: list[TaskRunRecord] = _NO_RECORDS
         self.total: int | None = None
         self.counts: dict[str, int] = _NO_COUNTS
         self.failed: dict[str, _Node] = _NO_FAILED
@@ -258,6 +260,7 @@ class _Node:
 
 
 _NO_COUNTS: dict[str, int] = {}  # shared by calls, never written (only groups count)
+_NO_RECORDS: list[TaskRunRecord] = []
 _NO_FAILED: dict[str, _Node] = {}
 
 
@@ -313,6 +316,8 @@ class GraphModel:
         call_id = self.alias.get(task_run.id)
         if call_id is not None:
             placed = self.calls[call_id]
+            if placed.members is not None:  # a light call of a group: completed, nothing to update
+                return placed.id
             if placed.last.id == task_run.id:
                 placed.last = task_run
             elif placed.earlier:
@@ -334,7 +339,16 @@ class GraphModel:
                 known = self._by_call[(run.id, task_run.task_key)] = []
             if index < len(known):
                 call = self.calls[known[index]]
+                if call.members is not None:
+                    # A light call (completed when first seen) called again in a later attempt: the
+                    # engine reuses its result, so its group's counts stay as they are.
+                    self.alias[task_run.id] = known[index]
+                    return call.id
             else:
+                group = self._group_of(run.id, task_run) if task_run.state_type == "COMPLETED" else None
+                if group is not None:
+                    known.append(task_run.id)
+                    return self._add_light(group, task_run)
                 call = self._new_call(run.id, task_run)
                 known.append(call.id)
         if call is None:
@@ -351,6 +365,30 @@ class GraphModel:
         if len(self.nodes) > self._next_fold_check:
             self._fold()
         return (call.group or call).id
+
+    def _group_of(self, run_id: str, task_run: TaskRunRecord) -> _Node | None:
+        """The group an existing map or fold has for a new call of ``task_run``'s task, if any."""
+        if task_run.map_id is not None:
+            return self._maps.get(task_run.map_id)
+        return self._folds.get((run_id, task_run.task_key))
+
+    def _add_light(self, group: _Node, task_run: TaskRunRecord) -> str:
+        """A new call of a group that has already completed: counted, its task run kept, no node of its own.
+        This is the hot path of a long loop of quick tasks (they are done before the graph looks), and it
+        makes no object per call: the call id stands for the group in ``calls``."""
+        state = _BY_NAME.get(task_run.state) or "completed"
+        counts = group.counts
+        counts[state] = counts.get(state, 0) + 1
+        group.light.append(task_run)
+        call_id = task_run.id
+        self.calls[call_id] = group
+        self.alias[call_id] = call_id
+        for upstream in task_run.upstream:
+            source = self.alias.get(upstream)
+            if source is not None and (source, call_id) not in self._call_edges:
+                self._call_edges[(source, call_id)] = None
+                self._add_edge(_drawn(self.calls[source]).id, group.id)
+        return group.id
 
     def _new_call(self, run_id: str, task_run: TaskRunRecord) -> _Node:
         call = _Node(task_run.id, run_id, task_run)
@@ -390,6 +428,7 @@ class GraphModel:
         group.total = total
         group.counts = {}
         group.failed = {}
+        group.light = []
         return group
 
     def _add_edge(self, source: str, target: str) -> None:
@@ -582,7 +621,9 @@ class GraphModel:
         last = node.last
         computed = [r for r in node.records if not _is_reuse(r)]
         keyed = computed[-1] if computed else last
-        previous = _previous_run(keyed, [r for n in self.calls.values() for r in n.records], earlier)
+        known = [r for n in self.calls.values() if n.members is None for r in n.records]
+        known += [r for n in self.nodes.values() for r in n.light]
+        previous = _previous_run(keyed, known, earlier)
         cache, changes = explain_cache(keyed, previous)
         failed = next((r for r in reversed(node.records) if r.traceback), None)
         history: list[HistoryEntry] = [
@@ -618,19 +659,22 @@ class GraphModel:
         members = group.members or []
         state = _group_state(group)
         failed: list[MemberData] = []
+        order = self._by_call.get((group.run_id, group.task_key)) or [call.id for call in members]
         for call in list(group.failed.values())[:MEMBERS_SHOWN]:
             last = call.last
             failed.append({
                 "id": call.id,
-                "index": last.map_index if last.map_index is not None else members.index(call),
+                "index": last.map_index if last.map_index is not None else order.index(call.id),
                 "state": call.shown or "failed",
                 "error": last.error,
                 "inputs": dict(last.inputs),
                 "retryable": last.id in ids,
             })
         first = next((call.last for call in group.failed.values() if call.last.traceback), None)
-        starts = [r.start_time for call in members for r in call.records if r.start_time is not None]
-        ends = [r.end_time for call in members for r in call.records if r.end_time is not None]
+        runs = [r for call in members for r in call.records] + group.light
+        starts = [r.start_time for r in runs if r.start_time is not None]
+        ends = [r.end_time for r in runs if r.end_time is not None]
+        size = _size(group)
         counts = {name: count for name, count in group.counts.items() if count}
         cached = counts.get("cached", 0)
         return {
@@ -640,11 +684,11 @@ class GraphModel:
             "run": group.run_id,
             "state": state,
             "state_name": state.capitalize(),
-            "attempts": sum(r.attempts for call in members for r in call.records),
-            "calls": len(members),
+            "attempts": sum(r.attempts for r in runs),
+            "calls": size,
             "duration": max(ends) - min(starts) if starts and ends and not self._group_running(group) else None,
             "cache_key": None,
-            "cache": f"{cached:,} of {len(members):,} calls loaded from the cache" if cached else "",
+            "cache": f"{cached:,} of {size:,} calls loaded from the cache" if cached else "",
             "key_changes": [],
             "inputs": {},
             "result": None,
@@ -655,7 +699,7 @@ class GraphModel:
             "retryable": self.retryable(group, ids),
             "group": group.kind or "repeat",
             "counts": counts,
-            "total": max(group.total or 0, len(members)),
+            "total": max(group.total or 0, size),
             "failed_members": failed,
         }
 
@@ -670,6 +714,11 @@ def _attempts(node: _Node) -> int:
         return 0
     attempts = node.last.attempts
     return attempts + sum(r.attempts for r in node.earlier) if node.earlier else attempts
+
+
+def _size(group: _Node) -> int:
+    """How many calls a group has seen: its calls with a node of their own, and its light ones."""
+    return len(group.members or ()) + len(group.light)
 
 
 def _drawn(call: _Node) -> _Node:
@@ -696,7 +745,7 @@ def _group_state(group: _Node) -> NodeState:
         return "running"
     if counts.get("retrying"):
         return "retrying"
-    members = len(group.members or ())
+    members = _size(group)
     total = max(group.total or 0, members)
     waiting = counts.get("pending", 0) + total - members
     if waiting:
@@ -714,7 +763,7 @@ def _group_fields(group: _Node, data: NodeData | NodePatch) -> None:
     counts = group.counts
     data["group"] = group.kind or "repeat"
     data["count"] = counts.get("completed", 0) + counts.get("cached", 0)
-    data["total"] = max(group.total or 0, len(group.members or ()))
+    data["total"] = max(group.total or 0, _size(group))
     data["counts"] = {name: count for name, count in counts.items() if count}
 
 
