@@ -119,6 +119,8 @@ class DaskTaskRunner(TaskRunner):
         self._cluster: distributed.LocalCluster | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._in_flight: set[distributed.Future] = set()
+        self._closing = False
 
     def __repr__(self) -> str:
         where = self.address or ("a given client" if self._given_client is not None else "a local cluster")
@@ -142,6 +144,16 @@ class DaskTaskRunner(TaskRunner):
     def shutdown(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
+            # Attempts still on the cluster now belong to a flow that was interrupted: cancel them, so
+            # the kernel does not wait for them (a worker already running one finishes it regardless).
+            self._closing = True
+            in_flight = list(self._in_flight)
+            client = self._client
+        if in_flight and client is not None:
+            try:
+                client.cancel(in_flight)
+            except Exception:
+                pass
         if pool is not None:
             pool.shutdown(wait=True)
         with self._lock:
@@ -210,21 +222,35 @@ class DaskTaskRunner(TaskRunner):
                      timeout_seconds: float | None, label: str) -> State:
         """Ship one attempt of ``fn`` to the cluster, wait for it and turn its outcome into a state."""
         from nbflow.engine.task_engine import error_summary
-        from nbflow.states import Failed
+        from nbflow.states import Cancelled, Failed
 
+        if self._closing:
+            return Cancelled(message="the flow run ended before this attempt was shipped")
         try:
             client = self.client
         except Exception as error:
             return Failed(error, message=f"the Dask cluster is not available: {error_summary(error)}")
         key = f"nbflow-{_key_name(label)}-{uuid.uuid4().hex}"
+        future: distributed.Future | None = None
         try:
             future = client.submit(_attempt_on_worker, fn, args, kwargs, timeout_seconds, label,
                                    key=key, pure=False)
+            with self._lock:
+                self._in_flight.add(future)
+                closing = self._closing
+            if closing:  # shut down between the check above and the submission
+                future.cancel()
             outcome = self._wait(client, future, key, timeout_seconds, label)
         except Exception as error:
+            if self._closing:
+                return Cancelled(error, message="cancelled on Dask: the flow run ended (interrupted)")
             # Not the user's code: the attempt could not be shipped, or its worker died, or its result
             # could not be sent back. A failure all the same, so the task's retries apply.
             return Failed(error, message=f"on Dask: {error_summary(error)}")
+        finally:
+            if future is not None:
+                with self._lock:
+                    self._in_flight.discard(future)
         if isinstance(outcome, _LocalTimeout):
             return outcome.state
         return _state_from(outcome, getattr(getattr(fn, "__code__", None), "co_filename", None))

@@ -269,6 +269,38 @@ def test_a_local_cluster_is_started_only_on_a_miss_and_closed_after_the_flow(
     assert len(started) == 1  # the second run was all cache hits: no cluster was started for it
 
 
+def test_an_interrupted_flow_cancels_its_attempts_on_the_cluster_instead_of_waiting(tmp_path: Path) -> None:
+    import signal
+
+    @nbflow.task(cache_policy=NONE)
+    def long_sleep(marker: str) -> None:
+        import pathlib
+        import time
+
+        pathlib.Path(marker).touch()
+        time.sleep(60)
+
+    @nbflow.flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1}))
+    def sleepy(marker: str) -> Any:
+        return long_sleep.submit(marker)
+
+    marker = tmp_path / "started"
+
+    def interrupt_once_running() -> None:  # what the kernel's interrupt button does: SIGINT
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sleepy(str(marker))
+    assert time.monotonic() - started < 30  # not the task's 60 s
+    (task_run,) = flow_run("sleepy").task_runs
+    assert task_run.state == "Cancelled" and flow_run("sleepy").state == "Cancelled"
+
+
 def test_an_existing_client_is_used_and_left_open(cluster: distributed.LocalCluster, received: Received) -> None:
     @nbflow.task(cache_policy=NONE)
     def double(x: int) -> int:
