@@ -130,6 +130,7 @@ class DaskTaskRunner(TaskRunner):
     def start(self) -> None:
         with self._lock:
             if self._pool is None:
+                self._closing = False
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.max_in_flight, thread_name_prefix="nbflow-dask",
                     initializer=self._mark_driver,
