@@ -97,7 +97,7 @@ class PickleSerializer:
 
         try:
             stream = pickle.dumps(value, protocol=5, buffer_callback=route)
-        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as error:
+        except Exception as error:  # whatever a __reduce__ raises means the value cannot be pickled
             raise SerializationError(
                 f"a value of type {_type_name(value)} cannot be pickled ({error}); pass "
                 f"persist_result=False to keep such results in memory only, or result_serializer='json' "

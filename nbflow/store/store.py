@@ -509,7 +509,8 @@ class ResultStore:
         except Exception as error:
             raise SerializationError(
                 f"the result of task {task_name!r} cannot be stored: serializer {serializer.name!r} failed "
-                f"on a value of type {type(value).__name__} ({type(error).__name__}: {error})"
+                f"on a value of type {type(value).__name__} ({type(error).__name__}: {error}); pass "
+                f"persist_result=False to keep such results in memory only"
             ) from error
         if type(stream) is not bytes:
             stream = bytes(stream)

@@ -46,3 +46,17 @@ def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
     result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
     yield result_store
     result_store.close()
+
+
+@pytest.fixture
+def shell() -> Iterator[object]:
+    """A real in-process IPython shell with the nbflow extension loaded."""
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.reset(new_session=False)
+    ip.run_line_magic("load_ext", "nbflow")
+    yield ip
+    if "nbflow" in ip.extension_manager.loaded:
+        ip.run_line_magic("unload_ext", "nbflow")
+    ip.reset(new_session=False)
