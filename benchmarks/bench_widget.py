@@ -74,7 +74,9 @@ def bench_flow(n: int, rounds: int, mapped: bool = False) -> None:
     def show(run: Any) -> None:  # what nbflow.ui.auto does in a kernel, with a recording comm
         graph = TaskGraph([run])
         comm = RecordingComm()
-        graph.comm = comm
+        # The widget keeps its own comm (replacing it would leave the original one, filed with the comm
+        # manager, holding every closed graph and its 10,000 task runs alive); only sending is recorded.
+        graph.comm.send = comm.send
         graphs.append((graph, comm))
 
     def plain(_: Any) -> None:
@@ -105,7 +107,10 @@ def bench_flow(n: int, rounds: int, mapped: bool = False) -> None:
                 # Close the graph outside the timed part, so that rounds do not pile up graphs of 10,000
                 # task runs in memory (which makes every later garbage collection slower).
                 graph, comm = graphs.pop()
+                sender = graph._sender
                 graph.close()
+                if sender is not None:
+                    sender.join(timeout=5)  # it holds the graph: gone before the next round's gc.collect()
                 last = {"graph": graph, "comm": comm, "seconds": timings[label][-1]}
     base = statistics.median(timings["no graph"])
     subscribed = statistics.median(timings["no-op subscriber"])

@@ -23,6 +23,7 @@ The message shapes sent to the browser are the TypedDicts below.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal, TypedDict
 
@@ -81,6 +82,7 @@ _REUSED = "reused from an earlier attempt"
 # Above this many drawn nodes, the calls of the most-called task of a run are drawn as one node.
 FOLD_AT = 1000
 MEMBERS_SHOWN = 50  # failed calls of a group listed in its details
+POLL_LIMIT = 256  # calls under way above which state changes are read from the engine's reports
 
 
 def css_state(name: str, state_type: str) -> NodeState:
@@ -499,14 +501,31 @@ class GraphModel:
                     group.failed.pop(call.id, None)
         return True
 
-    def poll(self) -> set[str]:
-        """Look at the calls still under way; returns the ids of the drawn nodes whose state changed.
-        Costs one comparison per call under way (a finished call is never looked at again)."""
-        changed: set[str] = set()
-        for call in list(self._active.values()):
+    def poll(self, changed: deque[TaskRunRecord] | None = None) -> set[str]:
+        """Look at the calls under way; returns the ids of the drawn nodes whose state changed.
+
+        With few calls under way (a loop of tasks), each is compared with its last look — one comparison a
+        call. With many (a big ``Task.map`` waiting in the pool), only the task runs in ``changed`` (those
+        the engine reported since the last look) are looked at. Either way ``changed`` is emptied: a change
+        it reported is one of a call under way, which the comparison sees anyway.
+        """
+        found: set[str] = set()
+        active = self._active
+        if changed is not None and len(active) > POLL_LIMIT:
+            calls = self.calls
+            alias = self.alias
+            while changed:
+                call_id = alias.get(changed.popleft().id)
+                call = calls.get(call_id) if call_id is not None else None
+                if call is not None and call.members is None and self.observe(call):
+                    found.add((call.group or call).id)
+            return found
+        if changed is not None:
+            changed.clear()
+        for call in list(active.values()):
             if call.last.state != call.seen and self.observe(call):
-                changed.add((call.group or call).id)
-        return changed
+                found.add((call.group or call).id)
+        return found
 
     # -- node views ---------------------------------------------------------------------------------
     def node_state(self, node: _Node) -> tuple[NodeState, TaskRunRecord | None]:

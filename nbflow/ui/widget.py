@@ -91,6 +91,9 @@ class TaskGraph(anywidget.AnyWidget):
         self._lock = threading.RLock()
         self._queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
         self._seen: set[str] = set()  # task runs queued already: their later events only wake the sender
+        # Task runs whose state changed since the last look (the record itself: no object is made per event).
+        # Read only when many calls are under way at once (a big Task.map); otherwise they are polled.
+        self._changed: deque[TaskRunRecord] = deque()
         self._wake = threading.Event()
         self._sender: threading.Thread | None = None
         self._closed = False
@@ -121,7 +124,9 @@ class TaskGraph(anywidget.AnyWidget):
         """Called by the dispatcher in the engine's thread: queue and wake the sender, nothing more."""
         run = event.run
         task_run = event.task_run
-        if task_run is None or task_run.id not in self._seen:
+        if task_run is not None and task_run.id in self._seen:
+            self._changed.append(task_run)
+        else:
             if task_run is not None:
                 self._seen.add(task_run.id)
             # The attempt and finality now, in the engine's thread: they place the task run on its node.
@@ -176,7 +181,7 @@ class TaskGraph(anywidget.AnyWidget):
             changed_runs: set[str] = set()
             model = self._model
             # Calls under way first, so that a failure is known before a retry of it is placed.
-            changed_nodes = model.poll()
+            changed_nodes = model.poll(self._changed)
             while self._queue:
                 run, task_run, attempt, run_final = self._queue.popleft()
                 if run.id not in model.runs:

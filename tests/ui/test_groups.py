@@ -5,6 +5,7 @@ Retry (which reruns the failed calls only)."""
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any
 
 import pytest
@@ -92,6 +93,22 @@ def test_state_changes_reach_the_group_through_polling_only_the_calls_under_way(
     assert len(model._active) == 100 and model.nodes["map-m1"].counts["completed"] == 1
 
 
+def test_with_many_calls_under_way_only_the_reported_ones_are_looked_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbflow.ui.model as model_module
+
+    monkeypatch.setattr(model_module, "POLL_LIMIT", 50)
+    run, _, members, _ = mapped_flow()
+    model = GraphModel()
+    model.add_run(run)
+    members[1].state, members[1].state_type = "Running", "RUNNING"
+    members[2].state, members[2].state_type = "Running", "RUNNING"
+    reported = deque([members[1]])
+    assert model.poll(reported) == {"map-m1"} and not reported
+    assert model.nodes["map-m1"].counts == {"pending": 99, "running": 1}  # member 2 was not reported yet
+    assert model.poll(deque([members[2]])) == {"map-m1"}
+    assert model.nodes["map-m1"].counts == {"pending": 98, "running": 2}
+
+
 def test_the_layout_of_a_graph_with_groups_is_deterministic() -> None:
     payloads = []
     for _ in range(2):
@@ -176,9 +193,14 @@ def test_retry_on_a_group_reruns_only_its_failed_calls_then_the_flow(
     assert graph.details["failed_members"] == [] and graph.details["state"] == "completed"
 
 
+@pytest.mark.parametrize("poll_limit", [256, 0], ids=["polled", "reported"])
 def test_a_real_task_map_is_one_node_and_retry_reruns_its_failed_calls(
-    shown: list[TaskGraph], executions: dict[str, int]
+    shown: list[TaskGraph], executions: dict[str, int], poll_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import nbflow.ui.model as model
+
+    # Few calls under way are polled; many (here: any) are read from the engine's reports of changes.
+    monkeypatch.setattr(model, "POLL_LIMIT", poll_limit)
     broken = {5, 17}
 
     @nbflow.task(cache_policy=NONE)
