@@ -108,6 +108,8 @@ def bench_calls(report: Report, root: Path, reps: int, n: int) -> None:
             first = worker("calls", params)
             miss[lib].append(first["per_call"] - first["plain"])
             second = worker("calls", params)
+            if second["state"] not in (None, "Cached"):
+                raise RuntimeError(f"a fresh process did not hit the entries an earlier one stored: {second['state']}")
             hit[lib].append(second["per_call"] - second["plain"])
     m = {lib: med(v) * 1e6 for lib, v in miss.items()}
     h = {lib: med(v) * 1e6 for lib, v in hit.items()}
