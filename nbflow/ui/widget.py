@@ -89,13 +89,13 @@ class TaskGraph(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._model = GraphModel()
         self._lock = threading.RLock()
-        self._queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
-        self._seen: set[str] = set()  # task runs queued already: their later events only wake the sender
-        # Task runs whose state changed since the last look (the record itself: no object is made per event).
-        # Read only when many calls are under way at once (a big Task.map); otherwise they are polled.
-        self._changed: deque[TaskRunRecord] = deque()
-        self._wake = threading.Event()
-        self._sender: threading.Thread | None = None
+        # What the engine's thread touches lives in a plain slotted object (see _Inbox); the names below
+        # are the same objects, for the sender's side.
+        self._inbox = inbox = _Inbox(self, {run.id for run in runs})
+        self._queue = inbox.queue
+        self._changed = inbox.changed
+        self._wake = inbox.wake
+        self._roots = inbox.roots
         self._closed = False
         self._rev = 0
         self._sent_structure = -1
@@ -111,7 +111,6 @@ class TaskGraph(anywidget.AnyWidget):
         self.cpu_seconds = 0.0  # CPU time spent applying events and sending (for the benchmark)
         for run in runs:
             self._model.add_run(run)
-        self._roots = {run.id for run in runs}
         self.on_msg(self._on_custom)
         self.observe(self._on_selected, names="selected")
         with self._lock:
@@ -121,30 +120,19 @@ class TaskGraph(anywidget.AnyWidget):
 
     # -- engine side (any thread) ---------------------------------------------------------------------
     def _on_event(self, event: events.Event) -> None:
-        """Called by the dispatcher in the engine's thread: queue and wake the sender, nothing more."""
-        run = event.run
-        task_run = event.task_run
-        if task_run is not None and task_run.id in self._seen:
-            self._changed.append(task_run)
-        else:
-            if task_run is not None:
-                self._seen.add(task_run.id)
-            # The attempt and finality now, in the engine's thread: they place the task run on its node.
-            self._queue.append((run, task_run, run.attempts, run.end_time is not None))
-        if event.kind == "run" and run.id in self._roots and event.state.is_final():
-            # A run just ended: show its final graph now, in the thread (and cell) that ran it.
-            self.flush(final=True)
-            return
-        if not self._wake.is_set():
-            self._wake.set()
-        if self._sender is None:
-            self._start_sender()
+        """An engine event for this graph (what the dispatcher delivers, via the inbox)."""
+        self._inbox.receive(event)
+
+    @property
+    def _sender(self) -> threading.Thread | None:
+        return self._inbox.sender
 
     def _start_sender(self) -> None:
         with self._lock:
-            if self._sender is None and not self._closed:
-                self._sender = threading.Thread(target=self._send_loop, name="nbflow-graph", daemon=True)
-                self._sender.start()
+            inbox = self._inbox
+            if inbox.sender is None and not self._closed:
+                inbox.sender = threading.Thread(target=self._send_loop, name="nbflow-graph", daemon=True)
+                inbox.sender.start()
 
     def _send_loop(self) -> None:
         interval = 1.0 / MAX_RATE
@@ -153,10 +141,10 @@ class TaskGraph(anywidget.AnyWidget):
                 # Idle: end the thread, so a long session does not keep one per graph it ever showed. The
                 # next event starts a new one; the re-check under the lock closes the race with it.
                 with self._lock:
-                    self._sender = None
+                    self._inbox.sender = None
                     if not self._wake.is_set():
                         return
-                    self._sender = threading.current_thread()
+                    self._inbox.sender = threading.current_thread()
                 continue
             # Paced by the last look, not the last message: a look that had nothing to send must not be
             # followed by another at once (the thread would spin, taking the GIL from the engine).
@@ -164,6 +152,7 @@ class TaskGraph(anywidget.AnyWidget):
             if wait > 0:
                 time.sleep(wait)  # coalesce everything that arrives meanwhile into one message
             self._wake.clear()
+            self._inbox.awake = False  # after clear(): an event from now on wakes the next look
             self._last_flush = time.monotonic()
             try:
                 self.flush()
@@ -376,6 +365,47 @@ class TaskGraph(anywidget.AnyWidget):
         return self._model
 
 
+class _Inbox:
+    """The engine-side half of a graph: what the engine's thread does for each event, on a plain slotted
+    object (a widget's own attributes are found through traitlets' deep class hierarchy, which costs more
+    per event than the work itself). Queues a task run the first time it is seen, notes the record on
+    later events, and wakes the sender — nothing more."""
+
+    __slots__ = ("awake", "changed", "graph", "queue", "roots", "seen", "sender", "wake")
+
+    def __init__(self, graph: TaskGraph, roots: set[str]) -> None:
+        self.graph = graph
+        self.roots = roots
+        self.seen: set[str] = set()  # task runs queued already
+        self.queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
+        # Task runs whose state changed since the last look (the record itself: no object is made per event).
+        # Read only when many calls are under way at once (a big Task.map); otherwise they are polled.
+        self.changed: deque[TaskRunRecord] = deque()
+        self.wake = threading.Event()
+        self.awake = False  # wake is set (a plain flag: Event.is_set() is a call per event)
+        self.sender: threading.Thread | None = None
+
+    def receive(self, event: events.Event) -> None:
+        task_run = event.task_run
+        if task_run is not None and task_run.id in self.seen:
+            self.changed.append(task_run)
+        else:
+            run = event.run
+            if task_run is not None:
+                self.seen.add(task_run.id)
+            # The attempt and finality now, in the engine's thread: they place the task run on its node.
+            self.queue.append((run, task_run, run.attempts, run.end_time is not None))
+            if event.kind == "run" and run.id in self.roots and event.state.is_final():
+                # A run just ended: show its final graph now, in the thread (and cell) that ran it.
+                self.graph.flush(final=True)
+                return
+        if not self.awake:
+            self.awake = True
+            self.wake.set()
+        if self.sender is None:
+            self.graph._start_sender()
+
+
 def _earlier_runs_of(model: GraphModel, node_id: str) -> list[TaskRunRecord]:
     """Task runs of the same task from the run history, to explain a miss when this session has no earlier
     run of it (read on a click only)."""
@@ -394,63 +424,68 @@ def _earlier_runs_of(model: GraphModel, node_id: str) -> list[TaskRunRecord]:
 
 
 class _Dispatcher:
-    """One engine subscription for all graphs: events go to the graphs of their run in O(1), however many
-    graphs a long session has shown."""
+    """One engine subscription for all graphs: events go to the inboxes of the graphs of their run in O(1),
+    however many graphs a long session has shown."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_run: dict[str, tuple[TaskGraph, ...]] = {}
-        self._everything: tuple[TaskGraph, ...] = ()
+        self._by_run: dict[str, tuple[_Inbox, ...]] = {}
+        self._everything: tuple[_Inbox, ...] = ()
         self._unsubscribe: Any = None
 
     def register(self, graph: TaskGraph) -> None:
+        inbox = graph._inbox
         with self._lock:
             if graph.session:
-                if graph not in self._everything:
-                    self._everything = (*self._everything, graph)
+                if inbox not in self._everything:
+                    self._everything = (*self._everything, inbox)
             else:
                 for run_id in graph.model.runs:
                     targets = self._by_run.get(run_id, ())
-                    if graph not in targets:
-                        self._by_run[run_id] = (*targets, graph)
+                    if inbox not in targets:
+                        self._by_run[run_id] = (*targets, inbox)
             if self._unsubscribe is None:
-                self._unsubscribe = events.subscribe(self)
+                self._unsubscribe = events.subscribe(self.deliver)
 
     def unregister(self, graph: TaskGraph) -> None:
+        inbox = graph._inbox
         with self._lock:
-            self._everything = tuple(g for g in self._everything if g is not graph)
-            for run_id in [run_id for run_id, graphs in self._by_run.items() if graph in graphs]:
-                rest = tuple(g for g in self._by_run[run_id] if g is not graph)
+            self._everything = tuple(i for i in self._everything if i is not inbox)
+            for run_id in [run_id for run_id, inboxes in self._by_run.items() if inbox in inboxes]:
+                rest = tuple(i for i in self._by_run[run_id] if i is not inbox)
                 if rest:
                     self._by_run[run_id] = rest
                 else:
                     del self._by_run[run_id]
 
-    def __call__(self, event: events.Event) -> None:
+    def deliver(self, event: events.Event) -> None:
+        """The engine's subscriber (a bound method: cheaper to call than an instance's ``__call__``)."""
         run = event.run
         targets = self._by_run.get(run.id)
-        if targets is None and event.kind == "run" and run.parent_run_id is not None:
+        if targets is not None:
+            for inbox in targets:
+                inbox.receive(event)
+            if event.kind == "run" and run.parent_run_id is None and event.state.is_final():
+                self._forget_finished(run)
+        elif event.kind == "run" and run.parent_run_id is not None:
             parents = self._by_run.get(run.parent_run_id)
             if parents is not None:  # a subflow of a shown flow: shown in the same graph
                 with self._lock:
-                    targets = self._by_run[run.id] = parents
-        if targets is not None:
-            for graph in targets:
-                graph._on_event(event)
-            if event.kind == "run" and event.state.is_final() and run.parent_run_id is None:
-                self._forget_finished(run)
-        for graph in self._everything:
-            if run.pid == os.getpid():
-                graph._on_event(event)
+                    self._by_run[run.id] = parents
+                for inbox in parents:
+                    inbox.receive(event)
+        if self._everything and run.pid == os.getpid():
+            for inbox in self._everything:
+                inbox.receive(event)
 
     def _forget_finished(self, run: RunRecord) -> None:
         """A run that completed has nothing left to retry: its graphs stop listening (a Retry click
         registers them again)."""
         if run.state_type != "COMPLETED":
             return
-        for graph in self._by_run.get(run.id, ()):
-            if run.id in graph._roots:
-                self.unregister(graph)
+        for inbox in self._by_run.get(run.id, ()):
+            if run.id in inbox.roots:
+                self.unregister(inbox.graph)
 
 
 _dispatcher = _Dispatcher()
