@@ -64,3 +64,36 @@ def test_processes_and_threads_share_one_home(tmp_path: Path, child_env: dict[st
         assert own_keys >= PROCESSES * THREADS
     assert store.volume() == sum(record.size for record in store.records())
     store.close()
+
+
+def test_task_calls_from_processes_and_threads(nbflow_home: Path, child_env: dict[str, str]) -> None:
+    """The same through the engine: task calls (store and run history) never raise or warn."""
+    children = [
+        subprocess.Popen(
+            workload_command("task-hammer", str(process), str(THREADS), "3"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env, cwd=ROOT,
+        )
+        for process in range(PROCESSES)
+    ]
+    totals: dict[str, int] = {}
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err[-4000:]
+        report = json.loads(out.splitlines()[-1])
+        assert report["errors"] == []
+        for name, count in report["states"].items():
+            totals[name] = totals.get(name, 0) + count
+    assert set(totals) <= {"Completed", "Cached"} and totals.get("Cached", 0) > 50, totals
+
+    import nbflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NbflowWarning)
+        runs = nbflow.runs.list_runs()
+        assert len(runs) >= PROCESSES
+        from nbflow.engine.runtime import get_store
+
+        store = get_store()
+        for record in store.records():
+            value = store.load(record.key, record)
+            assert bool((value["data"] == value["n"]).all())

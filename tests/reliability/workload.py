@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+import nbflow
 from nbflow.exceptions import NbflowWarning
 from nbflow.store import CacheMiss, ResultStore
 
@@ -177,6 +178,52 @@ def hammer(home: str, secret: str, process: int, threads: int, seconds: float,
     return {"errors": errors, "writers": {str(writer): result for writer, result in results.items()}}
 
 
+# -- concurrency through the engine: task calls from processes x threads ---------------------------
+
+@nbflow.task
+def work(n: int, size: int) -> dict[str, Any]:
+    """A task whose result is a pure function of its inputs, small or with an out-of-band buffer (it is
+    defined at module level, so its code identity is the same in every process)."""
+    return {"n": n, "size": size, "data": np.full(size, n, dtype=np.int64)}
+
+
+def task_hammer(process: int, threads: int, seconds: float) -> dict[str, Any]:
+    """Call :func:`work` with overlapping inputs from ``threads`` threads for ``seconds`` (the store and
+    the run history are those of ``NBFLOW_HOME``); report the states seen and every error or warning."""
+    warnings.simplefilter("error", NbflowWarning)
+    errors: list[str] = []
+    states: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def run(thread: int) -> None:
+        rng = random.Random(process * 10 + thread)
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                n, size = rng.randrange(6), rng.choice([10, 40_000])
+                task = work.with_options(refresh_cache=True) if rng.random() < 0.2 else work
+                state = task(n, size, return_state=True)
+                value = state.result()
+                assert value["n"] == n and value["size"] == size and bool(np.all(value["data"] == n))
+                with lock:
+                    states[state.name] = states.get(state.name, 0) + 1
+        except BaseException as error:
+            errors.append(f"thread {thread}: {type(error).__name__}: {error}")
+
+    workers = [threading.Thread(target=run, args=(thread,)) for thread in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    try:
+        from nbflow.engine.runtime import finish_session
+
+        finish_session()
+    except BaseException as error:
+        errors.append(f"finish: {type(error).__name__}: {error}")
+    return {"errors": errors, "states": states}
+
+
 # -- eviction test: a load held up inside the serializer, while the store is pruned ------------------
 
 
@@ -224,6 +271,8 @@ if __name__ == "__main__":
     elif command == "hammer":
         print(json.dumps(hammer(arguments[0], arguments[1], int(arguments[2]), int(arguments[3]),
                                 float(arguments[4]), int(arguments[5]))))
+    elif command == "task-hammer":
+        print(json.dumps(task_hammer(int(arguments[0]), int(arguments[1]), float(arguments[2]))))
     elif command == "blocked-reader":
         blocked_reader(*arguments)
     else:
