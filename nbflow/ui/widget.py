@@ -3,7 +3,8 @@ the browser (``widgets/graph.js``) draws, pans and zooms, and sends commands bac
 
 Live updates are coalesced. The engine's event callback queues a task run the first time it is seen and
 otherwise only wakes the sender (O(1), in the engine's thread); a per-widget sender thread wakes at most
-``MAX_RATE`` times a second, places the new task runs, looks at the calls still under way
+``MAX_RATE`` times a second (``BUSY_RATE`` past ``BUSY_CALLS`` task runs), places the new task runs, looks
+at the calls still under way
 (:meth:`GraphModel.poll`), sends small state patches, and re-sends the laid-out graph only when its shape
 changed — less often for large graphs, so layout and JSON never take more than a few percent of the
 process. A task called thousands of times is drawn as one node (see ``FOLD_AT``), so a huge flow stays a
@@ -42,6 +43,10 @@ __all__ = ["TaskGraph", "session_graph"]
 _log = logging.getLogger("nbflow.ui")
 
 MAX_RATE = 10.0  # messages a second, at most, while a flow runs
+# Past this many task runs a graph is looked at less often: each look wakes a thread that takes the GIL
+# from the engine, which costs a flow of 10,000 quick tasks a few percent at ten a second (bench_widget.py).
+BUSY_CALLS = 1000
+BUSY_RATE = 4.0
 # A full graph (layout + payload + JSON) waits until sending full graphs has used at most this share of
 # the wall time: a 10,000-node graph costs ~0.1 s to send, so it goes out every few seconds, while small
 # graphs go out at MAX_RATE. (bench_widget.py measures what the graph costs a flow.)
@@ -135,8 +140,9 @@ class TaskGraph(anywidget.AnyWidget):
                 inbox.sender.start()
 
     def _send_loop(self) -> None:
-        interval = 1.0 / MAX_RATE
+        seen = self._inbox.seen
         while not self._closed:
+            interval = 1.0 / (MAX_RATE if len(seen) < BUSY_CALLS else BUSY_RATE)
             if not self._wake.wait(timeout=IDLE_EXIT):
                 # Idle: end the thread, so a long session does not keep one per graph it ever showed. The
                 # next event starts a new one; the re-check under the lock closes the race with it.
