@@ -64,3 +64,35 @@ def test_saved_widget_state_holds_the_final_graph(tmp_path: Path) -> None:
     assert 'data-state="failed"' in html and html.count('<g class="node"') == 3
     assert any("application/vnd.jupyter.widget-view+json" in out["data"] for out in outputs)
     assert not any("text/html" in out.get("data", {}) for out in notebook.cells[2].outputs)
+
+
+MAPPED = """
+import nbflow
+from nbflow.cache_policies import NONE
+
+@nbflow.task(cache_policy=NONE)
+def square(x):
+    if x == 7:
+        raise ValueError("seven is not allowed")
+    return x * x
+
+@nbflow.flow
+def squares(n):
+    futures = square.map(range(n))
+    futures.wait()
+    return futures.result()
+
+squares(20, return_state=True).name
+"""
+
+
+@pytest.mark.timeout(180)
+def test_saved_widget_state_holds_a_mapped_task_as_one_node(tmp_path: Path) -> None:
+    notebook = run_notebook(tmp_path, MAPPED)
+    (graph,) = graph_states(notebook)
+    (node,) = graph["graph"]["nodes"]
+    assert (node["group"], node["label"], node["state"], node["count"], node["total"]) == (
+        "map", "square", "failed", 19, 20)
+    assert node["counts"] == {"completed": 19, "failed": 1} and node["retryable"]
+    html = next(out["data"]["text/html"] for out in notebook.cells[0].outputs if "text/html" in out.get("data", {}))
+    assert 'data-group="map"' in html and "failed 19/20 · 1 failed" in html
