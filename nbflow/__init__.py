@@ -77,14 +77,14 @@ if TYPE_CHECKING:
     from nbflow import runs
     from nbflow.engine.futures import TaskFuture, as_completed, unmapped, wait
     from nbflow.engine.logs import get_run_logger
-    from nbflow.engine.runners import TaskRunner, ThreadPoolTaskRunner
     from nbflow.engine.retries import exponential_backoff
+    from nbflow.engine.runners import TaskRunner, ThreadPoolTaskRunner
     from nbflow.exceptions import NbflowError, NbflowWarning
     from nbflow.flows import Flow, flow
     from nbflow.settings import configure
     from nbflow.states import State, StateType
-    from nbflow.transactions import Transaction, get_transaction, transaction
     from nbflow.tasks import Task, task
+    from nbflow.transactions import Transaction, get_transaction, transaction
 
 
 def load_ipython_extension(ipython: Any) -> None:
