@@ -678,18 +678,30 @@ class GraphModel:
         members = group.members or []
         state = _group_state(group)
         failed: list[MemberData] = []
-        order = self._by_call.get((group.run_id, group.task_key)) or [call.id for call in members]
-        for call in list(group.failed.values())[:MEMBERS_SHOWN]:
+        position: dict[str, int] | None = None  # call order, for a fold's calls (a map's carry their index)
+
+        def index(call: _Node) -> int:
+            nonlocal position
+            if call.last.map_index is not None:
+                return call.last.map_index
+            if position is None:
+                order = self._by_call.get((group.run_id, group.task_key)) or [c.id for c in members]
+                position = {call_id: i for i, call_id in enumerate(order)}
+            return position.get(call.id, -1)
+
+        # In call order, whatever order they failed in (calls on a pool finish in any order).
+        ordered = sorted(((index(call), call) for call in group.failed.values()), key=lambda pair: pair[0])
+        for at, call in ordered[:MEMBERS_SHOWN]:
             last = call.last
             failed.append({
                 "id": call.id,
-                "index": last.map_index if last.map_index is not None else order.index(call.id),
+                "index": at,
                 "state": call.shown or "failed",
                 "error": last.error,
                 "inputs": dict(last.inputs),
                 "retryable": last.id in ids,
             })
-        first = next((call.last for call in group.failed.values() if call.last.traceback), None)
+        first = next((call.last for _, call in ordered if call.last.traceback), None)
         runs = [r for call in members for r in call.records] + group.light
         starts = [r.start_time for r in runs if r.start_time is not None]
         ends = [r.end_time for r in runs if r.end_time is not None]
