@@ -723,10 +723,11 @@ class _Session:
     under way, so nested calls join it).
     """
 
-    __slots__ = ("active", "memo", "stack", "taint")
+    __slots__ = ("active", "memo", "owner", "stack", "taint")
 
     def __init__(self) -> None:
         self.active = False
+        self.owner: Any = None  # the frame of the top-level call under way
         self.stack: dict[int, int] = {}  # id of a function/class in progress -> its depth
         self.memo: dict[int, tuple[object, bytes]] = {}
         self.taint = _NO_TAINT  # smallest depth a back-reference in the current subtree points to
@@ -740,14 +741,32 @@ def _session() -> tuple[_Session, bool]:
     s: _Session | None = getattr(_tls, "session", None)
     if s is None:
         s = _tls.session = _Session()
-    if s.active:
+    if s.active and _running(s.owner):
         return s, False
+    # A new top-level computation starts from nothing. Checked, not assumed: a KeyboardInterrupt landing
+    # between two lines can keep a computation from closing its session, and a session left open (or
+    # half cleared) would otherwise serve its stale memo to every later call in this thread.
+    s.memo.clear()
+    s.stack.clear()
+    s.taint = _NO_TAINT
+    s.owner = sys._getframe(1)
     s.active = True
     return s, True
 
 
+def _running(frame: Any) -> bool:
+    """Whether ``frame`` is on the current thread's stack (the computation it belongs to is under way)."""
+    current: Any = sys._getframe(2)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
+
+
 def _end_session(s: _Session) -> None:
     s.active = False
+    s.owner = None
     if s.memo:
         s.memo.clear()  # it holds strong references
     if s.stack:  # left over only when a computation raised

@@ -9,6 +9,7 @@ entry or the complete one, with no stray file and exact size accounting, and the
 
 from __future__ import annotations
 
+import json
 import linecache
 import os
 import sys
@@ -24,6 +25,7 @@ import pytest
 import nbflow
 from nbflow.exceptions import NbflowWarning
 from nbflow.store import CacheMiss, ResultStore
+from tests.reliability.conftest import run_child
 
 NBFLOW_DIR = os.path.dirname(os.path.abspath(nbflow.__file__))
 DISKCACHE_DIR = os.sep + "diskcache" + os.sep
@@ -149,8 +151,30 @@ def assert_consistent(store: ResultStore, key: str | None) -> bool:
     return present
 
 
+# The sweeps run in a child process: an exception raised by a trace function inside an ``except`` block
+# can leave CPython's "exception being handled" set for the rest of the process, which would show up
+# as a spurious chained exception in later tests.
+
+
 @pytest.mark.parametrize("path", ["miss", "hit"])
-def test_an_interrupt_at_any_line_cancels_the_task_and_keeps_the_store_consistent(path: str) -> None:
+def test_an_interrupt_at_any_line_cancels_the_task_and_keeps_the_store_consistent(
+    path: str, child_env: dict[str, str]
+) -> None:
+    result = run_child(f"from tests.reliability.test_interrupts import sweep; print(sweep({path!r}))", child_env,
+                       timeout=280)
+    outcomes = json.loads(result.stdout.splitlines()[-1])
+    assert outcomes["Cancelled"] > outcomes["lines"] // 2, outcomes
+
+
+def test_code_identity_still_follows_edits_after_interrupts(child_env: dict[str, str]) -> None:
+    """An interrupt inside a code identity computation must not leave it serving stale identities."""
+    result = run_child("from tests.reliability.test_interrupts import identity_sweep; identity_sweep(); print('ok')",
+                       child_env)
+    assert result.stdout.split()[-1:] == ["ok"]
+
+
+def sweep(path: str) -> str:
+    """Interrupt ``build`` at every line, on a cache miss or a hit; check each outcome; count them."""
     from nbflow.engine.runtime import get_store, session_run
 
     store = get_store()
@@ -197,4 +221,39 @@ def test_an_interrupt_at_any_line_cancels_the_task_and_keeps_the_store_consisten
         assert again.name == ("Cached" if present else "Completed"), (point, again.name)
         check(again.result())
         assert assert_consistent(store, key)
-    assert outcomes.get("Cancelled", 0) > total // 2, outcomes
+    return json.dumps({**outcomes, "lines": total})
+
+
+SCALE = 2
+
+
+def helper(x: int) -> int:
+    return x * SCALE
+
+
+def caller(x: int) -> int:
+    return helper(x) + 1
+
+
+def identity_sweep() -> None:
+    """Interrupt code_identity(caller) at every line, then check it still follows edits."""
+    global SCALE
+    from nbflow.hashing import code_identity
+
+    identities = {}
+    for scale in (2, 3):
+        SCALE = scale
+        identities[scale] = code_identity(caller)
+    assert identities[2] != identities[3]
+    try:
+        total = count_lines(lambda: code_identity(caller))
+        for point in range(1, total + 1):
+            SCALE = 2 + point % 2  # a changed global: every call recomputes
+            Interrupter(point).run(lambda: code_identity(caller))
+        for scale in (2, 3, 2):
+            SCALE = scale
+            assert code_identity(caller) == identities[scale]
+        SCALE = 4
+        assert code_identity(caller) not in identities.values()
+    finally:
+        SCALE = 2
