@@ -264,8 +264,13 @@ class TaskGraph(anywidget.AnyWidget):
         data, metadata = bundle
         with self._lock:
             graph = self._payload
-        data = {**data, "text/html": render_html(graph)}
+        data = {**data, "text/html": render_html(graph), "text/plain": plain_summary(graph)}
         return data, metadata
+
+    def __repr__(self) -> str:
+        with self._lock:
+            graph = self._payload
+        return plain_summary(graph)
 
     # -- commands from the browser -------------------------------------------------------------------------
     def _on_selected(self, change: dict[str, Any]) -> None:
@@ -508,3 +513,14 @@ def session_graph() -> TaskGraph:
     if live is not None and live.pid == os.getpid():
         mine = [run for run in mine if run.id != live.id] + [live]
     return TaskGraph(mine, session=True)
+
+
+def plain_summary(graph: GraphPayload) -> str:
+    """One line for text-only front-ends: the runs shown and the task calls by state."""
+    counts: dict[str, int] = {}
+    for node in graph["nodes"]:
+        for state, count in (node.get("counts") or {node["state"]: 1}).items():
+            counts[state] = counts.get(state, 0) + count
+    runs = ", ".join(f"{run['name']} ({run['state']})" for run in graph["runs"] if run.get("parent") is None)
+    states = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+    return f"<task graph: {runs or 'no runs yet'}; {states or 'no task calls'}>"

@@ -301,3 +301,30 @@ def test_sender_threads_end_when_idle(shown: list[TaskGraph], monkeypatch: pytes
         time.sleep(0.05)
     assert not any(t.name == "nbflow-graph" for t in threading.enumerate())
     assert all(len(graph.graph["nodes"]) == 20 for graph in shown)
+
+
+def test_text_only_front_ends_get_a_one_line_summary() -> None:
+    import nbflow
+    from nbflow.runs import list_runs
+    from nbflow.ui import TaskGraph
+
+    @nbflow.task
+    def square(x: int) -> int:
+        return x * x
+
+    @nbflow.task
+    def broken(x: int) -> int:
+        raise ValueError(x)
+
+    @nbflow.flow
+    def summary_flow() -> int:
+        square.map(range(3)).wait()
+        broken.submit(1).wait()
+        return 1
+
+    summary_flow()
+    (run,) = [run for run in list_runs() if run.flow_name == "summary_flow"]
+    graph = TaskGraph([run], live=False)
+    expected = "<task graph: summary_flow (Completed); 3 completed, 1 failed>"
+    assert repr(graph) == expected
+    assert graph._repr_mimebundle_()[0]["text/plain"] == expected
