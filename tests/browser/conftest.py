@@ -124,7 +124,9 @@ def jupyter(tmp_path: Path, nbflow_home: Path) -> Iterator[Callable[[str], Serve
         _stop(server.process)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an asyncio loop running in the main thread
+# while it is open, and tests after the browser tests (async tasks, asyncio.run) need none running.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (make test does)")
