@@ -157,6 +157,10 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+# Last-used times of hit entries are written in batches (see ResultStore._count_hit).
+_TOUCH_BATCH = 256
+_TOUCH_DELAY = 5.0
+
 class ResultStore:
     """Task results cached on local disk under ``<home>/store``, safe across processes and threads.
 
@@ -229,6 +233,11 @@ class ResultStore:
         # when this process last touched each key (so a stale record passed to load() touches only once).
         self._pending_hits: dict[str, int] = {}
         self._touched: dict[str, float] = {}
+        # Records due for a new last_used time, written together in one transaction (a hit stays
+        # read-only): when _TOUCH_BATCH are due, when the oldest is _TOUCH_DELAY seconds old, before this
+        # process prunes, and at close().
+        self._pending_touches: dict[str, tuple[str, float]] = {}
+        self._oldest_touch = 0.0
         self._lock = threading.Lock()
 
     @classmethod
@@ -587,18 +596,34 @@ class ResultStore:
         with self._lock:
             self._pending_hits.clear()
             self._touched.clear()
+            self._pending_touches.clear()
         return count
 
     def close(self) -> None:
-        """Write pending hit counts and close the database connection (the store reopens on next use)."""
-        with self._lock:
-            pending, self._pending_hits = self._pending_hits, {}
-        for key, hits in pending.items():
-            try:
-                self._touch(key, None, hits)
-            except self._write_errors:
-                pass
+        """Write pending hit counts and use times, and close the database connection (the store reopens
+        on next use)."""
+        self._flush_touches(all_hits=True)
         self._cache.close()
+
+    def _flush_touches(self, *, all_hits: bool = False) -> None:
+        """Write the due last_used times (with the hits counted for those keys; every pending hit count
+        with ``all_hits``) in one transaction."""
+        with self._lock:
+            touches, self._pending_touches = self._pending_touches, {}
+            if all_hits:
+                hits, self._pending_hits = self._pending_hits, {}
+            else:
+                hits = {key: self._pending_hits.pop(key) for key in touches if key in self._pending_hits}
+        keys = list(dict.fromkeys([*touches, *hits]))
+        if not keys:
+            return
+        try:
+            with self._transaction():
+                for key in keys:
+                    mac, now = touches.get(key, (None, None))
+                    self._touch(key, mac, hits.get(key, 0), now)
+        except self._write_errors:
+            pass  # bookkeeping only
 
     def __enter__(self) -> ResultStore:
         return self
@@ -607,6 +632,7 @@ class ResultStore:
         self.close()
 
     def _prune(self, *, protect: str | None, target: int) -> int:
+        self._flush_touches()  # least recently used as far as this process knows
         cache = self._cache
         now = time.time()
         # Blob files are listed before records are read: a file listed here whose save commits during
@@ -790,11 +816,14 @@ class ResultStore:
         interval = self.touch_interval
         if now - record.last_used >= interval and now - self._touched.get(key, 0.0) >= interval:
             self._touched[key] = now
-            hits = pending.pop(key, 0)
-            try:
-                self._touch(key, record.mac, hits, now)
-            except self._write_errors:
-                pass  # bookkeeping only; the hit itself succeeded
+            touches = self._pending_touches
+            if not touches:
+                self._oldest_touch = now
+            touches[key] = (record.mac, now)
+        if self._pending_touches and (
+            len(self._pending_touches) >= _TOUCH_BATCH or now - self._oldest_touch >= _TOUCH_DELAY
+        ):
+            self._flush_touches()
 
     def _touch(self, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
         cache = self._cache

@@ -310,11 +310,31 @@ def test_last_used_and_hits_are_updated_after_the_interval(store: ResultStore) -
     store.load("k")
     store.touch_interval = 0.0
     store.load("k")
+    # The new last_used time is batched with others (a hit stays read-only), written before this
+    # process prunes, when enough are due, a few seconds later, or at close().
+    raw = store._cache.get(f"m:{FORMAT_VERSION}:k")
+    assert store.probe("k").hits == 0  # type: ignore[union-attr]
+    store._flush_touches()
+    assert store._cache.get(f"m:{FORMAT_VERSION}:k") != raw
     record = store.probe("k")
     assert record is not None
     assert record.hits == 3 and record.last_used > saved.last_used
     assert record.mac == saved.mac  # the MAC does not cover the LRU bookkeeping
     assert store.load("k") == 1
+
+
+def test_due_touches_are_written_in_batches(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbflow.store import store as store_module
+
+    monkeypatch.setattr(store_module, "_TOUCH_BATCH", 3)
+    for key in "abc":
+        store.save(key, key, task_name="t")
+    store.touch_interval = 0.0
+    store.load("a")
+    store.load("b")
+    assert [store.probe(key).hits for key in "ab"] == [0, 0]  # type: ignore[union-attr]
+    store.load("c")  # the third due touch writes all three in one transaction
+    assert [store.probe(key).hits for key in "abc"] == [1, 1, 1]  # type: ignore[union-attr]
 
 
 def test_pending_hits_are_written_on_close(store: ResultStore) -> None:
