@@ -723,10 +723,15 @@ class ResultStore:
                 # cannot catch a save half-way.
                 if key not in live_keys and (self._mprefix + key) not in cache:
                     cache.delete(db_key)
-            # Recount, keeping whatever other processes added or removed since the scan started.
-            drift = int(cache.get(self._volume_key, 0)) - counter_before
-            remaining = sum(record.size for record, _ in live) - sum(record.size for record in removed)
-            cache.set(self._volume_key, max(0, remaining + drift))
+            # Recount. Inside this write transaction the records cannot change, so the sum of their
+            # sizes is exact; the scan above was not a snapshot (a save committing during it would be
+            # counted both in the scan and in the counter's drift).
+            exact = self._sum_record_sizes()
+            if exact is None:
+                drift = int(cache.get(self._volume_key, 0)) - counter_before
+                remaining = sum(record.size for record, _ in live) - sum(record.size for record in removed)
+                exact = remaining + drift
+            cache.set(self._volume_key, max(0, exact))
 
         removed_keys = {record.key for record in removed}
         referenced = {
@@ -765,6 +770,21 @@ class ResultStore:
             cache.close()  # this thread's connection only
         except Exception:
             pass
+
+    def _sum_record_sizes(self) -> int | None:
+        """The sizes of this format's records added up by SQLite (None where that query is unavailable)."""
+        if not self._fast_reads:
+            return None
+        prefix = self._mprefix
+        try:
+            (total,) = self._cache._sql(
+                "SELECT COALESCE(SUM(json_extract(value, '$.size')), 0) FROM Cache"
+                " WHERE raw = 1 AND key >= ? AND key < ? AND json_valid(value)",
+                (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
+            ).fetchone()
+        except (AttributeError, sqlite3.Error):
+            return None
+        return int(total)
 
     def _delete_if(self, key: str, condition: Callable[[str], bool]) -> bool:
         """Delete the entry if its current record text satisfies ``condition``; return whether it did."""
