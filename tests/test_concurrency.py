@@ -288,3 +288,24 @@ def test_bad_runner_options_are_clear_errors() -> None:
             return x
 
         needs.submit()
+
+
+def test_a_plain_call_given_futures_waits_for_them(executions) -> None:
+    @nbflow.task
+    def slow_value(x: int) -> int:
+        time.sleep(0.05)
+        return x
+
+    @nbflow.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @nbflow.task
+    def fails() -> int:
+        raise RuntimeError("no value")
+
+    first = slow_value.submit(2)
+    assert add(first, 3) == 5
+    state = add(fails.submit(), 1, return_state=True)
+    assert state.name == "UpstreamFailed"
+    assert executions["add"] == 1

@@ -475,6 +475,13 @@ class TaskRunEngine:
     def run_to_state(self) -> State:
         try:
             self.begin()
+            if self.upstream_futures:  # a plain call given futures waits for them, like a submission
+                from nbflow.engine.flow_engine import _wait_all
+
+                _wait_all(self.upstream_futures)
+                failed = self.resolve_upstream()
+                if failed is not None:
+                    return self.finish(failed)
             return self.run_begun()
         except KeyboardInterrupt as error:
             if self.task_run is _MISSING or self.task_run.state_type not in _UNFINISHED:
@@ -505,6 +512,13 @@ class TaskRunEngine:
     async def run_to_state_async(self) -> State:
         try:
             self.begin()
+            if self.upstream_futures:
+                import asyncio
+
+                await asyncio.wait([asyncio.wrap_future(future._future) for future in self.upstream_futures])
+                failed = self.resolve_upstream()
+                if failed is not None:
+                    return self.finish(failed)
             return await self.run_begun_async()
         except KeyboardInterrupt as error:
             if self.task_run is _MISSING or self.task_run.state_type not in _UNFINISHED:
