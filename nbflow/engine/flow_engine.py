@@ -15,7 +15,7 @@ from nbflow.engine.futures import futures_in, resolve
 from nbflow.engine.manual_retry import remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import frontend_hook, summarize
-from nbflow.engine.task_engine import _ENDS_AT_ONCE, async_call_to_state, call_to_state, error_summary
+from nbflow.engine.task_engine import _ENDS_AT_ONCE, _outcome, async_call_to_state, call_to_state, error_summary
 from nbflow.runs import RunRecord, StateEntry, history, new_id
 from nbflow.states import Cancelled, Completed, Failed, State, StateType
 
@@ -226,14 +226,6 @@ def _resolve_returned(state: State) -> State:
         return Completed(resolve(value), message=state.message)
     except Exception as error:
         return Failed(error, message=error_summary(error))
-
-
-def _outcome(state: State, return_state: bool) -> Any:
-    if return_state:
-        if state.type in (StateType.CANCELLED, StateType.CRASHED):
-            raise state.result(raise_on_failure=False)
-        return state
-    return state.result()
 
 
 def run_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
