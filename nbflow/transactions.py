@@ -123,6 +123,7 @@ class Transaction:
         self._mutex = threading.Lock()
         self._token: Any = None
         self._lock_file: int | None = None
+        self._futures: list[Any] = []  # calls submitted inside: the transaction ends after them
 
     def __repr__(self) -> str:
         return f"Transaction(key={self.key!r}, state={self.state.value!r})"
@@ -197,6 +198,10 @@ class Transaction:
             txn = txn.parent
         return None
 
+    def add_future(self, future: Any) -> None:
+        with self._mutex:
+            self._futures.append(future)
+
     def add_task_run(self, task: Task[..., Any], task_run: TaskRunRecord, run: RunRecord) -> None:
         with self._mutex:
             self._done.append(_Done(task, task_run, run))
@@ -215,6 +220,13 @@ class Transaction:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
+            with self._mutex:
+                futures, self._futures = self._futures, []
+            if futures:
+                # Their results (or their rollback hooks) belong to this transaction: wait for them.
+                import concurrent.futures
+
+                concurrent.futures.wait([future._future for future in futures])
             if error is None:
                 self.commit()
             else:

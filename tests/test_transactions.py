@@ -211,3 +211,25 @@ def test_two_processes_racing_on_a_serializable_key_compute_once(tmp_path: Path,
     assert [racer.returncode for racer in racers] == [0, 0], outputs
     assert [out.strip() for out, _ in outputs] == ["144", "144"]
     assert log.read_text() == "computed\n"
+
+
+def test_a_transaction_ends_after_the_calls_submitted_inside_it() -> None:
+    import time
+
+    undone: list[int] = []
+
+    @nbflow.task(on_rollback=[lambda txn: undone.append(1)])
+    def slow_part(i: int) -> int:
+        time.sleep(0.2)
+        return i
+
+    with nbflow.transaction():
+        futures = slow_part.map(range(3))  # not waited for inside the block
+    assert all(future.done() for future in futures)
+    assert all(stored(key=future.task_run.cache_key) for future in futures)
+
+    with pytest.raises(RuntimeError), nbflow.transaction():
+        slow_part.submit(10)
+        raise RuntimeError("fails while the call still runs")
+    assert undone == [1]
+    assert task_runs("slow_part")[-1].state == "RolledBack"

@@ -637,6 +637,8 @@ def submit_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     result: TaskFuture[Any] = TaskFuture(engine.task_run, future)
     if flow_context is not None:
         flow_context.add_future(result)
+    if engine.transaction is not None:
+        engine.transaction.add_future(result)
     context = contextvars.copy_context()
 
     def work() -> State:
