@@ -153,3 +153,17 @@ def test_failed_async_tasks_and_flows_can_be_retried_by_hand_even_inside_a_runni
         return again_task.result(), again_flow.result(), again_flow.name
 
     assert asyncio.run(main()) == ("up", "up", "Completed")
+
+
+def test_async_tasks_keep_their_prints_and_logs() -> None:
+    @nbflow.task(log_prints=True, cache_policy=NONE)
+    async def chatty() -> int:
+        print("fetching page 1")
+        nbflow.get_run_logger().info("parsed %d rows", 3)
+        await asyncio.sleep(0)
+        return 3
+
+    assert asyncio.run(chatty()) == 3
+    (task_run,) = [t for run in list_runs() for t in run.task_runs if t.task_name == "chatty"]
+    assert any("fetching page 1" in line for line in task_run.logs)
+    assert any("parsed 3 rows" in line for line in task_run.logs)

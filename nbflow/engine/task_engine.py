@@ -334,7 +334,12 @@ class TaskRunEngine:
         import asyncio
 
         task = self.task
-        context = TaskRunContext(task=task, task_run=self.task_run, log_prints=self._log_prints())
+        log_prints = self._log_prints()
+        context = TaskRunContext(task=task, task_run=self.task_run, log_prints=log_prints)
+        if log_prints:
+            from nbflow.engine.logs import install_print_capture
+
+            install_print_capture()
         token = _task_run.set(context)
         try:
             while True:
