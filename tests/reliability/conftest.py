@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nbflow.store import ResultStore
+from tests.store.conftest import secret_file, store  # noqa: F401 - the same store fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,17 +35,6 @@ def run_child(code: str, env: dict[str, str], timeout: float = 120) -> subproces
     return result
 
 
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    return tmp_path / "config" / "nbflow" / "secret.key"
-
-
-@pytest.fixture
-def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
-    """A store on a temporary home with its own secret file."""
-    result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
-    yield result_store
-    result_store.close()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ def secret_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path, secret_file: Path) -> Iterator[ResultStore]:
+    """A store on a temporary home with its own secret file (tests/reliability uses it too)."""
     result_store = ResultStore(tmp_path / "home", size_limit=1 << 34, secret_file=secret_file)
     yield result_store
     result_store.close()
