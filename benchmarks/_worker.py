@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 clock = time.perf_counter
@@ -269,29 +270,14 @@ def case_flow(p: dict[str, Any]) -> dict[str, Any]:
 
     graphs: list[Any] = []
     if live:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_widget import RecordingComm
+
         from nbflow.ui import TaskGraph
-
-        class Comm:
-            kernel = True
-            comm_id = "bench"
-            messages = 0
-
-            def send(self, data: Any = None, metadata: Any = None, buffers: Any = None) -> None:
-                Comm.messages += 1
-                json.dumps(data, default=str)
-
-            def on_msg(self, callback: Any) -> None:
-                pass
-
-            def on_close(self, callback: Any) -> None:
-                pass
-
-            def close(self, *args: Any, **kwargs: Any) -> None:
-                pass
 
         def show(run: Any) -> None:
             graph = TaskGraph([run])
-            graph.comm = Comm()
+            graph.comm = RecordingComm()
             graphs.append(graph)
 
         flow_engine.frontend_hook = show  # type: ignore[assignment]
