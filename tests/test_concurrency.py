@@ -130,7 +130,6 @@ def test_submit_and_plain_calls_share_cache_entries(executions) -> None:
 
     first = add.submit(2, 3)
     assert first.result() == 5 and first.state.name == "Completed"
-    assert add.submit(2, 3).state.name in ("Pending", "Running", "Cached")
     again = add.submit(2, 3)
     again.wait()
     assert again.state.name == "Cached"

@@ -15,8 +15,10 @@ from nbflow.exceptions import ConfigurationError
 from nbflow.runs import list_runs
 
 
-def stored(state: nbflow.State | None = None, key: str | None = None) -> bool:
-    return get_store().probe(key) is not None  # type: ignore[arg-type]
+def stored(*, key: str | None) -> bool:
+    """Whether the store holds an entry for ``key`` (a task run's cache key)."""
+    assert key is not None
+    return get_store().probe(key) is not None
 
 
 def task_runs(name: str) -> list:
