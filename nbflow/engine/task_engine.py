@@ -307,13 +307,7 @@ class TaskRunEngine:
     # -- 5. call with retries and timeout ---------------------------------------------------------
     def call(self) -> State:
         task = self.task
-        log_prints = self._log_prints()
-        context = TaskRunContext(task=task, task_run=self.task_run, log_prints=log_prints)
-        if log_prints:
-            from nbflow.engine.logs import install_print_capture
-
-            install_print_capture()
-        token = _task_run.set(context)
+        token = self._enter_task_context()
         try:
             while True:
                 self.start_attempt()
@@ -334,13 +328,7 @@ class TaskRunEngine:
         import asyncio
 
         task = self.task
-        log_prints = self._log_prints()
-        context = TaskRunContext(task=task, task_run=self.task_run, log_prints=log_prints)
-        if log_prints:
-            from nbflow.engine.logs import install_print_capture
-
-            install_print_capture()
-        token = _task_run.set(context)
+        token = self._enter_task_context()
         try:
             while True:
                 self.start_attempt()
@@ -357,8 +345,14 @@ class TaskRunEngine:
         finally:
             _task_run.reset(token)
 
-    def _log_prints(self) -> bool:
-        return self.task.log_prints or bool(self.flow_context and self.flow_context.flow.log_prints)
+    def _enter_task_context(self) -> Any:
+        """Make this task run the current one (capturing prints when it logs them); returns the token."""
+        log_prints = self.task.log_prints or bool(self.flow_context and self.flow_context.flow.log_prints)
+        if log_prints:
+            from nbflow.engine.logs import install_print_capture
+
+            install_print_capture()
+        return _task_run.set(TaskRunContext(task=self.task, task_run=self.task_run, log_prints=log_prints))
 
     def start_attempt(self) -> None:
         task_run = self.task_run

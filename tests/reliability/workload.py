@@ -113,6 +113,15 @@ def crash_writer(home: str, secret: str, log: str, start: int) -> None:
 SHARED_KEYS = 4
 
 
+def _run_threads(run: Any, threads: int) -> None:
+    """Run ``run(thread)`` for each thread number at once and wait for them all."""
+    workers = [threading.Thread(target=run, args=(thread,)) for thread in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
 def hammer(home: str, secret: str, process: int, threads: int, seconds: float,
            size_limit: int = 1 << 34) -> dict[str, Any]:
     """Run ``threads`` threads reading and writing one store for ``seconds``; report what happened.
@@ -166,11 +175,7 @@ def hammer(home: str, secret: str, process: int, threads: int, seconds: float,
             errors.append(f"writer {writer}: {type(error).__name__}: {error}")
         results[writer] = {"counts": counts, "last": last}
 
-    workers = [threading.Thread(target=run, args=(thread,)) for thread in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    _run_threads(run, threads)
     try:
         store.close()
     except BaseException as error:
@@ -210,11 +215,7 @@ def task_hammer(process: int, threads: int, seconds: float) -> dict[str, Any]:
         except BaseException as error:
             errors.append(f"thread {thread}: {type(error).__name__}: {error}")
 
-    workers = [threading.Thread(target=run, args=(thread,)) for thread in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    _run_threads(run, threads)
     try:
         from nbflow.engine.runtime import finish_session
 
