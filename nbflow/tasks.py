@@ -157,6 +157,10 @@ class Task(Generic[P, R]):
             "on_rollback": self.on_rollback_hooks,
         }
         self._signature: inspect.Signature | None = None
+        # How calls bind to parameters without inspect.Signature.bind (see bind_arguments): the
+        # parameter names and the trailing defaults, or False when the signature needs the general
+        # binder (keyword-only or variadic parameters). None until the first call.
+        self._bind_plan: tuple[tuple[str, ...], tuple[Any, ...]] | bool | None = None
         self._return_hint: Any = None
         self._return_hint_known = False
         functools.update_wrapper(self, fn)
@@ -169,6 +173,31 @@ class Task(Generic[P, R]):
             except Exception:
                 self._signature = inspect.signature(self.fn)
         return self._signature
+
+    def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults included, in signature order.
+
+        Raises :class:`TypeError` (from :meth:`inspect.Signature.bind`) when they do not fit.
+        """
+        plan = self._bind_plan
+        if plan is None:
+            plan = self._bind_plan = _bind_plan(self.signature)
+        if plan is not False and not kwargs:
+            # The common call, all positional: what Signature.bind + apply_defaults give, at a tenth of
+            # the cost (this runs on every task call, cache hits included).
+            names, defaults = plan  # type: ignore[misc]
+            given = len(args)
+            missing = len(names) - given
+            if missing == 0:
+                return dict(zip(names, args))
+            if 0 < missing <= len(defaults):
+                arguments = dict(zip(names, args))
+                for name, value in zip(names[given:], defaults[len(defaults) - missing :]):
+                    arguments[name] = value
+                return arguments
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
 
     def return_type_hint(self) -> Any:
         """The function's return annotation, resolved once (None when absent or unresolvable)."""
@@ -302,6 +331,17 @@ class Task(Generic[P, R]):
         if instance is None:
             return self
         return functools.partial(self.__call__, instance)
+
+
+def _bind_plan(signature: inspect.Signature) -> tuple[tuple[str, ...], tuple[Any, ...]] | bool:
+    """Parameter names and trailing default values of a signature of positional parameters only;
+    False for any other signature."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = list(signature.parameters.values())
+    if any(parameter.kind not in positional for parameter in parameters):
+        return False
+    defaults = tuple(p.default for p in parameters if p.default is not inspect.Parameter.empty)
+    return tuple(p.name for p in parameters), defaults
 
 
 @overload

@@ -160,6 +160,7 @@ def as_completed(futures: Iterable[TaskFuture[Any]], timeout: float | None = Non
 # -- resolving futures inside arguments ---------------------------------------------------------
 
 _CONTAINERS = (list, tuple, set, frozenset, dict)
+_FUTURE_OR_CONTAINER = (TaskFuture, *_CONTAINERS)
 
 
 def futures_in(value: Any, found: list[TaskFuture[Any]] | None = None, depth: int = 0) -> list[TaskFuture[Any]]:
@@ -172,7 +173,7 @@ def futures_in(value: Any, found: list[TaskFuture[Any]] | None = None, depth: in
     elif depth < 8 and isinstance(value, _CONTAINERS):
         items = value.values() if isinstance(value, dict) else value
         for item in items:
-            if isinstance(item, (TaskFuture, *_CONTAINERS)):
+            if isinstance(item, _FUTURE_OR_CONTAINER):
                 futures_in(item, found, depth + 1)
     return found
 

@@ -157,6 +157,9 @@ def summarize(value: Any, limit: int = 80) -> str:
 
 
 def _summarize(value: Any, limit: int) -> str:
+    exact = type(value)
+    if (exact is int and -(10**15) < value < 10**15) or exact is float or exact is bool or value is None:
+        return repr(value)  # the most common arguments and results, first (this runs on every call)
     if isinstance(value, int) and value.bit_length() > 1024:
         # repr of a huge int is slow (and raises past sys.get_int_max_str_digits()); it would be cut anyway.
         text = f"int[{value.bit_length()} bits]"

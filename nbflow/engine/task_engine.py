@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from nbflow import events
-from nbflow.cache_policies import ArgumentError, KeyContext
+from nbflow.cache_policies import ArgumentError, KeyContext, default_key_exclusions, fingerprint_arguments
 from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run, current_transaction
 from nbflow.engine import runtime
 from nbflow.engine.futures import TaskFuture, futures_in, resolve
@@ -48,6 +48,7 @@ from nbflow.exceptions import (
     TaskTimeoutError,
     UnfingerprintableError,
 )
+from nbflow.hashing import code_identity
 from nbflow.runs import RunRecord, StateEntry, TaskRunRecord, history, new_id
 from nbflow.states import (
     Cached,
@@ -151,6 +152,10 @@ async def async_call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, 
 class TaskRunEngine:
     """Drives one call of one task. See the module docstring for the order of the steps."""
 
+    # One engine per task call, cache hits included: slots make it cheaper to build and to use.
+    __slots__ = ("args", "attempt", "dynamic_key", "flow_context", "forced_dynamic_key", "key", "kwargs",
+                 "map_info", "parameters", "run", "task", "task_run", "transaction", "upstream_futures")
+
     def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
                  map_info: tuple[str, int, int] | None = None) -> None:
         self.task = task
@@ -173,11 +178,11 @@ class TaskRunEngine:
     def set_state(self, state_type: StateType, name: str, message: str | None = None,
                   state: State | None = None) -> None:
         task_run = self.task_run
-        now = time.time()
+        type_value = state_type._value_  # the plain attribute: .value is a descriptor call
         task_run.state = name
-        task_run.state_type = state_type.value
-        task_run.history.append(StateEntry(name, state_type.value, now, message))
-        if events.has_subscribers():
+        task_run.state_type = type_value
+        task_run.history.append(StateEntry(name, type_value, time.time(), message))
+        if events._subscribers:
             events.publish(events.Event("task_run", state, self.run, task_run, name=name, type=state_type,
                                         message=message))
 
@@ -185,11 +190,9 @@ class TaskRunEngine:
     def begin(self) -> None:
         task = self.task
         try:
-            bound = task.signature.bind(*self.args, **self.kwargs)
+            self.parameters = parameters = task.bind_arguments(self.args, self.kwargs)
         except TypeError as error:
             raise ParameterError(f"task {task.name!r}: {error} (signature: {task.name}{task.signature})") from None
-        bound.apply_defaults()
-        self.parameters = bound.arguments
         run = self.run
         name = task.name
         if task.task_run_name is not None:
@@ -200,20 +203,21 @@ class TaskRunEngine:
         )
         if self.map_info is not None:
             task_run.map_id, task_run.map_index, task_run.map_size = self.map_info
-        task_run.inputs = {key: summarize(value) for key, value in self.parameters.items()}
+        task_run.inputs = {key: summarize(value) for key, value in parameters.items()}
         upstream: list[str] = []
-        futures = futures_in(self.parameters)
+        futures = futures_in(parameters)
         if futures:
             self.upstream_futures = futures
             upstream = [future.task_run_id for future in futures]
         if self.flow_context is not None:
-            upstream += self.flow_context.upstream_of(self.parameters)
+            upstream += self.flow_context.upstream_of(parameters)
             # Claimed here, in the caller's order, so that a flow retry matches submitted calls too.
             if self.forced_dynamic_key is None:
                 self.dynamic_key = self.flow_context.next_dynamic_key(task.task_key)
         elif runtime.session_tracker is not None:
-            upstream += runtime.session_tracker.upstream_of(self.parameters)
-        task_run.upstream = list(dict.fromkeys(upstream))
+            upstream += runtime.session_tracker.upstream_of(parameters)
+        if upstream:
+            task_run.upstream = list(dict.fromkeys(upstream))
         run.add_task_run(task_run)
         self.set_state(StateType.PENDING, "Pending")
 
@@ -253,10 +257,23 @@ class TaskRunEngine:
         task = self.task
         if not task.persist_result:
             return
-        flow_parameters = self.flow_context.parameters if self.flow_context else None
-        context = KeyContext(task=task, run_id=self.run.id, flow_parameters=flow_parameters)
+        parts: dict[str, str]
         try:
-            key = task.cache_policy.compute_key(context, self.parameters)
+            exclude = _default_key_exclusions(task)
+            if exclude is not None:
+                # INPUTS + TASK_SOURCE, computed directly: the same key the policies would give.
+                parameters = self.parameters
+                if exclude:
+                    parameters = {name: value for name, value in parameters.items() if name not in exclude}
+                parts = {}
+                inputs = fingerprint_arguments(parameters, parts)
+                parts["code"] = code = code_identity(task.fn)
+                key: str | None = f"{inputs}|{code}"
+            else:
+                flow_parameters = self.flow_context.parameters if self.flow_context else None
+                context = KeyContext(task=task, run_id=self.run.id, flow_parameters=flow_parameters)
+                key = task.cache_policy.compute_key(context, self.parameters)
+                parts = context.parts
         except ArgumentError as error:
             warnings.warn(
                 f"task {task.name!r} runs uncached: argument {error.argument!r} cannot be fingerprinted "
@@ -274,7 +291,7 @@ class TaskRunEngine:
                 stacklevel=5,
             )
             return
-        self.task_run.key_parts = context.parts
+        self.task_run.key_parts = parts
         if key is None:
             return
         if task.cache_key_fn is None:
@@ -562,6 +579,19 @@ class TaskRunEngine:
         if self.task.is_async:
             return run_coroutine(self.run_begun_async())
         return self.run_begun()
+
+
+def _default_key_exclusions(task: Task[..., Any]) -> frozenset[str] | None:
+    """:func:`~nbflow.cache_policies.default_key_exclusions` of the task's policy, remembered on the task
+    (for as long as the task keeps that policy)."""
+    policy = task.cache_policy
+    known = task.__dict__.get("_default_key")
+    if known is None or known[0] is not policy:
+        known = task.__dict__["_default_key"] = (
+            policy, None if task.cache_key_fn is not None else default_key_exclusions(policy)
+        )
+    exclusions: frozenset[str] | None = known[1]
+    return exclusions
 
 
 def run_coroutine(coroutine: Any) -> Any:
