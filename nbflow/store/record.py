@@ -12,7 +12,7 @@ __all__ = ["FORMAT_VERSION", "Record"]
 
 #: Version of the on-disk layout. It is part of every key in the store and of every record, so entries
 #: written under another version are never read: they simply are not found in this version's namespace.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # The fields an entry's MAC covers, in the fixed order Record.signed_bytes encodes them in: a compact
 # JSON array with ASCII escapes, which is canonical (the same fields always encode to the same bytes;

@@ -2,21 +2,35 @@
 
 Layout under ``<home>/store/`` (directories mode 0700):
 
-* a diskcache (``cache.db``; streams are kept inside their rows, see ``_STREAM_IN_ROW_MAX``) holding, per entry,
-  ``m:<FORMAT_VERSION>:<key>`` -> the :class:`Record` as a JSON string, and
-  ``p:<FORMAT_VERSION>:<key>`` -> the serialized stream as bytes; plus ``s:<FORMAT_VERSION>:volume``, the
-  running total of record sizes;
+* a diskcache (``cache.db``; values are kept inside their rows, see ``_STREAM_IN_ROW_MAX``) holding, per
+  entry, two rows written together:
+
+  - ``p:<FORMAT_VERSION>:<key>`` -> the payload, as bytes: ``_MAGIC`` (4 bytes), the MAC (32 raw bytes),
+    the length of the signed fields (4 bytes, big-endian), the signed fields (:meth:`Record.signed_bytes`,
+    a compact JSON array) and the serialized stream. It holds everything a load needs, so a cache hit
+    reads this one row and parses no record;
+  - ``m:<FORMAT_VERSION>:<key>`` -> the :class:`Record` as a JSON string: the same signed fields plus the
+    LRU bookkeeping (``last_used``, ``hits``) and the MAC in hex. Probing, listing, pruning and the CLI
+    read these, never a payload;
+
+  plus ``s:<FORMAT_VERSION>:volume``, the running total of record sizes;
 * ``blobs/<aa>/<name>-<blob_id>-<i>.bin``: out-of-band buffer ``i`` of the entry, raw, where ``<name>`` is
   the key (or its xxh3-128 hex digest when the key is not a safe file name) and ``<aa>`` its first two
   characters.
 
-Metadata lives apart from payloads so probing, listing and evicting never read payload bytes or unpickle
-anything. Every entry carries an HMAC-SHA256 over its signed fields and its stream, keyed by a per-user
-secret; it is checked before anything is unpickled, and buffer checksums (covered by the MAC) before the
-value is rebuilt. An entry that fails any check is deleted and reported as a miss with a warning.
+The MAC is an HMAC-SHA256, keyed by a per-user secret, over everything in the payload after the MAC
+itself (length, signed fields, stream). A load verifies it before it parses the signed fields or
+unpickles anything, then trusts only those signed fields (key, expiry, serializer, buffer sizes and
+checksums), never the metadata record, which is an unauthenticated index: tampering with it can change
+what listings show or the order of eviction, not what a load returns. Buffer checksums (signed) are checked
+before the value is rebuilt. An entry that fails any check is deleted and reported as a miss with a warning.
 
-Writes go blobs (temp file, fsync, rename), then stream and record together in one SQLite transaction,
-which is the commit point: a crash at any moment leaves the old entry or the complete new one.
+A hit stays read-only: it learns when the record was last written from the metadata row's diskcache
+``store_time`` (read in the same statement), and only when that is older than ``touch_interval`` queues a
+rewrite of ``last_used``, written in batches.
+
+Writes go blobs (temp file, fsync, rename), then payload, record and volume total together in one SQLite
+transaction, which is the commit point: a crash at any moment leaves the old entry or the complete new one.
 """
 
 from __future__ import annotations
@@ -48,7 +62,7 @@ except ImportError:  # Windows: no advisory locks, so eviction cannot see which 
     fcntl = None  # type: ignore[assignment]
 
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
-from nbflow.store.record import FORMAT_VERSION, Record
+from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
 from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
 
@@ -77,27 +91,66 @@ _PRUNE_LOW_WATER = 0.9
 # pointing at a deleted file. In the row, a stream commits and rolls back together with its record.
 # (SQLite rows hold up to 1 GB; larger streams still go to files. Large arrays never reach the stream.)
 _STREAM_IN_ROW_MAX = 1 << 29
-# How often load() retries when the entry changes between reading its record and its payload.
+# How often load() retries when the entry changes while it is being read (its buffer files replaced).
 _LOAD_ATTEMPTS = 4
 # Keys that can be used directly in a blob file name.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _MAC_DOMAIN = b"nbflow-store-entry\x00"
-# diskcache's table layout, for the direct reads in ResultStore._read: string keys are stored with
-# raw = 1, and values held in the row itself (str, and bytes under its min_file_size) have mode 1
-# (diskcache.core.MODE_RAW).
-_SELECT_RAW = "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
-# Two point lookups in one statement (UNION ALL measured faster than IN (?, ?) here).
-_SELECT_PAIR = (
-    "SELECT key, mode, value FROM Cache WHERE key = ? AND raw = 1"
-    " UNION ALL SELECT key, mode, value FROM Cache WHERE key = ? AND raw = 1"
+# The payload row (see the module documentation): magic, MAC, length of the signed fields, signed fields,
+# stream. The magic names the layout, so a payload of another layout is rejected before anything else.
+_MAGIC = b"nbf\x02"
+_MAC_START = len(_MAGIC)
+_MAC_END = _MAC_START + 32
+_HEADER = _MAC_END + 4
+# Positions in the signed fields (record.SIGNED_FIELDS) that a load uses.
+_S_KEY, _S_TASK, _S_EXPIRES, _S_SERIALIZER, _S_VERSION, _S_BUFFERS, _S_STREAM_SIZE, _S_BLOB_ID = (
+    SIGNED_FIELDS.index(name)
+    for name in ("key", "task_name", "expires", "serializer", "format_version", "buffers", "stream_size", "blob_id")
 )
+# diskcache's table layout, for the direct reads and writes below: string keys are stored with raw = 1,
+# and values held in the row itself (str, int, and bytes under its min_file_size) have mode 1
+# (diskcache.core.MODE_RAW), size 0 and no file name.
 _MODE_RAW = 1
+_CACHE_COLUMNS = [
+    "rowid", "key", "raw", "store_time", "expire_time", "access_time", "access_count", "tag", "size", "mode",
+    "filename", "value",
+]
+_SELECT_RAW = "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
+# A cache hit: the payload, and when the record was last written (its diskcache store_time). No row when
+# there is no record; mode and payload are NULL when the record has no payload row.
+_SELECT_HIT = (
+    "SELECT m.store_time, p.mode, p.value FROM Cache m LEFT JOIN Cache p ON p.key = ? AND p.raw = 1"
+    " WHERE m.key = ? AND m.raw = 1"
+)
+# A save: the previous record (0) and whether either row keeps its value in a diskcache file instead of the
+# row (the direct write would leave such a file behind, so those saves go through diskcache's API).
+_SELECT_PREVIOUS = (
+    "SELECT 0, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+    " UNION ALL SELECT 1, mode, filename, NULL FROM Cache WHERE key = ? AND raw = 1"
+)
+# The columns diskcache's own set() writes for a value kept in the row. An upsert (rather than INSERT OR
+# REPLACE) so that diskcache's row-count and size triggers see an update, not an untracked delete.
+_ROW = "(?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
+_INSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
+    " filename, value) VALUES "
+)
+_UPSERT_ENTRY = (
+    f"{_INSERT}{_ROW}, {_ROW} ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0,"
+    " mode = 1, filename = NULL, value = excluded.value"
+)
+_ADD_VOLUME = f"{_INSERT}{_ROW} ON CONFLICT(key, raw) DO UPDATE SET value = value + excluded.value RETURNING value"
 
 
 # What ResultStore._claim returns for an entry a load is reading (never a file descriptor).
 _IN_USE = -1
-# Marks a stream that still has to be read (see ResultStore._read_entry).
-_NOT_READ = object()
+# "Any payload" for ResultStore._delete_if.
+_ANY = object()
+
+
+def _always(raw: str) -> bool:
+    return True
 
 
 class CacheMiss(Exception):
@@ -194,7 +247,10 @@ class ResultStore:
 
         self._secret = load_or_create_secret(self.secret_file)
         padded = self._secret.ljust(64, b"\0")  # SHA-256 block size; the key is shorter
-        self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        # HMAC computed from SHA-256 states pre-fed with the padded key (RFC 2104) and, for the inner one,
+        # the domain prefix of every entry MAC: the same MAC as hmac.new(secret, _MAC_DOMAIN + message,
+        # "sha256"), without redoing the key setup on every cache hit.
+        self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded) + _MAC_DOMAIN)
         self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
         self._make_directories()
         self._blobs = os.path.join(self.directory, "blobs")
@@ -217,8 +273,10 @@ class ResultStore:
             raise ConfigurationError(
                 f"cannot open the nbflow result store in {self.directory}: {error}"
             ) from error
-        # Whether _read() may query diskcache's table directly (checked once below).
+        # Whether reads may query diskcache's table directly, and saves write it directly (checked once
+        # here; a diskcache with another layout is used through its public API instead).
         self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == _MODE_RAW
+        self._fast_writes = self._fast_reads and sqlite3.sqlite_version_info >= (3, 35) and self._table_is_known()
         self._write_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
         # pydantic-core's JSON parser is several times faster than the json module on records, which
         # matters on the cache-hit path.
@@ -239,6 +297,14 @@ class ResultStore:
         self._pending_touches: dict[str, tuple[str, float]] = {}
         self._oldest_touch = 0.0
         self._lock = threading.Lock()
+
+    def _table_is_known(self) -> bool:
+        """Whether diskcache's table has exactly the columns the direct writes fill in."""
+        try:
+            columns = [row[1] for row in self._cache._sql("PRAGMA table_info(Cache)").fetchall()]
+        except (AttributeError, sqlite3.Error):
+            return False
+        return columns == _CACHE_COLUMNS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -284,93 +350,95 @@ class ResultStore:
     def load(self, key: str, record: Record | None = None, *, type_hint: Any = None) -> Any:
         """The stored value for ``key``; raises :class:`CacheMiss` if there is no usable entry.
 
-        ``record`` is the result of a preceding :meth:`probe`, which saves reading the metadata again.
+        ``record`` (the result of a preceding :meth:`probe`) is accepted but not needed: a load reads the
+        entry's payload row, which carries its own signed fields, and never trusts a metadata record.
         ``type_hint`` is passed to the serializer (the JSON serializer validates into it).
 
-        The MAC is verified before anything is unpickled, and buffer checksums before the value is
-        rebuilt. An entry that fails verification is deleted, reported with one
+        The MAC is verified before anything is parsed or unpickled, and buffer checksums before the value
+        is rebuilt. An entry that fails verification is deleted, reported with one
         :class:`~nbflow.exceptions.NbflowWarning` naming its task, and treated as a miss.
         """
-        if record is not None and record.key != key:
-            record = None
         for _ in range(_LOAD_ATTEMPTS):
-            stream: Any = _NOT_READ
-            if record is None:
-                # Record and stream in one query: one round trip less than probe() + load(key, record).
-                raw, stream = self._read_entry(key)
-                record = None if raw is None else self._checked_record(key, raw)
-                if record is None:
-                    raise CacheMiss(key)
+            payload, written = self._read_payload(key)
+            if written is None:
+                raise CacheMiss(key)
             try:
-                value = self._load_verified(key, record, type_hint, stream)
+                value = self._open(key, payload, type_hint)
             except _Invalid as failure:
-                # The entry may have been replaced or deleted by another process between reading its
-                # record and its payload; only an entry that is still the one we read is corrupt.
-                raw = self._cache.get(self._mprefix + key)
-                if raw is None:
+                # A save or an eviction may have replaced or deleted the entry (and its buffer files) while
+                # it was being read: only an entry that is still the one read is corrupt.
+                current, still = self._read_payload(key)
+                if still is None:
                     raise CacheMiss(key) from None
-                try:
-                    current = self._parse_record(raw)
-                except ValueError:
-                    current = None
-                if current is not None and current.mac != record.mac:
-                    record = None
+                if current != payload:
                     continue
-                self._discard(key, record, raw, str(failure))
+                self._reject(key, payload, str(failure))
                 raise CacheMiss(key, f"failed verification: {failure}") from None
-            self._count_hit(key, record)
+            self._count_hit(key, written, payload)
             return value
         raise CacheMiss(key, "the entry kept changing while being read")
 
-    def _load_verified(self, key: str, record: Record, type_hint: Any, stream: Any) -> Any:
-        if record.format_version != FORMAT_VERSION:
-            raise _Invalid("was written by another store format")
-        if stream is _NOT_READ:
-            stream = self._read(self._pprefix + key)
-        if stream is None:
-            raise _Invalid("has no payload")
-        if type(stream) is not bytes or len(stream) != record.stream_size:
-            raise _Invalid("has a payload of the wrong size")
-        try:
-            expected = self._mac(record, stream)
-        except (TypeError, ValueError):  # fields of the wrong type cannot even be encoded
-            raise _Invalid("has malformed metadata") from None
-        if not hmac.compare_digest(expected, record.mac):
+    def _open(self, key: str, payload: Any, type_hint: Any) -> Any:
+        """Verify a payload row read for ``key`` and rebuild its value (raises :class:`_Invalid`)."""
+        if type(payload) is not bytes or payload[:_MAC_START] != _MAGIC:
+            raise _Invalid("has no payload" if payload is None else "has a payload of an unknown layout")
+        inner = self._hmac_inner.copy()
+        with memoryview(payload) as view:  # no copy of a large stream
+            inner.update(view[_MAC_END:])
+        outer = self._hmac_outer.copy()
+        outer.update(inner.digest())
+        if not hmac.compare_digest(outer.digest(), payload[_MAC_START:_MAC_END]):
             raise _Invalid("does not match its authentication code")
-        # From here on, the record's fields are authentic.
-        if record.expires is not None and record.expires <= time.time():
-            self._delete_if(key, self._same_entry(record))
+        # From here on the signed fields are authentic: written by a store that holds the secret.
+        end = _HEADER + int.from_bytes(payload[_MAC_END:_HEADER], "big")
+        try:
+            signed = json.loads(payload[_HEADER:end])
+            if len(signed) != len(SIGNED_FIELDS):
+                raise ValueError
+        except (ValueError, TypeError):
+            raise _Invalid("has malformed metadata") from None
+        if signed[_S_KEY] != key or signed[_S_VERSION] != FORMAT_VERSION:
+            # Authentic, but the entry of another key (or format) stored under this one.
+            raise _Invalid("has metadata that belongs to another entry")
+        if len(payload) - end != signed[_S_STREAM_SIZE]:
+            raise _Invalid("has a payload of the wrong size")
+        expires = signed[_S_EXPIRES]
+        if expires is not None and expires <= time.time():
+            self._delete_if(key, _always, payload)
             raise CacheMiss(key, "expired")
+        task_name = signed[_S_TASK]
         buffers: list[WritableBuffer] = []
         lease: int | None = None
-        if record.buffers:
-            if self.strict_buffers and not all(c.startswith(_KEYED) for _, c in record.buffers):
+        checksums = signed[_S_BUFFERS]
+        if checksums:
+            if self.strict_buffers and not all(c.startswith(_KEYED) for _, c in checksums):
                 # Written without keyed buffer MACs: not trusted in strict mode, but not corrupt either.
                 raise CacheMiss(key, "written without strict buffer authentication")
+            blob_id = signed[_S_BLOB_ID]
             # Held until the value is rebuilt: eviction skips an entry whose first buffer file is leased,
             # so an entry is never evicted from under a load that is reading it.
-            lease = self._lease(self._blob_path(key, record.blob_id, 0))
+            lease = self._lease(self._blob_path(key, blob_id, 0))
         try:
-            for index, (size, checksum) in enumerate(record.buffers):
-                buffers.append(self._read_blob(self._blob_path(key, record.blob_id, index), size, checksum))
+            for index, (size, checksum) in enumerate(checksums):
+                buffers.append(self._read_blob(self._blob_path(key, blob_id, index), size, checksum))
+            name = signed[_S_SERIALIZER]
             try:
-                serializer = get_serializer(record.serializer)
+                serializer = get_serializer(name)
             except ConfigurationError:
                 warnings.warn(
-                    f"the cached result of task {record.task_name!r} was written with serializer "
-                    f"{record.serializer!r}, which is not registered in this process; it is treated as a "
-                    f"cache miss",
+                    f"the cached result of task {task_name!r} was written with serializer {name!r}, which "
+                    f"is not registered in this process; it is treated as a cache miss",
                     NbflowWarning,
                     stacklevel=3,
                 )
                 raise CacheMiss(key, "unknown serializer") from None
             try:
-                return serializer.loads(stream, buffers, type_hint)
+                return serializer.loads(payload[end:], buffers, type_hint)
             except Exception as error:
                 # Authentic but unusable here, e.g. a class that was renamed since, or a changed type hint.
-                self._delete_if(key, self._same_entry(record))
+                self._delete_if(key, _always, payload)
                 warnings.warn(
-                    f"the cached result of task {record.task_name!r} could not be deserialized "
+                    f"the cached result of task {task_name!r} could not be deserialized "
                     f"({type(error).__name__}: {error}); it was deleted and is treated as a cache miss",
                     NbflowWarning,
                     stacklevel=3,
@@ -475,10 +543,11 @@ class ResultStore:
                 hits=0,
                 blob_id=blob_id,
             )
-            record = dataclasses.replace(record, mac=self._mac(record, stream))
+            payload, mac = self._seal(record, stream)
+            record = dataclasses.replace(record, mac=mac)
             for path in written:
                 os.utime(path)  # see _ORPHAN_AGE: the files' age counts from the commit
-            previous, total = self._commit(key, record, stream)
+            previous, total = self._commit(key, record, payload)
         except self._write_errors as error:
             for path in written:
                 _remove_file(path)
@@ -556,18 +625,83 @@ class ResultStore:
         written.remove(temporary)
         return (_KEYED if self.strict_buffers else _FAST) + hasher.hexdigest()
 
-    def _commit(self, key: str, record: Record, stream: bytes) -> tuple[Record | None, int]:
-        """Write stream and record in one transaction; return the replaced record and the new total."""
+    def _seal(self, record: Record, stream: bytes) -> tuple[bytes, str]:
+        """The payload row of an entry (see the module documentation) and its MAC in hex."""
+        signed = record.signed_bytes()
+        length = len(signed).to_bytes(4, "big")
+        inner = self._hmac_inner.copy()
+        inner.update(length)
+        inner.update(signed)
+        inner.update(stream)
+        outer = self._hmac_outer.copy()
+        outer.update(inner.digest())
+        mac = outer.digest()
+        return b"".join((_MAGIC, mac, length, signed, stream)), mac.hex()
+
+    def _commit(self, key: str, record: Record, payload: bytes) -> tuple[Record | None, int]:
+        """Write payload and record in one transaction; return the replaced record and the new total."""
+        if (
+            self._fast_writes
+            and len(payload) < _STREAM_IN_ROW_MAX
+            and getattr(self._cache, "_txn_id", None) != threading.get_ident()  # not nested in a transaction
+        ):
+            try:
+                done = self._commit_directly(key, record, payload)
+            except sqlite3.OperationalError as error:
+                if "no such" not in str(error) and "has no column" not in str(error):
+                    raise
+                self._fast_writes = False  # a diskcache with another layout after all
+                done = None
+            if done is not None:
+                return done
         cache = self._cache
         mkey = self._mprefix + key
         with self._transaction():
-            previous_raw = cache.get(mkey)
-            previous = self._try_parse(previous_raw)
-            cache.set(self._pprefix + key, stream)
+            previous = self._try_parse(cache.get(mkey))
+            cache.set(self._pprefix + key, payload)
             cache.set(mkey, record.to_json())
             delta = record.size - (previous.size if previous is not None else 0)
             total = int(cache.incr(self._volume_key, delta, default=0))
         return previous, total
+
+    def _commit_directly(self, key: str, record: Record, payload: bytes) -> tuple[Record | None, int] | None:
+        """:meth:`_commit` in five SQL statements on diskcache's table, writing the rows as its ``set`` and
+        ``incr`` would (a third of the cost of going through them). ``None``, with nothing written, when
+        a row of the entry keeps its value in a diskcache file, which only diskcache knows to clean up.
+
+        The transaction is begun and ended here rather than with ``transact()``, so the interrupt safety
+        of :meth:`_transaction` is repeated: whatever ends this early rolls back, and an interrupt drops
+        the connection, in case it landed where this code cannot tell whether a transaction is open.
+        """
+        mkey = self._mprefix + key
+        connection = self._cache._con
+        execute = connection.execute
+        try:
+            execute("BEGIN IMMEDIATE")
+            previous_raw = None
+            for which, mode, filename, value in execute(_SELECT_PREVIOUS, (mkey, self._pprefix + key)).fetchall():
+                if filename is not None or mode != _MODE_RAW:
+                    execute("ROLLBACK")
+                    return None
+                if which == 0:
+                    previous_raw = value
+            previous = self._try_parse(previous_raw)
+            delta = record.size - (previous.size if previous is not None else 0)
+            now = time.time()
+            execute(_UPSERT_ENTRY, (self._pprefix + key, now, now, payload, mkey, now, now, record.to_json()))
+            ((total,),) = execute(_ADD_VOLUME, (self._volume_key, now, now, delta)).fetchall()
+            execute("COMMIT")
+        except BaseException as error:
+            if isinstance(error, Exception):
+                try:
+                    if connection.in_transaction:
+                        execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop_connection()
+            else:
+                self._drop_connection()
+            raise
+        return previous, int(total)
 
     # -- deleting ----------------------------------------------------------------------------------
 
@@ -786,13 +920,16 @@ class ResultStore:
             return None
         return int(total)
 
-    def _delete_if(self, key: str, condition: Callable[[str], bool]) -> bool:
-        """Delete the entry if its current record text satisfies ``condition``; return whether it did."""
+    def _delete_if(self, key: str, condition: Callable[[str], bool], payload: Any = _ANY) -> bool:
+        """Delete the entry if its current record text satisfies ``condition`` (and, when ``payload`` is
+        given, its payload row still holds exactly that); return whether it did."""
         cache = self._cache
         mkey = self._mprefix + key
         with self._transaction():
             raw = cache.get(mkey)
             if raw is None or not condition(raw):
+                return False
+            if payload is not _ANY and cache.get(self._pprefix + key) != payload:
                 return False
             cache.delete(mkey)
             cache.delete(self._pprefix + key)
@@ -826,20 +963,39 @@ class ResultStore:
             stacklevel=3,
         )
 
+    def _reject(self, key: str, payload: Any, reason: str) -> None:
+        """Delete an entry whose payload failed verification and warn once, naming its task as its
+        (unauthenticated) record does: the payload's own signed fields are not to be trusted."""
+        raw = self._cache.get(self._mprefix + key)
+        record = self._try_parse(raw)
+        if raw is not None:
+            self._delete_if(key, lambda current: current == raw, payload)
+        if record is None:
+            reason = "has unreadable metadata"
+        task = f"task {record.task_name!r}" if record is not None else "an unknown task"
+        warnings.warn(
+            f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
+            f"and is treated as a cache miss",
+            NbflowWarning,
+            stacklevel=3,
+        )
+
     # -- LRU bookkeeping ---------------------------------------------------------------------------
 
-    def _count_hit(self, key: str, record: Record) -> None:
+    def _count_hit(self, key: str, written: float, payload: bytes) -> None:
+        """Count a hit, and queue a new ``last_used`` when the record was ``written`` (its ``store_time``)
+        over :attr:`touch_interval` ago."""
         # No lock on this hot path: a hit lost to a race between threads only makes the count approximate.
         pending = self._pending_hits
         pending[key] = pending.get(key, 0) + 1
         now = time.time()
         interval = self.touch_interval
-        if now - record.last_used >= interval and now - self._touched.get(key, 0.0) >= interval:
+        if now - written >= interval and now - self._touched.get(key, 0.0) >= interval:
             self._touched[key] = now
             touches = self._pending_touches
             if not touches:
                 self._oldest_touch = now
-            touches[key] = (record.mac, now)
+            touches[key] = (payload[_MAC_START:_MAC_END].hex(), now)
         if self._pending_touches and (
             len(self._pending_touches) >= _TOUCH_BATCH or now - self._oldest_touch >= _TOUCH_DELAY
         ):
@@ -862,29 +1018,29 @@ class ResultStore:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _read_entry(self, key: str) -> tuple[Any, Any]:
-        """Record text and stream of an entry (each ``None`` if absent), read in one query when possible.
-
-        The stream is ``_NOT_READ`` when it is not held in the row (a large one, in diskcache's files) or
-        direct queries are unavailable; the caller then reads it separately.
-        """
-        mkey = self._mprefix + key
+    def _read_payload(self, key: str) -> tuple[Any, float | None]:
+        """The payload of an entry (``None`` if it has none) and when its record was last written (``None``
+        if there is no record), in one query when possible."""
+        pkey = self._pprefix + key
         if self._fast_reads:
             try:
-                rows = self._cache._sql(_SELECT_PAIR, (mkey, self._pprefix + key)).fetchall()
+                row = self._cache._sql(_SELECT_HIT, (pkey, self._mprefix + key)).fetchone()
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
             else:
-                raw: Any = None
-                stream: Any = None
-                for db_key, mode, value in rows:
-                    inline = mode == _MODE_RAW and type(value) in (str, bytes)
-                    if db_key == mkey:
-                        raw = value if inline else self._cache.get(mkey)
-                    else:
-                        stream = value if inline else _NOT_READ
-                return raw, stream
-        return self._cache.get(mkey), _NOT_READ
+                if row is None:
+                    return None, None
+                written, mode, payload = row
+                if mode is not None and not (mode == _MODE_RAW and type(payload) is bytes):
+                    payload = self._cache.get(pkey)  # kept in a diskcache file (a very large stream)
+                # diskcache writes store_time with every value; without one, a touch is simply due.
+                return payload, written if type(written) is float else 0.0
+        # Through the public API: two reads, but the payload holds all a load trusts.
+        raw = self._cache.get(self._mprefix + key)
+        if raw is None:
+            return None, None
+        record = self._try_parse(raw)
+        return self._cache.get(pkey), record.last_used if record is not None else 0.0
 
     def _fast_read_failed(self, error: Exception) -> None:
         # A diskcache with another layout: use its public API from now on. Transient errors (a busy
@@ -929,20 +1085,6 @@ class ResultStore:
             return self._parse_record(raw)
         except ValueError:
             return None
-
-    def _mac(self, record: Record, stream: bytes) -> str:
-        """HMAC-SHA256 of the record's signed fields and the stream, keyed by the secret."""
-        signed = record.signed_bytes()
-        # HMAC computed from SHA-256 states pre-fed with the padded key (RFC 2104): the same MAC as
-        # hmac.new(secret, message, "sha256"), without redoing the key setup on every cache hit.
-        inner = self._hmac_inner.copy()
-        # Length-prefixed, so the boundary between the fields and the stream is unambiguous.
-        inner.update(b"%s%d:" % (_MAC_DOMAIN, len(signed)))
-        inner.update(signed)
-        inner.update(stream)
-        outer = self._hmac_outer.copy()
-        outer.update(inner.digest())
-        return outer.hexdigest()
 
     def _new_hasher(self) -> Any:
         if self.strict_buffers:

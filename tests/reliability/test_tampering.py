@@ -79,7 +79,7 @@ def test_swapped_payloads(store: ResultStore) -> None:
     store.save("a", "value of a", task_name="demo.a")
     store.save("b", "value of b", task_name="demo.b")
     stream_a, stream_b = store._cache.get(P + "a"), store._cache.get(P + "b")
-    assert len(stream_a) == len(stream_b)  # same size: only the MAC can tell
+    # Each payload is authentic and carries its own sizes: only the key it is signed for can tell.
     store._cache.set(P + "a", stream_b)
     store._cache.set(P + "b", stream_a)
     assert_rejected(store, "a", "demo.a")
@@ -140,12 +140,25 @@ def test_code_running_pickle_is_never_unpickled(store: ResultStore, tmp_path: Pa
     assert not marker.exists()  # ...but it was never unpickled
 
 
-def test_tampered_metadata(store: ResultStore) -> None:
-    store.save("k", 1, task_name="demo.meta", expires=time.time() + 10)
+def test_tampered_metadata_does_not_change_what_a_load_trusts(store: ResultStore) -> None:
+    # The record is an unauthenticated index for listings and eviction; a load goes by the signed fields
+    # carried in the payload row, so rewriting the record can neither extend an expiry nor change how the
+    # value is read.
+    expires = time.time() + 1.5
+    store.save("k", {"n": 1}, task_name="demo.meta", expires=expires)
     record = json.loads(store._cache.get(M + "k"))
-    record["expires"] = time.time() + 10**6  # extend the expiry
+    record["expires"] = time.time() + 10**6
+    record["serializer"] = "json"
+    record["stream_size"] = record["size"] = 3
     store._cache.set(M + "k", json.dumps(record))
-    assert_rejected(store, "k", "demo.meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.load("k") == {"n": 1}
+        time.sleep(max(0.0, expires - time.time()) + 0.1)
+        with pytest.raises(CacheMiss, match="expired"):
+            store.load("k")
+    assert store.probe("k") is None  # deleted as expired, not kept by the record's later expiry
+    assert store._cache.get(P + "k") is None
 
 
 def test_lru_fields_are_not_authenticated(store: ResultStore) -> None:
@@ -337,7 +350,7 @@ def test_a_tampered_entry_warns_once_and_the_task_runs_again(tmp_path: Path, tam
     elif tampering == "swap":
         other = entry_key(2)
         stream, other_stream = store._cache.get(P + key), store._cache.get(P + other)
-        assert len(stream) == len(other_stream)
+        # Authentic payloads, each signed for the other key.
         store._cache.set(P + key, other_stream)
         store._cache.set(P + other, stream)
     elif tampering == "code":
