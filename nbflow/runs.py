@@ -18,15 +18,24 @@ import sqlite3
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 __all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs"]
 
-_SCHEMA_VERSION = 1
+# Row formats. Runs: 1 = the JSON of ``RunRecord.header()``. Task runs: 1 = the JSON of ``to_dict()``
+# (written by earlier versions; still read), 2 = compact JSON (see ``_task_run_json``).
+_RUN_SCHEMA = 1
+_TASK_RUN_SCHEMA = 2
 _FLUSH_INTERVAL = 0.25
 _FLUSH_ROWS = 2000
+# The idle writer copies the write-ahead log into the database once about this much was written, so
+# the flushes in the engine's thread do not (SQLite's own checkpoint, at 1000 pages, would run inside
+# the flush that crosses it: about a third of the cost of writing a row). SQLite's stays as a backstop
+# at a larger size, should the idle writer fall behind.
+_CHECKPOINT_BYTES = 2_000_000
+_AUTOCHECKPOINT_PAGES = 10_000
 _SESSION_IN_MEMORY = 10_000
 
 
@@ -40,6 +49,14 @@ def new_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
+def new_task_run_id() -> str:
+    """A 128-bit hex id for a task run that sorts by creation time: a 48-bit millisecond timestamp, then
+    80 random bits. The history's id index then grows at its end, where random ids would land all over a
+    large index and rewrite one page of it per row. Run ids stay :func:`new_id`: people type their
+    prefixes, which must tell runs apart from the first characters."""
+    return f"{int(time.time() * 1000) << 80 | _ids.getrandbits(80):032x}"
+
+
 def _reseed_after_fork() -> None:
     _ids.seed(int.from_bytes(os.urandom(16), "big") ^ os.getpid())
 
@@ -47,7 +64,7 @@ def _reseed_after_fork() -> None:
 os.register_at_fork(after_in_child=_reseed_after_fork)
 
 
-@dataclass
+@dataclass(slots=True)
 class StateEntry:
     """One step of a run's state history."""
 
@@ -57,7 +74,8 @@ class StateEntry:
     message: str | None = None
 
 
-@dataclass
+# Slots: one record is built per task call, and slotted ones are quicker to build and to read.
+@dataclass(slots=True)
 class TaskRunRecord:
     """The record of one task call: every attempt, the cache key and how it ended."""
 
@@ -113,14 +131,73 @@ class TaskRunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRunRecord:
+        """The record from :meth:`to_dict`'s output or from a stored row of any schema (a compact row
+        leaves out the fields at their defaults and writes its history as arrays)."""
         data = dict(data)
         data.pop("duration", None)
-        data["history"] = [StateEntry(**entry) for entry in data.get("history", [])]
+        data["history"] = [_entry_from_json(entry) for entry in data.get("history", [])]
         known = cls.__dataclass_fields__
         return cls(**{key: value for key, value in data.items() if key in known})
 
+    def _compact(self) -> dict[str, Any]:
+        """What a schema-2 row holds: the fields that differ from their defaults (the ids, names, state and
+        ``seq`` always), the history as ``[name, timestamp, message?, type?]`` arrays."""
+        data: dict[str, Any] = {
+            "id": self.id, "run_id": self.run_id, "task_name": self.task_name, "task_key": self.task_key,
+            "state": self.state, "state_type": self.state_type, "seq": self.seq,
+        }
+        for name, default in _TASK_RUN_OPTIONAL:
+            value = getattr(self, name)
+            if value is not default and not (type(value) is type(default) and value == default):
+                data[name] = _copy(value)
+        if self.history:
+            data["history"] = [_entry_to_json(entry) for entry in list(self.history)]
+        return data
+
 
 _TASK_RUN_FIELDS = tuple(TaskRunRecord.__dataclass_fields__)
+# (name, default) of the fields a compact row leaves out when they hold their default.
+_TASK_RUN_OPTIONAL = tuple(
+    (f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
+    for f in fields(TaskRunRecord)
+    if f.name not in ("id", "run_id", "task_name", "task_key", "state", "state_type", "seq", "history")
+)
+
+# The type of each state name the engine uses: a compact history entry leaves out a type found here.
+_STATE_TYPES = {
+    "Pending": "PENDING", "Running": "RUNNING", "Retrying": "RUNNING", "AwaitingRetry": "SCHEDULED",
+    "Completed": "COMPLETED", "Cached": "COMPLETED", "Failed": "FAILED", "TimedOut": "FAILED",
+    "UpstreamFailed": "FAILED", "Crashed": "CRASHED", "Cancelled": "CANCELLED", "RolledBack": "CANCELLED",
+}
+
+
+def _copy(value: Any) -> Any:
+    # Lists and dicts are copied so that the encoder sees one consistent version.
+    if type(value) is list:
+        return list(value)
+    if type(value) is dict:
+        return dict(value)
+    return value
+
+
+def _entry_to_json(entry: StateEntry) -> list[Any]:
+    if _STATE_TYPES.get(entry.name) == entry.type:
+        if entry.message is None:
+            return [entry.name, entry.timestamp]
+        return [entry.name, entry.timestamp, entry.message]
+    return [entry.name, entry.timestamp, entry.message, entry.type]
+
+
+def _entry_from_json(entry: dict[str, Any] | list[Any]) -> StateEntry:
+    if isinstance(entry, dict):  # schema 1
+        return StateEntry(**entry)
+    name = entry[0]
+    return StateEntry(
+        name,
+        entry[3] if len(entry) > 3 else _STATE_TYPES.get(name, "PENDING"),
+        entry[1],
+        entry[2] if len(entry) > 2 else None,
+    )
 
 
 @dataclass
@@ -205,6 +282,9 @@ class RunHistory:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._connection: sqlite3.Connection | None = None
+        self._unchecked_bytes = 0  # written to the log since the last checkpoint (roughly)
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
 
     # -- connection -----------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -217,6 +297,7 @@ class RunHistory:
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
         connection.executescript(
             """
             CREATE TABLE IF NOT EXISTS runs (
@@ -238,32 +319,62 @@ class RunHistory:
         row = None
         if task_run is not None:
             # Serialized now: the record is final or nearly so, and a later change marks it again.
-            row = (task_run.id, task_run.run_id, task_run.seq, task_run.task_name, task_run.state,
-                   _dumps(task_run.to_dict()), _SCHEMA_VERSION)
+            try:
+                row = (task_run.id, task_run.run_id, task_run.seq, task_run.task_name, task_run.state,
+                       _task_run_json(task_run), _TASK_RUN_SCHEMA)
+            except Exception:  # history must never take a task down
+                import logging
+
+                logging.getLogger("nbflow.runs").exception("could not record task run %s", task_run.id)
         now = time.monotonic()
         with self._lock:
             self._dirty_runs[run.id] = run
             if row is not None:
                 self._dirty_tasks[row[0]] = row
-            if self._oldest is None:
-                self._oldest = now
-            due = now - self._oldest >= _FLUSH_INTERVAL or len(self._dirty_tasks) >= _FLUSH_ROWS
+            oldest = self._oldest
+            if oldest is None:
+                self._oldest = oldest = now
+            due = now - oldest >= _FLUSH_INTERVAL or len(self._dirty_tasks) >= _FLUSH_ROWS
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._idle_writer, name="nbflow-run-history", daemon=True)
                 self._thread.start()
         if due:
             self._flush_quietly()
-        else:
+        elif oldest == now:
+            # Only the first change of a batch wakes the idle writer, which then watches the batch
+            # (setting an Event costs a lock and a notify, too much for every task call).
             self._wake.set()
 
     def _idle_writer(self) -> None:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
+            if self._unchecked_bytes >= _CHECKPOINT_BYTES:
+                self._checkpoint_quietly()
+            if self._oldest is None:
+                continue
             time.sleep(2 * _FLUSH_INTERVAL)
             oldest = self._oldest
             if oldest is not None and time.monotonic() - oldest >= _FLUSH_INTERVAL:
                 self._flush_quietly()
+            if self._oldest is not None:  # marks while a batch waits do not wake this thread: look again
+                self._wake.set()
+
+    def _checkpoint_quietly(self) -> None:
+        """Copy the write-ahead log into the database (a passive checkpoint: writers go on meanwhile).
+        Its own connection, so the engine's flushes never wait for it; SQLite lets the GIL go meanwhile."""
+        self._unchecked_bytes = 0
+        try:
+            with self._checkpoint_lock:
+                if self._closed:
+                    return
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:  # the next flush, or SQLite's own checkpoint, will do
+            import logging
+
+            logging.getLogger("nbflow.runs").debug("checkpoint of %s failed", self.path, exc_info=True)
 
     def _flush_quietly(self) -> None:
         try:
@@ -284,8 +395,7 @@ class RunHistory:
             if not runs and not tasks:
                 return
             run_rows = [
-                (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time, _dumps(r.header()),
-                 _SCHEMA_VERSION)
+                (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time, _dumps(r.header()), _RUN_SCHEMA)
                 for r in runs
             ]
             try:
@@ -295,6 +405,9 @@ class RunHistory:
                     connection.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?)", run_rows)
                     connection.executemany("INSERT OR REPLACE INTO task_runs VALUES (?,?,?,?,?,?,?)", tasks)
                     connection.execute("COMMIT")
+                    # Rows and index entries: a few hundred bytes each beyond their data.
+                    written = sum(len(row[6]) for row in run_rows) + sum(len(row[5]) for row in tasks)
+                    self._unchecked_bytes += written + 200 * (len(run_rows) + len(tasks))
                 except BaseException:
                     connection.execute("ROLLBACK")
                     raise
@@ -305,14 +418,21 @@ class RunHistory:
                     self._dirty_tasks.setdefault(t[0], t)
                 self._oldest = time.monotonic()
                 raise
+        if self._unchecked_bytes >= _CHECKPOINT_BYTES and not self._closed:
+            self._wake.set()
 
     def close(self) -> None:
+        """Write what is left and close the files (at exit)."""
         self._closed = True
         self._wake.set()
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         with self._lock:
             self.flush()
             if self._connection is not None:
-                self._connection.close()
+                self._connection.close()  # the last connection to close checkpoints the log
                 self._connection = None
 
     # -- reading --------------------------------------------------------------------------------
@@ -394,6 +514,109 @@ def _dumps(data: dict[str, Any]) -> str:
         except RuntimeError:
             continue
     return json.dumps(data, default=str)
+
+
+_quote = json.encoder.encode_basestring  # C-accelerated: a str as a JSON string, TypeError for anything else
+_FINITE = 1e300
+
+
+def _time(value: Any) -> str:
+    # 17 significant digits give the float back exactly, and cost less than float.__repr__.
+    if type(value) is not float or not -_FINITE < value < _FINITE:  # NaN and infinities are not JSON
+        raise ValueError(value)
+    return f"{value:.17g}"
+
+
+def _strings(items: list[Any]) -> str:
+    return "[" + ",".join([_quote(item) for item in items]) + "]"
+
+
+def _string_dict(items: dict[Any, Any]) -> str:
+    return "{" + ",".join([f"{_quote(key)}:{_quote(value)}" for key, value in items.items()]) + "}"
+
+
+def _int(value: Any) -> str:
+    if type(value) is not int:
+        raise TypeError(value)
+    return int.__repr__(value)
+
+
+def _fast_json(t: TaskRunRecord) -> str:
+    """The JSON of ``t._compact()``, written directly: even the C encoder of the json module costs
+    several times more per task call. Raises TypeError or ValueError for a value of a type it does not
+    expect, RuntimeError for a dict that another thread changes while it is read."""
+    q = _quote
+    text = (
+        f'{{"id":{q(t.id)},"run_id":{q(t.run_id)},"task_name":{q(t.task_name)},"task_key":{q(t.task_key)},'
+        f'"state":{q(t.state)},"state_type":{q(t.state_type)},"seq":{_int(t.seq)}'
+    )
+    if t.attempts != 0:
+        text += f',"attempts":{_int(t.attempts)}'
+    start, end = t.start_time, t.end_time
+    if start is not None:
+        start_text = _time(start)
+        text += ',"start_time":' + start_text
+        if end is not None:  # a cache hit starts and ends at once
+            text += ',"end_time":' + (start_text if end == start else _time(end))
+    elif end is not None:
+        text += ',"end_time":' + _time(end)
+    if t.cache_key is not None:
+        text += f',"cache_key":{q(t.cache_key)}'
+    if t.key_parts:
+        text += f',"key_parts":{_string_dict(t.key_parts)}'
+    if t.cache_hit is not False:
+        if t.cache_hit is not True:
+            raise TypeError(t.cache_hit)
+        text += ',"cache_hit":true'
+    if t.persisted is not None:
+        if type(t.persisted) is not bool:
+            raise TypeError(t.persisted)
+        text += ',"persisted":true' if t.persisted else ',"persisted":false'
+    if t.error is not None:
+        text += f',"error":{q(t.error)}'
+    if t.traceback is not None:
+        text += f',"traceback":{q(t.traceback)}'
+    if t.logs:
+        text += f',"logs":{_strings(list(t.logs))}'
+    if t.inputs:
+        text += f',"inputs":{_string_dict(t.inputs)}'
+    if t.result is not None:
+        text += f',"result":{q(t.result)}'
+    if t.upstream:
+        text += f',"upstream":{_strings(list(t.upstream))}'
+    if t.tags:
+        text += f',"tags":{_strings(list(t.tags))}'
+    if t.map_id is not None:
+        text += f',"map_id":{q(t.map_id)}'
+    if t.map_index is not None:
+        text += f',"map_index":{_int(t.map_index)}'
+    if t.map_size is not None:
+        text += f',"map_size":{_int(t.map_size)}'
+    if t.history:
+        entries = []
+        for entry in list(t.history):
+            name, message = entry.name, entry.message
+            if _STATE_TYPES.get(name) != entry.type:
+                message = "null" if message is None else q(message)
+                entries.append(f"[{q(name)},{_time(entry.timestamp)},{message},{q(entry.type)}]")
+            elif message is None:
+                entries.append(f"[{q(name)},{_time(entry.timestamp)}]")
+            else:
+                entries.append(f"[{q(name)},{_time(entry.timestamp)},{q(message)}]")
+        text += ',"history":[' + ",".join(entries) + "]"
+    return text + "}"
+
+
+def _task_run_json(task_run: TaskRunRecord) -> str:
+    """The compact (schema 2) JSON of a task run's row."""
+    for _ in range(5):
+        try:
+            return _fast_json(task_run)
+        except RuntimeError:  # a dict changed while it was read (another thread): read it again
+            continue
+        except (TypeError, ValueError):  # a value of an unusual type: the encoder's ``default=str`` takes it
+            break
+    return _dumps(task_run._compact())
 
 
 def _run_from_json(text: str) -> RunRecord:

@@ -1,0 +1,248 @@
+"""The run history: what is written to runs.sqlite, what is read back, and the files earlier versions wrote."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbflow
+from nbflow import runs
+from nbflow.cli.history import load_run, task_counts
+from nbflow.runs import RunHistory, RunRecord, StateEntry, TaskRunRecord, new_id, new_task_run_id
+
+
+def _hit(run: RunRecord, x: int) -> TaskRunRecord:
+    """A task run as the engine records a cache hit."""
+    task_run = TaskRunRecord(id=new_task_run_id(), run_id=run.id, task_name="double", task_key="m.double",
+                             tags=[])
+    task_run.inputs = {"x": repr(x)}
+    run.add_task_run(task_run)
+    task_run.history.append(StateEntry("Pending", "PENDING", time.time()))
+    task_run.key_parts = {"code": "c0de" * 8, "input:x": "1234" * 8}
+    task_run.cache_key = "cafe" * 8
+    task_run.cache_hit = task_run.persisted = True
+    task_run.start_time = task_run.end_time = time.time()
+    task_run.result = repr(2 * x)
+    task_run.state, task_run.state_type = "Cached", "COMPLETED"
+    task_run.history.append(StateEntry("Cached", "COMPLETED", time.time()))
+    return task_run
+
+
+def _everything(run: RunRecord) -> TaskRunRecord:
+    """A task run with every field away from its default, and states the engine does not name."""
+    task_run = TaskRunRecord(
+        id=new_task_run_id(), run_id=run.id, task_name="fetch \u00e9t\u00e9 \"q\"", task_key="m.fetch",
+        state="Custom", state_type="FAILED", attempts=3, start_time=1.5, end_time=0.1 + 0.2,
+        cache_key="k", key_parts={"code": "a", "input:url": "b"}, cache_hit=False, persisted=False,
+        error="ValueError: bad\nline", traceback="Traceback ...\n  \x00\t", logs=["one", "two \u2603"],
+        history=[StateEntry("Pending", "PENDING", 1.0), StateEntry("Running", "RUNNING", 1.5, "go"),
+                 StateEntry("Retrying", "RUNNING", 2.0, "attempt 2"), StateEntry("Odd", "SCHEDULED", 2.5),
+                 StateEntry("Failed", "CRASHED", 3.0, None)],
+        inputs={"url": "'http://x'"}, result=None, upstream=["u1", "u2"], tags=["net"],
+        map_id="m1", map_index=0, map_size=4,
+    )
+    run.add_task_run(task_run)
+    return task_run
+
+
+def _stored(home: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(home / "runs.sqlite") as connection:
+        return connection.execute("SELECT data, schema FROM task_runs ORDER BY seq").fetchall()
+
+
+def test_every_field_reads_back_as_it_was_written(nbflow_home: Path) -> None:
+    run = RunRecord(id=new_id(), flow_name="f")
+    records = [_hit(run, 1), _everything(run), TaskRunRecord(id=new_task_run_id(), run_id=run.id,
+                                                             task_name="bare", task_key="m.bare")]
+    run.add_task_run(records[-1])
+    history = RunHistory(nbflow_home)
+    for record in records:
+        history.mark(run, record)
+    loaded = history.get_run(run.id)
+    assert loaded is not None
+    assert [t.to_dict() for t in loaded.task_runs] == [t.to_dict() for t in records]
+    # ... through the CLI's reader too, which reads the file on its own.
+    assert [t.to_dict() for t in load_run(nbflow_home, run.id[:8]).task_runs] == [t.to_dict() for t in records]
+    history.close()
+
+
+def test_a_cache_hit_is_stored_compactly(nbflow_home: Path) -> None:
+    run = RunRecord(id=new_id(), flow_name="session", kind="session")
+    history = RunHistory(nbflow_home)
+    history.mark(run, _hit(run, 7))
+    history.flush()
+    [(data, schema)] = _stored(nbflow_home)
+    assert schema == 2
+    row = json.loads(data)
+    # Defaults are left out; the history is arrays whose state type follows from the name.
+    assert not {"error", "traceback", "logs", "upstream", "tags", "attempts", "map_id", "duration"} & set(row)
+    assert [entry[0] for entry in row["history"]] == ["Pending", "Cached"] and len(row["history"][0]) == 2
+    assert len(data) < 550  # the full to_dict() JSON of the same record is ~800 bytes
+    # The CLI counts outcomes in SQL, from the row's state_type.
+    with sqlite3.connect(nbflow_home / "runs.sqlite") as connection:
+        assert task_counts(connection, [run.id])[run.id]["cached"] == 1
+    history.close()
+
+
+def test_files_written_by_earlier_versions_are_still_read(nbflow_home: Path) -> None:
+    # A schema-1 file as earlier versions wrote it: the full to_dict() JSON, history as objects.
+    old_run = RunRecord(id=new_id(), flow_name="old", state="Completed", state_type="COMPLETED")
+    old = _everything(old_run)
+    nbflow_home.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(nbflow_home / "runs.sqlite") as connection:
+        connection.executescript(
+            """
+            CREATE TABLE runs (id TEXT PRIMARY KEY, flow_name TEXT, kind TEXT, state TEXT, start_time REAL,
+                end_time REAL, data TEXT NOT NULL, schema INTEGER NOT NULL);
+            CREATE INDEX runs_start ON runs(start_time);
+            CREATE TABLE task_runs (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER, task_name TEXT,
+                state TEXT, data TEXT NOT NULL, schema INTEGER NOT NULL);
+            CREATE INDEX task_runs_run ON task_runs(run_id, seq);
+            """
+        )
+        header = old_run.header()
+        connection.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?)",
+                           (old_run.id, "old", "flow", "Completed", old_run.start_time - 10, None,
+                            json.dumps(header), 1))
+        connection.execute("INSERT INTO task_runs VALUES (?,?,?,?,?,?,?)",
+                           (old.id, old_run.id, old.seq, old.task_name, old.state, json.dumps(old.to_dict()), 1))
+    # This version adds schema-2 rows to the same file.
+    nbflow.runs.history().close()
+
+    @nbflow.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(2) == 4 and double(2) == 4
+    listed = nbflow.runs.list_runs()
+    assert [run.flow_name for run in listed] == ["session", "old"]
+    assert [t.state for t in listed[0].task_runs] == ["Completed", "Cached"]
+    assert [t.to_dict() for t in listed[1].task_runs] == [old.to_dict()]
+    assert {schema for _, schema in _stored(nbflow_home)} == {1, 2}
+    assert load_run(nbflow_home, old_run.id).task_runs[0].to_dict() == old.to_dict()
+
+
+def test_unusual_values_are_recorded_rather_than_lost(nbflow_home: Path) -> None:
+    run = RunRecord(id=new_id(), flow_name="f")
+    task_run = _hit(run, 1)
+    # What hooks and retry_condition_fns may leave behind: not the types the record declares.
+    task_run.inputs = {"x": 3}  # type: ignore[dict-item]
+    task_run.result = ["a"]  # type: ignore[assignment]
+    odd = _hit(run, 2)
+    odd.end_time = math.inf
+    history = RunHistory(nbflow_home)
+    history.mark(run, task_run)
+    history.mark(run, odd)
+    loaded = history.get_run(run.id)
+    assert loaded is not None
+    assert [t.inputs for t in loaded.task_runs] == [{"x": 3}, {"x": "2"}]
+    assert loaded.task_runs[0].result == ["a"] and loaded.task_runs[1].cache_hit is True
+    history.close()
+
+
+class _ChangingDict(dict[str, str]):
+    """A dict that another thread changes while it is read, the first time."""
+
+    changed = False
+
+    def items(self) -> Any:
+        if not self.changed:
+            self.changed = True
+            raise RuntimeError("dictionary changed size during iteration")
+        return super().items()
+
+
+def test_a_record_changing_while_it_is_written_is_read_again(nbflow_home: Path) -> None:
+    run = RunRecord(id=new_id(), flow_name="f")
+    task_run = _hit(run, 1)
+    task_run.key_parts = _ChangingDict(code="c")
+    history = RunHistory(nbflow_home)
+    history.mark(run, task_run)
+    loaded = history.get_run(run.id)
+    assert loaded is not None and loaded.task_runs[0].key_parts == {"code": "c"}
+    history.close()
+
+
+def test_task_run_ids_sort_by_creation_time() -> None:
+    ids = []
+    for _ in range(3):
+        ids.append(new_task_run_id())
+        time.sleep(0.002)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len({new_task_run_id() for _ in range(1000)}) == 1000
+
+
+def _rows_on_disk(home: Path) -> int:
+    with sqlite3.connect(home / "runs.sqlite") as connection:
+        return int(connection.execute("SELECT COUNT(*) FROM task_runs").fetchone()[0])
+
+
+def test_an_idle_process_writes_its_history_without_being_asked(nbflow_home: Path) -> None:
+    run = RunRecord(id=new_id(), flow_name="session", kind="session")
+    history = RunHistory(nbflow_home)
+    history.mark(run, _hit(run, 1))
+    history.mark(run, _hit(run, 2))  # a mark into a batch that waits already
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not ((nbflow_home / "runs.sqlite").exists()
+                                               and _rows_on_disk(nbflow_home) == 2):
+        time.sleep(0.05)
+    assert _rows_on_disk(nbflow_home) == 2
+    # A later batch, after the first was written, is written too.
+    history.mark(run, _hit(run, 3))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _rows_on_disk(nbflow_home) < 3:
+        time.sleep(0.05)
+    assert _rows_on_disk(nbflow_home) == 3
+    history.close()
+
+
+def test_the_log_is_copied_into_the_database_in_the_background(nbflow_home: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs, "_CHECKPOINT_BYTES", 50_000)
+    run = RunRecord(id=new_id(), flow_name="session", kind="session")
+    history = RunHistory(nbflow_home)
+    history.mark(run, _hit(run, 0))
+    history.flush()
+    database = nbflow_home / "runs.sqlite"
+    before = database.stat().st_size
+    for x in range(400):
+        history.mark(run, _hit(run, x))
+    history.flush()
+    # The writes went to the write-ahead log; a checkpoint copies them into the database file.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and database.stat().st_size <= before:
+        time.sleep(0.05)
+    assert database.stat().st_size > before
+    assert _rows_on_disk(nbflow_home) == 401
+    history.close()
+
+
+def test_marks_from_many_threads_are_all_written(nbflow_home: Path) -> None:
+    run = RunRecord(id=new_id(), flow_name="session", kind="session")
+    history = RunHistory(nbflow_home)
+
+    def work(offset: int) -> None:
+        for x in range(300):
+            task_run = _hit(run, offset + x)
+            history.mark(run, task_run)
+            task_run.logs.append("late")  # a change after the mark marks again, as the engine does
+            history.mark(run, task_run)
+
+    threads = [threading.Thread(target=work, args=(1000 * i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    loaded = history.get_run(run.id)
+    assert loaded is not None
+    assert len(loaded.task_runs) == 1200 and all(t.logs == ["late"] for t in loaded.task_runs)
+    assert [t.seq for t in loaded.task_runs] == list(range(1200))
+    history.close()
