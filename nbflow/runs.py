@@ -171,6 +171,10 @@ _STATE_TYPES = {
 }
 
 
+# Each of them with the start of its compact history entry: ``["Pending",``.
+_STATE_ENTRY_HEADS = {name: (state_type, f"[{json.dumps(name)},") for name, state_type in _STATE_TYPES.items()}
+
+
 def _copy(value: Any) -> Any:
     # Lists and dicts are copied so that the encoder sees one consistent version.
     if type(value) is list:
@@ -594,15 +598,19 @@ def _fast_json(t: TaskRunRecord) -> str:
         text += f',"map_size":{_int(t.map_size)}'
     if t.history:
         entries = []
-        for entry in list(t.history):
-            name, message = entry.name, entry.message
-            if _STATE_TYPES.get(name) != entry.type:
-                message = "null" if message is None else q(message)
-                entries.append(f"[{q(name)},{_time(entry.timestamp)},{message},{q(entry.type)}]")
-            elif message is None:
-                entries.append(f"[{q(name)},{_time(entry.timestamp)}]")
+        for entry in t.history:  # a list: another thread's append does not disturb the loop
+            name, message, timestamp = entry.name, entry.message, entry.timestamp
+            if type(timestamp) is not float or not -_FINITE < timestamp < _FINITE:
+                raise ValueError(timestamp)
+            known = _STATE_ENTRY_HEADS.get(name)
+            if known is not None and known[0] == entry.type:
+                if message is None:  # the common entry: a state of the engine's, no message
+                    entries.append(f"{known[1]}{timestamp:.17g}]")
+                else:
+                    entries.append(f"{known[1]}{timestamp:.17g},{q(message)}]")
             else:
-                entries.append(f"[{q(name)},{_time(entry.timestamp)},{q(message)}]")
+                message = "null" if message is None else q(message)
+                entries.append(f"[{q(name)},{timestamp:.17g},{message},{q(entry.type)}]")
         text += ',"history":[' + ",".join(entries) + "]"
     return text + "}"
 
