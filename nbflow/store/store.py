@@ -102,10 +102,10 @@ _MAGIC = b"nbf\x02"
 _MAC_START = len(_MAGIC)
 _MAC_END = _MAC_START + 32
 _HEADER = _MAC_END + 4
-# Positions in the signed fields (record.SIGNED_FIELDS) that a load uses.
-_S_KEY, _S_TASK, _S_EXPIRES, _S_SERIALIZER, _S_VERSION, _S_BUFFERS, _S_STREAM_SIZE, _S_BLOB_ID = (
-    SIGNED_FIELDS.index(name)
-    for name in ("key", "task_name", "expires", "serializer", "format_version", "buffers", "stream_size", "blob_id")
+# ResultStore._open unpacks the signed fields in this order; keep it in step with record.SIGNED_FIELDS.
+assert SIGNED_FIELDS == (
+    "key", "task_name", "run_id", "created", "expires", "size", "serializer", "format_version", "buffers",
+    "stream_size", "blob_id",
 )
 # diskcache's table layout, for the direct reads and writes below: string keys are stored with raw = 1,
 # and values held in the row itself (str, int, and bytes under its min_file_size) have mode 1
@@ -397,35 +397,31 @@ class ResultStore:
         end = _HEADER + int.from_bytes(payload[_MAC_END:_HEADER], "big")
         try:
             signed, _ = _scan_json(payload[_HEADER:end].decode("ascii"), 0)
-            if type(signed) is not list or len(signed) != len(SIGNED_FIELDS):
+            if type(signed) is not list:
                 raise ValueError
+            signed_key, task_name, _, _, expires, _, name, version, checksums, stream_size, blob_id = signed
         except (ValueError, TypeError, StopIteration):
             raise _Invalid("has malformed metadata") from None
-        if signed[_S_KEY] != key or signed[_S_VERSION] != FORMAT_VERSION:
+        if signed_key != key or version != FORMAT_VERSION:
             # Authentic, but the entry of another key (or format) stored under this one.
             raise _Invalid("has metadata that belongs to another entry")
-        if len(payload) - end != signed[_S_STREAM_SIZE]:
+        if len(payload) - end != stream_size:
             raise _Invalid("has a payload of the wrong size")
-        expires = signed[_S_EXPIRES]
         if expires is not None and expires <= time.time():
             self._delete_if(key, _always, payload)
             raise CacheMiss(key, "expired")
-        task_name = signed[_S_TASK]
         buffers: list[WritableBuffer] = []
         lease: int | None = None
-        checksums = signed[_S_BUFFERS]
         if checksums:
             if self.strict_buffers and not all(c.startswith(_KEYED) for _, c in checksums):
                 # Written without keyed buffer MACs: not trusted in strict mode, but not corrupt either.
                 raise CacheMiss(key, "written without strict buffer authentication")
-            blob_id = signed[_S_BLOB_ID]
             # Held until the value is rebuilt: eviction skips an entry whose first buffer file is leased,
             # so an entry is never evicted from under a load that is reading it.
             lease = self._lease(self._blob_path(key, blob_id, 0))
         try:
             for index, (size, checksum) in enumerate(checksums):
                 buffers.append(self._read_blob(self._blob_path(key, blob_id, index), size, checksum))
-            name = signed[_S_SERIALIZER]
             try:
                 serializer = get_serializer(name)
             except ConfigurationError:

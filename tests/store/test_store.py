@@ -337,6 +337,35 @@ def test_due_touches_are_written_in_batches(store: ResultStore, monkeypatch: pyt
     assert [store.probe(key).hits for key in "abc"] == [1, 1, 1]  # type: ignore[union-attr]
 
 
+def test_a_touch_is_seen_by_other_processes(tmp_path: Path, secret_file: Path) -> None:
+    # A hit decides whether a touch is due from the entry's rows alone, so once one process has
+    # refreshed last_used, hits in another process (a restarted kernel) stay read-only.
+    home = tmp_path / "home"
+    first = ResultStore(home, size_limit=1 << 30, secret_file=secret_file)
+    first.save("k", 1, task_name="t")
+    time.sleep(1.0)
+    first.touch_interval = 0.5
+    assert first.load("k") == 1
+    first.close()  # writes the touch
+    record = first.probe("k")
+    assert record is not None and record.hits == 1
+    touched = first._cache.get(f"m:{FORMAT_VERSION}:k")
+
+    second = ResultStore(home, size_limit=1 << 30, secret_file=secret_file)
+    second.touch_interval = 0.8  # the save is older than that, the touch is not
+    for _ in range(3):
+        assert second.load("k") == 1
+    second._flush_touches()  # nothing due: the record is not rewritten
+    assert second._cache.get(f"m:{FORMAT_VERSION}:k") == touched
+    time.sleep(0.2)
+    second.touch_interval = 0.1  # now it is due again
+    assert second.load("k") == 1
+    second._flush_touches()
+    record = second.probe("k")
+    assert record is not None and record.last_used > json.loads(touched)["last_used"]
+    second.close()
+
+
 def test_pending_hits_are_written_on_close(store: ResultStore) -> None:
     store.save("k", 1, task_name="t")
     store.load("k")
@@ -489,6 +518,46 @@ def test_volume_tracks_saves_and_deletes(store: ResultStore) -> None:
     store._cache.set(f"s:{FORMAT_VERSION}:volume", 123456789)  # drifted
     store.prune()
     assert store.volume() == third.size
+
+
+def test_direct_writes_match_diskcache_own(store: ResultStore) -> None:
+    # Saves write diskcache's table directly; what they write must read back through diskcache's own API
+    # exactly as if it had written it, and entries written through that API (the fallback) must load.
+    cache = store._cache
+    store.save("fast", {"n": 1}, task_name="t")
+    store._fast_writes = False
+    store.save("public", {"n": 2}, task_name="t")
+    store.save("fast", {"n": 3}, task_name="t")  # the public API replacing a directly written entry
+    store._fast_writes = True
+    store.save("public", {"n": 4}, task_name="t")  # and the other way round
+    store.save("new", np.ones(20_000), task_name="t")
+    assert [store.load(key) for key in ("fast", "public")] == [{"n": 3}, {"n": 4}]
+    for key in ("fast", "public", "new"):
+        assert cache.get(f"p:{FORMAT_VERSION}:{key}")[:4] == store_module._MAGIC
+        assert Record.from_json(cache.get(f"m:{FORMAT_VERSION}:{key}")) == store.probe(key)
+    (rows,) = cache._sql("SELECT COUNT(*) FROM Cache").fetchone()
+    assert len(cache) == rows == 7  # diskcache's row count (kept by its triggers) is right
+    assert store.volume() == sum(record.size for record in store.records())
+    assert store.prune() == 0 and store.delete("fast") and store.delete("new")
+    assert len(cache) == 3 and store.volume() == store.probe("public").size  # type: ignore[union-attr]
+
+
+def test_an_interrupted_direct_commit_leaves_the_old_entry(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save("k", "old", task_name="t")
+    volume = store.volume()
+
+    def interrupted(self: Record) -> str:
+        raise KeyboardInterrupt  # inside the transaction, between reading the old record and writing
+
+    monkeypatch.setattr(Record, "to_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.save("k", "new", task_name="t")
+    monkeypatch.undo()
+    assert store.load("k") == "old" and store.volume() == volume
+    store.save("k", "new", task_name="t")  # the connection is usable again: no transaction left open
+    assert store.load("k") == "new"
 
 
 def test_prune_collects_orphans(store: ResultStore) -> None:
