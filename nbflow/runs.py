@@ -41,7 +41,7 @@ _FLUSH_ROWS = 2000
 # the flush that crosses it: about a third of the cost of writing a row). SQLite's stays as a backstop
 # at a larger size, should the idle writer fall behind.
 _CHECKPOINT_BYTES = 2_000_000
-_AUTOCHECKPOINT_PAGES = 10_000
+_AUTOCHECKPOINT_BYTES = 32_000_000
 _SESSION_IN_MEMORY = 10_000
 
 
@@ -303,6 +303,10 @@ class RunHistory:
             return connection
         if connection is not None:  # the file was deleted under us (a cleared home): start again
             connection.close()
+            with self._checkpoint_lock:
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
+                    self._checkpointer = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         # Larger pages for a new file (an existing one keeps its own): appending a few hundred bytes per
@@ -310,7 +314,8 @@ class RunHistory:
         connection.execute("PRAGMA page_size=16384")
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        connection.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_BYTES // page_size}")
         connection.executescript(
             """
             CREATE TABLE IF NOT EXISTS runs (
@@ -381,8 +386,9 @@ class RunHistory:
             with self._checkpoint_lock:
                 if self._closed:
                     return
-                if self._checkpointer is None:
-                    self._checkpointer = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+                if self._checkpointer is None:  # mode=rw: never create the file (a cleared home)
+                    self._checkpointer = sqlite3.connect(f"{self.path.as_uri()}?mode=rw", uri=True, timeout=60,
+                                                         check_same_thread=False)
                 self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except Exception:  # the next flush, or SQLite's own checkpoint, will do
             import logging
