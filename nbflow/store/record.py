@@ -12,13 +12,15 @@ __all__ = ["FORMAT_VERSION", "Record"]
 
 #: Version of the on-disk layout. It is part of every key in the store and of every record, so entries
 #: written under another version are never read: they simply are not found in this version's namespace.
+#: (2: each payload row carries its MAC and signed fields, see :mod:`nbflow.store.store`.)
 FORMAT_VERSION = 2
 
 # The fields an entry's MAC covers, in the fixed order Record.signed_bytes encodes them in: a compact
 # JSON array with ASCII escapes, which is canonical (the same fields always encode to the same bytes;
 # floats use Python's shortest round-trip repr, which JSON parsing preserves). ``mac`` itself is
 # excluded, and so are ``last_used`` and ``hits``: those change on cache hits, and excluding them keeps a
-# refresh of the LRU bookkeeping from needing to recompute (or re-verify) anything.
+# refresh of the LRU bookkeeping from needing to recompute (or re-verify) anything. These bytes are also
+# stored in the entry's payload row, which is where a load reads them from.
 SIGNED_FIELDS = (
     "key",
     "task_name",

@@ -31,6 +31,11 @@ when that is older than ``touch_interval`` queues a rewrite of ``last_used``, wr
 
 Writes go blobs (temp file, fsync, rename), then payload, record and volume total together in one SQLite
 transaction, which is the commit point: a crash at any moment leaves the old entry or the complete new one.
+That transaction, and the hit's read, are plain SQL on diskcache's table, writing the columns its own
+``set`` and ``incr`` write, so diskcache's API (used for deleting, pruning and listing) reads them as its
+own; a diskcache whose table looks different is used through that API instead.
+
+(Format 1 kept the MAC and signed fields in the record only, so a hit read and parsed both rows.)
 """
 
 from __future__ import annotations
