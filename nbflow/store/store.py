@@ -975,12 +975,19 @@ class ResultStore:
     def _reject(self, key: str, payload: Any, reason: str) -> None:
         """Delete an entry whose payload failed verification and warn once, naming its task as its
         (unauthenticated) record does: the payload's own signed fields are not to be trusted."""
-        raw = self._cache.get(self._mprefix + key)
+        cache = self._cache
+        pkey = self._pprefix + key
+        raw = cache.get(self._mprefix + key)
         record = self._try_parse(raw)
         if raw is not None:
             self._delete_if(key, lambda current: current == raw, payload)
-        if record is None:
-            reason = "has unreadable metadata"
+            if record is None:
+                reason = "has unreadable metadata"
+        else:
+            # A payload without a record (left by tampering): removed on its own.
+            with self._transaction():
+                if cache.get(self._mprefix + key) is None and cache.get(pkey) == payload:
+                    cache.delete(pkey)
         task = f"task {record.task_name!r}" if record is not None else "an unknown task"
         warnings.warn(
             f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "

@@ -183,6 +183,21 @@ def test_unreadable_metadata(store: ResultStore) -> None:
     assert store._cache.get(M + "j") is None
 
 
+def test_a_bad_payload_without_a_record_warns_once(store: ResultStore) -> None:
+    store.save("k", "value", task_name="demo.orphan")
+    stream = store._cache.get(P + "k")
+    store._cache.delete(M + "k")
+    store._cache.set(P + "k", flip(stream, len(stream) // 2))
+    warning = "unknown task.*authentication code.*failed verification"
+    with pytest.warns(NbflowWarning, match=warning), pytest.raises(CacheMiss):
+        store.load("k")
+    assert store._cache.get(P + "k") is None  # removed: the next load is a quiet miss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CacheMiss):
+            store.load("k")
+
+
 def test_entry_written_with_another_users_secret(tmp_path: Path, secret_file: Path) -> None:
     home = tmp_path / "shared"
     mallory = ResultStore(home, size_limit=1 << 30, secret_file=tmp_path / "mallory" / "secret.key")
