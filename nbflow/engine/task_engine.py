@@ -49,7 +49,7 @@ from nbflow.exceptions import (
     UnfingerprintableError,
 )
 from nbflow.hashing import code_identity
-from nbflow.runs import RunRecord, StateEntry, TaskRunRecord, history, new_id
+from nbflow.runs import RunRecord, StateEntry, TaskRunRecord, history, new_task_run_id
 from nbflow.states import (
     Cached,
     Cancelled,
@@ -103,8 +103,11 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
     ``Failed``, ``Cancelled`` (KeyboardInterrupt) or ``Crashed`` (any other BaseException). Task and flow
     attempts both go through here."""
     try:
-        with timeout(timeout_seconds, label):
+        if timeout_seconds is None:
             result = fn(*args, **kwargs)
+        else:
+            with timeout(timeout_seconds, label):
+                result = fn(*args, **kwargs)
     except TaskTimeoutError as error:
         return TimedOut(error, message=str(error))
     except KeyboardInterrupt as error:
@@ -198,7 +201,7 @@ class TaskRunEngine:
         if task.task_run_name is not None:
             name = self._render_run_name(task.task_run_name) or name
         self.task_run = task_run = TaskRunRecord(
-            id=new_id(), run_id=run.id, task_name=name, task_key=task.task_key,
+            id=new_task_run_id(), run_id=run.id, task_name=name, task_key=task.task_key,
             tags=list(task.tags),
         )
         if self.map_info is not None:
