@@ -542,6 +542,28 @@ def test_direct_writes_match_diskcache_own(store: ResultStore) -> None:
     assert len(cache) == 3 and store.volume() == store.probe("public").size  # type: ignore[union-attr]
 
 
+def test_a_diskcache_of_another_layout_is_used_through_its_api(store: ResultStore) -> None:
+    # What the store does when diskcache's table is not what its direct SQL expects: the same entries,
+    # the same verification, through diskcache's public API only.
+    store._fast_reads = store._fast_writes = False
+    store.save("k", {"n": 1}, task_name="demo.api")
+    store.save("a", np.arange(20_000), task_name="demo.api")
+    assert store.load("k") == {"n": 1}
+    np.testing.assert_array_equal(store.load("a"), np.arange(20_000))
+    store.touch_interval = 0.0
+    store.load("k")
+    store.close()
+    assert store.probe("k").hits == 2  # type: ignore[union-attr]
+    assert store.volume() == sum(record.size for record in store.records())
+    stream = store._cache.get(f"p:{FORMAT_VERSION}:k")
+    store._cache.set(f"p:{FORMAT_VERSION}:k", stream[:-1] + bytes([stream[-1] ^ 1]))
+    with pytest.warns(NbflowWarning, match="demo.api.*failed verification"), pytest.raises(CacheMiss):
+        store.load("k")
+    assert store.probe("k") is None
+    with pytest.raises(CacheMiss):
+        store.load("missing")
+
+
 def test_an_interrupted_direct_commit_leaves_the_old_entry(
     store: ResultStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
