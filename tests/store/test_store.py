@@ -323,6 +323,24 @@ def test_last_used_and_hits_are_updated_after_the_interval(store: ResultStore) -
     assert store.load("k") == 1
 
 
+@pytest.mark.parametrize("in_sqlite", [True, False], ids=["sqlite-json", "python"])
+def test_a_touch_updates_only_the_bookkeeping_of_the_entry_that_was_read(store: ResultStore, in_sqlite: bool) -> None:
+    # Touches rewrite the record inside SQLite (JSON functions) where it can, in Python otherwise: both leave
+    # every other field as it was, and neither touches an entry saved again since the hit.
+    store._json_touches = in_sqlite
+    saved = {key: store.save(key, key, task_name="t", run_id="r") for key in "ab"}
+    store.touch_interval = 0.0
+    store.load("a")
+    store.load("b")
+    replaced = store.save("b", "new", task_name="t")  # after the hit, before its touch is written
+    store._flush_touches()
+    record = store.probe("a")
+    assert record is not None and record.hits == 1 and record.last_used >= saved["a"].last_used
+    assert {**record.to_dict(), "hits": 0, "last_used": 0} == {**saved["a"].to_dict(), "last_used": 0}
+    assert store.probe("b") == replaced  # the hit was on the entry it replaced
+    assert store.load("a") == "a" and store.load("b") == "new"
+
+
 def test_due_touches_are_written_in_batches(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from nbflow.store import store as store_module
 
