@@ -127,13 +127,15 @@ _SELECT_HIT = "SELECT store_time, mode, value FROM Cache WHERE key = ? AND raw =
 _SET_STORE_TIME = "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1"
 # A touch in one statement, inside SQLite (no read, parse and rewrite of the record in Python: a fifth of the
 # cost, which a restarted kernel pays once per entry it hits). Parameters: 1 the time written, 2 the new
-# last_used (NULL: unchanged), 3 the hits to add, 4 the record's key, 5 the MAC of the entry that was read
-# (NULL: any), so an entry replaced in the meantime is left alone.
+# last_used (NULL: unchanged) and 6 the same as JSON text, 3 the hits to add, 4 the record's key, 5 the MAC
+# of the entry that was read (NULL: any), so an entry replaced in the meantime is left alone. The new time
+# goes in as text (?2) and an unchanged one is not set at all: json_set leaves the numbers it does not
+# set as they were written, but writes a number it is given with 15 digits, which would round a time.
 _TOUCH_RECORD = (
-    "UPDATE Cache SET store_time = ?1, access_time = ?1, access_count = 0, value = json_set(value,"
-    " '$.last_used', CASE WHEN ?2 IS NULL THEN json_extract(value, '$.last_used')"
-    " ELSE max(?2, json_extract(value, '$.last_used')) END,"
-    " '$.hits', json_extract(value, '$.hits') + ?3)"
+    "UPDATE Cache SET store_time = ?1, access_time = ?1, access_count = 0, value = CASE"
+    " WHEN ?2 IS NOT NULL AND ?2 > json_extract(value, '$.last_used')"
+    " THEN json_set(value, '$.last_used', json(?6), '$.hits', json_extract(value, '$.hits') + ?3)"
+    " ELSE json_set(value, '$.hits', json_extract(value, '$.hits') + ?3) END"
     " WHERE key = ?4 AND raw = 1 AND mode = 1 AND json_valid(value)"
     " AND typeof(json_extract(value, '$.last_used')) IN ('real', 'integer')"
     " AND typeof(json_extract(value, '$.hits')) = 'integer'"
@@ -1042,7 +1044,8 @@ class ResultStore:
             return False
         cache = self._cache
         try:
-            changed = cache._sql(_TOUCH_RECORD, (time.time(), now, hits, self._mprefix + key, mac)).rowcount
+            parameters = (time.time(), now, hits, self._mprefix + key, mac, None if now is None else repr(float(now)))
+            changed = cache._sql(_TOUCH_RECORD, parameters).rowcount
         except sqlite3.OperationalError as error:
             if "no such function" not in str(error):
                 raise

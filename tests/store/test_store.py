@@ -333,12 +333,19 @@ def test_a_touch_updates_only_the_bookkeeping_of_the_entry_that_was_read(store: 
     store.load("a")
     store.load("b")
     replaced = store.save("b", "new", task_name="t")  # after the hit, before its touch is written
+    touched_at = store._pending_touches["a"][1]
     store._flush_touches()
     record = store.probe("a")
-    assert record is not None and record.hits == 1 and record.last_used >= saved["a"].last_used
+    assert record is not None and record.hits == 1
+    assert record.last_used == touched_at  # exactly: not rounded on the way
     assert {**record.to_dict(), "hits": 0, "last_used": 0} == {**saved["a"].to_dict(), "last_used": 0}
     assert store.probe("b") == replaced  # the hit was on the entry it replaced
+    store.touch_interval = 3600.0
     assert store.load("a") == "a" and store.load("b") == "new"
+    # Hit counts alone (written at close) leave last_used exactly as it was.
+    store.close()
+    record = store.probe("a")
+    assert record is not None and record.hits == 2 and record.last_used == touched_at
 
 
 def test_due_touches_are_written_in_batches(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
