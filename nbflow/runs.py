@@ -316,6 +316,9 @@ class RunHistory:
         connection.execute("PRAGMA synchronous=NORMAL")
         page_size = connection.execute("PRAGMA page_size").fetchone()[0]
         connection.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_BYTES // page_size}")
+        # Once a checkpoint has copied it all, the log starts over; the file is cut back to this size then
+        # (without it, it would keep the largest size it ever reached while the process runs).
+        connection.execute(f"PRAGMA journal_size_limit={_CHECKPOINT_BYTES * 2}")
         connection.executescript(
             """
             CREATE TABLE IF NOT EXISTS runs (
