@@ -983,13 +983,7 @@ class ResultStore:
             self._delete_if(key, lambda current: current == raw)
         else:
             self._delete_if(key, self._same_entry(record))
-        task = f"task {record.task_name!r}" if record is not None else "an unknown task"
-        warnings.warn(
-            f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
-            f"and is treated as a cache miss",
-            NbflowWarning,
-            stacklevel=3,
-        )
+        _warn_failed(key, record, reason)
 
     def _reject(self, key: str, payload: Any, reason: str) -> None:
         """Delete an entry whose payload failed verification and warn once, naming its task as its
@@ -1007,13 +1001,7 @@ class ResultStore:
             with self._transaction():
                 if cache.get(self._mprefix + key) is None and cache.get(pkey) == payload:
                     cache.delete(pkey)
-        task = f"task {record.task_name!r}" if record is not None else "an unknown task"
-        warnings.warn(
-            f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
-            f"and is treated as a cache miss",
-            NbflowWarning,
-            stacklevel=3,
-        )
+        _warn_failed(key, record, reason)
 
     # -- LRU bookkeeping ---------------------------------------------------------------------------
 
@@ -1308,6 +1296,17 @@ class ResultStore:
         """Delete the entries ``records`` describe, each only if it is still that entry (one saved again
         since the records were read is kept); return the records of the entries deleted."""
         return [record for record in records if self._delete_if(record.key, self._same_entry(record))]
+
+
+def _warn_failed(key: str, record: Record | None, reason: str) -> None:
+    """The one warning for an entry that failed verification and was deleted (naming its task, if known)."""
+    task = f"task {record.task_name!r}" if record is not None else "an unknown task"
+    warnings.warn(
+        f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
+        f"and is treated as a cache miss",
+        NbflowWarning,
+        stacklevel=4,  # the caller of the store method that met the entry
+    )
 
 
 def _registered(name: str) -> Serializer | None:
