@@ -67,6 +67,46 @@ def test_bad_call_fails_before_running_with_the_signature() -> None:
     assert ran == []
 
 
+def _positional(a, b, /, c=3, d=None):  # type: ignore[no-untyped-def]
+    return (a, b, c, d)
+
+
+def _keywords(a, *rest, key=1, **more):  # type: ignore[no-untyped-def]
+    return (a, rest, key, more)
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs"),
+    [
+        (_positional, (1, 2), {}),
+        (_positional, (1, 2, 5), {}),
+        (_positional, (1, 2, 5, 6), {}),
+        (_positional, (1, 2), {"d": 7}),
+        (_positional, (1,), {}),
+        (_positional, (1, 2, 3, 4, 5), {}),
+        (_positional, (), {"a": 1, "b": 2}),
+        (_keywords, (1, 2, 3), {"key": 4, "x": 5}),
+        (_keywords, (), {}),
+    ],
+)
+def test_arguments_bind_as_inspect_binds_them(fn, args, kwargs) -> None:  # type: ignore[no-untyped-def]
+    # Plain positional calls bind without inspect (they are most calls, cache hits included): the
+    # arguments, their order and the errors must be exactly what Signature.bind + apply_defaults give.
+    import inspect
+
+    task = nbflow.task(fn)
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as error:
+        with pytest.raises(TypeError) as info:
+            task.bind_arguments(args, kwargs)
+        assert str(info.value) == str(error)
+        return
+    bound.apply_defaults()
+    arguments = task.bind_arguments(args, kwargs)
+    assert list(arguments.items()) == list(bound.arguments.items())
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
