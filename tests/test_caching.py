@@ -291,3 +291,23 @@ def test_a_new_process_hits_the_entries_of_an_earlier_one(tmp_path: Path) -> Non
     assert first["result"] == second["result"] == [0, 10, 20]
     assert first["states"] == ["Completed"] * 3
     assert second["states"] == ["Cached"] * 3
+
+
+@pytest.mark.parametrize("policy", [DEFAULT, INPUTS - "verbose" + TASK_SOURCE], ids=repr)
+def test_the_default_policy_key_is_the_one_its_parts_compute(policy) -> None:  # type: ignore[no-untyped-def]
+    # The engine computes INPUTS (- names) + TASK_SOURCE directly on every call; the key and its recorded
+    # parts must be exactly what the policy objects compute, so a user's policy built from them agrees.
+    import xxhash
+
+    from nbflow.cache_policies import KeyContext
+
+    @nbflow.task(cache_policy=policy)
+    def scale(x: int, factor: float = 2.0, verbose: bool = False) -> float:
+        return x * factor
+
+    scale(3, 1.5)
+    task_run = next(run for run in list_runs() if run.kind == "session").task_runs[-1]
+    context = KeyContext(task=scale, run_id="unused")
+    expected = policy.compute_key(context, {"x": 3, "factor": 1.5, "verbose": False})
+    assert task_run.cache_key == xxhash.xxh3_128_hexdigest(f"scale|{expected}".encode())
+    assert task_run.key_parts == context.parts
