@@ -230,9 +230,15 @@ class Task(Generic[P, R]):
             from nbflow.engine.task_engine import run_task_async
 
             return run_task_async(self, args, kwargs, return_state=return_state)
-        from nbflow.engine.task_engine import run_task
+        # The engine is imported on the first call (importing nbflow stays light); an import statement
+        # on every call would cost half a microsecond each time.
+        global _run_task
+        run = _run_task
+        if run is None:
+            from nbflow.engine.task_engine import run_task
 
-        return run_task(self, args, kwargs, return_state=return_state)
+            run = _run_task = run_task
+        return run(self, args, kwargs, return_state=return_state)
 
     def submit(self, *args: Any, **kwargs: Any) -> TaskFuture[R]:
         """Start a call on the task runner and return its :class:`~nbflow.TaskFuture` at once.
@@ -331,6 +337,9 @@ class Task(Generic[P, R]):
         if instance is None:
             return self
         return functools.partial(self.__call__, instance)
+
+
+_run_task: Callable[..., Any] | None = None
 
 
 def _bind_plan(signature: inspect.Signature) -> tuple[tuple[str, ...], tuple[Any, ...]] | bool:
