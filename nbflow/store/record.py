@@ -12,8 +12,9 @@ __all__ = ["FORMAT_VERSION", "Record"]
 
 #: Version of the on-disk layout. It is part of every key in the store and of every record, so entries
 #: written under another version are never read: they simply are not found in this version's namespace.
-#: (2: each payload row carries its MAC and signed fields, see :mod:`nbflow.store.store`.)
-FORMAT_VERSION = 2
+#: (2: each payload row carries its MAC and signed fields; 3: the volume is kept by diskcache's size triggers,
+#: see :mod:`nbflow.store.store`.)
+FORMAT_VERSION = 3
 
 # The fields an entry's MAC covers, in the fixed order Record.signed_bytes encodes them in: a compact
 # JSON array with ASCII escapes, which is canonical (the same fields always encode to the same bytes;

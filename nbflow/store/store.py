@@ -13,7 +13,9 @@ Layout under ``<home>/store/`` (directories mode 0700):
     LRU bookkeeping (``last_used``, ``hits``) and the MAC in hex. Probing, listing, pruning and the CLI
     read these, never a payload;
 
-  plus ``s:<FORMAT_VERSION>:volume``, the running total of record sizes;
+  The record row's diskcache ``size`` column holds the entry's size (less whatever the payload row's own
+  ``size`` counts, which is nonzero only for a stream diskcache keeps in a file), so diskcache's own
+  triggers keep the total of all entries in its ``Settings`` table, transactionally: the store's volume;
 * ``blobs/<aa>/<name>-<blob_id>-<i>.bin``: out-of-band buffer ``i`` of the entry, raw, where ``<name>`` is
   the key (or its xxh3-128 hex digest when the key is not a safe file name) and ``<aa>`` its first two
   characters.
@@ -29,13 +31,15 @@ A hit reads the payload row alone and stays read-only: it learns when the record
 the payload row's diskcache ``store_time`` (saves and touches set it together with the record), and only
 when that is older than ``touch_interval`` queues a rewrite of ``last_used``, written in batches.
 
-Writes go blobs (temp file, fsync, rename), then payload, record and volume total together in one SQLite
-transaction, which is the commit point: a crash at any moment leaves the old entry or the complete new one.
+Writes go blobs (temp file, fsync, rename), then payload and record rows (and with them the volume total)
+together in one SQLite transaction, which is the commit point: a crash at any moment leaves the old entry or
+the complete new one.
 That transaction, and the hit's read, are plain SQL on diskcache's table, writing the columns its own
 ``set`` and ``incr`` write, so diskcache's API (used for deleting, pruning and listing) reads them as its
 own; a diskcache whose table looks different is used through that API instead.
 
-(Format 1 kept the MAC and signed fields in the record only, so a hit read and parsed both rows.)
+(Format 1 kept the MAC and signed fields in the record only, so a hit read and parsed both rows. Format 2
+kept the volume in a row of its own, one more page for every save to write.)
 """
 
 from __future__ import annotations
@@ -149,22 +153,31 @@ _SELECT_PREVIOUS = (
     "SELECT 0, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
     " UNION ALL SELECT 1, mode, filename, NULL FROM Cache WHERE key = ? AND raw = 1"
 )
-# The columns diskcache's own set() writes for a value kept in the row. An upsert (rather than INSERT OR
-# REPLACE) so that diskcache's row-count and size triggers see an update, not an untracked delete.
-_ROW = "(?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)"
+# The columns diskcache's own set() writes for a value kept in the row, but for ``size``: the entry's size on
+# its record row (see the module documentation). An upsert (rather than INSERT OR REPLACE) so that
+# diskcache's row-count and size triggers see an update, not an untracked delete.
+_ROW = "(?, 1, ?, NULL, ?, 0, NULL, ?, 1, NULL, ?)"
 _INSERT = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
     " filename, value) VALUES "
 )
 _UPSERT_ENTRY = (
     f"{_INSERT}{_ROW}, {_ROW} ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
-    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL, size = 0,"
-    " mode = 1, filename = NULL, value = excluded.value"
+    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
+    " size = excluded.size, mode = 1, filename = NULL, value = excluded.value"
 )
 # The JSON scanner json.loads uses, called directly: it parses the signed fields of a small entry in a
 # third of the time (the fields are ASCII, MAC-verified, and checked for shape after parsing).
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-_ADD_VOLUME = f"{_INSERT}{_ROW} ON CONFLICT(key, raw) DO UPDATE SET value = value + excluded.value RETURNING value"
+# The store's volume: diskcache's running total of the rows' size column, kept by its triggers.
+_SELECT_VOLUME = "SELECT value FROM Settings WHERE key = 'size'"
+# A record row written by diskcache's own set() (size 0): its size set again, less the payload row's.
+_SIZE_RECORD = (
+    "UPDATE Cache SET size = ? - COALESCE((SELECT size FROM Cache WHERE key = ? AND raw = 1), 0)"
+    " WHERE key = ? AND raw = 1"
+)
+# Sets the total right if it ever drifted (a row written some other way, tampering): prune() does this.
+_RECOUNT_VOLUME = "UPDATE Settings SET value = (SELECT COALESCE(SUM(size), 0) FROM Cache) WHERE key = 'size'"
 
 
 # What ResultStore._claim returns for an entry a load is reading (never a file descriptor).
@@ -312,7 +325,6 @@ class ResultStore:
         self._parse_json: Callable[[str], Any] = core.from_json if core is not None else json.loads
         self._mprefix = f"m:{FORMAT_VERSION}:"
         self._pprefix = f"p:{FORMAT_VERSION}:"
-        self._volume_key = f"s:{FORMAT_VERSION}:volume"
         # Hits not yet written to their records (they are added at the next touch or at close()), and
         # when this process last touched each key (so a stale record passed to load() touches only once).
         self._pending_hits: dict[str, int] = {}
@@ -513,8 +525,20 @@ class ResultStore:
                 continue
 
     def volume(self) -> int:
-        """Total size in bytes of the entries (kept as a running total; :meth:`prune` recounts it)."""
-        return max(0, int(self._cache.get(self._volume_key, 0)))
+        """Total size in bytes of the entries (kept as a running total by SQLite triggers, within the same
+        transactions as the entries; :meth:`prune` recounts it)."""
+        return self._total()
+
+    def _total(self) -> int:
+        if self._fast_reads:
+            try:
+                row = self._cache._sql(_SELECT_VOLUME).fetchone()
+            except (AttributeError, sqlite3.OperationalError) as error:
+                self._fast_read_failed(error)
+            else:
+                return max(0, int(row[0])) if row is not None and isinstance(row[0], int) else 0
+        # A diskcache this store cannot query directly: add the records up (slow, but right).
+        return sum(record.size for record in self.records())
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -687,14 +711,23 @@ class ResultStore:
             previous = self._try_parse(cache.get(mkey))
             cache.set(self._pprefix + key, payload)
             cache.set(mkey, record.to_json())
-            delta = record.size - (previous.size if previous is not None else 0)
-            total = int(cache.incr(self._volume_key, delta, default=0))
+            self._size_record(key, record.size)
+            total = self._total()
         return previous, total
 
+    def _size_record(self, key: str, size: int) -> None:
+        """Give a record row that diskcache's own ``set()`` wrote (size 0) the entry's size again."""
+        if self._fast_reads:
+            try:
+                self._cache._sql(_SIZE_RECORD, (size, self._pprefix + key, self._mprefix + key))
+            except (AttributeError, sqlite3.OperationalError) as error:
+                self._fast_read_failed(error)
+
     def _commit_directly(self, key: str, record: Record, payload: bytes) -> tuple[Record | None, int] | None:
-        """:meth:`_commit` in five SQL statements on diskcache's table, writing the rows as its ``set`` and
-        ``incr`` would (a third of the cost of going through them). ``None``, with nothing written, when
-        a row of the entry keeps its value in a diskcache file, which only diskcache knows to clean up.
+        """:meth:`_commit` in five SQL statements on diskcache's table, writing the rows as its ``set`` would
+        (a third of the cost of going through it) but for the record row's size, which diskcache's triggers
+        add to the volume total. ``None``, with nothing written, when a row of the entry keeps its value in a
+        diskcache file, which only diskcache knows to clean up.
 
         The transaction is begun and ended here rather than with ``transact()``, so the interrupt safety
         of :meth:`_transaction` is repeated: whatever ends this early rolls back, and an interrupt drops
@@ -713,10 +746,10 @@ class ResultStore:
                 if which == 0:
                     previous_raw = value
             previous = self._try_parse(previous_raw)
-            delta = record.size - (previous.size if previous is not None else 0)
             now = time.time()
-            execute(_UPSERT_ENTRY, (self._pprefix + key, now, now, payload, mkey, now, now, record.to_json()))
-            ((total,),) = execute(_ADD_VOLUME, (self._volume_key, now, now, delta)).fetchall()
+            execute(_UPSERT_ENTRY, (self._pprefix + key, now, now, 0, payload, mkey, now, now, record.size,
+                                    record.to_json()))
+            ((total,),) = execute(_SELECT_VOLUME).fetchall()
             execute("COMMIT")
         except BaseException as error:
             if isinstance(error, Exception):
@@ -728,7 +761,7 @@ class ResultStore:
             else:
                 self._drop_connection()
             raise
-        return previous, int(total)
+        return previous, int(total or 0)
 
     # -- deleting ----------------------------------------------------------------------------------
 
@@ -800,7 +833,6 @@ class ResultStore:
         # Blob files are listed before records are read: a file listed here whose save commits during
         # the scan is then either referenced by a scanned record or younger than _ORPHAN_AGE.
         blob_files = list(self._blob_files())
-        counter_before = int(cache.get(self._volume_key, 0))
 
         live: list[tuple[Record, str]] = []
         broken: list[tuple[str, Any]] = []  # (key, record text) of unreadable records
@@ -885,15 +917,13 @@ class ResultStore:
                 # cannot catch a save half-way.
                 if key not in live_keys and (self._mprefix + key) not in cache:
                     cache.delete(db_key)
-            # Recount. Inside this write transaction the records cannot change, so the sum of their
-            # sizes is exact; the scan above was not a snapshot (a save committing during it would be
-            # counted both in the scan and in the counter's drift).
-            exact = self._sum_record_sizes()
-            if exact is None:
-                drift = int(cache.get(self._volume_key, 0)) - counter_before
-                remaining = sum(record.size for record, _ in live) - sum(record.size for record in removed)
-                exact = remaining + drift
-            cache.set(self._volume_key, max(0, exact))
+            # The triggers keep the total exact; a row written some other way (by hand, by tampering) would
+            # not, and this sets it right while nothing can change.
+            if self._fast_reads:
+                try:
+                    cache._sql(_RECOUNT_VOLUME)
+                except (AttributeError, sqlite3.OperationalError) as error:
+                    self._fast_read_failed(error)
 
         removed_keys = {record.key for record in removed}
         referenced = {
@@ -933,21 +963,6 @@ class ResultStore:
         except Exception:
             pass
 
-    def _sum_record_sizes(self) -> int | None:
-        """The sizes of this format's records added up by SQLite (None where that query is unavailable)."""
-        if not self._fast_reads:
-            return None
-        prefix = self._mprefix
-        try:
-            (total,) = self._cache._sql(
-                "SELECT COALESCE(SUM(json_extract(value, '$.size')), 0) FROM Cache"
-                " WHERE raw = 1 AND key >= ? AND key < ? AND json_valid(value)",
-                (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)),
-            ).fetchone()
-        except (AttributeError, sqlite3.Error):
-            return None
-        return int(total)
-
     def _delete_if(self, key: str, condition: Callable[[str], bool], payload: Any = _ANY) -> bool:
         """Delete the entry if its current record text satisfies ``condition`` (and, when ``payload`` is
         given, its payload row still holds exactly that); return whether it did."""
@@ -962,8 +977,6 @@ class ResultStore:
             cache.delete(mkey)
             cache.delete(self._pprefix + key)
             record = self._try_parse(raw)
-            if record is not None:
-                cache.incr(self._volume_key, -record.size, default=0)
         if record is not None:
             self._remove_blobs(record)
         return True
@@ -1076,6 +1089,7 @@ class ResultStore:
                 cache._sql(_SET_RECORD, (written, written, updated.to_json(), mkey))
             else:
                 cache.set(mkey, updated.to_json())
+                self._size_record(key, updated.size)
             if now is not None and self._fast_reads:
                 # What a hit reads to tell whether the record is due for another touch.
                 cache._sql(_SET_STORE_TIME, (updated.last_used, self._pprefix + key))
