@@ -35,8 +35,8 @@ Writes go blobs (temp file, fsync, rename), then payload and record rows (and wi
 together in one SQLite transaction, which is the commit point: a crash at any moment leaves the old entry or
 the complete new one.
 That transaction, and the hit's read, are plain SQL on diskcache's table, writing the columns its own
-``set`` and ``incr`` write, so diskcache's API (used for deleting, pruning and listing) reads them as its
-own; a diskcache whose table looks different is used through that API instead.
+``set`` writes (the record row's size aside), so diskcache's API (used for deleting, pruning and listing)
+reads them as its own; a diskcache whose table looks different is used through that API instead.
 
 (Format 1 kept the MAC and signed fields in the record only, so a hit read and parsed both rows. Format 2
 kept the volume in a row of its own, one more page for every save to write.)
