@@ -846,7 +846,8 @@ class ResultStore:
                 raw = cache.get(db_key)
                 record = self._try_parse(raw)
                 key = db_key[len(self._mprefix) :]
-                if record is not None and record.key == key:
+                # A size that is not a count of bytes (an edited record) makes the record unreadable here.
+                if record is not None and record.key == key and type(record.size) is int and record.size >= 0:
                     live.append((record, raw))
                 elif raw is not None:
                     broken.append((key, raw))

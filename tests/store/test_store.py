@@ -631,11 +631,15 @@ def test_prune_collects_orphans(store: ResultStore) -> None:
     os.utime(old_temporary, (an_hour_ago, an_hour_ago))
     store._cache.set(f"p:{FORMAT_VERSION}:stray", b"payload without record")
     store._cache.set(f"m:{FORMAT_VERSION}:broken", "{not json")
+    store.save("edited", 1, task_name="t")
+    edited = json.loads(store._cache.get(f"m:{FORMAT_VERSION}:edited"))
+    store._cache.set(f"m:{FORMAT_VERSION}:edited", json.dumps({**edited, "size": "5"}))  # not a byte count
 
-    assert store.prune() == 1  # the unreadable record
+    assert store.prune() == 2  # the unreadable record and the edited one (no TypeError adding sizes up)
     assert sorted(blob_files(store)) == sorted([*live_blobs, young_orphan])
     assert store._cache.get(f"p:{FORMAT_VERSION}:stray") is None
     assert store._cache.get(f"m:{FORMAT_VERSION}:broken") is None
+    assert store.probe("edited") is None
     np.testing.assert_array_equal(store.load("live"), np.ones(20_000))
 
 
