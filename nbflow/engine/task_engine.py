@@ -510,10 +510,7 @@ class TaskRunEngine:
     def run_begun(self) -> State:
         """Every step after :meth:`begin` (which a submission runs in the caller's thread)."""
         try:
-            state = self.reuse() or None
-            if state is None:
-                self.compute_key()
-                state = self.probe()
+            state = self.lookup()
             if state is None:
                 state = self.call()
                 if state.is_completed():
@@ -521,6 +518,15 @@ class TaskRunEngine:
         except KeyboardInterrupt as error:
             state = self.interrupted(error)
         return self.finish(state)
+
+    def lookup(self) -> State | None:
+        """Steps 2 to 4: the state of a call that need not run (reused in a flow retry, or a cache hit), else
+        None. Sync and async calls share it; only running the function differs between them."""
+        state = self.reuse()
+        if state is None:
+            self.compute_key()
+            state = self.probe()
+        return state
 
     def interrupted(self, error: KeyboardInterrupt) -> State:
         """An interrupt while hashing, loading or persisting (one during the call is already a state):
@@ -546,10 +552,7 @@ class TaskRunEngine:
 
     async def run_begun_async(self) -> State:
         try:
-            state = self.reuse() or None
-            if state is None:
-                self.compute_key()
-                state = self.probe()
+            state = self.lookup()
             if state is None:
                 state = await self.call_async()
                 if state.is_completed():
