@@ -5,11 +5,12 @@ Records live in memory while a run is in progress and are written to ``<NBFLOW_H
 flushes changed records at most a few times a second, a finished flow flushes at once, and so does
 process exit. A crash can lose the last fraction of a second of *history*, never a stored result.
 
-A task run costs its call a few microseconds here, so the rows are kept cheap to write: a task run's
-row holds compact JSON (schema 2: the fields away from their defaults, the history as arrays), written
-by hand rather than by an encoder; task-run ids sort by creation time so the id index grows at its
-end; and the write-ahead log is copied into the database by the idle writer, not by the engine's
-flushes. Rows of earlier versions (schema 1: the full ``to_dict()``) are read alike.
+A task call only queues its record here; the record is serialized when its batch is written. The rows
+are kept cheap to write all the same, since a long loop of calls pays for them: a task run's row holds
+compact JSON (schema 2: the fields away from their defaults, the history as arrays), written by hand
+rather than by an encoder; task-run ids sort by creation time so the id index grows at its end; and
+the write-ahead log is copied into the database by the idle writer, not by the engine's flushes. Rows
+of earlier versions (schema 1: the full ``to_dict()``) are read alike.
 
 Query with :func:`list_runs` (newest first) and :func:`get_run`.
 """
@@ -286,7 +287,7 @@ class RunHistory:
         self.path = Path(home) / "runs.sqlite"
         self._lock = threading.RLock()
         self._dirty_runs: dict[str, RunRecord] = {}
-        self._dirty_tasks: dict[str, tuple[Any, ...]] = {}
+        self._dirty_tasks: dict[str, TaskRunRecord] = {}
         self._oldest: float | None = None
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -337,21 +338,14 @@ class RunHistory:
     # -- writing --------------------------------------------------------------------------------
     def mark(self, run: RunRecord, task_run: TaskRunRecord | None = None) -> None:
         """Note that ``run`` (and ``task_run``) changed; they are written soon (see the class doc)."""
-        row = None
-        if task_run is not None:
-            # Serialized now: the record is final or nearly so, and a later change marks it again.
-            try:
-                row = (task_run.id, task_run.run_id, task_run.seq, task_run.task_name, task_run.state,
-                       _task_run_json(task_run), _TASK_RUN_SCHEMA)
-            except Exception:  # history must never take a task down
-                import logging
-
-                logging.getLogger("nbflow.runs").exception("could not record task run %s", task_run.id)
         now = time.monotonic()
         with self._lock:
             self._dirty_runs[run.id] = run
-            if row is not None:
-                self._dirty_tasks[row[0]] = row
+            if task_run is not None:
+                # The record itself, serialized when the batch is written: a task call does not wait for
+                # its row's JSON (a third of a cache hit's time), and a record marked twice in one batch
+                # is written once, as it is by then.
+                self._dirty_tasks[task_run.id] = task_run
             oldest = self._oldest
             if oldest is None:
                 self._oldest = oldest = now
@@ -422,16 +416,17 @@ class RunHistory:
                 (r.id, r.flow_name, r.kind, r.state, r.start_time, r.end_time, _dumps(r.header()), _RUN_SCHEMA)
                 for r in runs
             ]
+            rows = [row for row in map(_task_run_row, tasks) if row is not None]
             try:
                 connection = self._connect()
                 connection.execute("BEGIN IMMEDIATE")
                 try:
                     connection.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?)", run_rows)
-                    connection.executemany("INSERT OR REPLACE INTO task_runs VALUES (?,?,?,?,?,?,?)", tasks)
+                    connection.executemany("INSERT OR REPLACE INTO task_runs VALUES (?,?,?,?,?,?,?)", rows)
                     connection.execute("COMMIT")
                     # Rows and index entries: a few hundred bytes each beyond their data.
-                    written = sum(len(row[6]) for row in run_rows) + sum(len(row[5]) for row in tasks)
-                    self._unchecked_bytes += written + 200 * (len(run_rows) + len(tasks))
+                    written = sum(len(row[6]) for row in run_rows) + sum(len(row[5]) for row in rows)
+                    self._unchecked_bytes += written + 200 * (len(run_rows) + len(rows))
                 except BaseException:
                     connection.execute("ROLLBACK")
                     raise
@@ -439,7 +434,7 @@ class RunHistory:
                 for r in runs:  # keep them for the next try
                     self._dirty_runs.setdefault(r.id, r)
                 for t in tasks:
-                    self._dirty_tasks.setdefault(t[0], t)
+                    self._dirty_tasks.setdefault(t.id, t)
                 self._oldest = time.monotonic()
                 raise
         if self._unchecked_bytes >= _CHECKPOINT_BYTES and not self._closed:
@@ -639,6 +634,18 @@ def _fast_json(t: TaskRunRecord) -> str:
                 entries.append(f"[{q(name)},{timestamp:.17g},{message},{q(entry.type)}]")
         text += ',"history":[' + ",".join(entries) + "]"
     return text + "}"
+
+
+def _task_run_row(task_run: TaskRunRecord) -> tuple[Any, ...] | None:
+    """The ``task_runs`` row of a record as it is now; None (logged) for one that cannot be serialized."""
+    try:
+        return (task_run.id, task_run.run_id, task_run.seq, task_run.task_name, task_run.state,
+                _task_run_json(task_run), _TASK_RUN_SCHEMA)
+    except Exception:  # history must never take a task down
+        import logging
+
+        logging.getLogger("nbflow.runs").exception("could not record task run %s", task_run.id)
+        return None
 
 
 def _task_run_json(task_run: TaskRunRecord) -> str:
