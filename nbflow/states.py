@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import time
 from typing import Any
 
 from nbflow.exceptions import ConfigurationError, MissingResult
@@ -67,6 +68,9 @@ class _NotSet:
 _NOT_SET: Any = _NotSet()
 
 
+_time = time.time
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
@@ -83,13 +87,14 @@ class State:
     result was written to the store (None: not applicable).
     """
 
-    __slots__ = ("_data", "message", "name", "persisted", "timestamp", "type")
+    # _stamp: the time as a float (what the engine gives, cheaply) or the datetime (once read, or as given).
+    __slots__ = ("_data", "_stamp", "message", "name", "persisted", "type")
 
     type: StateType
     name: str
     message: str | None
-    timestamp: _dt.datetime
     persisted: bool | None
+    _stamp: float | _dt.datetime
 
     def __init__(self, type: StateType | str, name: str, message: str | None = None,
                  timestamp: _dt.datetime | None = None, persisted: bool | None = None) -> None:
@@ -108,7 +113,7 @@ class State:
             raise ConfigurationError(f"State: persisted={persisted!r} must be True, False or None")
         self.name = name
         self.message = message
-        self.timestamp = timestamp if timestamp is not None else _now()
+        self._stamp = timestamp if timestamp is not None else _now()
         self.persisted = persisted
         self._data = _NOT_SET
 
@@ -117,6 +122,22 @@ class State:
         return f"State(name={self.name!r}, type={self.type.value}{message})"
 
     __str__ = __repr__
+
+    @property
+    def timestamp(self) -> _dt.datetime:
+        """When the state was entered (UTC)."""
+        stamp = self._stamp
+        if isinstance(stamp, _dt.datetime):
+            return stamp
+        # The engine makes a state per task call and rarely reads its time: the datetime is built here.
+        self._stamp = when = _dt.datetime.fromtimestamp(stamp, _dt.timezone.utc)
+        return when
+
+    @timestamp.setter
+    def timestamp(self, value: _dt.datetime) -> None:
+        if not isinstance(value, _dt.datetime):
+            raise ConfigurationError(f"State: timestamp={value!r} must be a datetime")
+        self._stamp = value
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -219,7 +240,7 @@ def _state(type_: StateType, name: str, message: str | None = None, data: Any = 
     state.type = type_
     state.name = name
     state.message = message
-    state.timestamp = _now()
+    state._stamp = _time()
     state.persisted = persisted
     state._data = data
     return state

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import pickle
 import subprocess
 import sys
 
@@ -65,6 +67,21 @@ def test_state_constructors_and_predicates() -> None:
         states.Running().result()
     dumped = cached.model_dump()
     assert dumped["name"] == "Cached" and "timestamp" in dumped
+
+
+def test_state_timestamps_are_aware_datetimes_however_the_state_was_made() -> None:
+    before = datetime.datetime.now(datetime.timezone.utc)
+    made = [states.Cached(1), states.State("COMPLETED", "Done"), pickle.loads(pickle.dumps(states.Completed(2)))]
+    after = datetime.datetime.now(datetime.timezone.utc)
+    for state in made:
+        assert isinstance(state.timestamp, datetime.datetime) and state.timestamp.tzinfo is not None
+        assert before - datetime.timedelta(seconds=1) <= state.timestamp <= after
+        assert state.timestamp is state.timestamp  # read twice, the same moment
+    copy = made[0].model_copy(update={"message": "again"})
+    assert copy.timestamp == made[0].timestamp and copy.message == "again"
+    assert made[0].model_dump(mode="json")["timestamp"] == made[0].timestamp.isoformat()
+    with pytest.raises(ConfigurationError, match="timestamp"):
+        made[0].timestamp = "yesterday"  # type: ignore[assignment]
     assert {t.value for t in states.StateType} == {
         "PENDING", "RUNNING", "SCHEDULED", "COMPLETED", "FAILED", "CANCELLED", "CRASHED"
     }

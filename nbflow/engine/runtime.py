@@ -9,6 +9,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nbflow import _pid
 from nbflow import settings as _settings
 from nbflow.runs import RunRecord, StateEntry, history, new_id
 
@@ -55,7 +56,7 @@ def session_run() -> RunRecord:
     """The run that records task calls made outside any flow: one per process (or kernel)."""
     global _session
     run = _session
-    if run is None or run.pid != os.getpid():
+    if run is None or run.pid != _pid.pid:  # a forked child starts a session run of its own
         with _lock:
             if _session is None or _session.pid != os.getpid():
                 now = time.time()
@@ -150,6 +151,9 @@ def summarize(value: Any, limit: int = 80) -> str:
 
     Never raises: a value whose ``repr``, ``len`` or attributes fail is described by its type alone.
     """
+    exact = type(value)
+    if exact is float or (exact is int and -(10**15) < value < 10**15) or value is None or exact is bool:
+        return repr(value)  # the most common arguments and results, first (this runs on every call)
     try:
         return _summarize(value, limit)
     except Exception:
@@ -157,9 +161,6 @@ def summarize(value: Any, limit: int = 80) -> str:
 
 
 def _summarize(value: Any, limit: int) -> str:
-    exact = type(value)
-    if (exact is int and -(10**15) < value < 10**15) or exact is float or exact is bool or value is None:
-        return repr(value)  # the most common arguments and results, first (this runs on every call)
     if isinstance(value, int) and value.bit_length() > 1024:
         # repr of a huge int is slow (and raises past sys.get_int_max_str_digits()); it would be cut anyway.
         text = f"int[{value.bit_length()} bits]"

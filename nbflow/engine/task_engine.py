@@ -33,7 +33,14 @@ import xxhash
 
 from nbflow import events
 from nbflow.cache_policies import ArgumentError, KeyContext, default_key_exclusions, fingerprint_arguments
-from nbflow.context import FlowRunContext, TaskRunContext, _task_run, current_flow_run, current_transaction
+from nbflow.context import (
+    FlowRunContext,
+    TaskRunContext,
+    _flow_run,
+    _task_run,
+    _transaction,
+    current_flow_run,
+)
 from nbflow.engine import runtime
 from nbflow.engine.futures import TaskFuture, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
@@ -74,6 +81,8 @@ __all__ = ["run_task", "run_task_async", "submit_task"]
 
 Attempt = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], "float | None", str], State]
 
+_get_flow_run = _flow_run.get
+_get_transaction = _transaction.get
 _NBFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MISSING: Any = object()
 
@@ -164,7 +173,8 @@ class TaskRunEngine:
         self.task = task
         self.args = args
         self.kwargs = kwargs
-        self.flow_context: FlowRunContext | None = current_flow_run()
+        # The context variables are read directly: this runs on every call, cache hits included.
+        self.flow_context: FlowRunContext | None = _get_flow_run()
         self.run: RunRecord = self.flow_context.run if self.flow_context else session_run()
         self.parameters: dict[str, Any] = {}
         self.key: str | None = None
@@ -175,16 +185,16 @@ class TaskRunEngine:
         # Where one attempt of the function runs: here, or on a runner's workers (e.g. a Dask cluster).
         self.attempt: Attempt = call_to_state
         self.upstream_futures: list[TaskFuture[Any]] = []
-        self.transaction: Transaction | None = current_transaction()
+        self.transaction: Transaction | None = _get_transaction()
 
     # -- state bookkeeping ----------------------------------------------------------------------
     def set_state(self, state_type: StateType, name: str, message: str | None = None,
-                  state: State | None = None) -> None:
+                  state: State | None = None, timestamp: float | None = None) -> None:
         task_run = self.task_run
         type_value = state_type._value_  # the plain attribute: .value is a descriptor call
         task_run.state = name
         task_run.state_type = type_value
-        task_run.history.append(StateEntry(name, type_value, time.time(), message))
+        task_run.history.append(StateEntry(name, type_value, time.time() if timestamp is None else timestamp, message))
         if events._subscribers:
             events.publish(events.Event("task_run", state, self.run, task_run, name=name, type=state_type,
                                         message=message))
@@ -200,13 +210,14 @@ class TaskRunEngine:
         name = task.name
         if task.task_run_name is not None:
             name = self._render_run_name(task.task_run_name) or name
+        # Built in one call, already Pending (set_state's work, which would follow at once).
         self.task_run = task_run = TaskRunRecord(
-            id=new_task_run_id(), run_id=run.id, task_name=name, task_key=task.task_key,
-            tags=list(task.tags),
+            id=new_task_run_id(), run_id=run.id, task_name=name, task_key=task.task_key, tags=list(task.tags),
+            inputs={key: summarize(value) for key, value in parameters.items()},
+            history=[StateEntry("Pending", "PENDING", time.time(), None)],
         )
         if self.map_info is not None:
             task_run.map_id, task_run.map_index, task_run.map_size = self.map_info
-        task_run.inputs = {key: summarize(value) for key, value in parameters.items()}
         upstream: list[str] = []
         futures = futures_in(parameters)
         if futures:
@@ -222,7 +233,9 @@ class TaskRunEngine:
         if upstream:
             task_run.upstream = list(dict.fromkeys(upstream))
         run.add_task_run(task_run)
-        self.set_state(StateType.PENDING, "Pending")
+        if events._subscribers:
+            events.publish(events.Event("task_run", None, run, task_run, name="Pending", type=StateType.PENDING,
+                                        message=None))
 
     def _render_run_name(self, template: Any) -> str | None:
         try:
@@ -262,7 +275,8 @@ class TaskRunEngine:
             return
         parts: dict[str, str]
         try:
-            exclude = _default_key_exclusions(task)
+            known = task.__dict__.get("_default_key")
+            exclude = known[1] if known is not None and known[0] is task.cache_policy else _default_key_exclusions(task)
             if exclude is not None:
                 # INPUTS + TASK_SOURCE, computed directly: the same key the policies would give.
                 parameters = self.parameters
@@ -453,19 +467,21 @@ class TaskRunEngine:
     def finish(self, state: State) -> State:
         task_run = self.task_run
         task = self.task
-        task_run.end_time = time.time()
+        task_run.end_time = end = time.time()
         if task_run.start_time is None:
-            task_run.start_time = task_run.end_time
-        if state.is_completed():
-            task_run.result = summarize(state.result())
+            task_run.start_time = end
+        completed = state.type is StateType.COMPLETED
+        if completed:
+            result = state.result()
+            task_run.result = summarize(result)
             if self.transaction is not None and not task_run.cache_hit:
                 self.transaction.add_task_run(task, task_run, self.run)
             if self.flow_context is not None:
                 if self.dynamic_key is not None:
                     self.flow_context.completed[self.dynamic_key] = state
-                self.flow_context.remember_result(state.result(), task_run.id)
+                self.flow_context.remember_result(result, task_run.id)
             elif runtime.session_tracker is not None:
-                runtime.session_tracker.remember_result(state.result(), task_run.id)
+                runtime.session_tracker.remember_result(result, task_run.id)
         else:
             error = state.result(raise_on_failure=False)
             if isinstance(error, BaseException):
@@ -477,8 +493,8 @@ class TaskRunEngine:
                     task_run.id,
                     _FailedCall(task, self.args, self.kwargs, self.flow_context, self.dynamic_key),
                 )
-        self.set_state(state.type, state.name, state.message, state)
-        hooks = task.on_completion if state.is_completed() else task.on_failure if state.is_final() else ()
+        self.set_state(state.type, state.name, state.message, state, end)
+        hooks = task.on_completion if completed else task.on_failure if state.is_final() else ()
         for hook in hooks:
             try:
                 hook(task, task_run, state)
@@ -522,7 +538,7 @@ class TaskRunEngine:
     def lookup(self) -> State | None:
         """Steps 2 to 4: the state of a call that need not run (reused in a flow retry, or a cache hit), else
         None. Sync and async calls share it; only running the function differs between them."""
-        state = self.reuse()
+        state = self.reuse() if self.flow_context is not None else None
         if state is None:
             self.compute_key()
             state = self.probe()
@@ -640,8 +656,10 @@ def _outcome(state: State, return_state: bool) -> Any:
 def run_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              return_state: bool = False) -> Any:
     """Run one call of ``task`` and return its result (or its final state with ``return_state``)."""
-    engine = TaskRunEngine(task, args, kwargs)
-    return _outcome(engine.run_to_state(), return_state)
+    state = TaskRunEngine(task, args, kwargs).run_to_state()
+    if not return_state:
+        return state.result()
+    return _outcome(state, return_state)
 
 
 async def run_task_async(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,

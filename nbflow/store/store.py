@@ -70,6 +70,7 @@ try:
 except ImportError:  # Windows: no advisory locks, so eviction cannot see which entries are being read
     fcntl = None  # type: ignore[assignment]
 
+from nbflow import _pid
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
@@ -1103,7 +1104,14 @@ class ResultStore:
         pkey = self._pprefix + key
         if self._fast_reads:
             try:
-                row = self._cache._sql(_SELECT_HIT, (pkey,)).fetchone()
+                cache = self._cache
+                # diskcache's own connection for this thread, taken without its per-call process check
+                # (a system call) when it was opened in this process; otherwise through that check.
+                local = cache._local
+                con = getattr(local, "con", None)
+                if con is None or getattr(local, "pid", None) != _pid.pid:
+                    con = cache._con
+                row = con.execute(_SELECT_HIT, (pkey,)).fetchone()
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
             else:
