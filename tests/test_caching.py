@@ -239,7 +239,7 @@ def test_corrupt_payload_is_a_clean_miss(nbflow_home: Path, executions) -> None:
     cache = store._cache  # the diskcache holding payload streams
     from nbflow.store import FORMAT_VERSION
 
-    payload_key = f"p:{FORMAT_VERSION}:{record.key}"
+    payload_key = f"{FORMAT_VERSION}:{record.key}:p"
     data = bytearray(cache[payload_key])
     data[len(data) // 2] ^= 0xFF
     cache[payload_key] = bytes(data)

@@ -12,9 +12,10 @@ __all__ = ["FORMAT_VERSION", "Record"]
 
 #: Version of the on-disk layout. It is part of every key in the store and of every record, so entries
 #: written under another version are never read: they simply are not found in this version's namespace.
-#: (2: each payload row carries its MAC and signed fields; 3: the volume is kept by diskcache's size triggers,
+#: (2: each payload row carries its MAC and signed fields; 3: the volume is kept by diskcache's size triggers;
+#: 4: an entry's two rows are keyed ``<version>:<key>:p`` and ``:m``, next to each other in the key index;
 #: see :mod:`nbflow.store.store`.)
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # The fields an entry's MAC covers, in the fixed order Record.signed_bytes encodes them in: a compact
 # JSON array with ASCII escapes, which is canonical (the same fields always encode to the same bytes;

@@ -5,11 +5,11 @@ Layout under ``<home>/store/`` (directories mode 0700):
 * a diskcache (``cache.db``; values are kept inside their rows, see ``_STREAM_IN_ROW_MAX``) holding, per
   entry, two rows written together:
 
-  - ``p:<FORMAT_VERSION>:<key>`` -> the payload, as bytes: ``_MAGIC`` (4 bytes), the MAC (32 raw bytes),
+  - ``<FORMAT_VERSION>:<key>:p`` -> the payload, as bytes: ``_MAGIC`` (4 bytes), the MAC (32 raw bytes),
     the length of the signed fields (4 bytes, big-endian), the signed fields (:meth:`Record.signed_bytes`,
     a compact JSON array) and the serialized stream. It holds everything a load needs, so a cache hit
     reads this one row and parses no record;
-  - ``m:<FORMAT_VERSION>:<key>`` -> the :class:`Record` as a JSON string: the same signed fields plus the
+  - ``<FORMAT_VERSION>:<key>:m`` -> the :class:`Record` as a JSON string: the same signed fields plus the
     LRU bookkeeping (``last_used``, ``hits``) and the MAC in hex. Probing, listing, pruning and the CLI
     read these, never a payload;
 
@@ -38,8 +38,12 @@ That transaction, and the hit's read, are plain SQL on diskcache's table, writin
 ``set`` writes (the record row's size aside), so diskcache's API (used for deleting, pruning and listing)
 reads them as its own; a diskcache whose table looks different is used through that API instead.
 
+The two rows' keys differ only in their last character, so their entries in diskcache's key index sit side
+by side, usually in one page: a save changes one index page for them, not two.
+
 (Format 1 kept the MAC and signed fields in the record only, so a hit read and parsed both rows. Format 2
-kept the volume in a row of its own, one more page for every save to write.)
+kept the volume in a row of its own, one more page for every save to write. Formats 1 to 3 keyed the rows
+``m:<version>:<key>`` and ``p:<version>:<key>``, far apart in the index.)
 """
 
 from __future__ import annotations
@@ -126,6 +130,15 @@ _CACHE_COLUMNS = [
     "filename", "value",
 ]
 _SELECT_RAW = "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
+# The rows of any format version other than the one a store was opened with: ``<version>:<key>:m`` or ``:p``
+# (format 4 on), ``m:<version>:<key>``, ``p:...`` or ``s:...`` (formats 1 to 3).
+_OTHER_FORMAT = re.compile(r"[0-9]+:.*:[mp]\Z|[mps]:[0-9]+:", re.DOTALL)
+
+
+def _is_record_key(db_key: str) -> bool:
+    """Whether ``db_key`` names the record row of an entry, of any format version."""
+    return db_key.startswith("m:") or (db_key.endswith(":m") and db_key.partition(":")[0].isdigit())
+
 # A cache hit: the payload, and when its record was last written (the payload row's diskcache store_time,
 # which saves and touches set together with the record).
 _SELECT_HIT = "SELECT store_time, mode, value FROM Cache WHERE key = ? AND raw = 1"
@@ -324,8 +337,8 @@ class ResultStore:
         # as much as a thousand hits: use it only when something else has loaded it already.
         core = sys.modules.get("pydantic_core")
         self._parse_json: Callable[[str], Any] = core.from_json if core is not None else json.loads
-        self._mprefix = f"m:{FORMAT_VERSION}:"
-        self._pprefix = f"p:{FORMAT_VERSION}:"
+        # Every key of this format starts so (see the module documentation for the two rows' keys).
+        self._kstart = f"{FORMAT_VERSION}:"
         # Hits not yet written to their records (they are added at the next touch or at close()), and
         # when this process last touched each key (so a stale record passed to load() touches only once).
         self._pending_hits: dict[str, int] = {}
@@ -366,7 +379,7 @@ class ResultStore:
         Reads metadata only: no payload bytes, no unpickling. The record is not authenticated yet; that
         happens in :meth:`load`. Expired entries are deleted; unreadable ones are deleted with a warning.
         """
-        raw = self._read(self._mprefix + key)
+        raw = self._read(self._mkey(key))
         return None if raw is None else self._checked_record(key, raw)
 
     def _checked_record(self, key: str, raw: Any) -> Record | None:
@@ -513,9 +526,9 @@ class ResultStore:
 
     def records(self) -> Iterator[Record]:
         """All records of the current format version, in key order. Reads metadata only."""
-        prefix = self._mprefix
+        start = self._kstart
         for db_key in self._cache.iterkeys():
-            if not (isinstance(db_key, str) and db_key.startswith(prefix)):
+            if not (isinstance(db_key, str) and db_key.startswith(start) and db_key.endswith(":m")):
                 continue
             raw = self._read(db_key)
             if raw is None:
@@ -612,7 +625,7 @@ class ResultStore:
         except BaseException:
             # Interrupted (KeyboardInterrupt): the files of an entry that did not commit are removed.
             # The interrupt may land just after the commit, so check which entry is live first.
-            live = self._try_parse(self._cache.get(self._mprefix + key)) if written else None
+            live = self._try_parse(self._cache.get(self._mkey(key))) if written else None
             if live is None or live.blob_id != blob_id:
                 for path in written:
                     _remove_file(path)
@@ -707,10 +720,10 @@ class ResultStore:
             if done is not None:
                 return done
         cache = self._cache
-        mkey = self._mprefix + key
+        mkey = self._mkey(key)
         with self._transaction():
             previous = self._try_parse(cache.get(mkey))
-            cache.set(self._pprefix + key, payload)
+            cache.set(self._pkey(key), payload)
             cache.set(mkey, record.to_json())
             self._size_record(key, record.size)
             total = self._total()
@@ -720,7 +733,7 @@ class ResultStore:
         """Give a record row that diskcache's own ``set()`` wrote (size 0) the entry's size again."""
         if self._fast_reads:
             try:
-                self._cache._sql(_SIZE_RECORD, (size, self._pprefix + key, self._mprefix + key))
+                self._cache._sql(_SIZE_RECORD, (size, self._pkey(key), self._mkey(key)))
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
 
@@ -734,13 +747,13 @@ class ResultStore:
         of :meth:`_transaction` is repeated: whatever ends this early rolls back, and an interrupt drops
         the connection, in case it landed where this code cannot tell whether a transaction is open.
         """
-        mkey = self._mprefix + key
+        mkey = self._mkey(key)
         connection = self._cache._con
         execute = connection.execute
         try:
             execute("BEGIN IMMEDIATE")
             previous_raw = None
-            for which, mode, filename, value in execute(_SELECT_PREVIOUS, (mkey, self._pprefix + key)).fetchall():
+            for which, mode, filename, value in execute(_SELECT_PREVIOUS, (mkey, self._pkey(key))).fetchall():
                 if filename is not None or mode != _MODE_RAW:
                     execute("ROLLBACK")
                     return None
@@ -748,7 +761,7 @@ class ResultStore:
                     previous_raw = value
             previous = self._try_parse(previous_raw)
             now = time.time()
-            execute(_UPSERT_ENTRY, (self._pprefix + key, now, now, 0, payload, mkey, now, now, record.size,
+            execute(_UPSERT_ENTRY, (self._pkey(key), now, now, 0, payload, mkey, now, now, record.size,
                                     record.to_json()))
             ((total,),) = execute(_SELECT_VOLUME).fetchall()
             execute("COMMIT")
@@ -782,9 +795,7 @@ class ResultStore:
     def clear(self) -> int:
         """Delete everything in the store; return the number of entries removed."""
         cache = self._cache
-        count = sum(
-            1 for db_key in cache.iterkeys() if isinstance(db_key, str) and db_key.startswith("m:")
-        )
+        count = sum(1 for db_key in cache.iterkeys() if isinstance(db_key, str) and _is_record_key(db_key))
         cache.clear()
         for path, _name, _blob_id, _mtime in self._blob_files():
             _remove_file(path)
@@ -843,20 +854,21 @@ class ResultStore:
         for db_key in cache.iterkeys():
             if not isinstance(db_key, str):
                 continue
-            if db_key.startswith(self._mprefix):
+            ours = db_key.startswith(self._kstart)
+            if ours and db_key.endswith(":m"):
                 raw = cache.get(db_key)
                 record = self._try_parse(raw)
-                key = db_key[len(self._mprefix) :]
+                key = db_key[len(self._kstart) : -2]
                 # A size that is not a count of bytes (an edited record) makes the record unreadable here.
                 if record is not None and record.key == key and type(record.size) is int and record.size >= 0:
                     live.append((record, raw))
                 elif raw is not None:
                     broken.append((key, raw))
-            elif db_key.startswith(self._pprefix):
+            elif ours and db_key.endswith(":p"):
                 streams.append(db_key)
-            elif db_key[:2] in ("m:", "p:", "s:") and db_key.split(":", 2)[1] != str(FORMAT_VERSION):
+            elif not ours and _OTHER_FORMAT.match(db_key):
                 # Another format version: never readable by this code.
-                garbage_records += db_key.startswith("m:")
+                garbage_records += _is_record_key(db_key)
                 garbage.append(db_key)
 
         total = sum(record.size for record, _ in live)
@@ -891,11 +903,11 @@ class ResultStore:
                 evicted: list[Record] = []
                 with self._transaction():
                     for record, raw in batch:
-                        mkey = self._mprefix + record.key
+                        mkey = self._mkey(record.key)
                         # Compare the whole text: a record touched or replaced since the scan is kept.
                         if cache.get(mkey) == raw:
                             cache.delete(mkey)
-                            cache.delete(self._pprefix + record.key)
+                            cache.delete(self._pkey(record.key))
                             evicted.append(record)
                 # Files go while the claims are held, so that no load can lease them in between.
                 for record in evicted:
@@ -907,17 +919,17 @@ class ResultStore:
         live_keys = {record.key for record, _ in live}
         with self._transaction():
             for key, raw in broken:
-                if cache.get(self._mprefix + key) == raw:  # not replaced by a save since the scan
-                    cache.delete(self._mprefix + key)
-                    cache.delete(self._pprefix + key)
+                if cache.get(self._mkey(key)) == raw:  # not replaced by a save since the scan
+                    cache.delete(self._mkey(key))
+                    cache.delete(self._pkey(key))
                     garbage_records += 1
             for db_key in garbage:
                 cache.delete(db_key)
             for db_key in streams:
-                key = db_key[len(self._pprefix) :]
+                key = db_key[len(self._kstart) : -2]
                 # A stream is committed together with its record, so checking inside a transaction
                 # cannot catch a save half-way.
-                if key not in live_keys and (self._mprefix + key) not in cache:
+                if key not in live_keys and self._mkey(key) not in cache:
                     cache.delete(db_key)
             # The triggers keep the total exact; a row written some other way (by hand, by tampering) would
             # not, and this sets it right while nothing can change.
@@ -969,15 +981,15 @@ class ResultStore:
         """Delete the entry if its current record text satisfies ``condition`` (and, when ``payload`` is
         given, its payload row still holds exactly that); return whether it did."""
         cache = self._cache
-        mkey = self._mprefix + key
+        mkey = self._mkey(key)
         with self._transaction():
             raw = cache.get(mkey)
             if raw is None or not condition(raw):
                 return False
-            if payload is not _ANY and cache.get(self._pprefix + key) != payload:
+            if payload is not _ANY and cache.get(self._pkey(key)) != payload:
                 return False
             cache.delete(mkey)
-            cache.delete(self._pprefix + key)
+            cache.delete(self._pkey(key))
             record = self._try_parse(raw)
         if record is not None:
             self._remove_blobs(record)
@@ -1004,8 +1016,8 @@ class ResultStore:
         """Delete an entry whose payload failed verification and warn once, naming its task as its
         (unauthenticated) record does: the payload's own signed fields are not to be trusted."""
         cache = self._cache
-        pkey = self._pprefix + key
-        raw = cache.get(self._mprefix + key)
+        pkey = self._pkey(key)
+        raw = cache.get(self._mkey(key))
         record = self._try_parse(raw)
         if raw is not None:
             self._delete_if(key, lambda current: current == raw, payload)
@@ -1014,7 +1026,7 @@ class ResultStore:
         else:
             # A payload without a record (left by tampering): removed on its own.
             with self._transaction():
-                if cache.get(self._mprefix + key) is None and cache.get(pkey) == payload:
+                if cache.get(self._mkey(key)) is None and cache.get(pkey) == payload:
                     cache.delete(pkey)
         _warn_failed(key, record, reason)
 
@@ -1047,7 +1059,7 @@ class ResultStore:
             return False
         cache = self._cache
         try:
-            parameters = (time.time(), now, hits, self._mprefix + key, mac, None if now is None else repr(float(now)))
+            parameters = (time.time(), now, hits, self._mkey(key), mac, None if now is None else repr(float(now)))
             changed = cache._sql(_TOUCH_RECORD, parameters).rowcount
         except sqlite3.OperationalError as error:
             if "no such function" not in str(error):
@@ -1058,12 +1070,12 @@ class ResultStore:
             return False  # gone, replaced, or not a record this can rewrite: _touch decides
         if now is not None:
             # What a hit reads to tell whether the record is due for another touch.
-            cache._sql(_SET_STORE_TIME, (now, self._pprefix + key))
+            cache._sql(_SET_STORE_TIME, (now, self._pkey(key)))
         return True
 
     def _touch(self, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
         cache = self._cache
-        mkey = self._mprefix + key
+        mkey = self._mkey(key)
         with self._transaction():
             # Read and rewritten directly when the record is kept in its row, as it always is (a third of
             # the cost of diskcache's get and set, which matters when a restarted kernel's first hits
@@ -1094,14 +1106,22 @@ class ResultStore:
                 self._size_record(key, updated.size)
             if now is not None and self._fast_reads:
                 # What a hit reads to tell whether the record is due for another touch.
-                cache._sql(_SET_STORE_TIME, (updated.last_used, self._pprefix + key))
+                cache._sql(_SET_STORE_TIME, (updated.last_used, self._pkey(key)))
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _mkey(self, key: str) -> str:
+        """The diskcache key of the record row of ``key``."""
+        return f"{self._kstart}{key}:m"
+
+    def _pkey(self, key: str) -> str:
+        """The diskcache key of the payload row of ``key``."""
+        return f"{self._kstart}{key}:p"
 
     def _read_payload(self, key: str) -> tuple[Any, float | None]:
         """The payload of an entry (``None`` if it has none) and when its record was last written (``None``
         if there is no record), in one query when possible."""
-        pkey = self._pprefix + key
+        pkey = f"{self._kstart}{key}:p"  # self._pkey(key), without the call on the hit path
         if self._fast_reads:
             try:
                 cache = self._cache
@@ -1122,9 +1142,9 @@ class ResultStore:
                     # diskcache writes store_time with every value; without one, a touch is simply due.
                     return payload, written if type(written) is float else 0.0
                 # No payload: a miss, unless a record says there should be one.
-                return None, None if self._read(self._mprefix + key) is None else 0.0
+                return None, None if self._read(self._mkey(key)) is None else 0.0
         # Through the public API: two reads, but the payload holds all a load trusts.
-        raw = self._cache.get(self._mprefix + key)
+        raw = self._cache.get(self._mkey(key))
         payload = self._cache.get(pkey)
         if raw is None and payload is None:
             return None, None

@@ -19,8 +19,15 @@ from nbflow.store import FORMAT_VERSION, CacheMiss, ResultStore
 from nbflow.store.secret import load_or_create_secret
 from tests.store.helpers import blob_files
 
-M = f"m:{FORMAT_VERSION}:"
-P = f"p:{FORMAT_VERSION}:"
+
+def M(key: str) -> str:
+    """The diskcache key of ``key``'s record row."""
+    return f"{FORMAT_VERSION}:{key}:m"
+
+
+def P(key: str) -> str:
+    """The diskcache key of ``key``'s payload row."""
+    return f"{FORMAT_VERSION}:{key}:p"
 
 
 def assert_rejected(store: ResultStore, key: str, task_name: str, *, record: Any = None) -> None:
@@ -32,7 +39,7 @@ def assert_rejected(store: ResultStore, key: str, task_name: str, *, record: Any
     assert repr(task_name) in messages[0]
     assert "failed verification" in messages[0] and "cache miss" in messages[0]
     assert store.probe(key) is None
-    assert store._cache.get(P + key) is None
+    assert store._cache.get(P(key)) is None
 
 
 def flip(data: bytes, position: int) -> bytes:
@@ -41,17 +48,17 @@ def flip(data: bytes, position: int) -> bytes:
 
 def test_flipped_byte_in_stream(store: ResultStore) -> None:
     store.save("k", {"numbers": list(range(100))}, task_name="demo.flip")
-    stream = store._cache.get(P + "k")
-    store._cache.set(P + "k", flip(stream, len(stream) // 2))
+    stream = store._cache.get(P("k"))
+    store._cache.set(P("k"), flip(stream, len(stream) // 2))
     assert_rejected(store, "k", "demo.flip")
 
 
 def test_flipped_byte_in_a_large_stream(store: ResultStore) -> None:
     # A large stream (it is kept in the database row too).
     store.save("k", list(range(50_000)), task_name="demo.flip")
-    stream = store._cache.get(P + "k")
+    stream = store._cache.get(P("k"))
     assert len(stream) > 100_000
-    store._cache.set(P + "k", flip(stream, 12345))
+    store._cache.set(P("k"), flip(stream, 12345))
     assert_rejected(store, "k", "demo.flip", record=store.probe("k"))
 
 
@@ -78,10 +85,10 @@ def test_truncated_and_missing_blob(store: ResultStore) -> None:
 def test_swapped_payloads(store: ResultStore) -> None:
     store.save("a", "value of a", task_name="demo.a")
     store.save("b", "value of b", task_name="demo.b")
-    stream_a, stream_b = store._cache.get(P + "a"), store._cache.get(P + "b")
+    stream_a, stream_b = store._cache.get(P("a")), store._cache.get(P("b"))
     # Each payload is authentic and carries its own sizes: only the key it is signed for can tell.
-    store._cache.set(P + "a", stream_b)
-    store._cache.set(P + "b", stream_a)
+    store._cache.set(P("a"), stream_b)
+    store._cache.set(P("b"), stream_a)
     assert_rejected(store, "a", "demo.a")
     assert_rejected(store, "b", "demo.b")
 
@@ -102,12 +109,12 @@ def test_whole_entries_moved_to_other_keys(store: ResultStore) -> None:
     store.save("a", "value of a", task_name="demo.a")
     store.save("b", "value of b", task_name="demo.b")
     cache = store._cache
-    record_a, record_b = cache.get(M + "a"), cache.get(M + "b")
-    stream_a, stream_b = cache.get(P + "a"), cache.get(P + "b")
-    cache.set(M + "a", record_b)
-    cache.set(P + "a", stream_b)
-    cache.set(M + "b", record_a)
-    cache.set(P + "b", stream_a)
+    record_a, record_b = cache.get(M("a")), cache.get(M("b"))
+    stream_a, stream_b = cache.get(P("a")), cache.get(P("b"))
+    cache.set(M("a"), record_b)
+    cache.set(P("a"), stream_b)
+    cache.set(M("b"), record_a)
+    cache.set(P("b"), stream_a)
     with pytest.warns(NbflowWarning, match="belongs to another entry"):
         assert store.probe("a") is None
     with pytest.warns(NbflowWarning, match="belongs to another entry"), pytest.raises(CacheMiss):
@@ -130,12 +137,12 @@ def test_code_running_pickle_is_never_unpickled(store: ResultStore, tmp_path: Pa
     assert (tmp_path / "check").exists()
 
     store.save("k", "innocent", task_name="demo.target")
-    store._cache.set(P + "k", evil)
+    store._cache.set(P("k"), evil)
     if fix_sizes:
         # Make the metadata consistent with the planted stream, so that only the MAC can catch it.
-        record = json.loads(store._cache.get(M + "k"))
+        record = json.loads(store._cache.get(M("k")))
         record["stream_size"] = record["size"] = len(evil)
-        store._cache.set(M + "k", json.dumps(record))
+        store._cache.set(M("k"), json.dumps(record))
     assert_rejected(store, "k", "demo.target")
     assert not marker.exists()  # ...but it was never unpickled
 
@@ -146,11 +153,11 @@ def test_tampered_metadata_does_not_change_what_a_load_trusts(store: ResultStore
     # value is read.
     expires = time.time() + 1.5
     store.save("k", {"n": 1}, task_name="demo.meta", expires=expires)
-    record = json.loads(store._cache.get(M + "k"))
+    record = json.loads(store._cache.get(M("k")))
     record["expires"] = time.time() + 10**6
     record["serializer"] = "json"
     record["stream_size"] = record["size"] = 3
-    store._cache.set(M + "k", json.dumps(record))
+    store._cache.set(M("k"), json.dumps(record))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert store.load("k") == {"n": 1}
@@ -158,15 +165,15 @@ def test_tampered_metadata_does_not_change_what_a_load_trusts(store: ResultStore
         with pytest.raises(CacheMiss, match="expired"):
             store.load("k")
     assert store.probe("k") is None  # deleted as expired, not kept by the record's later expiry
-    assert store._cache.get(P + "k") is None
+    assert store._cache.get(P("k")) is None
 
 
 def test_lru_fields_are_not_authenticated(store: ResultStore) -> None:
     store.save("k", 1, task_name="t")
-    record = json.loads(store._cache.get(M + "k"))
+    record = json.loads(store._cache.get(M("k")))
     record["last_used"] += 5
     record["hits"] = 12
-    store._cache.set(M + "k", json.dumps(record))
+    store._cache.set(M("k"), json.dumps(record))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert store.load("k") == 1
@@ -174,24 +181,24 @@ def test_lru_fields_are_not_authenticated(store: ResultStore) -> None:
 
 def test_unreadable_metadata(store: ResultStore) -> None:
     store.save("k", 1, task_name="t")
-    store._cache.set(M + "k", '{"key": "k", "truncated')
+    store._cache.set(M("k"), '{"key": "k", "truncated')
     with pytest.warns(NbflowWarning, match="unknown task.*unreadable metadata.*failed verification"):
         assert store.probe("k") is None
-    store._cache.set(M + "j", "[]")
+    store._cache.set(M("j"), "[]")
     with pytest.warns(NbflowWarning, match="unreadable"), pytest.raises(CacheMiss):
         store.load("j")
-    assert store._cache.get(M + "j") is None
+    assert store._cache.get(M("j")) is None
 
 
 def test_a_bad_payload_without_a_record_warns_once(store: ResultStore) -> None:
     store.save("k", "value", task_name="demo.orphan")
-    stream = store._cache.get(P + "k")
-    store._cache.delete(M + "k")
-    store._cache.set(P + "k", flip(stream, len(stream) // 2))
+    stream = store._cache.get(P("k"))
+    store._cache.delete(M("k"))
+    store._cache.set(P("k"), flip(stream, len(stream) // 2))
     warning = "unknown task.*authentication code.*failed verification"
     with pytest.warns(NbflowWarning, match=warning), pytest.raises(CacheMiss):
         store.load("k")
-    assert store._cache.get(P + "k") is None  # removed: the next load is a quiet miss
+    assert store._cache.get(P("k")) is None  # removed: the next load is a quiet miss
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(CacheMiss):
@@ -339,8 +346,8 @@ def copy_entry(source: ResultStore, target: ResultStore, key: str) -> None:
     """Copy one entry, record, stream and buffer files, from one store into another."""
     record = source.probe(key)
     assert record is not None
-    target._cache.set(M + key, source._cache.get(M + key))
-    target._cache.set(P + key, source._cache.get(P + key))
+    target._cache.set(M(key), source._cache.get(M(key)))
+    target._cache.set(P(key), source._cache.get(P(key)))
     for index in range(len(record.buffers)):
         path = Path(target._blob_path(key, record.blob_id, index))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,25 +364,25 @@ def test_a_tampered_entry_warns_once_and_the_task_runs_again(tmp_path: Path, tam
     assert record is not None and record.buffers
     marker = tmp_path / "pwned"
     if tampering == "flip-stream":
-        stream = store._cache.get(P + key)
-        store._cache.set(P + key, flip(stream, len(stream) // 2))
+        stream = store._cache.get(P(key))
+        store._cache.set(P(key), flip(stream, len(stream) // 2))
     elif tampering == "flip-buffer":
         blob = Path(store._blob_path(key, record.blob_id, 0))
         blob.write_bytes(flip(blob.read_bytes(), 12345))
     elif tampering == "swap":
         other = entry_key(2)
-        stream, other_stream = store._cache.get(P + key), store._cache.get(P + other)
+        stream, other_stream = store._cache.get(P(key)), store._cache.get(P(other))
         # Authentic payloads, each signed for the other key.
-        store._cache.set(P + key, other_stream)
-        store._cache.set(P + other, stream)
+        store._cache.set(P(key), other_stream)
+        store._cache.set(P(other), stream)
     elif tampering == "code":
         evil = pickle.dumps(Exploit(marker), protocol=5)
-        store._cache.set(P + key, evil)
-        raw = json.loads(store._cache.get(M + key))
+        store._cache.set(P(key), evil)
+        raw = json.loads(store._cache.get(M(key)))
         # Sizes made consistent with the planted stream, so that only the MAC can tell.
         raw["size"] += len(evil) - raw["stream_size"]
         raw["stream_size"] = len(evil)
-        store._cache.set(M + key, json.dumps(raw))
+        store._cache.set(M(key), json.dumps(raw))
     else:
         # The same task run by another user, whose entry is copied in: same key, other secret.
         other_user = ResultStore(tmp_path / "other", size_limit=1 << 30, secret_file=tmp_path / "other.key")

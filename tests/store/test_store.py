@@ -210,8 +210,8 @@ def test_probe_and_records_never_read_payloads(store: ResultStore) -> None:
     store.save("b", 5, task_name="demo.b")
     for path in blob_files(store):
         path.unlink()
-    store._cache.delete(f"p:{FORMAT_VERSION}:a")
-    store._cache.delete(f"p:{FORMAT_VERSION}:b")
+    store._cache.delete(f"{FORMAT_VERSION}:a:p")
+    store._cache.delete(f"{FORMAT_VERSION}:b:p")
 
     assert store.probe("a") is not None
     assert store.probe("b") is not None
@@ -298,10 +298,10 @@ def test_keys_that_are_not_file_names(store: ResultStore) -> None:
 
 def test_a_hit_does_not_write(store: ResultStore) -> None:
     store.save("k", 1, task_name="t")
-    raw = store._cache.get(f"m:{FORMAT_VERSION}:k")
+    raw = store._cache.get(f"{FORMAT_VERSION}:k:m")
     for _ in range(5):
         store.load("k", store.probe("k"))
-    assert store._cache.get(f"m:{FORMAT_VERSION}:k") == raw
+    assert store._cache.get(f"{FORMAT_VERSION}:k:m") == raw
 
 
 def test_last_used_and_hits_are_updated_after_the_interval(store: ResultStore) -> None:
@@ -312,10 +312,10 @@ def test_last_used_and_hits_are_updated_after_the_interval(store: ResultStore) -
     store.load("k")
     # The new last_used time is batched with others (a hit stays read-only), written before this
     # process prunes, when enough are due, a few seconds later, or at close().
-    raw = store._cache.get(f"m:{FORMAT_VERSION}:k")
+    raw = store._cache.get(f"{FORMAT_VERSION}:k:m")
     assert store.probe("k").hits == 0  # type: ignore[union-attr]
     store._flush_touches()
-    assert store._cache.get(f"m:{FORMAT_VERSION}:k") != raw
+    assert store._cache.get(f"{FORMAT_VERSION}:k:m") != raw
     record = store.probe("k")
     assert record is not None
     assert record.hits == 3 and record.last_used > saved.last_used
@@ -374,14 +374,14 @@ def test_a_touch_is_seen_by_other_processes(tmp_path: Path, secret_file: Path) -
     first.close()  # writes the touch
     record = first.probe("k")
     assert record is not None and record.hits == 1
-    touched = first._cache.get(f"m:{FORMAT_VERSION}:k")
+    touched = first._cache.get(f"{FORMAT_VERSION}:k:m")
 
     second = ResultStore(home, size_limit=1 << 30, secret_file=secret_file)
     second.touch_interval = 0.8  # the save is older than that, the touch is not
     for _ in range(3):
         assert second.load("k") == 1
     second._flush_touches()  # nothing due: the record is not rewritten
-    assert second._cache.get(f"m:{FORMAT_VERSION}:k") == touched
+    assert second._cache.get(f"{FORMAT_VERSION}:k:m") == touched
     time.sleep(0.2)
     second.touch_interval = 0.1  # now it is due again
     assert second.load("k") == 1
@@ -567,8 +567,8 @@ def test_direct_writes_match_diskcache_own(store: ResultStore) -> None:
     store.save("new", np.ones(20_000), task_name="t")
     assert [store.load(key) for key in ("fast", "public")] == [{"n": 3}, {"n": 4}]
     for key in ("fast", "public", "new"):
-        assert cache.get(f"p:{FORMAT_VERSION}:{key}")[:4] == store_module._MAGIC
-        assert Record.from_json(cache.get(f"m:{FORMAT_VERSION}:{key}")) == store.probe(key)
+        assert cache.get(f"{FORMAT_VERSION}:{key}:p")[:4] == store_module._MAGIC
+        assert Record.from_json(cache.get(f"{FORMAT_VERSION}:{key}:m")) == store.probe(key)
     (rows,) = cache._sql("SELECT COUNT(*) FROM Cache").fetchone()
     assert len(cache) == rows == 6  # diskcache's row count (kept by its triggers) is right
     assert store.volume() == sum(record.size for record in store.records())
@@ -589,8 +589,8 @@ def test_a_diskcache_of_another_layout_is_used_through_its_api(store: ResultStor
     store.close()
     assert store.probe("k").hits == 2  # type: ignore[union-attr]
     assert store.volume() == sum(record.size for record in store.records())
-    stream = store._cache.get(f"p:{FORMAT_VERSION}:k")
-    store._cache.set(f"p:{FORMAT_VERSION}:k", stream[:-1] + bytes([stream[-1] ^ 1]))
+    stream = store._cache.get(f"{FORMAT_VERSION}:k:p")
+    store._cache.set(f"{FORMAT_VERSION}:k:p", stream[:-1] + bytes([stream[-1] ^ 1]))
     with pytest.warns(NbflowWarning, match="demo.api.*failed verification"), pytest.raises(CacheMiss):
         store.load("k")
     assert store.probe("k") is None
@@ -629,16 +629,16 @@ def test_prune_collects_orphans(store: ResultStore) -> None:
     an_hour_ago = time.time() - 3600
     os.utime(old_orphan, (an_hour_ago, an_hour_ago))
     os.utime(old_temporary, (an_hour_ago, an_hour_ago))
-    store._cache.set(f"p:{FORMAT_VERSION}:stray", b"payload without record")
-    store._cache.set(f"m:{FORMAT_VERSION}:broken", "{not json")
+    store._cache.set(f"{FORMAT_VERSION}:stray:p", b"payload without record")
+    store._cache.set(f"{FORMAT_VERSION}:broken:m", "{not json")
     store.save("edited", 1, task_name="t")
-    edited = json.loads(store._cache.get(f"m:{FORMAT_VERSION}:edited"))
-    store._cache.set(f"m:{FORMAT_VERSION}:edited", json.dumps({**edited, "size": "5"}))  # not a byte count
+    edited = json.loads(store._cache.get(f"{FORMAT_VERSION}:edited:m"))
+    store._cache.set(f"{FORMAT_VERSION}:edited:m", json.dumps({**edited, "size": "5"}))  # not a byte count
 
     assert store.prune() == 2  # the unreadable record and the edited one (no TypeError adding sizes up)
     assert sorted(blob_files(store)) == sorted([*live_blobs, young_orphan])
-    assert store._cache.get(f"p:{FORMAT_VERSION}:stray") is None
-    assert store._cache.get(f"m:{FORMAT_VERSION}:broken") is None
+    assert store._cache.get(f"{FORMAT_VERSION}:stray:p") is None
+    assert store._cache.get(f"{FORMAT_VERSION}:broken:m") is None
     assert store.probe("edited") is None
     np.testing.assert_array_equal(store.load("live"), np.ones(20_000))
 
