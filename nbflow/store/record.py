@@ -58,6 +58,21 @@ _field_values = operator.itemgetter(*_FIELD_NAMES)
 
 _string = json.encoder.encode_basestring_ascii  # JSON string literal with ASCII escapes (C function)
 _encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+_FINITE = 1.7976931348623157e308
+
+
+def _float(value: Any) -> str:
+    """A float as the encoder writes it; ValueError for anything else (an int, NaN, an infinity)."""
+    if type(value) is not float or not -_FINITE <= value <= _FINITE:
+        raise ValueError(value)
+    return float.__repr__(value)
+
+
+def _int(value: Any) -> str:
+    """An int as the encoder writes it; TypeError for anything else (a bool included)."""
+    if type(value) is not int:
+        raise TypeError(value)
+    return int.__repr__(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +156,26 @@ class Record:
 
     def to_json(self) -> str:
         """The record as a compact JSON object (the form it is stored in)."""
-        return _encoder.encode(self.to_dict())
+        try:
+            return self._json_directly()
+        except (TypeError, ValueError):  # a field of an unexpected type: the encoder decides
+            return _encoder.encode(self.to_dict())
+
+    def _json_directly(self) -> str:
+        # What the encoder writes for a well-typed record, byte for byte, at a third of its cost (every
+        # save writes a record). Raises TypeError or ValueError for any field the encoder might write
+        # differently or refuse (a bool or a NaN where a number belongs, a non-string where a string does).
+        run_id, expires = self.run_id, self.expires
+        return (
+            f'{{"key":{_string(self.key)},"task_name":{_string(self.task_name)},'
+            f'"run_id":{"null" if run_id is None else _string(run_id)},"created":{_float(self.created)},'
+            f'"expires":{"null" if expires is None else _float(expires)},"last_used":{_float(self.last_used)},'
+            f'"size":{_int(self.size)},"serializer":{_string(self.serializer)},'
+            f'"format_version":{_int(self.format_version)},'
+            f'"buffers":[{",".join([f"[{_int(size)},{_string(checksum)}]" for size, checksum in self.buffers])}],'
+            f'"stream_size":{_int(self.stream_size)},"mac":{_string(self.mac)},"hits":{_int(self.hits)},'
+            f'"blob_id":{_string(self.blob_id)}}}'
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:

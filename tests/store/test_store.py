@@ -714,3 +714,22 @@ def test_signed_bytes_is_canonical_json() -> None:
         dataclasses.replace(base, size=True),  # type: ignore[arg-type]
     ]:
         assert changed.signed_bytes() != base.signed_bytes()
+
+
+def test_record_json_is_what_the_json_module_writes() -> None:
+    # Records are written by hand for speed; SQLite's JSON functions (touches) and the CLI read them.
+    base = Record("k", "t", None, 1.5, None, 1.5, 5, "pickle", 1, [], 5, "m" * 64)
+    for record in [
+        base,
+        Record("ключ\n", 'task "q" \\ ✓', "run", 1795265149.2176783, 1e-07, 2.0, 10**30, "json", 4,
+               [(70_000, "xxh3:ab"), (80_000, "b2k:cd")], 3, "m", 4, "0123456789abcdef"),
+        # Odd types from an edited or foreign record: still exactly what the json module writes.
+        dataclasses.replace(base, created=1),
+        dataclasses.replace(base, size=True),  # type: ignore[arg-type]
+        dataclasses.replace(base, hits=2.5),  # type: ignore[arg-type]
+    ]:
+        expected = json.dumps(record.to_dict(), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        assert record.to_json() == expected
+        assert Record.from_json(record.to_json()) == record
+    with pytest.raises(ValueError):
+        dataclasses.replace(base, expires=float("nan")).to_json()
