@@ -175,6 +175,26 @@ def test_a_record_changing_while_it_is_written_is_read_again(nbflow_home: Path) 
     history.close()
 
 
+def test_a_record_is_written_as_it_is_when_its_batch_is(nbflow_home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = RunRecord(id=new_id(), flow_name="f")
+    history = RunHistory(nbflow_home)
+    running = _hit(run, 1)
+    running.state, running.state_type = "Running", "RUNNING"
+    history.mark(run, running)
+    running.state, running.state_type = "Cached", "COMPLETED"  # finished before the batch was written
+    broken = _hit(run, 2)
+    broken.logs.append(broken.logs)  # type: ignore[arg-type]  # refers to itself: no JSON can hold it
+    history.mark(run, broken)
+    history.mark(run, _hit(run, 3))
+    with caplog.at_level("ERROR", logger="nbflow.runs"):
+        loaded = history.get_run(run.id)  # reading writes the batch first
+    assert loaded is not None
+    # The record that could not be written is reported and left out; the rest of its batch is written.
+    assert [(t.seq, t.state) for t in loaded.task_runs] == [(0, "Cached"), (2, "Cached")]
+    assert any(broken.id in record.getMessage() for record in caplog.records)
+    history.close()
+
+
 def test_task_run_ids_sort_by_creation_time() -> None:
     ids = []
     for _ in range(3):
