@@ -50,3 +50,18 @@ def test_prefect_benchmark_explains_how_to_install_prefect() -> None:
     else:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "Prefect" in done.stdout
+
+
+def test_the_step_timings_cover_every_step_of_a_hit_and_a_miss() -> None:
+    """`profile_paths.py steps`, which the README's account of where the time goes cites."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_paths.py"), "steps", "--calls", "50"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    hit, miss = (line for line in done.stdout.splitlines() if line.startswith(("hit:", "miss:")))
+    for step in ("engine", "begin", "key", "probe", "finish"):
+        assert f" {step} " in hit and f" {step} " in miss, done.stdout
+    # A hit never runs the task nor writes the store; a miss does both.
+    assert " call " not in hit and " persist " not in hit
+    assert " call " in miss and " persist " in miss
