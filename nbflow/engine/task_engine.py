@@ -275,8 +275,7 @@ class TaskRunEngine:
             return
         parts: dict[str, str]
         try:
-            known = task.__dict__.get("_default_key")
-            exclude = known[1] if known is not None and known[0] is task.cache_policy else _default_key_exclusions(task)
+            exclude = _default_key_exclusions(task)
             if exclude is not None:
                 # INPUTS + TASK_SOURCE, computed directly: the same key the policies would give.
                 parameters = self.parameters
