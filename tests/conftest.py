@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,19 @@ def nbflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     settings.reset()
     yield home
     settings.reset()
+    _no_session_graph_left_open()
+
+
+def _no_session_graph_left_open() -> None:
+    """A session graph listens to every later task call in the process: one a test leaves open draws (and
+    slows, and keeps a thread busy in) every test after it. Close it, and fail the test that left it."""
+    widget = sys.modules.get("nbflow.ui.widget")
+    if widget is None:
+        return
+    left = [inbox.graph for inbox in widget._dispatcher._everything]
+    for graph in left:
+        graph.close()
+    assert not left, f"{len(left)} session graph(s) left open: close them (graph.close()) in the test"
 
 
 @pytest.fixture

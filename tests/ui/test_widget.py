@@ -294,12 +294,17 @@ def test_sender_threads_end_when_idle(shown: list[TaskGraph], monkeypatch: pytes
     def steps(n: int) -> int:
         return sum(step(i) for i in range(n))
 
+    senders: set[threading.Thread] = set()
     for _ in range(3):
         steps(20)
+        senders.update(graph._sender for graph in shown if graph._sender is not None)
+    assert senders, "the graphs updated without a sender thread"
+    # This test's own graphs' threads: a graph some other test left open is not what is measured here.
     deadline = time.monotonic() + 5
-    while any(t.name == "nbflow-graph" for t in threading.enumerate()) and time.monotonic() < deadline:
+    while any(thread.is_alive() for thread in senders) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(t.name == "nbflow-graph" for t in threading.enumerate())
+    assert not any(thread.is_alive() for thread in senders)
+    assert all(graph._sender is None for graph in shown)
     assert all(len(graph.graph["nodes"]) == 20 for graph in shown)
 
 
