@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
 
 import pytest
 
@@ -81,10 +80,9 @@ def test_bad_edges_and_cycles_do_not_break_it() -> None:
     assert len(layout.edge_points) == 5
 
 
-def test_a_thousand_nodes_well_under_a_second() -> None:
+def test_a_thousand_nodes_are_all_placed_apart() -> None:
+    # How long it takes is a benchmark (benchmarks/bench_widget.py), not a unit test.
     nodes, edges = random_dag(1000, 7)
-    started = time.perf_counter()
     layout = layered_layout(nodes, edges)
-    elapsed = time.perf_counter() - started
-    assert len(layout.positions) == 1000
-    assert elapsed < 0.5, f"layout of 1,000 nodes took {elapsed:.3f} s"
+    assert set(layout.positions) == set(nodes)
+    assert len(set(layout.positions.values())) == 1000
