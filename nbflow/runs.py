@@ -12,7 +12,8 @@ rather than by an encoder; task-run ids sort by creation time so the id index gr
 the write-ahead log is copied into the database by the idle writer, not by the engine's flushes. Rows
 of earlier versions (schema 1: the full ``to_dict()``) are read alike.
 
-Query with :func:`list_runs` (newest first) and :func:`get_run`.
+Query with :func:`list_runs` (newest first) and :func:`get_run`; delete old runs with :func:`prune`
+(nothing is deleted on its own: the history grows by a few hundred bytes per task call until pruned).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ import threading
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs"]
+if TYPE_CHECKING:
+    import datetime
+
+__all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs", "prune"]
 
 # Row formats. Runs: 1 = the JSON of ``RunRecord.header()``. Task runs: 1 = the JSON of ``to_dict()``
 # (written by earlier versions; still read), 2 = compact JSON (see ``_task_run_json``).
@@ -454,6 +458,16 @@ class RunHistory:
                 self._connection.close()  # the last connection to close checkpoints the log
                 self._connection = None
 
+    # -- deleting -------------------------------------------------------------------------------
+    def prune(self, older_than: float) -> tuple[int, int]:
+        """Delete the runs that ended more than ``older_than`` seconds ago, with their task runs; return
+        how many runs and task runs were deleted. See :func:`prune`."""
+        self.flush()
+        if not self.path.exists():
+            return 0, 0
+        with self._lock:
+            return _delete_old_runs(self._connect(), time.time() - older_than)
+
     # -- reading --------------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
         with self._lock:
@@ -503,6 +517,49 @@ class RunHistory:
             return run
         finally:
             connection.close()
+
+
+# SQLite limits the number of parameters of one statement (999 in older builds).
+_ID_BATCH = 500
+
+
+def _delete_old_runs(connection: sqlite3.Connection, cutoff: float) -> tuple[int, int]:
+    """Delete, in one transaction, the runs that ended before ``cutoff`` (an epoch time) and the runs that
+    never ended, started before it, and whose process is gone (a kernel that was killed); their task runs
+    go with them. Runs in progress are kept whole."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        rows = connection.execute(
+            "SELECT id, end_time, json_extract(data, '$.pid') FROM runs WHERE COALESCE(end_time, start_time) < ?",
+            (cutoff,),
+        ).fetchall()
+        doomed = [run_id for run_id, end_time, pid in rows if end_time is not None or not _process_alive(pid)]
+        task_runs = 0
+        for start in range(0, len(doomed), _ID_BATCH):
+            chunk = doomed[start : start + _ID_BATCH]
+            marks = ",".join("?" * len(chunk))
+            task_runs += connection.execute(f"DELETE FROM task_runs WHERE run_id IN ({marks})", chunk).rowcount
+            connection.execute(f"DELETE FROM runs WHERE id IN ({marks})", chunk)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return len(doomed), task_runs
+
+
+def _process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this machine (a run without a pid counts as alive: kept)."""
+    if type(pid) is not int or pid <= 0:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (PermissionError), or a platform without signal 0
+        return True
+    return True
 
 
 def format_duration(seconds: float | None) -> str:
@@ -727,6 +784,28 @@ def list_runs(limit: int | None = None) -> list[RunRecord]:
 
         raise ConfigurationError(f"list_runs(limit={limit!r}): limit must be a positive number or None")
     return history().list_runs(limit)
+
+
+def prune(older_than: float | datetime.timedelta) -> tuple[int, int]:
+    """Delete the runs that ended longer ago than ``older_than`` (seconds, or a ``timedelta``), with their
+    task runs, from the history of the configured ``NBFLOW_HOME``; return ``(runs, task_runs)`` deleted.
+
+    Runs still in progress are kept whole, however old: a kernel's session run until the kernel exits. A
+    run that never ended because its process was killed counts from its start. Cached results are not
+    touched (``nbflow cache clear --older-than`` does that). The space freed inside ``runs.sqlite`` is
+    reused by later runs; the file does not shrink. ``nbflow runs prune --older-than AGE`` does the same.
+    """
+    # A timedelta's module is loaded if one was given: nbflow does not import datetime for this.
+    dates = sys.modules.get("datetime")
+    if dates is not None and isinstance(older_than, dates.timedelta):
+        older_than = older_than.total_seconds()
+    if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not older_than >= 0:
+        from nbflow.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"prune(older_than={older_than!r}): give an age of zero or more, in seconds or as a timedelta"
+        )
+    return history().prune(float(older_than))
 
 
 def get_run(run_id: str) -> RunRecord | None:

@@ -215,6 +215,23 @@ def test_commands_work_while_another_process_writes(tmp_path: Path, capsys: pyte
     assert final >= seen
 
 
+def test_runs_prune_deletes_finished_runs_older_than_the_age(workload: None, nbflow_home: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    home = nbflow_home
+    listed = cli_json(capsys, "runs", "--home", str(home))["runs"]
+    assert len(listed) == 2  # the flow run and the session run of the workload's process, both ended
+    pruned = cli_json(capsys, "runs", "prune", "--older-than", "1h", "--home", str(home))
+    assert (pruned["runs"], pruned["task_runs"]) == (0, 0)  # nothing that old
+    time.sleep(0.05)
+    code, text, err = cli(capsys, "runs", "prune", "--older-than", "0.01s", "--home", str(home))
+    assert code == 0, err
+    assert text.startswith("deleted 2 runs (5 task runs) that ended more than 0.01s ago;")
+    assert "free in runs.sqlite" in text
+    assert cli_json(capsys, "runs", "--home", str(home))["runs"] == []
+    cached = cli_json(capsys, "cache", "info", "--home", str(home))
+    assert cached["entries"] == 3  # results are not history: square(0..2) stay cached
+
+
 def test_empty_home_is_reported_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "never-used"
     assert cli_json(capsys, "runs", "--home", str(home))["runs"] == []
@@ -222,13 +239,15 @@ def test_empty_home_is_reported_not_created(tmp_path: Path, capsys: pytest.Captu
     assert cli_json(capsys, "cache", "ls", "--home", str(home))["entries"] == []
     assert cli_json(capsys, "cache", "clear", "--home", str(home))["removed"] == 0
     assert cli_json(capsys, "cache", "prune", "--home", str(home))["removed"] == 0
+    assert cli_json(capsys, "runs", "prune", "--older-than", "1d", "--home", str(home))["runs"] == 0
     assert not home.exists()
     code, text, _ = cli(capsys, "runs", "--home", str(home))
     assert code == 0 and "no runs recorded" in text
 
 
 @pytest.mark.parametrize("args", [
-    ["--help"], ["run", "--help"], ["runs", "--help"], ["runs", "show", "--help"], ["cache", "--help"],
+    ["--help"], ["run", "--help"], ["runs", "--help"], ["runs", "show", "--help"], ["runs", "prune", "--help"],
+    ["cache", "--help"],
     ["cache", "info", "--help"], ["cache", "ls", "--help"], ["cache", "clear", "--help"], ["cache", "prune", "--help"],
 ])
 def test_every_command_has_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -245,6 +264,8 @@ def test_every_command_has_help(args: list[str], capsys: pytest.CaptureFixture[s
     (["runs", "--limit", "0"], "--limit must be a positive number"),
     (["cache", "ls", "--limit", "-1"], "--limit must be a positive number"),
     (["runs", "show"], "required"),
+    (["runs", "prune"], "--older-than"),
+    (["runs", "prune", "--older-than", "3 days"], "cannot read '3 days' as an age"),
     (["nosuchcommand"], "invalid choice"),
     (["run", "missing.ipynb", "-p", "novalue"], "write parameters as NAME=VALUE"),
 ])

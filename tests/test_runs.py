@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -276,3 +277,48 @@ def test_marks_from_many_threads_are_all_written(nbflow_home: Path) -> None:
     assert len(loaded.task_runs) == 1200 and all(t.logs == ["late"] for t in loaded.task_runs)
     assert [t.seq for t in loaded.task_runs] == list(range(1200))
     history.close()
+
+
+def test_prune_deletes_old_finished_runs_and_runs_of_killed_processes(nbflow_home: Path) -> None:
+    import datetime
+    import subprocess
+    import sys
+
+    from nbflow.exceptions import ConfigurationError
+
+    day = 86400.0
+    now = time.time()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that no longer exists, as a killed kernel's
+
+    def run(name: str, started: float, ended: float | None, pid: int) -> RunRecord:
+        record = RunRecord(id=new_id(), flow_name=name, start_time=started, end_time=ended, pid=pid,
+                           state="Completed" if ended else "Running",
+                           state_type="COMPLETED" if ended else "RUNNING")
+        for x in range(3):
+            runs.history().mark(record, _hit(record, x))
+        return record
+
+    old = run("old", now - 10 * day, now - 10 * day + 5, gone.pid)
+    killed = run("killed", now - 10 * day, None, gone.pid)
+    recent = run("recent", now - 10 * day, now - 3600, gone.pid)  # started long ago, ended an hour ago
+    live = run("live", now - 10 * day, None, os.getpid())  # a kernel open for ten days: still writing
+    fresh_killed = run("fresh-killed", now - 3600, None, gone.pid)
+
+    assert runs.prune(datetime.timedelta(days=7)) == (2, 6)
+    kept = {r.flow_name: r for r in runs.list_runs()}
+    assert set(kept) == {"recent", "live", "fresh-killed"}
+    assert all(len(r.task_runs) == 3 for r in kept.values())
+    with sqlite3.connect(nbflow_home / "runs.sqlite") as connection:
+        orphans = connection.execute("SELECT COUNT(*) FROM task_runs WHERE run_id IN (?, ?)", (old.id, killed.id))
+        assert orphans.fetchone()[0] == 0
+    assert runs.get_run(old.id) is None and runs.get_run(recent.id) is not None
+    assert runs.prune(7 * day) == (0, 0)
+    # Everything that has ended, and the fresh run of a killed process: only the live run is left.
+    assert runs.prune(0) == (2, 6)
+    assert [r.id for r in runs.list_runs()] == [live.id]
+    assert runs.get_run(fresh_killed.id) is None
+
+    for bad in (-1, "7d", None, True, float("nan")):
+        with pytest.raises(ConfigurationError, match="give an age of zero or more"):
+            runs.prune(bad)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@
     nbflow run NOTEBOOK [-p NAME=VALUE]... [-o OUTPUT] [--kernel NAME] [--cwd DIR] [--timeout S] [--json]
     nbflow runs [--limit N] [--json]          recent runs, newest first
     nbflow runs show RUN_ID [--json]          one run's task table, with errors
+    nbflow runs prune --older-than AGE [--json]  delete runs that ended longer ago than AGE
     nbflow cache info [--json]                entries, sizes, limit, hits, oldest/newest
     nbflow cache ls [--task NAME] [--json]    one line per entry
     nbflow cache clear [--task NAME] [--older-than AGE] [--json]
@@ -80,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--traceback", action="store_true", help="print the tracebacks of failed tasks too")
     show.add_argument("--home", default=None, metavar="DIR", help=_HOME_HELP)
     show.add_argument("--json", action="store_true", help=_JSON_HELP)
+    prune_runs = runs_commands.add_parser(
+        "prune", help="delete runs that ended longer ago than an age",
+        description="Delete the runs that ended longer ago than AGE, with their task runs. Runs in progress "
+        "are kept; a run whose process was killed counts from its start. Cached results are not touched "
+        "(see `nbflow cache clear --older-than`). The space is reused by later runs; the file does not shrink.")
+    prune_runs.add_argument("--older-than", required=True, metavar="AGE",
+                            help="delete runs that ended longer ago than AGE: 90s, 30m, 12h, 7d, 2w")
+    prune_runs.add_argument("--home", default=None, metavar="DIR", help=_HOME_HELP)
+    prune_runs.add_argument("--json", action="store_true", help=_JSON_HELP)
 
     cache = commands.add_parser(
         "cache",
@@ -139,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.runs_command == "show":
                 return history.show_command(resolve_home(args.home), args.run_id, as_json=args.json,
                                             tracebacks=args.traceback, out=out)
+            if args.runs_command == "prune":
+                return history.prune_command(resolve_home(args.home), older_than=args.older_than,
+                                             as_json=args.json, out=out)
             return history.list_command(resolve_home(args.home), limit=args.limit, as_json=args.json, out=out)
         if args.command == "cache":
             from nbflow.cli import cache

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbflow.cli.common import EXIT_OK, Usage, format_time, print_json, table
-from nbflow.runs import RunRecord, TaskRunRecord, _run_from_json, format_duration
+from nbflow.cli.common import EXIT_OK, Usage, format_size, format_time, parse_age, print_json, table
+from nbflow.runs import RunHistory, RunRecord, TaskRunRecord, _run_from_json, format_duration
 
-__all__ = ["LaunchWatcher", "list_command", "outcome", "show_command"]
+__all__ = ["LaunchWatcher", "list_command", "outcome", "prune_command", "show_command"]
 
 _FAILED_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
 # SQLite limits the number of parameters of one statement (999 in older builds).
@@ -177,6 +177,36 @@ def task_row(task_run: TaskRunRecord, run: RunRecord | None = None) -> dict[str,
     if run is not None:
         row["flow"] = run.flow_name if run.kind == "flow" else None
     return row
+
+
+def prune_command(home: Path, *, older_than: str, as_json: bool, out: TextIO) -> int:
+    """``nbflow runs prune --older-than AGE``: delete the runs that ended longer ago than AGE."""
+    age = parse_age(older_than)
+    runs = task_runs = free = 0
+    path = Path(home) / "runs.sqlite"
+    if path.exists():  # never created by a command that deletes
+        recorded = RunHistory(Path(home))
+        try:
+            runs, task_runs = recorded.prune(age)
+        finally:
+            recorded.close()
+        connection = sqlite3.connect(path, timeout=60)
+        try:
+            pages = connection.execute("PRAGMA freelist_count").fetchone()[0]
+            free = pages * connection.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            connection.close()
+    if as_json:
+        print_json({"home": str(home), "older_than": age, "runs": runs, "task_runs": task_runs,
+                    "free_bytes": free}, out)
+        return EXIT_OK
+    if not path.exists():
+        print(f"no runs recorded in {home}", file=out)
+        return EXIT_OK
+    print(f"deleted {runs} run{'' if runs == 1 else 's'} ({task_runs} task run{'' if task_runs == 1 else 's'}) "
+          f"that ended more than {older_than} ago; {format_size(free)} free in {path.name}, reused by later runs",
+          file=out)
+    return EXIT_OK
 
 
 def show_command(home: Path, run_id: str, *, as_json: bool, tracebacks: bool, out: TextIO) -> int:
