@@ -53,6 +53,10 @@ BUSY_RATE = 4.0
 SEND_SHARE = 0.03
 PATCH_SHARE = 0.25  # above this share of the nodes changed, a full graph is cheaper than a patch
 IDLE_EXIT = 2.0  # seconds without events after which a graph's sender thread ends
+# The task calls a session graph keeps, the newest: as many as the session run itself keeps in memory. A
+# session graph sees every call the kernel makes and would otherwise hold every record (~1.6 kB a call)
+# for as long as it is displayed. Past twice this many it is rebuilt from the newest runs' records.
+SESSION_CALLS = 10_000
 
 
 def _asset_dir() -> Path:
@@ -103,6 +107,7 @@ class TaskGraph(anywidget.AnyWidget):
         self._roots = inbox.roots
         self._closed = False
         self._rev = 0
+        self._trim_at = 2 * SESSION_CALLS
         self._sent_structure = -1
         self._last_flush = 0.0
         self._last_full = 0.0
@@ -140,9 +145,9 @@ class TaskGraph(anywidget.AnyWidget):
                 inbox.sender.start()
 
     def _send_loop(self) -> None:
-        seen = self._inbox.seen
+        inbox = self._inbox
         while not self._closed:
-            interval = 1.0 / (MAX_RATE if len(seen) < BUSY_CALLS else BUSY_RATE)
+            interval = 1.0 / (MAX_RATE if len(inbox.seen) < BUSY_CALLS else BUSY_RATE)
             if not self._wake.wait(timeout=IDLE_EXIT):
                 # Idle: end the thread, so a long session does not keep one per graph it ever showed. The
                 # next event starts a new one; the re-check under the lock closes the race with it.
@@ -184,6 +189,9 @@ class TaskGraph(anywidget.AnyWidget):
                 changed_runs.add(run.id)
                 if task_run is not None:
                     changed_nodes.add(model.add_task_run(run, task_run, attempt, run_final))
+            if self.session and len(model.calls) > self._trim_at:
+                model = self._trim()
+                changed_nodes, changed_runs = set(), set()  # the whole graph goes out anew
             now = time.monotonic()
             structure_changed = model.structure_rev != self._sent_structure
             full_due = now - self._last_full >= self._full_cost / SEND_SHARE
@@ -198,6 +206,33 @@ class TaskGraph(anywidget.AnyWidget):
             self.cpu_seconds += time.thread_time() - cpu_started
         if final:
             self._update_display()
+
+    def _trim(self) -> GraphModel:
+        """A session graph's model rebuilt from its newest calls: the session runs' (the engine keeps their
+        newest calls only) and the newest flow runs' that fit in :data:`SESSION_CALLS` (whole runs, a
+        subflow only with its parent). Called under the lock."""
+        old = self._model
+        sessions = [run for run in old.runs.values() if run.kind == "session"]
+        budget = SESSION_CALLS - sum(len(run.task_runs) for run in sessions)
+        flows: list[RunRecord] = []
+        for run in sorted((run for run in old.runs.values() if run.kind != "session"),
+                          key=lambda run: run.start_time, reverse=True):
+            if len(run.task_runs) > budget:
+                break
+            flows.append(run)
+            budget -= len(run.task_runs)
+        kept = {run.id for run in sessions} | {run.id for run in flows}
+        flows = [run for run in flows if run.parent_run_id is None or run.parent_run_id in kept]
+        model = GraphModel()
+        for run in sorted([*sessions, *flows], key=lambda run: run.start_time):
+            model.add_run(run)
+        self._model = model
+        # Events of a dropped call that is still under way place it again, as a new call.
+        self._inbox.seen = set(model.alias)
+        self._sent_structure = -1
+        # Rebuilt again only once it has grown as much again: a rebuild costs a pass over what it keeps.
+        self._trim_at = max(2 * SESSION_CALLS, 2 * len(model.calls))
+        return model
 
     def _retryable(self) -> tuple[set[str], set[str]]:
         return set(manual_retry.failed_task_runs()), set(manual_retry.failed_flow_runs())
@@ -504,7 +539,9 @@ _dispatcher = _Dispatcher()
 
 def session_graph() -> TaskGraph:
     """A live graph of everything this process ran: its session run (task calls outside flows) and every
-    flow run. ``%nbflow graph`` shows this."""
+    flow run. ``%nbflow graph`` shows this. It keeps the newest calls (about :data:`SESSION_CALLS`, and the
+    newest flow runs that fit beside them), so it does not grow without end in a long session; the run
+    history has them all."""
     from nbflow.engine import runtime
     from nbflow.runs import list_runs
 

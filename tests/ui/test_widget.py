@@ -241,6 +241,52 @@ def test_session_graph_shows_calls_outside_flows_and_flows() -> None:
         graph.close()
 
 
+def test_a_session_graph_keeps_the_newest_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbflow.runs
+    import nbflow.ui.widget as widget_module
+    from nbflow.engine import runtime
+
+    # A kernel's session run keeps its newest calls in memory; a session graph follows it rather than hold
+    # every record of the session for as long as it is displayed. Small numbers, same rules.
+    monkeypatch.setattr(widget_module, "SESSION_CALLS", 100)
+    monkeypatch.setattr(nbflow.runs, "_SESSION_IN_MEMORY", 100)
+
+    @nbflow.task(cache_policy=NONE)
+    def quick(i: int) -> int:
+        return i
+
+    @nbflow.flow
+    def earlier() -> list[int]:
+        return [quick(i) for i in range(80)]
+
+    earlier()
+    quick(-1)
+    graph = session_graph()
+    try:
+        first = runtime.session_run().task_runs[0].id
+        assert first in graph.model.alias and {run.flow_name for run in graph.model.runs.values()} >= {"earlier"}
+        most = 0
+        for i in range(1000):
+            quick(i)
+            if i % 50 == 49:
+                graph.flush()
+                most = max(most, len(graph.model.calls))
+        graph.flush(final=True)
+        assert most <= 200  # never more than twice the calls kept
+        kept = runtime.session_run().task_runs
+        assert 50 <= len(kept) <= 100
+        assert first not in graph.model.alias and kept[-1].id in graph.model.alias
+        # The flow run did not fit next to the session's newest calls: it left the graph with its calls.
+        assert [run["kind"] for run in graph.graph["runs"]] == ["session"]
+        # Under FOLD_AT nodes each call is drawn on its own: the picture is the calls kept, no more.
+        assert len(graph.graph["nodes"]) == len(graph.model.calls) >= len(kept)
+        quick(5000)  # still live
+        graph.flush(final=True)
+        assert runtime.session_run().task_runs[-1].id in graph.model.alias
+    finally:
+        graph.close()
+
+
 def test_saved_state_is_json() -> None:
     graph = TaskGraph(live=False)
     json.dumps(graph.get_state())
