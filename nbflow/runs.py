@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -474,16 +475,27 @@ class RunHistory:
             self._connect()  # creates the file and tables if this process never wrote
         return sqlite3.connect(self.path, timeout=60)
 
-    def list_runs(self, limit: int | None = None) -> list[RunRecord]:
+    def list_runs(self, limit: int | None = None, *, pid: int | None = None,
+                  headers_only: Collection[str] = ()) -> list[RunRecord]:
+        """Runs newest first, with their task runs; only those of process ``pid`` if given, and without the
+        task runs of the runs in ``headers_only`` (a live run whose records the caller has in memory)."""
         self.flush()
         if not self.path.exists():
             return []
         connection = self._reader()
         try:
-            query = "SELECT id, data FROM runs ORDER BY start_time DESC"
-            rows = connection.execute(query + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
+            query = "SELECT id, data FROM runs"
+            parameters: list[Any] = []
+            if pid is not None:
+                query += " WHERE json_extract(data, '$.pid') = ?"
+                parameters.append(pid)
+            query += " ORDER BY start_time DESC"
+            if limit:
+                query += " LIMIT ?"
+                parameters.append(limit)
+            rows = connection.execute(query, parameters).fetchall()
             runs = [_run_from_json(data) for _, data in rows]
-            by_id = {run.id: run for run in runs}
+            by_id = {run.id: run for run in runs if run.id not in headers_only}
             if by_id:
                 marks = ",".join("?" * len(by_id))
                 for (data,) in connection.execute(

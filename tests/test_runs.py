@@ -322,3 +322,17 @@ def test_prune_deletes_old_finished_runs_and_runs_of_killed_processes(nbflow_hom
     for bad in (-1, "7d", None, True, float("nan")):
         with pytest.raises(ConfigurationError, match="give an age of zero or more"):
             runs.prune(bad)  # type: ignore[arg-type]
+
+
+def test_list_runs_of_one_process_and_without_the_task_runs_of_some(nbflow_home: Path) -> None:
+    mine = RunRecord(id=new_id(), flow_name="mine")
+    other = RunRecord(id=new_id(), flow_name="other", pid=os.getpid() + 1)
+    for run in (mine, other):
+        for x in range(3):
+            runs.history().mark(run, _hit(run, x))
+    everything = runs.history().list_runs()
+    assert {r.flow_name: len(r.task_runs) for r in everything} == {"mine": 3, "other": 3}
+    (only,) = runs.history().list_runs(pid=os.getpid())
+    assert only.id == mine.id and len(only.task_runs) == 3
+    (header,) = runs.history().list_runs(10, pid=os.getpid(), headers_only={mine.id})
+    assert header.id == mine.id and header.task_runs == [] and header.task_run_count == 3

@@ -543,11 +543,15 @@ def session_graph() -> TaskGraph:
     newest flow runs that fit beside them), so it does not grow without end in a long session; the run
     history has them all."""
     from nbflow.engine import runtime
-    from nbflow.runs import list_runs
+    from nbflow.runs import history
 
-    mine = [run for run in reversed(list_runs(limit=200)) if run.pid == os.getpid()]
     live = runtime._session
-    if live is not None and live.pid == os.getpid():
+    if live is not None and live.pid != os.getpid():
+        live = None
+    # The live session run's records are in memory (its newest ones): not read back from the history, which
+    # has every call of a long session.
+    mine = list(reversed(history().list_runs(200, pid=os.getpid(), headers_only={live.id} if live else ())))
+    if live is not None:
         mine = [run for run in mine if run.id != live.id] + [live]
     return TaskGraph(mine, session=True)
 
