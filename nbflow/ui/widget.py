@@ -460,10 +460,11 @@ def _earlier_runs_of(model: GraphModel, node_id: str) -> list[TaskRunRecord]:
         return []
     if any(n.task_key == node.task_key and n.id != node.id for n in model.calls.values()):
         return []
-    from nbflow.runs import list_runs
+    from nbflow.runs import history
 
     try:
-        runs = list_runs(limit=20)
+        # Not the task runs of the runs this graph has (a live session's may be millions of rows).
+        runs = history().list_runs(20, headers_only=set(model.runs))
     except Exception:
         return []
     return [t for run in runs if run.id not in model.runs for t in run.task_runs if t.task_key == node.task_key]

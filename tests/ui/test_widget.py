@@ -180,6 +180,23 @@ def test_cached_is_not_computed(shown: list[TaskGraph]) -> None:
     assert second.details["cache"].startswith("hit")
 
 
+def test_a_miss_is_explained_from_an_earlier_run_in_the_history(shown: list[TaskGraph]) -> None:
+    @nbflow.task
+    def square(x: int) -> int:
+        return x * x
+
+    @nbflow.flow
+    def once(x: int) -> int:
+        return square(x)
+
+    once(1)
+    once(2)  # a graph of its own, where square has no earlier call: the history has one
+    second = shown[1]
+    (node,) = second.graph["nodes"]
+    browser_command(second, {"type": "select", "id": node["id"]})
+    assert second.details["cache"] == "miss: changed since the previous run: input:x"
+
+
 def test_state_colours_are_the_same_in_the_svg_and_the_css() -> None:
     css = (ROOT / "widgets" / "graph.css").read_text()
     for state, (fill, stroke, _) in STATE_COLORS.items():
