@@ -476,9 +476,10 @@ class RunHistory:
         return sqlite3.connect(self.path, timeout=60)
 
     def list_runs(self, limit: int | None = None, *, pid: int | None = None,
-                  headers_only: Collection[str] = ()) -> list[RunRecord]:
+                  headers_only: Collection[str] = (), task_runs: bool = True) -> list[RunRecord]:
         """Runs newest first, with their task runs; only those of process ``pid`` if given, and without the
-        task runs of the runs in ``headers_only`` (a live run whose records the caller has in memory)."""
+        task runs of the runs in ``headers_only`` (a live run whose records the caller has in memory), or
+        of any run with ``task_runs=False``. A kernel's session run may have millions of task runs."""
         self.flush()
         if not self.path.exists():
             return []
@@ -495,7 +496,7 @@ class RunHistory:
                 parameters.append(limit)
             rows = connection.execute(query, parameters).fetchall()
             runs = [_run_from_json(data) for _, data in rows]
-            by_id = {run.id: run for run in runs if run.id not in headers_only}
+            by_id = {run.id: run for run in runs if task_runs and run.id not in headers_only}
             if by_id:
                 marks = ",".join("?" * len(by_id))
                 for (data,) in connection.execute(
@@ -506,6 +507,31 @@ class RunHistory:
             return runs
         finally:
             connection.close()
+
+    def find_task_runs(self, run_ids: Collection[str], *, task_name: str | None = None,
+                       state: str | None = None) -> list[TaskRunRecord]:
+        """The task runs of the runs ``run_ids`` with this task name and/or state (chosen in SQL: only the
+        matches are parsed), in no particular order."""
+        self.flush()
+        if not self.path.exists() or not run_ids:
+            return []
+        conditions, values = "", []
+        for column, value in (("task_name", task_name), ("state", state)):
+            if value is not None:
+                conditions += f" AND {column} = ?"
+                values.append(value)
+        ids = list(run_ids)
+        found: list[TaskRunRecord] = []
+        connection = self._reader()
+        try:
+            for start in range(0, len(ids), _ID_BATCH):
+                chunk = ids[start : start + _ID_BATCH]
+                query = f"SELECT data FROM task_runs WHERE run_id IN ({','.join('?' * len(chunk))}){conditions}"
+                found += [TaskRunRecord.from_dict(json.loads(data))
+                          for (data,) in connection.execute(query, [*chunk, *values])]
+        finally:
+            connection.close()
+        return found
 
     def get_run(self, run_id: str) -> RunRecord | None:
         self.flush()

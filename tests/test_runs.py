@@ -336,3 +336,22 @@ def test_list_runs_of_one_process_and_without_the_task_runs_of_some(nbflow_home:
     assert only.id == mine.id and len(only.task_runs) == 3
     (header,) = runs.history().list_runs(10, pid=os.getpid(), headers_only={mine.id})
     assert header.id == mine.id and header.task_runs == [] and header.task_run_count == 3
+
+
+def test_find_task_runs_by_name_and_state_and_runs_without_their_task_runs(nbflow_home: Path) -> None:
+    first, second = RunRecord(id=new_id(), flow_name="a"), RunRecord(id=new_id(), flow_name="b")
+    for run in (first, second):
+        for x in range(3):
+            runs.history().mark(run, _hit(run, x))
+        failed = _everything(run)  # task_name 'fetch ...', state 'Custom'
+        runs.history().mark(run, failed)
+    recorded = runs.history()
+    headers = recorded.list_runs(task_runs=False)
+    assert {run.flow_name for run in headers} == {"a", "b"} and all(run.task_runs == [] for run in headers)
+    hits = recorded.find_task_runs([first.id, second.id], task_name="double", state="Cached")
+    assert len(hits) == 6 and {t.run_id for t in hits} == {first.id, second.id}
+    assert len(recorded.find_task_runs([first.id], state="Custom")) == 1
+    assert recorded.find_task_runs([first.id], task_name="double", state="Completed") == []
+    assert recorded.find_task_runs([]) == []
+    many = [new_id() for _ in range(1200)] + [second.id]  # more ids than one statement takes
+    assert len(recorded.find_task_runs(many)) == 4

@@ -140,12 +140,13 @@ def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
 def _session_task_runs() -> list[tuple[RunRecord, TaskRunRecord]]:
     """Task runs of this kernel: its session run, and the flow runs it started."""
     from nbflow.engine.runtime import session_run
-    from nbflow.runs import list_runs
+    from nbflow.runs import history
 
     session = session_run()
     pairs = [(session, task_run) for task_run in session.task_runs]
-    for run in list_runs(limit=200):
-        if run.kind == "flow" and run.pid == os.getpid() and run.start_time >= session.start_time:
+    # The session run's records are the ones in memory: the history's copy has every call of the session.
+    for run in history().list_runs(200, pid=os.getpid(), headers_only={session.id}):
+        if run.kind == "flow" and run.start_time >= session.start_time:
             pairs += [(run, task_run) for task_run in run.task_runs]
     pairs.sort(key=lambda pair: pair[1].start_time or 0.0)
     return pairs
@@ -153,13 +154,15 @@ def _session_task_runs() -> list[tuple[RunRecord, TaskRunRecord]]:
 
 def _computed_durations() -> dict[str, float]:
     """Seconds each cache entry took to compute, by cache key, from the recorded history."""
-    from nbflow.runs import list_runs
+    from nbflow.runs import history
 
+    recorded = history()
+    runs = recorded.list_runs(500, task_runs=False)
     durations: dict[str, float] = {}
-    for run in reversed(list_runs(limit=500)):
-        for task_run in run.task_runs:
-            if task_run.cache_key and task_run.state == "Completed" and task_run.duration is not None:
-                durations[task_run.cache_key] = task_run.duration
+    computed = recorded.find_task_runs([run.id for run in runs], state="Completed")
+    for task_run in sorted(computed, key=lambda task_run: task_run.end_time or 0.0):  # the latest wins
+        if task_run.cache_key and task_run.duration is not None:
+            durations[task_run.cache_key] = task_run.duration
     return durations
 
 
@@ -209,7 +212,7 @@ def _describe_part(part: str) -> str:
 
 def why(name: str) -> str:
     """Which parts of the key of ``name``'s latest run differ from the entry it was compared with."""
-    from nbflow.runs import list_runs
+    from nbflow.runs import history
 
     pairs = [pair for pair in _session_task_runs() if pair[1].task_name == name]
     if not pairs:
@@ -222,12 +225,12 @@ def why(name: str) -> str:
             "its key could not be computed (see the warning it printed)")
         return f"{name}: not cached, so nothing to compare: {reason}"
     earlier: TaskRunRecord | None = None
-    for run in list_runs(limit=500):
-        for task_run in reversed(run.task_runs):
-            if (task_run.task_name == name and task_run.id != latest.id and task_run.persisted
-                    and task_run.state == "Completed" and (task_run.end_time or 0) <= (latest.start_time or 0)
-                    and (earlier is None or (task_run.end_time or 0) > (earlier.end_time or 0))):
-                earlier = task_run
+    recorded = history()
+    run_ids = [run.id for run in recorded.list_runs(500, task_runs=False)]
+    for task_run in recorded.find_task_runs(run_ids, task_name=name, state="Completed"):
+        if (task_run.id != latest.id and task_run.persisted and (task_run.end_time or 0) <= (latest.start_time or 0)
+                and (earlier is None or (task_run.end_time or 0) > (earlier.end_time or 0))):
+            earlier = task_run
     if earlier is None:
         return f"{name}: computed — there is no earlier cache entry of {name!r} to compare with (first run)"
     if earlier.cache_key == latest.cache_key:
@@ -254,11 +257,20 @@ def why(name: str) -> str:
 
 def runs_table() -> str:
     """The latest recorded runs."""
-    from nbflow.runs import list_runs
+    from nbflow import settings
+    from nbflow.cli.history import connect, task_counts
+    from nbflow.runs import history
 
+    runs = history().list_runs(15, task_runs=False)  # counted in SQL: a session run may have millions
+    connection = connect(settings.get_settings().home) if runs else None
+    try:
+        by_run = task_counts(connection, [run.id for run in runs]) if connection is not None else {}
+    finally:
+        if connection is not None:
+            connection.close()
     rows = []
-    for run in list_runs(limit=15):
-        counts = run.counts()
+    for run in runs:
+        counts = by_run.get(run.id) or run.counts()
         rows.append((
             run.id[:12], run.kind, run.flow_name, run.state,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.start_time)),
