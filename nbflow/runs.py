@@ -26,7 +26,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -524,8 +524,7 @@ class RunHistory:
         found: list[TaskRunRecord] = []
         connection = self._reader()
         try:
-            for start in range(0, len(ids), _ID_BATCH):
-                chunk = ids[start : start + _ID_BATCH]
+            for chunk in _id_chunks(ids):
                 query = f"SELECT data FROM task_runs WHERE run_id IN ({','.join('?' * len(chunk))}){conditions}"
                 found += [TaskRunRecord.from_dict(json.loads(data))
                           for (data,) in connection.execute(query, [*chunk, *values])]
@@ -561,6 +560,12 @@ class RunHistory:
 _ID_BATCH = 500
 
 
+def _id_chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``ids`` in slices small enough for one ``IN (...)`` each."""
+    for start in range(0, len(ids), _ID_BATCH):
+        yield ids[start : start + _ID_BATCH]
+
+
 def _delete_old_runs(connection: sqlite3.Connection, cutoff: float) -> tuple[int, int]:
     """Delete, in one transaction, the runs that ended before ``cutoff`` (an epoch time) and the runs that
     never ended, started before it, and whose process is gone (a kernel that was killed); their task runs
@@ -573,8 +578,7 @@ def _delete_old_runs(connection: sqlite3.Connection, cutoff: float) -> tuple[int
         ).fetchall()
         doomed = [run_id for run_id, end_time, pid in rows if end_time is not None or not _process_alive(pid)]
         task_runs = 0
-        for start in range(0, len(doomed), _ID_BATCH):
-            chunk = doomed[start : start + _ID_BATCH]
+        for chunk in _id_chunks(doomed):
             marks = ",".join("?" * len(chunk))
             task_runs += connection.execute(f"DELETE FROM task_runs WHERE run_id IN ({marks})", chunk).rowcount
             connection.execute(f"DELETE FROM runs WHERE id IN ({marks})", chunk)

@@ -10,18 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
 from nbflow.cli.common import EXIT_OK, Usage, format_size, format_time, parse_age, print_json, table
-from nbflow.runs import RunHistory, RunRecord, TaskRunRecord, _run_from_json, format_duration
+from nbflow.runs import RunHistory, RunRecord, TaskRunRecord, _id_chunks, _run_from_json, format_duration
 
 __all__ = ["LaunchWatcher", "list_command", "outcome", "prune_command", "show_command"]
 
 _FAILED_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
-# SQLite limits the number of parameters of one statement (999 in older builds).
-_BATCH = 500
 
 
 def outcome(state: str, state_type: str) -> str:
@@ -50,15 +47,10 @@ def connect(home: Path) -> sqlite3.Connection | None:
     return connection
 
 
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), _BATCH):
-        yield items[start : start + _BATCH]
-
-
 def task_counts(connection: sqlite3.Connection, run_ids: list[str]) -> dict[str, dict[str, int]]:
     """Task runs by outcome (cached, computed, failed, other) for each run id, counted in SQL."""
     counts = {run_id: {"cached": 0, "computed": 0, "failed": 0, "other": 0} for run_id in run_ids}
-    for chunk in _chunks(run_ids):
+    for chunk in _id_chunks(run_ids):
         marks = ",".join("?" * len(chunk))
         query = (
             "SELECT run_id, state, json_extract(data, '$.state_type'), COUNT(*) FROM task_runs "
@@ -279,7 +271,7 @@ class LaunchWatcher:
                 self.runs[run_id] = _run_from_json(data)
         changed: list[str] = []
         known = self.task_runs
-        for chunk in _chunks(list(self.runs)):
+        for chunk in _id_chunks(list(self.runs)):
             marks = ",".join("?" * len(chunk))
             for task_run_id, state in connection.execute(
                 f"SELECT id, state FROM task_runs WHERE run_id IN ({marks})", chunk
@@ -288,7 +280,7 @@ class LaunchWatcher:
                 if current is None or current.state != state:
                     changed.append(task_run_id)
         updates: list[TaskRunRecord] = []
-        for chunk in _chunks(changed):
+        for chunk in _id_chunks(changed):
             marks = ",".join("?" * len(chunk))
             for (data,) in connection.execute(f"SELECT data FROM task_runs WHERE id IN ({marks})", chunk):
                 task_run = TaskRunRecord.from_dict(json.loads(data))
