@@ -264,6 +264,12 @@ def _write_all(fd: int, data: memoryview) -> None:
 # Last-used times of hit entries are written in batches (see ResultStore._count_hit).
 _TOUCH_BATCH = 256
 _TOUCH_DELAY = 5.0
+# A long kernel hits many distinct keys: the hit counts not yet written are written once this many keys
+# have one (~15 MB; writing them costs ~10 µs a key, paid at close() below this), and the per-key times
+# of the last touch are thinned out (those past touch_interval mean nothing) once this many are kept, so
+# neither grows with every key the process ever hit.
+_PENDING_HITS_MAX = 100_000
+_TOUCHED_MAX = 100_000
 
 class ResultStore:
     """Task results cached on local disk under ``<home>/store``, safe across processes and threads.
@@ -1037,10 +1043,16 @@ class ResultStore:
         over :attr:`touch_interval` ago."""
         # No lock on this hot path: a hit lost to a race between threads only makes the count approximate.
         pending = self._pending_hits
-        pending[key] = pending.get(key, 0) + 1
+        count = pending.get(key)
+        if count is None and len(pending) >= _PENDING_HITS_MAX:
+            self._flush_touches(all_hits=True)  # which starts a new dict
+            pending = self._pending_hits
+        pending[key] = 1 if count is None else count + 1
         now = time.time()
         interval = self.touch_interval
         if now - written >= interval and now - self._touched.get(key, 0.0) >= interval:
+            if len(self._touched) >= _TOUCHED_MAX:
+                self._touched = {known: at for known, at in self._touched.items() if now - at < interval}
             self._touched[key] = now
             touches = self._pending_touches
             if not touches:

@@ -733,3 +733,35 @@ def test_record_json_is_what_the_json_module_writes() -> None:
         assert Record.from_json(record.to_json()) == record
     with pytest.raises(ValueError):
         dataclasses.replace(base, expires=float("nan")).to_json()
+
+
+def test_hit_bookkeeping_stays_bounded_over_many_distinct_keys(store: ResultStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long kernel hits many keys once each: their counts are written as they pile up (none is lost), and
+    # the times of past touches are thinned out once they mean nothing.
+    monkeypatch.setattr(store_module, "_PENDING_HITS_MAX", 50)
+    monkeypatch.setattr(store_module, "_TOUCHED_MAX", 40)
+    for index in range(120):
+        store.save(f"k{index}", index, task_name="t")
+    most_pending = 0
+    for index in range(120):
+        assert store.load(f"k{index}") == index
+        most_pending = max(most_pending, len(store._pending_hits))
+    assert most_pending <= 50
+    assert store.load("k0") == 0  # a second hit
+    store._flush_touches(all_hits=True)
+    hits = {record.key: record.hits for record in store.records()}
+    assert hits["k0"] == 2 and all(hits[f"k{index}"] == 1 for index in range(1, 120))
+
+    store.touch_interval = 0.5  # every entry is due a touch from now on
+    time.sleep(0.6)
+    for index in range(120):
+        store.load(f"k{index}")
+    assert len(store._touched) == 120  # all touched within one interval: each still stops a second touch
+    time.sleep(0.6)  # now past the interval: the next touch drops them
+    store.load("k0")
+    store.load("k1")
+    assert len(store._touched) <= 2
+    store.close()
+    expected = {"k0": 4, "k1": 3}
+    assert all(record.hits == expected.get(record.key, 2) for record in store.records())
