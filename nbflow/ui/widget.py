@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -214,15 +214,8 @@ class TaskGraph(anywidget.AnyWidget):
         old = self._model
         sessions = [run for run in old.runs.values() if run.kind == "session"]
         budget = SESSION_CALLS - sum(len(run.task_runs) for run in sessions)
-        flows: list[RunRecord] = []
-        for run in sorted((run for run in old.runs.values() if run.kind != "session"),
-                          key=lambda run: run.start_time, reverse=True):
-            if len(run.task_runs) > budget:
-                break
-            flows.append(run)
-            budget -= len(run.task_runs)
-        kept = {run.id for run in sessions} | {run.id for run in flows}
-        flows = [run for run in flows if run.parent_run_id is None or run.parent_run_id in kept]
+        flows = _newest_runs([run for run in old.runs.values() if run.kind != "session"], budget,
+                             lambda run: len(run.task_runs))
         model = GraphModel()
         for run in sorted([*sessions, *flows], key=lambda run: run.start_time):
             model.add_run(run)
@@ -549,12 +542,30 @@ def session_graph() -> TaskGraph:
     live = runtime._session
     if live is not None and live.pid != os.getpid():
         live = None
-    # The live session run's records are in memory (its newest ones): not read back from the history, which
-    # has every call of a long session.
-    mine = list(reversed(history().list_runs(200, pid=os.getpid(), headers_only={live.id} if live else ())))
-    if live is not None:
-        mine = [run for run in mine if run.id != live.id] + [live]
+    # The live session run's records are in memory (its newest ones), and of the other runs only the newest
+    # that fit beside them are read: the history has every call of a long session.
+    recorded = history()
+    headers = [run for run in recorded.list_runs(200, pid=os.getpid(), task_runs=False)
+               if live is None or run.id != live.id]
+    budget = SESSION_CALLS - (len(live.task_runs) if live is not None else 0)
+    earlier = {run.id: run for run in _newest_runs(headers, budget, lambda run: run.task_run_count)}
+    for task_run in sorted(recorded.find_task_runs(list(earlier)), key=lambda task_run: task_run.seq):
+        earlier[task_run.run_id].task_runs.append(task_run)
+    mine = sorted([*earlier.values(), *([live] if live is not None else [])], key=lambda run: run.start_time)
     return TaskGraph(mine, session=True)
+
+
+def _newest_runs(runs: Sequence[RunRecord], budget: int, size: Callable[[RunRecord], int]) -> list[RunRecord]:
+    """The newest of ``runs``, whole, whose calls (``size``) fit in ``budget`` together; a subflow only with
+    its parent."""
+    chosen: list[RunRecord] = []
+    for run in sorted(runs, key=lambda run: run.start_time, reverse=True):
+        if size(run) > budget:
+            break
+        chosen.append(run)
+        budget -= size(run)
+    kept = {run.id for run in chosen}
+    return [run for run in chosen if run.parent_run_id is None or run.parent_run_id in kept]
 
 
 def plain_summary(graph: GraphPayload) -> str:

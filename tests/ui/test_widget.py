@@ -276,12 +276,20 @@ def test_a_session_graph_keeps_the_newest_calls_only(monkeypatch: pytest.MonkeyP
     def earlier() -> list[int]:
         return [quick(i) for i in range(80)]
 
+    @nbflow.flow
+    def big() -> list[int]:
+        return [quick(i) for i in range(150)]
+
+    big()
     earlier()
     quick(-1)
     graph = session_graph()
     try:
         first = runtime.session_run().task_runs[0].id
-        assert first in graph.model.alias and {run.flow_name for run in graph.model.runs.values()} >= {"earlier"}
+        # Opened with the newest runs that fit: the session's call, then `earlier`; `big` is not even read.
+        assert first in graph.model.alias
+        assert sorted(run.flow_name for run in graph.model.runs.values()) == ["earlier", "session"]
+        assert len(graph.model.calls) == 81
         most = 0
         for i in range(1000):
             quick(i)
