@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -341,3 +342,68 @@ def test_a_failure_retried_successfully_is_resolved() -> None:
         task_run(4, "TimedOut", "FAILED", {"x": "3"}),  # failed after the success: a failure
     ]
     assert [failure.id for failure in unresolved_failures([run])] == ["t2", "t4"]
+
+
+def test_the_launch_watcher_reads_only_what_changed(tmp_path: Path) -> None:
+    from nbflow.cli.history import LaunchWatcher
+    from nbflow.runs import RunHistory, new_id, new_task_run_id
+
+    history = RunHistory(tmp_path)
+    run = RunRecord(id=new_id(), flow_name="session", kind="session", launch_id="L1")
+    other = RunRecord(id=new_id(), flow_name="other", launch_id="L2")  # another launch: never reported
+
+    def call(name: str, state: str, state_type: str, target: RunRecord = run) -> TaskRunRecord:
+        task_run = TaskRunRecord(id=new_task_run_id(), run_id=target.id, task_name=name, task_key=f"m.{name}",
+                                 state=state, state_type=state_type)
+        target.add_task_run(task_run)
+        history.mark(target, task_run)
+        return task_run
+
+    def written(*task_runs: TaskRunRecord) -> None:
+        for task_run in task_runs:
+            history.mark(run, task_run)
+        history.flush()
+
+    def poll() -> list[tuple[str, str]]:
+        return sorted((task_run.task_name, task_run.state) for task_run in watcher.poll())
+
+    watcher = LaunchWatcher(tmp_path, "L1", time.time())
+    try:
+        done = call("done", "Completed", "COMPLETED")
+        call("elsewhere", "Running", "RUNNING", other)
+        history.flush()
+        slow = call("slow", "Running", "RUNNING")
+        history.flush()  # written last, alone: the row with the highest rowid
+        assert poll() == [("done", "Completed"), ("slow", "Running")]
+        assert poll() == []
+        slow.state, slow.state_type = "Completed", "COMPLETED"
+        written(slow)
+        assert poll() == [("slow", "Completed")]
+        # Finished out of call order (a map): the row of the earlier call is written after the later one's.
+        first, second = call("first", "Running", "RUNNING"), call("second", "Running", "RUNNING")
+        history.flush()
+        assert poll() == [("first", "Running"), ("second", "Running")]
+        second.state, second.state_type = "Failed", "FAILED"
+        written(second)
+        first.state, first.state_type = "Cached", "COMPLETED"
+        written(first)
+        done.logs.append("written again, same state")  # a final row rewritten: no change to report
+        written(done)
+        assert poll() == [("first", "Cached"), ("second", "Failed")]
+        assert poll() == []
+        # The rows at the top deleted (`nbflow runs prune` of a flow run of this launch that ended): SQLite
+        # gives their rowids out again, and a poll can miss the row that gets one; the last poll cannot.
+        ended = RunRecord(id=new_id(), flow_name="ended", launch_id="L1")
+        call("gone", "Completed", "COMPLETED", ended)
+        history.flush()
+        assert poll() == [("gone", "Completed")]
+        with sqlite3.connect(tmp_path / "runs.sqlite") as connection:
+            connection.execute("DELETE FROM task_runs WHERE run_id = ?", (ended.id,))
+        call("after", "Completed", "COMPLETED")
+        history.flush()
+        assert [task_run.task_name for task_run in watcher.poll(everything=True)] == ["after"]
+        assert [task_run.task_name for task_run in watcher.records()[0].task_runs] == [
+            "done", "slow", "first", "second", "after"]
+    finally:
+        watcher.close()
+        history.close()

@@ -19,6 +19,7 @@ from nbflow.runs import RunHistory, RunRecord, TaskRunRecord, _id_chunks, _run_f
 __all__ = ["LaunchWatcher", "list_command", "outcome", "prune_command", "show_command"]
 
 _FAILED_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
+_FINAL_TYPES = frozenset({"COMPLETED", *_FAILED_TYPES})  # a task run in one of these is not written again
 
 
 def outcome(state: str, state_type: str) -> str:
@@ -238,10 +239,16 @@ def show_command(home: Path, run_id: str, *, as_json: bool, tracebacks: bool, ou
 
 
 class LaunchWatcher:
-    """The runs one ``nbflow run`` launch made, read from the history while its kernel writes it.
+    """The runs one ``nbflow run`` launch made, read from the history while its kernel works.
 
-    :meth:`poll` returns the task runs whose state changed since the previous poll. It reads only ids and
-    state names for the task runs it already knows, and the full records of the changed ones.
+    :meth:`poll` returns the task runs whose state changed since the previous poll, reading only what was
+    written since: a record that changes is written as a new row (``INSERT OR REPLACE``, which numbers
+    the new row before removing the old one), so the rows with a higher ``rowid`` than any seen are the
+    new and rewritten ones. The task runs still under way are also looked up by id (few: the calls running
+    at the moment), in case a rewrite ever kept its rowid. A poll costs the changes, not the size of the
+    run. Rows deleted at the top (``nbflow runs prune`` of a run of this launch that ended) let SQLite give
+    their rowids out again, so a poll can miss a row then: the last poll, ``poll(everything=True)``, reads
+    every row, and the records are complete.
     """
 
     def __init__(self, home: Path, launch_id: str, since: float) -> None:
@@ -252,13 +259,18 @@ class LaunchWatcher:
         self.task_runs: dict[str, TaskRunRecord] = {}
         self._headers: dict[str, str] = {}
         self._connection: sqlite3.Connection | None = None
+        self._rowid = 0  # the highest task_runs rowid read
+        self._unfinished: set[str] = set()
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._connection is None:
             self._connection = connect(self.home)
         return self._connection
 
-    def poll(self) -> list[TaskRunRecord]:
+    def poll(self, everything: bool = False) -> list[TaskRunRecord]:
+        """The task runs whose state changed since the last poll (all of them with ``everything``)."""
+        if everything:
+            self._rowid = 0
         connection = self._connect()
         if connection is None:
             return []
@@ -269,22 +281,40 @@ class LaunchWatcher:
             if self._headers.get(run_id) != data:
                 self._headers[run_id] = data
                 self.runs[run_id] = _run_from_json(data)
-        changed: list[str] = []
         known = self.task_runs
-        for chunk in _id_chunks(list(self.runs)):
-            marks = ",".join("?" * len(chunk))
-            for task_run_id, state in connection.execute(
-                f"SELECT id, state FROM task_runs WHERE run_id IN ({marks})", chunk
-            ):
-                current = known.get(task_run_id)
-                if current is None or current.state != state:
-                    changed.append(task_run_id)
+        changed: list[str] = []
+
+        def note(task_run_id: str, state: str) -> None:
+            current = known.get(task_run_id)
+            if current is None or current.state != state:
+                changed.append(task_run_id)
+
+        if self.runs:
+            # `+run_id`: no index on it, so SQLite walks the rowid range (the new rows), not the whole run.
+            for chunk in _id_chunks(list(self.runs)):
+                marks = ",".join("?" * len(chunk))
+                for rowid, task_run_id, state in connection.execute(
+                    f"SELECT rowid, id, state FROM task_runs WHERE rowid > ? AND +run_id IN ({marks})",
+                    [self._rowid, *chunk],
+                ):
+                    self._rowid = max(self._rowid, rowid)
+                    note(task_run_id, state)
+            for chunk in _id_chunks(sorted(self._unfinished.difference(changed))):
+                marks = ",".join("?" * len(chunk))
+                for task_run_id, state in connection.execute(
+                    f"SELECT id, state FROM task_runs WHERE id IN ({marks})", chunk
+                ):
+                    note(task_run_id, state)
         updates: list[TaskRunRecord] = []
-        for chunk in _id_chunks(changed):
+        for chunk in _id_chunks(list(dict.fromkeys(changed))):
             marks = ",".join("?" * len(chunk))
             for (data,) in connection.execute(f"SELECT data FROM task_runs WHERE id IN ({marks})", chunk):
                 task_run = TaskRunRecord.from_dict(json.loads(data))
                 known[task_run.id] = task_run
+                if task_run.state_type in _FINAL_TYPES:
+                    self._unfinished.discard(task_run.id)
+                else:
+                    self._unfinished.add(task_run.id)
                 updates.append(task_run)
         updates.sort(key=lambda tr: (tr.end_time or tr.start_time or time.time(), tr.seq))
         return updates

@@ -401,7 +401,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
             poller.join()
     elapsed = time.time() - started
     try:
-        display.show(watcher.poll())  # what the kernel wrote at its end
+        display.show(watcher.poll(everything=True))  # what the kernel wrote at its end, and all the rest
     except Exception as error:
         print(f"nbflow: warning: could not read the run history in {store_home}: {error}", file=sys.stderr)
     runs = watcher.records()
