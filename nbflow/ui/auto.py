@@ -2,16 +2,26 @@
 
 The engine reaches this module through :func:`nbflow.engine.runtime.frontend_hook` by a dynamic import,
 only inside a Jupyter kernel with ``display`` on — the core never imports the UI.
+
+Running a cell again closes the graphs its previous run showed: the front-end has cleared that output,
+and a graph left open would keep its flow run's records (a few kB per task call) for the kernel's life.
+Cells are told apart by the id front-ends send with each execution (JupyterLab, Notebook 7, VS Code);
+without one, graphs stay open as before.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nbflow.runs import RunRecord
+    from nbflow.ui.widget import TaskGraph
 
 __all__ = ["in_notebook", "on_flow_start"]
+
+_shown: dict[str, list[TaskGraph]] = {}  # cell id -> the graphs its latest run showed
+_watching: Any = None  # the shell whose cell runs close graphs (the hook is registered once)
 
 
 def in_notebook() -> bool:
@@ -35,3 +45,33 @@ def on_flow_start(run: RunRecord) -> None:
 
     graph = TaskGraph([run])
     graph._display_handle = display(graph, display_id=True)
+    _remember(graph)
+
+
+def _remember(graph: TaskGraph) -> None:
+    """Note ``graph`` as shown by the cell running now, so that running that cell again closes it."""
+    global _watching
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    try:
+        parent = shell.kernel.get_parent()
+        cell = ((parent or {}).get("metadata") or {}).get("cellId")
+    except Exception:
+        return
+    if not isinstance(cell, str) or not cell:
+        return
+    if _watching is not shell:
+        shell.events.register("pre_run_cell", _before_cell)
+        _watching = shell
+    _shown.setdefault(cell, []).append(graph)
+
+
+def _before_cell(info: Any) -> None:
+    """IPython's ``pre_run_cell``: close the graphs the previous run of this cell showed."""
+    cell = getattr(info, "cell_id", None)
+    for graph in _shown.pop(cell, ()) if cell else ():
+        try:
+            graph.close()
+        except Exception:  # closing a view must never stop a cell from running
+            logging.getLogger("nbflow.ui").debug("could not close a task graph", exc_info=True)

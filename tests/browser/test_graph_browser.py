@@ -124,12 +124,25 @@ def test_failed_node_retry_from_the_browser(kind: str, jupyter: Any, page: Any, 
     expect(details.locator("dl.nbflow-history")).to_contain_text("Failed")  # the history keeps both runs
     page.screenshot(path=str(tmp_path / f"{kind}-3-retried.png"))
     page.locator(".nbflow-root").first.screenshot(path=str(tmp_path / f"{kind}-widget.png"))
+    widget_picture = tmp_path / f"{kind}-widget.png"
+
+    # Running the cell again: its new graph replaces the old one, which the kernel closes (its output is
+    # gone), without an error in the page.
+    cell = page.locator(".jp-NotebookPanel:visible .jp-CodeCell").nth(1)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("svg.nbflow-graph")).to_have_count(1)
+    again = page.locator("svg.nbflow-graph").first
+    expect(again.locator("g.node[data-state=cached]")).to_have_count(2, timeout=60_000)  # extract, report
+    expect(again.locator("g.node[data-state=completed]")).to_have_count(1)  # load: cache_policy=NONE
+    expect(cell.locator(".jp-OutputArea")).not_to_contain_text("Error")
+    page.screenshot(path=str(tmp_path / f"{kind}-4-ran-again.png"))
     readme_picture = ROOT / "docs" / "graph.png"
     # The README's picture. Rewritten on request only: the details panel shows clock times, so every run
     # would otherwise leave a changed file in the working tree.
     if kind == "lab" and (not readme_picture.exists() or os.environ.get("NBFLOW_UPDATE_DOCS") == "1"):
         readme_picture.parent.mkdir(exist_ok=True)
-        shutil.copy(tmp_path / f"{kind}-widget.png", readme_picture)
+        shutil.copy(widget_picture, readme_picture)
 
 
 @pytest.mark.timeout(240)

@@ -96,3 +96,45 @@ def test_saved_widget_state_holds_a_mapped_task_as_one_node(tmp_path: Path) -> N
     assert node["counts"] == {"completed": 19, "failed": 1} and node["retryable"]
     html = next(out["data"]["text/html"] for out in notebook.cells[0].outputs if "text/html" in out.get("data", {}))
     assert 'data-group="map"' in html and "failed 19/20 · 1 failed" in html
+
+
+@pytest.mark.timeout(180)
+def test_running_a_cell_again_closes_the_graphs_it_showed(tmp_path: Path) -> None:
+    import os
+
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env={**os.environ})
+
+    def run_cell(code: str, cell: str | None) -> dict[str, Any]:
+        """An execute request as JupyterLab sends it: the cell's id in the metadata."""
+        content = {"code": code, "silent": False, "store_history": True, "allow_stdin": False,
+                   "stop_on_error": True, "user_expressions": {"open": "open_graphs()"}}
+        message = client.session.msg("execute_request", content, metadata={"cellId": cell} if cell else {})
+        client.shell_channel.send(message)
+        reply = client.get_shell_msg(timeout=60)
+        while reply["parent_header"].get("msg_id") != message["header"]["msg_id"]:
+            reply = client.get_shell_msg(timeout=60)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        return reply["content"]
+
+    def graphs_open(code: str, cell: str | None) -> int:
+        result = run_cell(code, cell)["user_expressions"]["open"]
+        return int(result["data"]["text/plain"])
+
+    try:
+        setup = (SETUP.replace("raise ConnectionError(\"database down\")", "return rows") +
+                 "\nimport ipywidgets.widgets.widget as _w\n"
+                 "def open_graphs():\n"
+                 "    return sum(type(w).__name__ == 'TaskGraph' for w in list(_w._instances.values()))\n")
+        assert graphs_open(setup, "setup") == 0
+        assert graphs_open("etl()", "a") == 1
+        assert graphs_open("etl()", "a") == 1  # the first run's graph was closed: its output is gone
+        assert graphs_open("etl()\netl()", "b") == 3
+        assert graphs_open("etl()", "a") == 3
+        assert graphs_open("1 + 1", "b") == 1  # b ran again and showed nothing: both its graphs closed
+        assert graphs_open("etl()", None) == 2  # a front-end that sends no cell id: nothing is closed
+        assert graphs_open("etl()", None) == 3
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
