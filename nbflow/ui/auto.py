@@ -5,7 +5,7 @@ only inside a Jupyter kernel with ``display`` on — the core never imports the 
 
 Running a cell again closes the graphs its previous run showed: the front-end has cleared that output,
 and a graph left open would keep its flow run's records (a few kB per task call) for the kernel's life.
-Cells are told apart by the id front-ends send with each execution (JupyterLab, Notebook 7, VS Code);
+Cells are told apart by the id front-ends send with each execution (JupyterLab and Notebook 7 do);
 without one, graphs stay open as before.
 """
 
