@@ -365,9 +365,12 @@ def nbflow_magic(shell: Any, session: Session, line: str) -> Any:
         print(runs_table())
     elif command == "graph" and not args:
         from nbflow.ui import session_graph
+        from nbflow.ui.auto import remember_shown
 
         # Returned, so the cell shows it as its result (the widget, or its static SVG without a widget manager).
-        return session_graph()
+        graph = session_graph()
+        remember_shown(graph)  # running the cell again closes it: it would go on drawing every call
+        return graph
     elif command == "cache" and args == ["info"]:
         print(cache_info())
     elif command == "cache" and args[:1] == ["clear"] and len(args) <= 2:

@@ -3,8 +3,9 @@
 The engine reaches this module through :func:`nbflow.engine.runtime.frontend_hook` by a dynamic import,
 only inside a Jupyter kernel with ``display`` on — the core never imports the UI.
 
-Running a cell again closes the graphs its previous run showed: the front-end has cleared that output,
-and a graph left open would keep its flow run's records (a few kB per task call) for the kernel's life.
+Running a cell again closes the graphs its previous run showed (a flow's, or ``%nbflow graph``'s): the
+front-end has cleared that output, and a graph left open would keep its flow run's records (a few kB per
+task call) for the kernel's life, or, for a session graph, go on drawing every call the kernel makes.
 Cells are told apart by the id front-ends send with each execution (JupyterLab and Notebook 7 do);
 without one, graphs stay open as before.
 """
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from nbflow.runs import RunRecord
     from nbflow.ui.widget import TaskGraph
 
-__all__ = ["in_notebook", "on_flow_start"]
+__all__ = ["in_notebook", "on_flow_start", "remember_shown"]
 
 _shown: dict[str, list[TaskGraph]] = {}  # cell id -> the graphs its latest run showed
 _watching: Any = None  # the shell whose cell runs close graphs (the hook is registered once)
@@ -45,10 +46,10 @@ def on_flow_start(run: RunRecord) -> None:
 
     graph = TaskGraph([run])
     graph._display_handle = display(graph, display_id=True)
-    _remember(graph)
+    remember_shown(graph)
 
 
-def _remember(graph: TaskGraph) -> None:
+def remember_shown(graph: TaskGraph) -> None:
     """Note ``graph`` as shown by the cell running now, so that running that cell again closes it."""
     global _watching
     from IPython import get_ipython

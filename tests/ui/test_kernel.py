@@ -106,10 +106,10 @@ def test_running_a_cell_again_closes_the_graphs_it_showed(tmp_path: Path) -> Non
 
     manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env={**os.environ})
 
-    def run_cell(code: str, cell: str | None) -> dict[str, Any]:
+    def run_cell(code: str, cell: str | None, expression: str = "open_graphs()") -> dict[str, Any]:
         """An execute request as JupyterLab sends it: the cell's id in the metadata."""
         content = {"code": code, "silent": False, "store_history": True, "allow_stdin": False,
-                   "stop_on_error": True, "user_expressions": {"open": "open_graphs()"}}
+                   "stop_on_error": True, "user_expressions": {"open": expression}}
         message = client.session.msg("execute_request", content, metadata={"cellId": cell} if cell else {})
         client.shell_channel.send(message)
         reply = client.get_shell_msg(timeout=60)
@@ -118,8 +118,8 @@ def test_running_a_cell_again_closes_the_graphs_it_showed(tmp_path: Path) -> Non
         assert reply["content"]["status"] == "ok", reply["content"]
         return reply["content"]
 
-    def graphs_open(code: str, cell: str | None) -> int:
-        result = run_cell(code, cell)["user_expressions"]["open"]
+    def graphs_open(code: str, cell: str | None, expression: str = "open_graphs()") -> int:
+        result = run_cell(code, cell, expression)["user_expressions"]["open"]
         return int(result["data"]["text/plain"])
 
     try:
@@ -135,6 +135,12 @@ def test_running_a_cell_again_closes_the_graphs_it_showed(tmp_path: Path) -> Non
         assert graphs_open("1 + 1", "b") == 1  # b ran again and showed nothing: both its graphs closed
         assert graphs_open("etl()", None) == 2  # a front-end that sends no cell id: nothing is closed
         assert graphs_open("etl()", None) == 3
+        # The session graph of `%nbflow graph` listens to every call: running its cell again replaces it.
+        assert graphs_open("%load_ext nbflow", "ext") == 3
+        assert graphs_open("%nbflow graph", "g") == 4
+        assert graphs_open("%nbflow graph", "g") == 4
+        listening = "len(__import__('nbflow.ui.widget').ui.widget._dispatcher._everything)"
+        assert graphs_open("etl()", "c", listening) == 1
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
