@@ -427,6 +427,39 @@ def test_the_session_graph_forgets_results_nobody_holds() -> None:
     assert len(tracker.by_id) <= 1000
 
 
+def test_the_session_graph_does_not_keep_a_loops_results_alive() -> None:
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from nbflow.ipython import session as session_module
+    from nbflow.ipython.session import SessionTracker
+
+    tracker = SessionTracker()
+    frame = np.zeros(1000)
+    pair = (frame, {"rows": 1000})  # `return frame, meta`: a tuple allows no weak reference; its array does
+    table = {"frame": frame}
+    tracker.remember_result(pair, "load")
+    tracker.remember_result(table, "wrap")
+    assert tracker.upstream_of({"data": pair, "other": table}) == ["load", "wrap"]
+    assert tracker.upstream_of({"data": (np.zeros(1000), {"rows": 1000})}) == []  # another tuple
+    probe = weakref.ref(frame)
+    del frame, pair, table
+    gc.collect()
+    assert probe() is None  # nothing of the session kept the array alive
+
+    small = [1, 2, 3]  # plain values: held (small), so its id is not reused while remembered
+    tracker.remember_result(small, "small")
+    assert tracker.upstream_of({"x": small}) == ["small"]
+    numbers = [float(i) for i in range(1_000_000)]  # plain values, about 32 MB: not held, so no edge
+    tracker.remember_result(numbers, "big")
+    assert tracker.upstream_of({"x": numbers}) == [] and tracker.held < 1_000_000
+    for _ in range(200):  # 640 kB each, or so: the oldest go once the budget is used
+        tracker.remember_result([float(i) for i in range(20_000)], "medium")
+    assert 0 < tracker.held <= session_module._HELD_BYTES
+
+
 def test_nbflow_graph_shows_cell_tasks_and_task_calls_with_their_edges(shell: Any) -> None:
     import json
 
