@@ -7,7 +7,11 @@ coroutine sees the run that submitted it when the context is copied along.
 from __future__ import annotations
 
 import contextvars
+import itertools
+import sys
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,14 +21,177 @@ if TYPE_CHECKING:
     from nbflow.engine.runners import TaskRunner
     from nbflow.flows import Flow
     from nbflow.runs import RunRecord, TaskRunRecord
-    from nbflow.states import State
     from nbflow.tasks import Task
     from nbflow.transactions import Transaction
 
 __all__ = [
-    "FlowRunContext", "TaskRunContext", "current_flow_run", "current_task_run", "current_transaction",
-    "producers_among",
+    "CompletedCall", "FlowRunContext", "ResultIdentities", "TaskRunContext", "current_flow_run", "current_task_run",
+    "current_transaction", "identity_matcher", "producers_among",
 ]
+
+# Results are recognised by identity (a later call that takes one gets a graph edge from the call that made
+# it) without keeping them alive: a loop that makes a large result per call must free each one once its
+# code lets it go. Per result (see identity_matcher):
+# - a weak reference where its type allows one (arrays, frames, most user objects);
+# - for a tuple, list or dict (which allow none): its type, length, and weak references to up to 8 of its
+#   first 64 items that allow one (``return frame, meta``);
+# - otherwise (a container of plain values) the value itself, if small: held, oldest dropped first, within
+#   _HELD_BYTES per flow run or session, so that its id is not reused while it is remembered.
+_HELD_BYTES = 64 * 1024 * 1024
+_HELD_ONE = 8 * 1024 * 1024  # a larger result of plain values is not held: no edge from it
+_ITEMS_LOOKED_AT = 64
+_ITEM_REFS = 8
+# Interned and shared: an identity match would be a false edge.
+_SHARED = (bool, int, float, str, bytes, type(None))
+_TINY = frozenset({bool, int, float, complex, type(None)})  # held as they are: smaller than a reference
+
+Matcher = Callable[[Any], bool]  # is this candidate the remembered value?
+
+
+def identity_matcher(value: Any, on_death: Callable[[Matcher], None] | None = None) -> tuple[Matcher | None, int]:
+    """How to recognise ``value`` later, and how many bytes that holds (roughly); ``(None, 0)`` when it
+    cannot be recognised without holding too much. ``on_death`` is called (with the matcher) when a
+    weakly referenced value is freed."""
+    try:
+        ref = weakref.ref(value, None if on_death is None else (lambda _: on_death(matches)))
+    except TypeError:
+        pass
+    else:
+        def matches(candidate: Any) -> bool:
+            return ref() is candidate
+
+        return matches, 0
+    kind = type(value)
+    if kind is tuple or kind is list or kind is dict:
+        size = len(value)
+        refs: list[tuple[Any, weakref.ref[Any]]] = []
+        for position, item in itertools.islice(value.items() if kind is dict else enumerate(value),
+                                               _ITEMS_LOOKED_AT):
+            try:
+                refs.append((position, weakref.ref(item)))
+            except TypeError:
+                continue
+            if len(refs) == _ITEM_REFS:
+                break
+        if refs:
+            def by_items(candidate: Any) -> bool:
+                if type(candidate) is not kind or len(candidate) != size:
+                    return False
+                for position, item_ref in refs:
+                    item = item_ref()
+                    try:
+                        if item is None or candidate[position] is not item:
+                            return False
+                    except (KeyError, IndexError):
+                        return False
+                return True
+
+            return by_items, 0
+    held = _estimate(value)
+    if held > _HELD_ONE:
+        return None, 0
+
+    def same(candidate: Any) -> bool:
+        return candidate is value
+
+    return same, held
+
+
+def _estimate(value: Any) -> int:
+    """Bytes ``value`` keeps alive, roughly: itself and, for a container, its items (from a sample)."""
+    size = sys.getsizeof(value)
+    if isinstance(value, (tuple, list, dict, set, frozenset)) and value:
+        items = list(itertools.islice(value.values() if isinstance(value, dict) else value, _ITEMS_LOOKED_AT))
+        size += sum(map(sys.getsizeof, items)) * len(value) // len(items)
+    return size
+
+
+class ResultIdentities:
+    """Task results by object id, recognised without being kept alive (see :func:`identity_matcher`), for
+    the graph edges of a flow run or of a kernel's calls outside flows. Thread-safe."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit  # results remembered at most (oldest dropped); None: no limit but the bytes held
+        # id -> (matcher, task run id, bytes held); oldest first.
+        self.by_id: OrderedDict[int, tuple[Matcher, str, int]] = OrderedDict()
+        self.held = 0
+        # Reentrant: a weak reference's callback can run inside, when a collection happens there.
+        self._lock = threading.RLock()
+
+    def remember(self, value: Any, task_run_id: str) -> None:
+        """``value`` was produced by task run ``task_run_id``."""
+        if isinstance(value, _SHARED):
+            return
+        key = id(value)
+        matcher, held = identity_matcher(value, lambda dead: self._forget(key, dead))
+        with self._lock:
+            by_id = self.by_id
+            previous = by_id.pop(key, None)  # another object had this id: it is gone
+            if previous is not None:
+                self.held -= previous[2]
+            if matcher is None:
+                return
+            by_id[key] = (matcher, task_run_id, held)
+            self.held += held
+            limit = self.limit
+            while by_id and ((limit is not None and len(by_id) > limit) or self.held > _HELD_BYTES):
+                _, (_, _, dropped) = by_id.popitem(last=False)
+                self.held -= dropped
+
+    def clear(self) -> None:
+        """Forget every result."""
+        with self._lock:
+            self.by_id.clear()
+            self.held = 0
+
+    def _forget(self, key: int, matcher: Matcher) -> None:
+        with self._lock:
+            entry = self.by_id.get(key)
+            if entry is not None and entry[0] is matcher:
+                del self.by_id[key]
+                self.held -= entry[2]
+
+    def producer(self, value: Any) -> str | None:
+        """The task run that produced ``value``, if remembered."""
+        entry = self.by_id.get(id(value))
+        return entry[1] if entry is not None and entry[0](value) else None
+
+    def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
+        """Task runs whose results appear among ``arguments`` (one container level deep)."""
+        if not self.by_id:
+            return []
+        return producers_among(arguments, self.producer)
+
+
+class CompletedCall:
+    """A task call that completed in an attempt of a flow run, as a later attempt (a flow retry) reuses it.
+
+    A result the store has is not held: it is found again by a weak reference while something else keeps
+    it alive, else loaded from the store by its ``key`` (see the task engine's ``reuse``), so a flow that
+    makes large results one after another does not keep them all until it ends. Any other result is
+    held, since nothing else could give it back.
+    """
+
+    __slots__ = ("_held", "_ref", "key")
+
+    def __init__(self, value: Any, key: str | None) -> None:
+        self.key = key  # the store entry of the result, or None: held
+        self._held: tuple[Any] | None = None
+        self._ref: weakref.ref[Any] | None = None
+        if key is None or type(value) in _TINY:
+            self._held = (value,)
+        else:
+            try:
+                self._ref = weakref.ref(value)
+            except TypeError:
+                pass  # loaded from the store when reused
+
+    def value(self, missing: Any = None) -> Any:
+        """The result if it is held or still alive, else ``missing``."""
+        if self._held is not None:
+            return self._held[0]
+        value = self._ref() if self._ref is not None else None
+        return missing if value is None else value
 
 
 @dataclass
@@ -35,15 +202,15 @@ class FlowRunContext:
     run: RunRecord
     parameters: dict[str, Any]
     attempt: int = 1
-    # Task states that completed in earlier attempts of this run, by dynamic key (task key, call index):
-    # a flow retry reuses them whatever the task's cache policy.
-    completed: dict[tuple[str, int], State] = field(default_factory=dict)
+    # Task calls that completed in earlier attempts of this run, by dynamic key (task key, call index): a
+    # flow retry reuses them whatever the task's cache policy.
+    completed: dict[tuple[str, int], CompletedCall] = field(default_factory=dict)
     # Calls seen so far in this attempt, per task key, to build the dynamic keys above.
     call_counts: dict[str, int] = field(default_factory=dict)
 
     # Results of this run's task calls by object id, so a later call taking one as an argument gets a
-    # graph edge. Strong references: ids must not be reused while the run lives.
-    results: dict[int, tuple[Any, str]] = field(default_factory=dict)
+    # graph edge (without keeping them alive).
+    results: ResultIdentities = field(default_factory=ResultIdentities)
     # Where this run's submitted task calls run (None: the process's shared thread pool), and the
     # futures submitted in the current attempt (the run ends only after every one of them).
     task_runner: TaskRunner | None = None
@@ -60,21 +227,11 @@ class FlowRunContext:
         return futures
 
     def remember_result(self, value: Any, task_run_id: str) -> None:
-        if value is None or isinstance(value, (bool, int, float, str, bytes)):
-            return  # interned and shared: an id match would be a false edge
-        self.results[id(value)] = (value, task_run_id)
+        self.results.remember(value, task_run_id)
 
     def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
         """Ids of the task runs whose results appear among ``arguments`` (one container level deep)."""
-        results = self.results
-        if not results:
-            return []
-
-        def producer(value: Any) -> str | None:
-            entry = results.get(id(value))
-            return entry[1] if entry is not None and entry[0] is value else None
-
-        return producers_among(arguments, producer)
+        return self.results.upstream_of(arguments)
 
     def next_dynamic_key(self, task_key: str) -> tuple[str, int]:
         with self.lock:  # tasks running in worker threads call tasks too

@@ -142,6 +142,62 @@ def test_flow_retry_reuses_tasks_completed_in_an_earlier_attempt() -> None:
     assert history == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
 
 
+class Table:
+    """A result that allows weak references, as arrays and frames do."""
+
+    def __init__(self, rows: list[int]) -> None:
+        self.rows = rows
+
+
+def test_a_flow_keeps_no_stored_result_alive_and_a_retry_reads_it_back(executions: dict[str, int]) -> None:
+    import gc
+    import weakref
+
+    from nbflow.engine.runtime import get_store
+
+    probes: list[weakref.ref[Table]] = []
+    attempts = {"n": 0, "clear": False}
+
+    @nbflow.task
+    def make(i: int) -> Table:
+        return Table([i] * 3)
+
+    @nbflow.task(cache_policy=NONE)
+    def flaky(total: int) -> int:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            if attempts["clear"]:
+                get_store().clear()  # the stored results are gone by the retry
+            raise ConnectionError("not yet")
+        return total
+
+    @nbflow.flow(retries=1)
+    def loop(n: int) -> int:
+        total = 0
+        for i in range(n):
+            table = make(i)
+            probes.append(weakref.ref(table))
+            total += sum(table.rows)
+            del table
+            gc.collect()
+            # What the body let go is gone: the run holds a stored result by its key, not itself.
+            assert all(probe() is None for probe in probes)
+        return flaky(total)
+
+    assert loop(4) == 18
+    assert executions["make"] == 4  # the retry read the four results back from the store
+    run = list_runs(limit=1)[0]
+    reused = [t for t in run.task_runs if t.task_name == "make" and t.state == "Cached"]
+    assert len(reused) == 4
+    assert all(t.history[-1].message == "reused from an earlier attempt of this flow run" for t in reused)
+
+    attempts.update(n=0, clear=True)
+    probes.clear()
+    # Attempt 1 hits the first flow's entries; the store loses them before the retry, which runs them again.
+    assert loop(3) == 9
+    assert executions["make"] == 4 + 3
+
+
 def test_flow_timeout() -> None:
     @nbflow.flow(timeout_seconds=0.2)
     def slow() -> None:

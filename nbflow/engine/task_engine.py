@@ -34,6 +34,7 @@ import xxhash
 from nbflow import events
 from nbflow.cache_policies import ArgumentError, KeyContext, default_key_exclusions, fingerprint_arguments
 from nbflow.context import (
+    CompletedCall,
     FlowRunContext,
     TaskRunContext,
     _flow_run,
@@ -264,8 +265,19 @@ class TaskRunEngine:
         previous = context.completed.get(self.dynamic_key)
         if previous is None:
             return None
-        state = Cached(previous.result(), message="reused from an earlier attempt of this flow run")
+        value = previous.value(_MISSING)
+        if value is _MISSING and previous.key is not None:
+            # Not held (the store has it) and no longer alive: read back from the store. Gone from the
+            # store as well (cleared, evicted), the call runs again.
+            try:
+                value = get_store().load(previous.key, type_hint=self._type_hint())
+            except CacheMiss:
+                return None
+        state = Cached(value, message="reused from an earlier attempt of this flow run")
         self.task_run.cache_hit = True
+        if previous.key is not None:  # still the store's: a later attempt can read it back again
+            self.key = self.task_run.cache_key = previous.key
+            self.task_run.persisted = True
         return state
 
     # -- 3. key -----------------------------------------------------------------------------------
@@ -326,16 +338,19 @@ class TaskRunEngine:
             if staged is not None:
                 self.task_run.cache_hit = True
                 return Cached(staged[0], message="staged earlier in this transaction")
-        task = self.task
-        type_hint = task.return_type_hint() if task.result_serializer == "json" else None
         try:
             # One read of record and payload together (a probe, then a load, would be two).
-            value = get_store().load(self.key, type_hint=type_hint)
+            value = get_store().load(self.key, type_hint=self._type_hint())
         except CacheMiss:
             return None
         self.task_run.cache_hit = True
         self.task_run.persisted = True
         return Cached(value)
+
+    def _type_hint(self) -> Any:
+        """What a stored result is loaded into (the JSON serializer validates into the return type)."""
+        task = self.task
+        return task.return_type_hint() if task.result_serializer == "json" else None
 
     # -- 5. call with retries and timeout ---------------------------------------------------------
     def call(self) -> State:
@@ -477,7 +492,9 @@ class TaskRunEngine:
                 self.transaction.add_task_run(task, task_run, self.run)
             if self.flow_context is not None:
                 if self.dynamic_key is not None:
-                    self.flow_context.completed[self.dynamic_key] = state
+                    # Not held when the store has it (see CompletedCall): a flow keeps no result alive.
+                    stored = self.key if task_run.persisted else None
+                    self.flow_context.completed[self.dynamic_key] = CompletedCall(result, stored)
                 self.flow_context.remember_result(result, task_run.id)
             elif runtime.session_tracker is not None:
                 runtime.session_tracker.remember_result(result, task_run.id)

@@ -433,7 +433,7 @@ def test_the_session_graph_does_not_keep_a_loops_results_alive() -> None:
 
     import numpy as np
 
-    from nbflow.ipython import session as session_module
+    from nbflow import context
     from nbflow.ipython.session import SessionTracker
 
     tracker = SessionTracker()
@@ -457,7 +457,7 @@ def test_the_session_graph_does_not_keep_a_loops_results_alive() -> None:
     assert tracker.upstream_of({"x": numbers}) == [] and tracker.held < 1_000_000
     for _ in range(200):  # 640 kB each, or so: the oldest go once the budget is used
         tracker.remember_result([float(i) for i in range(20_000)], "medium")
-    assert 0 < tracker.held <= session_module._HELD_BYTES
+    assert 0 < tracker.held <= context._HELD_BYTES
 
 
 def test_nbflow_graph_shows_cell_tasks_and_task_calls_with_their_edges(shell: Any) -> None:
