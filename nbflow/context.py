@@ -12,7 +12,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,11 +62,12 @@ def identity_matcher(value: Any, on_death: Callable[[Matcher], None] | None = No
 
         return matches, 0
     kind = type(value)
-    if kind is tuple or kind is list or kind is dict:
+    if isinstance(value, (tuple, list, dict)):
         size = len(value)
+        mapping = isinstance(value, dict)
         refs: list[tuple[Any, weakref.ref[Any]]] = []
-        for position, item in itertools.islice(value.items() if kind is dict else enumerate(value),
-                                               _ITEMS_LOOKED_AT):
+        pairs: Iterable[tuple[Any, Any]] = value.items() if isinstance(value, dict) else enumerate(value)
+        for position, item in itertools.islice(pairs, _ITEMS_LOOKED_AT):
             try:
                 refs.append((position, weakref.ref(item)))
             except TypeError:
@@ -79,10 +80,9 @@ def identity_matcher(value: Any, on_death: Callable[[Matcher], None] | None = No
                     return False
                 for position, item_ref in refs:
                     item = item_ref()
-                    try:
-                        if item is None or candidate[position] is not item:
-                            return False
-                    except (KeyError, IndexError):
+                    # .get for a mapping: indexing a defaultdict would add the key.
+                    current = candidate.get(position) if mapping else candidate[position]
+                    if item is None or current is not item:
                         return False
                 return True
 

@@ -428,6 +428,7 @@ def test_the_session_graph_forgets_results_nobody_holds() -> None:
 
 
 def test_the_session_graph_does_not_keep_a_loops_results_alive() -> None:
+    import collections
     import gc
     import weakref
 
@@ -444,8 +445,13 @@ def test_the_session_graph_does_not_keep_a_loops_results_alive() -> None:
     tracker.remember_result(table, "wrap")
     assert tracker.upstream_of({"data": pair, "other": table}) == ["load", "wrap"]
     assert tracker.upstream_of({"data": (np.zeros(1000), {"rows": 1000})}) == []  # another tuple
+    grouped = collections.defaultdict(list, {"frame": frame})
+    tracker.remember_result(grouped, "group")
+    other = collections.defaultdict(list)
+    tracker.remember_result(other, "empty")
+    assert tracker.upstream_of({"g": grouped}) == ["group"] and dict(other) == {}  # matching adds no key
     probe = weakref.ref(frame)
-    del frame, pair, table
+    del frame, pair, table, grouped
     gc.collect()
     assert probe() is None  # nothing of the session kept the array alive
 
