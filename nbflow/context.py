@@ -44,6 +44,7 @@ _ITEM_REFS = 8
 # Interned and shared: an identity match would be a false edge.
 _SHARED = (bool, int, float, str, bytes, type(None))
 _TINY = frozenset({bool, int, float, complex, type(None)})  # held as they are: smaller than a reference
+_NO_WEAKREF = frozenset({str, bytes, tuple, list, dict, set, frozenset})
 
 Matcher = Callable[[Any], bool]  # is this candidate the remembered value?
 
@@ -178,13 +179,14 @@ class CompletedCall:
         self.key = key  # the store entry of the result, or None: held
         self._held: tuple[Any] | None = None
         self._ref: weakref.ref[Any] | None = None
-        if key is None or type(value) in _TINY:
+        kind = type(value)
+        if key is None or kind in _TINY:
             self._held = (value,)
-        else:
+        elif kind not in _NO_WEAKREF:  # those are read back from the store, without an exception here
             try:
                 self._ref = weakref.ref(value)
             except TypeError:
-                pass  # loaded from the store when reused
+                pass  # read back from the store when reused
 
     def value(self, missing: Any = None) -> Any:
         """The result if it is held or still alive, else ``missing``."""
