@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CompletedCall", "FlowRunContext", "ResultIdentities", "TaskRunContext", "current_flow_run", "current_task_run",
-    "current_transaction", "identity_matcher", "producers_among",
+    "current_transaction", "estimated_size", "identity_matcher", "producers_among",
 ]
 
 # Results are recognised by identity (a later call that takes one gets a graph edge from the call that made
@@ -88,7 +88,7 @@ def identity_matcher(value: Any, on_death: Callable[[Matcher], None] | None = No
                 return True
 
             return by_items, 0
-    held = _estimate(value)
+    held = estimated_size(value)
     if held > _HELD_ONE:
         return None, 0
 
@@ -98,7 +98,7 @@ def identity_matcher(value: Any, on_death: Callable[[Matcher], None] | None = No
     return same, held
 
 
-def _estimate(value: Any) -> int:
+def estimated_size(value: Any) -> int:
     """Bytes ``value`` keeps alive, roughly: itself and, for a container, its items (from a sample)."""
     size = sys.getsizeof(value)
     if isinstance(value, (tuple, list, dict, set, frozenset)) and value:

@@ -117,3 +117,41 @@ def test_key_parts_explain_what_changed() -> None:
     assert set(first.key_parts) == {"code", "input:a", "input:b"}
     changed = {name for name in first.key_parts if first.key_parts[name] != second.key_parts[name]}
     assert changed == {"input:a"}
+
+
+def test_a_loop_of_failed_calls_keeps_only_the_latest_inputs_alive() -> None:
+    import gc
+    import weakref
+
+    import numpy as np
+
+    broken = {"on": True}
+
+    @nbflow.task(cache_policy=NONE)
+    def store_chunk(chunk: np.ndarray, label: str) -> float:
+        if broken["on"]:
+            raise ConnectionError("database down")
+        return float(chunk.sum())
+
+    probes = []
+    for i in range(5):
+        chunk = np.full(1000, float(i))
+        probes.append(weakref.ref(chunk))
+        assert store_chunk(chunk, f"part {i}", return_state=True).is_failed()
+    kept = np.full(1000, 9.0)  # an older failure whose input the caller still holds
+    assert store_chunk(kept, "kept", return_state=True).is_failed()
+    last = np.full(1000, 7.0)
+    assert store_chunk(last, "last", return_state=True).is_failed()
+    del chunk, last
+    gc.collect()
+    # A database outage in a loop must not keep every chunk: only the latest failure's inputs are held.
+    assert all(probe() is None for probe in probes)
+    failed = [t for t in next(run for run in list_runs() if run.kind == "session").task_runs if t.state == "Failed"]
+    first, held_by_caller, latest = failed[0].id, failed[5].id, failed[6].id
+    mine = {t.id for t in failed}  # (the registry is the process's: earlier tests' failures are in it too)
+    assert [i for i in failed_task_runs() if i in mine] == [held_by_caller, latest]  # inputs still in memory
+    with pytest.raises(NotRetryable, match="inputs are no longer in memory"):
+        retry_task_run(first)
+    broken["on"] = False
+    assert retry_task_run(latest).result() == 7000.0
+    assert retry_task_run(held_by_caller).result() == 9000.0

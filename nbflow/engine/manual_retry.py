@@ -2,16 +2,21 @@
 in the same run (completed tasks are reused, so only the failed ones and what follows run again).
 
 The widget's Retry buttons and ``%nbflow retry`` use these. Failed calls are remembered in memory
-only — their inputs are live Python objects — and only the latest ones (see ``_LIMIT``).
+only — their inputs are live Python objects — and only the latest ones (see ``_LIMIT``). The latest
+failed call of each task keeps its inputs alive; an earlier one keeps only weak references to them (and
+small plain values), so a loop whose calls all fail (a database down) does not keep every chunk it was
+given: such a call can be retried while its inputs are still in memory.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nbflow.context import estimated_size
 from nbflow.exceptions import NbflowError
 
 if TYPE_CHECKING:
@@ -36,18 +41,59 @@ class NotRetryable(NbflowError, LookupError):
     """The task run or flow run is unknown to this process, or did not fail."""
 
 
-@dataclass
+_GONE: Any = object()
+_HELD_ONE = 1024 * 1024  # an input that allows no weak reference is held after demotion up to this size
+
+
+def _keep(value: Any) -> Callable[[], Any]:
+    """A getter for ``value`` that does not keep it alive if it allows a weak reference; returns ``_GONE``
+    once it is freed (or at once for a large value that allows none)."""
+    try:
+        ref = weakref.ref(value)
+    except TypeError:
+        if estimated_size(value) > _HELD_ONE:
+            return lambda: _GONE
+        return lambda: value
+    return lambda: _GONE if (alive := ref()) is None else alive
+
+
 class _FailedCall:
-    task: Task[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    flow_context: FlowRunContext | None
-    dynamic_key: tuple[str, int] | None
+    """A failed call as a retry runs it again: held inputs while it is its task's latest failure, weak
+    ones after (see the module documentation)."""
+
+    __slots__ = ("_held", "_kept", "dynamic_key", "flow_context", "task")
+
+    def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 flow_context: FlowRunContext | None, dynamic_key: tuple[str, int] | None) -> None:
+        self.task = task
+        self.flow_context = flow_context
+        self.dynamic_key = dynamic_key
+        self._held: tuple[tuple[Any, ...], dict[str, Any]] | None = (args, kwargs)
+        self._kept: tuple[list[Callable[[], Any]], dict[str, Callable[[], Any]]] | None = None
+
+    def demote(self) -> None:
+        """Stop keeping the inputs alive (a later call of the same task failed)."""
+        held = self._held
+        if held is not None:
+            self._kept = ([_keep(value) for value in held[0]], {name: _keep(value) for name, value in held[1].items()})
+            self._held = None
+
+    def inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """The call's arguments, or None if one of them is no longer in memory."""
+        if self._held is not None:
+            return self._held
+        assert self._kept is not None
+        args = tuple(get() for get in self._kept[0])
+        kwargs = {name: get() for name, get in self._kept[1].items()}
+        if any(value is _GONE for value in args) or any(value is _GONE for value in kwargs.values()):
+            return None
+        return args, kwargs
 
 
 _lock = threading.Lock()
 _failed_tasks: OrderedDict[str, _FailedCall] = OrderedDict()
 _failed_flows: OrderedDict[str, FlowRunEngine] = OrderedDict()
+_latest: dict[str, str] = {}  # task key -> its latest failed task run (the one whose inputs are held)
 
 
 def _remember(registry: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -59,6 +105,11 @@ def _remember(registry: OrderedDict[str, Any], key: str, value: Any) -> None:
 
 
 def remember_failed_task(task_run_id: str, call: _FailedCall) -> None:
+    with _lock:
+        previous = _failed_tasks.get(_latest.get(call.task.task_key, ""))
+        _latest[call.task.task_key] = task_run_id
+    if previous is not None:
+        previous.demote()
     _remember(_failed_tasks, task_run_id, call)
 
 
@@ -71,13 +122,15 @@ def failed_call_inputs(task_run_id: str) -> dict[str, Any] | None:
     again before rerunning its cell."""
     with _lock:
         call = _failed_tasks.get(task_run_id)
-    return dict(call.kwargs) if call is not None else None
+    inputs = call.inputs() if call is not None else None
+    return dict(inputs[1]) if inputs is not None else None
 
 
 def failed_task_runs() -> list[str]:
-    """Ids of the failed task runs this process can retry, oldest first."""
+    """Ids of the failed task runs this process can retry (their inputs still in memory), oldest first."""
     with _lock:
-        return list(_failed_tasks)
+        calls = list(_failed_tasks.items())
+    return [task_run_id for task_run_id, call in calls if call.inputs() is not None]
 
 
 def failed_flow_runs() -> list[str]:
@@ -103,9 +156,15 @@ def retry_task_run(task_run_id: str) -> State:
             f"task run {task_run_id!r} cannot be retried: it did not fail in this process, or it is too old "
             f"(the latest {_LIMIT} failures are kept)"
         )
+    inputs = call.inputs()
+    if inputs is None:
+        raise NotRetryable(
+            f"task run {task_run_id!r} cannot be retried: its inputs are no longer in memory (only the latest "
+            f"failed call of each task keeps them alive); call {call.task.name} again"
+        )
     token = _flow_run.set(call.flow_context)
     try:
-        engine = TaskRunEngine(call.task, call.args, call.kwargs)
+        engine = TaskRunEngine(call.task, *inputs)
         # Recorded under the failed call's place in the flow, so a later flow retry reuses the result.
         engine.forced_dynamic_key = call.dynamic_key
         if call.task.is_async:
