@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CompletedCall", "FlowRunContext", "ResultIdentities", "TaskRunContext", "current_flow_run", "current_task_run",
-    "current_transaction", "estimated_size", "identity_matcher", "producers_among",
+    "current_transaction", "estimated_size", "identity_matcher", "keep_weakly", "producers_among",
 ]
 
 # Results are recognised by identity (a later call that takes one gets a graph edge from the call that made
@@ -105,6 +105,22 @@ def estimated_size(value: Any) -> int:
         items = list(itertools.islice(value.values() if isinstance(value, dict) else value, _ITEMS_LOOKED_AT))
         size += sum(map(sys.getsizeof, items)) * len(value) // len(items)
     return size
+
+
+_GONE: Any = object()
+_KEPT_ONE = 1024 * 1024  # a value that allows no weak reference is kept by keep_weakly up to this size
+
+
+def keep_weakly(value: Any, gone: Any = _GONE) -> Callable[[], Any]:
+    """A getter for ``value`` that does not keep it alive if it allows a weak reference: it returns ``gone``
+    once the value is freed (and always, for a value over 1 MB that allows none; smaller ones are held)."""
+    try:
+        ref = weakref.ref(value)
+    except TypeError:
+        if estimated_size(value) > _KEPT_ONE:
+            return lambda: gone
+        return lambda: value
+    return lambda: gone if (alive := ref()) is None else alive
 
 
 class ResultIdentities:

@@ -155,3 +155,40 @@ def test_a_loop_of_failed_calls_keeps_only_the_latest_inputs_alive() -> None:
     broken["on"] = False
     assert retry_task_run(latest).result() == 7000.0
     assert retry_task_run(held_by_caller).result() == 9000.0
+
+
+def test_a_loop_of_failed_flow_runs_keeps_only_the_latest_parameters_alive() -> None:
+    import gc
+    import weakref
+
+    import numpy as np
+
+    broken = {"on": True}
+
+    @nbflow.task(cache_policy=NONE)
+    def store_chunk(chunk: np.ndarray) -> float:
+        if broken["on"]:
+            raise ConnectionError("database down")
+        return float(chunk.sum())
+
+    @nbflow.flow(validate_parameters=False)
+    def load(chunk: np.ndarray) -> float:
+        return store_chunk(chunk)
+
+    probes = []
+    for i in range(4):
+        chunk = np.full(1000, float(i))
+        probes.append(weakref.ref(chunk))
+        assert load(chunk, return_state=True).is_failed()
+    last = np.full(1000, 7.0)
+    assert load(last, return_state=True).is_failed()
+    del chunk, last
+    gc.collect()
+    assert all(probe() is None for probe in probes)  # the earlier failed runs hold no chunk
+    runs = [run for run in list_runs() if run.flow_name == "load"]  # newest first
+    latest, first = runs[0].id, runs[-1].id
+    assert latest in failed_flow_runs() and first not in failed_flow_runs()
+    with pytest.raises(NotRetryable, match="parameter 'chunk' is no longer in memory"):
+        retry_flow_run(first)
+    broken["on"] = False
+    assert retry_flow_run(latest).result() == 7000.0

@@ -7,12 +7,13 @@ reused (matched by task and call order), so only what failed, and what comes aft
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events
-from nbflow.context import FlowRunContext, _flow_run, current_flow_run
+from nbflow.context import FlowRunContext, _flow_run, current_flow_run, keep_weakly
 from nbflow.engine.futures import futures_in, resolve
-from nbflow.engine.manual_retry import remember_failed_flow
+from nbflow.engine.manual_retry import NotRetryable, remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import frontend_hook, summarize
 from nbflow.engine.task_engine import _ENDS_AT_ONCE, _outcome, async_call_to_state, call_to_state, error_summary
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from nbflow.flows import Flow
 
 __all__ = ["run_flow", "run_flow_async"]
+
+
+_GONE: Any = object()
 
 
 class FlowRunEngine:
@@ -38,6 +42,9 @@ class FlowRunEngine:
         self.context: FlowRunContext | None = None
         self.max_attempts = 1 + flow.retries
         self.runner: TaskRunner | None = None
+        # Set once a later run of this flow failed too: the parameters, kept only while something else
+        # keeps them (see manual_retry), in place of the context's.
+        self._kept: dict[str, Callable[[], Any]] | None = None
 
     def set_state(self, state: State) -> None:
         run = self.run
@@ -52,6 +59,7 @@ class FlowRunEngine:
     def begin(self) -> None:
         # Validation first: a wrong parameter is an error before any run exists or any task runs.
         parameters = self.flow.bind_parameters(self.args, self.kwargs)
+        self.args, self.kwargs = (), {}  # the parameters are the context's from here on
         parent_run_id = self.parent.run.id if self.parent else None
         self.run = RunRecord(
             id=new_id(), flow_name=self.flow.name, kind="flow", parent_run_id=parent_run_id,
@@ -184,10 +192,34 @@ class FlowRunEngine:
         self.begin()
         return self.finish(self.call_body())
 
+    def release_parameters(self) -> None:
+        """Stop keeping the parameters alive (a later run of this flow failed too): a "retry failed" of
+        this run stays possible while something else keeps them."""
+        context = self.context
+        if context is not None and self._kept is None:
+            self._kept = {name: keep_weakly(value, _GONE) for name, value in context.parameters.items()}
+            context.parameters = {}
+
+    def parameters_available(self) -> bool:
+        """Whether :meth:`resume` has the parameters it needs."""
+        kept = self._kept
+        return kept is None or all(get() is not _GONE for get in kept.values())
+
     def resume(self) -> State:
         """Run the body again in the same run (a manual "retry failed"), with the flow's retries."""
         run = self.run
         assert run is not None
+        if self._kept is not None:
+            parameters = {name: get() for name, get in self._kept.items()}
+            gone = [name for name, value in parameters.items() if value is _GONE]
+            if gone:
+                raise NotRetryable(
+                    f"flow run {run.id!r} cannot be retried: its parameter {gone[0]!r} is no longer in memory "
+                    f"(only the latest failed run of each flow keeps them alive); call {self.flow.name} again"
+                )
+            assert self.context is not None
+            self.context.parameters = parameters
+            self._kept = None
         run.end_time = None
         run.error = None
         self.max_attempts = run.attempts + 1 + self.flow.retries

@@ -3,20 +3,20 @@ in the same run (completed tasks are reused, so only the failed ones and what fo
 
 The widget's Retry buttons and ``%nbflow retry`` use these. Failed calls are remembered in memory
 only — their inputs are live Python objects — and only the latest ones (see ``_LIMIT``). The latest
-failed call of each task keeps its inputs alive; an earlier one keeps only weak references to them (and
-small plain values), so a loop whose calls all fail (a database down) does not keep every chunk it was
-given: such a call can be retried while its inputs are still in memory.
+failed call of each task keeps its inputs alive, and the latest failed run of each flow its parameters;
+an earlier one keeps only weak references to them (and small plain values), so a loop whose calls all
+fail (a database down) does not keep every chunk it was given: it can be retried while its inputs are
+still in memory.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbflow.context import estimated_size
+from nbflow.context import keep_weakly
 from nbflow.exceptions import NbflowError
 
 if TYPE_CHECKING:
@@ -42,19 +42,6 @@ class NotRetryable(NbflowError, LookupError):
 
 
 _GONE: Any = object()
-_HELD_ONE = 1024 * 1024  # an input that allows no weak reference is held after demotion up to this size
-
-
-def _keep(value: Any) -> Callable[[], Any]:
-    """A getter for ``value`` that does not keep it alive if it allows a weak reference; returns ``_GONE``
-    once it is freed (or at once for a large value that allows none)."""
-    try:
-        ref = weakref.ref(value)
-    except TypeError:
-        if estimated_size(value) > _HELD_ONE:
-            return lambda: _GONE
-        return lambda: value
-    return lambda: _GONE if (alive := ref()) is None else alive
 
 
 class _FailedCall:
@@ -75,7 +62,8 @@ class _FailedCall:
         """Stop keeping the inputs alive (a later call of the same task failed)."""
         held = self._held
         if held is not None:
-            self._kept = ([_keep(value) for value in held[0]], {name: _keep(value) for name, value in held[1].items()})
+            self._kept = ([keep_weakly(value, _GONE) for value in held[0]],
+                          {name: keep_weakly(value, _GONE) for name, value in held[1].items()})
             self._held = None
 
     def inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -94,6 +82,7 @@ _lock = threading.Lock()
 _failed_tasks: OrderedDict[str, _FailedCall] = OrderedDict()
 _failed_flows: OrderedDict[str, FlowRunEngine] = OrderedDict()
 _latest: dict[str, str] = {}  # task key -> its latest failed task run (the one whose inputs are held)
+_latest_flow: dict[str, str] = {}  # flow name -> its latest failed flow run (the one whose parameters are held)
 
 
 def _remember(registry: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -114,6 +103,11 @@ def remember_failed_task(task_run_id: str, call: _FailedCall) -> None:
 
 
 def remember_failed_flow(run_id: str, engine: FlowRunEngine) -> None:
+    with _lock:
+        previous = _failed_flows.get(_latest_flow.get(engine.flow.name, ""))
+        _latest_flow[engine.flow.name] = run_id
+    if previous is not None and previous is not engine:
+        previous.release_parameters()
     _remember(_failed_flows, run_id, engine)
 
 
@@ -134,9 +128,10 @@ def failed_task_runs() -> list[str]:
 
 
 def failed_flow_runs() -> list[str]:
-    """Ids of the failed flow runs this process can retry, oldest first."""
+    """Ids of the failed flow runs this process can retry (their parameters still in memory), oldest first."""
     with _lock:
-        return list(_failed_flows)
+        engines = list(_failed_flows.items())
+    return [run_id for run_id, engine in engines if engine.parameters_available()]
 
 
 def retry_task_run(task_run_id: str) -> State:
