@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from nbflow.transactions import Transaction
 
 __all__ = [
-    "CompletedCall", "FlowRunContext", "ResultIdentities", "TaskRunContext", "current_flow_run", "current_task_run",
-    "current_transaction", "estimated_size", "identity_matcher", "keep_weakly", "producers_among",
+    "CompletedCall", "FlowRunContext", "ResultIdentities", "TaskRunContext", "WeakValues", "current_flow_run",
+    "current_task_run", "current_transaction", "estimated_size", "identity_matcher", "producers_among",
 ]
 
 # Results are recognised by identity (a later call that takes one gets a graph edge from the call that made
@@ -108,19 +108,39 @@ def estimated_size(value: Any) -> int:
 
 
 _GONE: Any = object()
-_KEPT_ONE = 1024 * 1024  # a value that allows no weak reference is kept by keep_weakly up to this size
+_KEPT_ONE = 1024 * 1024  # a value that allows no weak reference is kept by WeakValues up to this size
 
 
-def keep_weakly(value: Any, gone: Any = _GONE) -> Callable[[], Any]:
-    """A getter for ``value`` that does not keep it alive if it allows a weak reference: it returns ``gone``
-    once the value is freed (and always, for a value over 1 MB that allows none; smaller ones are held)."""
+def _keep_weakly(value: Any) -> Callable[[], Any]:
+    """A getter for ``value`` that does not keep it alive if it allows a weak reference: it returns
+    ``_GONE`` once the value is freed (and always, for a value over 1 MB that allows none; smaller ones
+    are held)."""
     try:
         ref = weakref.ref(value)
     except TypeError:
         if estimated_size(value) > _KEPT_ONE:
-            return lambda: gone
+            return lambda: _GONE
         return lambda: value
-    return lambda: gone if (alive := ref()) is None else alive
+    return lambda: _GONE if (alive := ref()) is None else alive
+
+
+class WeakValues:
+    """Values by key (a failed call's arguments, a failed flow run's parameters), kept without keeping
+    them alive where they allow a weak reference, and given back all together while all are in memory."""
+
+    __slots__ = ("_getters",)
+
+    def __init__(self, values: dict[Any, Any]) -> None:
+        self._getters = {key: _keep_weakly(value) for key, value in values.items()}
+
+    def gone(self) -> list[Any]:
+        """The keys whose value is no longer in memory."""
+        return [key for key, get in self._getters.items() if get() is _GONE]
+
+    def get(self) -> dict[Any, Any] | None:
+        """The values, or None if one of them is no longer in memory."""
+        values = {key: get() for key, get in self._getters.items()}
+        return None if any(value is _GONE for value in values.values()) else values
 
 
 class ResultIdentities:

@@ -7,11 +7,10 @@ reused (matched by task and call order), so only what failed, and what comes aft
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events
-from nbflow.context import FlowRunContext, _flow_run, current_flow_run, keep_weakly
+from nbflow.context import FlowRunContext, WeakValues, _flow_run, current_flow_run
 from nbflow.engine.futures import futures_in, resolve
 from nbflow.engine.manual_retry import NotRetryable, remember_failed_flow
 from nbflow.engine.retries import delay_for
@@ -25,9 +24,6 @@ if TYPE_CHECKING:
     from nbflow.flows import Flow
 
 __all__ = ["run_flow", "run_flow_async"]
-
-
-_GONE: Any = object()
 
 
 class FlowRunEngine:
@@ -44,7 +40,7 @@ class FlowRunEngine:
         self.runner: TaskRunner | None = None
         # Set once a later run of this flow failed too: the parameters, kept only while something else
         # keeps them (see manual_retry), in place of the context's.
-        self._kept: dict[str, Callable[[], Any]] | None = None
+        self._kept: WeakValues | None = None
 
     def set_state(self, state: State) -> None:
         run = self.run
@@ -197,22 +193,21 @@ class FlowRunEngine:
         this run stays possible while something else keeps them."""
         context = self.context
         if context is not None and self._kept is None:
-            self._kept = {name: keep_weakly(value, _GONE) for name, value in context.parameters.items()}
+            self._kept = WeakValues(context.parameters)
             context.parameters = {}
 
     def parameters_available(self) -> bool:
         """Whether :meth:`resume` has the parameters it needs."""
-        kept = self._kept
-        return kept is None or all(get() is not _GONE for get in kept.values())
+        return self._kept is None or not self._kept.gone()
 
     def resume(self) -> State:
         """Run the body again in the same run (a manual "retry failed"), with the flow's retries."""
         run = self.run
         assert run is not None
         if self._kept is not None:
-            parameters = {name: get() for name, get in self._kept.items()}
-            gone = [name for name, value in parameters.items() if value is _GONE]
-            if gone:
+            parameters = self._kept.get()
+            if parameters is None:
+                gone = self._kept.gone()
                 raise NotRetryable(
                     f"flow run {run.id!r} cannot be retried: its parameter {gone[0]!r} is no longer in memory "
                     f"(only the latest failed run of each flow keeps them alive); call {self.flow.name} again"

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbflow.context import keep_weakly
+from nbflow.context import WeakValues
 from nbflow.exceptions import NbflowError
 
 if TYPE_CHECKING:
@@ -41,8 +40,6 @@ class NotRetryable(NbflowError, LookupError):
     """The task run or flow run is unknown to this process, or did not fail."""
 
 
-_GONE: Any = object()
-
 
 class _FailedCall:
     """A failed call as a retry runs it again: held inputs while it is its task's latest failure, weak
@@ -56,14 +53,15 @@ class _FailedCall:
         self.flow_context = flow_context
         self.dynamic_key = dynamic_key
         self._held: tuple[tuple[Any, ...], dict[str, Any]] | None = (args, kwargs)
-        self._kept: tuple[list[Callable[[], Any]], dict[str, Callable[[], Any]]] | None = None
+        # Once demoted: the positional arguments under their index, the keyword ones under their name.
+        self._kept: tuple[int, WeakValues] | None = None
 
     def demote(self) -> None:
         """Stop keeping the inputs alive (a later call of the same task failed)."""
         held = self._held
         if held is not None:
-            self._kept = ([keep_weakly(value, _GONE) for value in held[0]],
-                          {name: keep_weakly(value, _GONE) for name, value in held[1].items()})
+            args, kwargs = held
+            self._kept = (len(args), WeakValues({**dict(enumerate(args)), **kwargs}))
             self._held = None
 
     def inputs(self) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -71,11 +69,11 @@ class _FailedCall:
         if self._held is not None:
             return self._held
         assert self._kept is not None
-        args = tuple(get() for get in self._kept[0])
-        kwargs = {name: get() for name, get in self._kept[1].items()}
-        if any(value is _GONE for value in args) or any(value is _GONE for value in kwargs.values()):
+        positional, kept = self._kept
+        values = kept.get()
+        if values is None:
             return None
-        return args, kwargs
+        return (tuple(values.pop(index) for index in range(positional)), values)
 
 
 _lock = threading.Lock()

@@ -24,10 +24,10 @@ _MAX_RESULTS = 1000  # results of calls outside flows remembered for edges (see 
 
 
 def _trackable(value: Any) -> bool:
-    # Small ints, strings and None are shared objects: an identity match would be a false edge.
+    # A cell task's own result object is not an input of anything (ResultIdentities skips shared scalars).
     from nbflow.ipython.cells import CellResult
 
-    return not (value is None or isinstance(value, (bool, int, float, str, bytes, CellResult)))
+    return not isinstance(value, CellResult)
 
 
 class SessionTracker:
