@@ -31,6 +31,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nbflow._idle import IdleWriter
+
 if TYPE_CHECKING:
     import datetime
 
@@ -294,8 +296,8 @@ class RunHistory:
         self._dirty_runs: dict[str, RunRecord] = {}
         self._dirty_tasks: dict[str, TaskRunRecord] = {}
         self._oldest: float | None = None
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._idle = IdleWriter("nbflow-run-history", _FLUSH_INTERVAL, lambda: self._oldest, self._flush_quietly,
+                                before=self._checkpoint_if_due)
         self._closed = False
         self._connection: sqlite3.Connection | None = None
         self._unchecked_bytes = 0  # written to the log since the last checkpoint (roughly)
@@ -355,30 +357,14 @@ class RunHistory:
             if oldest is None:
                 self._oldest = oldest = now
             due = now - oldest >= _FLUSH_INTERVAL or len(self._dirty_tasks) >= _FLUSH_ROWS
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._idle_writer, name="nbflow-run-history", daemon=True)
-                self._thread.start()
         if due:
             self._flush_quietly()
         elif oldest == now:
-            # Only the first change of a batch wakes the idle writer, which then watches the batch
-            # (setting an Event costs a lock and a notify, too much for every task call).
-            self._wake.set()
+            self._idle.wake()  # only the first change of a batch: the idle writer then watches the batch
 
-    def _idle_writer(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            self._wake.clear()
-            if self._unchecked_bytes >= _CHECKPOINT_BYTES:
-                self._checkpoint_quietly()
-            if self._oldest is None:
-                continue
-            time.sleep(2 * _FLUSH_INTERVAL)
-            oldest = self._oldest
-            if oldest is not None and time.monotonic() - oldest >= _FLUSH_INTERVAL and not self._flush_quietly():
-                continue  # the next mark flushes again (retrying here would log the failure twice a second)
-            if self._oldest is not None:  # marks while a batch waits do not wake this thread: look again
-                self._wake.set()
+    def _checkpoint_if_due(self) -> None:
+        if self._unchecked_bytes >= _CHECKPOINT_BYTES:
+            self._checkpoint_quietly()
 
     def _checkpoint_quietly(self) -> None:
         """Copy the write-ahead log into the database (a passive checkpoint: writers go on meanwhile).
@@ -443,12 +429,12 @@ class RunHistory:
                 self._oldest = time.monotonic()
                 raise
         if self._unchecked_bytes >= _CHECKPOINT_BYTES and not self._closed:
-            self._wake.set()
+            self._idle.wake()
 
     def close(self) -> None:
         """Write what is left and close the files (at exit)."""
         self._closed = True
-        self._wake.set()
+        self._idle.stop()
         with self._checkpoint_lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()

@@ -88,7 +88,8 @@ class State:
     """
 
     # _stamp: the time as a float (what the engine gives, cheaply) or the datetime (once read, or as given).
-    __slots__ = ("_data", "_stamp", "message", "name", "persisted", "type")
+    # __weakref__: a deferred save refers to its call's state without keeping the result alive.
+    __slots__ = ("__weakref__", "_data", "_stamp", "message", "name", "persisted", "type")
 
     type: StateType
     name: str

@@ -14,7 +14,7 @@ from nbflow.context import FlowRunContext, WeakValues, _flow_run, current_flow_r
 from nbflow.engine.futures import futures_in, resolve
 from nbflow.engine.manual_retry import NotRetryable, remember_failed_flow
 from nbflow.engine.retries import delay_for
-from nbflow.engine.runtime import frontend_hook, summarize
+from nbflow.engine.runtime import flush_store, frontend_hook, summarize
 from nbflow.engine.task_engine import _ENDS_AT_ONCE, _outcome, async_call_to_state, call_to_state, error_summary
 from nbflow.runs import RunRecord, StateEntry, history, new_id
 from nbflow.states import Cancelled, Completed, Failed, State, StateType
@@ -180,7 +180,8 @@ class FlowRunEngine:
             self.context.results.clear()  # release references held for graph edges
         if not state.is_completed():
             remember_failed_flow(run.id, self)
-        if self.parent is None:
+        if self.parent is None:  # a flow's results are all committed once it ends
+            flush_store()
             history().flush()
         return state
 

@@ -78,7 +78,15 @@ def _session_source() -> str | None:
 def finish_session() -> None:
     """End this process's session run (Completed, or Failed if a task failed) and write history now."""
     _end_session()
+    flush_store()
     history().flush()
+
+
+def flush_store() -> None:
+    """Commit the deferred saves of the open store now (a failure warns; the calls' states say so too)."""
+    store = _store
+    if store is not None and store._deferred:
+        store._flush_quietly()
 
 
 def _end_session() -> None:

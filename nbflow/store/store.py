@@ -33,7 +33,9 @@ when that is older than ``touch_interval`` queues a rewrite of ``last_used``, wr
 
 Writes go blobs (temp file, fsync, rename), then payload and record rows (and with them the volume total)
 together in one SQLite transaction, which is the commit point: a crash at any moment leaves the old entry or
-the complete new one.
+the complete new one. A deferred save (``save(defer=True)``, which the engine uses for the small results of
+quick calls) is sealed at once and committed later with others, in one transaction per batch; until then
+this process reads it from memory, and a crash loses it (never anything committed).
 That transaction, and the hit's read, are plain SQL on diskcache's table, writing the columns its own
 ``set`` writes (the record row's size aside), so diskcache's API (used for deleting, pruning and listing)
 reads them as its own; a diskcache whose table looks different is used through that API instead.
@@ -48,8 +50,10 @@ kept the volume in a row of its own, one more page for every save to write. Form
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -63,6 +67,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +80,7 @@ except ImportError:  # Windows: no advisory locks, so eviction cannot see which 
     fcntl = None  # type: ignore[assignment]
 
 from nbflow import _pid
+from nbflow._idle import IdleWriter
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
@@ -161,11 +167,12 @@ _TOUCH_RECORD = (
 )
 # What diskcache's set() changes in a row that keeps its value inline and stays that way.
 _SET_RECORD = "UPDATE Cache SET store_time = ?, access_time = ?, access_count = 0, value = ? WHERE key = ? AND raw = 1"
-# A save: the previous record (0) and whether either row keeps its value in a diskcache file instead of the
-# row (the direct write would leave such a file behind, so those saves go through diskcache's API).
+# A save: the rows of the entries it replaces, the records' text (not the payloads'), and whether a row keeps
+# its value in a diskcache file instead of the row (a direct write would leave such a file behind, so those
+# saves go through diskcache's API). Formatted with one "?" per row key.
 _SELECT_PREVIOUS = (
-    "SELECT 0, mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
-    " UNION ALL SELECT 1, mode, filename, NULL FROM Cache WHERE key = ? AND raw = 1"
+    "SELECT key, mode, filename, CASE WHEN substr(key, -1) = 'm' THEN value END FROM Cache"
+    " WHERE raw = 1 AND key IN ({})"
 )
 # The columns diskcache's own set() writes for a value kept in the row, but for ``size``: the entry's size on
 # its record row (see the module documentation). An upsert (rather than INSERT OR REPLACE) so that
@@ -175,11 +182,23 @@ _INSERT = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
     " filename, value) VALUES "
 )
-_UPSERT_ENTRY = (
-    f"{_INSERT}{_ROW}, {_ROW} ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+_ON_CONFLICT = (
+    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
     " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
     " size = excluded.size, mode = 1, filename = NULL, value = excluded.value"
 )
+
+
+@functools.cache
+def _upsert_entries(count: int) -> str:
+    """The statement writing both rows of ``count`` entries."""
+    return f"{_INSERT}{', '.join([_ROW] * (2 * count))}{_ON_CONFLICT}"
+
+
+@functools.cache
+def _select_previous(count: int) -> str:
+    """The statement reading what the rows of ``count`` entries replace."""
+    return _SELECT_PREVIOUS.format(", ".join("?" * (2 * count)))
 # The JSON scanner json.loads uses, called directly: it parses the signed fields of a small entry in a
 # third of the time (the fields are ASCII, MAC-verified, and checked for shape after parsing).
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -271,6 +290,22 @@ _TOUCH_DELAY = 5.0
 _PENDING_HITS_MAX = 100_000
 _TOUCHED_MAX = 100_000
 
+# Deferred saves (``save(defer=True)``, the results of quick calls) are written together, one transaction per
+# batch: a commit writes a handful of pages to SQLite's log whatever it holds, most of a small save's cost.
+# A batch is written when _DEFER_BATCH saves wait, when its oldest has waited _DEFER_DELAY seconds at the
+# next save, by an idle thread after that, before anything reads or changes the store, and at exit.
+# Measured on a loop of trivial misses: 64 per batch costs about half of saving each on its own; larger
+# batches gain nothing more. A payload over _DEFER_MAX_BYTES is saved at once.
+_DEFER_BATCH = 64
+_DEFER_DELAY = 0.05
+_DEFER_MAX_BYTES = 1 << 20
+# Stores that may hold deferred saves: written at exit, dropped in a forked child (they are the parent's).
+_deferring: weakref.WeakSet[ResultStore] = weakref.WeakSet()
+
+# A deferred save: the record, the payload row, and what to call if it is never written.
+Deferred = tuple[Record, bytes, Callable[[str], None] | None]
+
+
 class ResultStore:
     """Task results cached on local disk under ``<home>/store``, safe across processes and threads.
 
@@ -355,6 +390,14 @@ class ResultStore:
         self._pending_touches: dict[str, tuple[str, float]] = {}
         self._oldest_touch = 0.0
         self._lock = threading.Lock()
+        # Deferred saves by key (a newer save of a key replaces the one waiting), and since when the oldest
+        # has waited (time.monotonic(); None: nothing waits). An entry leaves the dict only once committed,
+        # so a read that does not find its key there finds it in the database.
+        self._deferred: dict[str, Deferred] = {}
+        self._deferred_since: float | None = None
+        self._deferred_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
+        self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, lambda: self._deferred_since, self._flush_quietly)
 
     def _table_is_known(self) -> bool:
         """Whether diskcache's table has exactly the columns the direct writes fill in."""
@@ -385,6 +428,8 @@ class ResultStore:
         Reads metadata only: no payload bytes, no unpickling. The record is not authenticated yet; that
         happens in :meth:`load`. Expired entries are deleted; unreadable ones are deleted with a warning.
         """
+        if self._deferred and key in self._deferred:
+            self._flush_quietly()
         raw = self._read(self._mkey(key))
         return None if raw is None else self._checked_record(key, raw)
 
@@ -416,6 +461,8 @@ class ResultStore:
         is rebuilt. An entry that fails verification is deleted, reported with one
         :class:`~nbflow.exceptions.NbflowWarning` naming its task, and treated as a miss.
         """
+        if self._deferred and key in self._deferred:
+            self._flush_quietly()  # rare (the same call again within milliseconds): then read as any other
         for _ in range(_LOAD_ATTEMPTS):
             payload, written = self._read_payload(key)
             if written is None:
@@ -532,6 +579,7 @@ class ResultStore:
 
     def records(self) -> Iterator[Record]:
         """All records of the current format version, in key order. Reads metadata only."""
+        self._flush_quietly()
         start = self._kstart
         for db_key in self._cache.iterkeys():
             if not (isinstance(db_key, str) and db_key.startswith(start) and db_key.endswith(":m")):
@@ -547,6 +595,7 @@ class ResultStore:
     def volume(self) -> int:
         """Total size in bytes of the entries (kept as a running total by SQLite triggers, within the same
         transactions as the entries; :meth:`prune` recounts it)."""
+        self._flush_quietly()
         return self._total()
 
     def _total(self) -> int:
@@ -571,6 +620,8 @@ class ResultStore:
         run_id: str | None = None,
         serializer: str | Serializer = "pickle",
         expires: float | None = None,
+        defer: bool = False,
+        on_lost: Callable[[str], None] | None = None,
     ) -> Record:
         """Store ``value`` under ``key`` and return its record, replacing any previous entry.
 
@@ -578,6 +629,14 @@ class ResultStore:
         is written) and :class:`~nbflow.exceptions.PersistError` if writing fails (nothing of the new
         entry is kept; a previous entry under the key stays as it was). If the store then exceeds its
         size limit, least recently used entries are evicted (never the one just saved).
+
+        With ``defer=True`` a small entry (a stream of up to 1 MiB and no array buffers) is serialized and
+        sealed at once but committed later, together with others, within about 50 ms (see :meth:`flush`):
+        a batch costs about half of saving each entry on its own. This process reads it back meanwhile;
+        other processes see it once committed, and a process killed before then loses it. If writing the
+        batch fails, the save that wrote it raises :class:`~nbflow.exceptions.PersistError` (a batch
+        written by the idle thread or at exit warns instead) and ``on_lost`` of each of its entries is
+        called with the reason. Larger entries are saved at once, as without ``defer``.
         """
         if not isinstance(key, str) or not key:
             raise ValueError(f"a store key must be a non-empty string, not {key!r}")
@@ -587,8 +646,13 @@ class ResultStore:
         if not isinstance(serializer, str) and _registered(chosen.name) is not chosen:
             register_serializer(chosen)  # so that this process can load what it saved
         stream, views = self._serialize(chosen, value, task_name)
+        if defer and not views and len(stream) <= _DEFER_MAX_BYTES and self._fast_writes:
+            record, payload = self._sealed(key, task_name, run_id, expires, chosen.name, stream, [], "")
+            self._defer(key, (record, payload, on_lost))
+            return record
+        if self._deferred and key in self._deferred:
+            self._flush_quietly()  # the waiting save of this key is older: it must not land over this one
 
-        now = time.time()
         blob_id = secrets.token_hex(8) if views else ""
         written: list[str] = []
         try:
@@ -596,26 +660,7 @@ class ResultStore:
                 (view.nbytes, self._write_blob(self._blob_path(key, blob_id, index), view, written))
                 for index, view in enumerate(views)
             ]
-            record = Record(
-                key=key,
-                task_name=task_name,
-                run_id=run_id,
-                created=now,
-                expires=None if expires is None else float(expires),
-                last_used=now,
-                size=len(stream) + sum(size for size, _ in buffers),
-                serializer=chosen.name,
-                format_version=FORMAT_VERSION,
-                buffers=buffers,
-                stream_size=len(stream),
-                mac="",
-                hits=0,
-                blob_id=blob_id,
-            )
-            payload, mac = self._seal(record, stream)
-            # Set in place rather than with dataclasses.replace (a tenth of the cost): the record has not
-            # left this function yet.
-            object.__setattr__(record, "mac", mac)
+            record, payload = self._sealed(key, task_name, run_id, expires, chosen.name, stream, buffers, blob_id)
             for path in written:
                 os.utime(path)  # see _ORPHAN_AGE: the files' age counts from the commit
             previous, total = self._commit(key, record, payload)
@@ -696,6 +741,32 @@ class ResultStore:
         written.remove(temporary)
         return (_KEYED if self.strict_buffers else _FAST) + hasher.hexdigest()
 
+    def _sealed(self, key: str, task_name: str, run_id: str | None, expires: float | None, serializer: str,
+                stream: bytes, buffers: list[tuple[int, str]], blob_id: str) -> tuple[Record, bytes]:
+        """The record of a new entry and its payload row."""
+        now = time.time()
+        record = Record(
+            key=key,
+            task_name=task_name,
+            run_id=run_id,
+            created=now,
+            expires=None if expires is None else float(expires),
+            last_used=now,
+            size=len(stream) + sum(size for size, _ in buffers),
+            serializer=serializer,
+            format_version=FORMAT_VERSION,
+            buffers=buffers,
+            stream_size=len(stream),
+            mac="",
+            hits=0,
+            blob_id=blob_id,
+        )
+        payload, mac = self._seal(record, stream)
+        # Set in place rather than with dataclasses.replace (a tenth of the cost): the record has not left
+        # this store yet.
+        object.__setattr__(record, "mac", mac)
+        return record, payload
+
     def _seal(self, record: Record, stream: bytes) -> tuple[bytes, str]:
         """The payload row of an entry (see the module documentation) and its MAC in hex."""
         signed = record.signed_bytes()
@@ -717,14 +788,14 @@ class ResultStore:
             and getattr(self._cache, "_txn_id", None) != threading.get_ident()  # not nested in a transaction
         ):
             try:
-                done = self._commit_directly(key, record, payload)
+                replaced, total, left = self._commit_directly([(key, record, payload)])
             except sqlite3.OperationalError as error:
                 if "no such" not in str(error) and "has no column" not in str(error):
                     raise
                 self._fast_writes = False  # a diskcache with another layout after all
-                done = None
-            if done is not None:
-                return done
+            else:
+                if not left:
+                    return replaced.get(key), total
         cache = self._cache
         mkey = self._mkey(key)
         with self._transaction():
@@ -743,32 +814,48 @@ class ResultStore:
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
 
-    def _commit_directly(self, key: str, record: Record, payload: bytes) -> tuple[Record | None, int] | None:
-        """:meth:`_commit` in five SQL statements on diskcache's table, writing the rows as its ``set`` would
-        (a third of the cost of going through it) but for the record row's size, which diskcache's triggers
-        add to the volume total. ``None``, with nothing written, when a row of the entry keeps its value in a
-        diskcache file, which only diskcache knows to clean up.
+    def _commit_directly(
+        self, entries: list[tuple[str, Record, bytes]]
+    ) -> tuple[dict[str, Record], int, list[tuple[str, Record, bytes]]]:
+        """Write the rows of ``entries`` in one transaction of a few SQL statements on diskcache's table,
+        writing them as its ``set`` would (a third of the cost of going through it) but for the record
+        row's size, which diskcache's triggers add to the volume total. Returns the records of the entries
+        replaced, by key, the new total, and the entries left unwritten: those with a row that keeps its
+        value in a diskcache file, which only diskcache knows to clean up.
 
         The transaction is begun and ended here rather than with ``transact()``, so the interrupt safety
         of :meth:`_transaction` is repeated: whatever ends this early rolls back, and an interrupt drops
         the connection, in case it landed where this code cannot tell whether a transaction is open.
         """
-        mkey = self._mkey(key)
         connection = self._cache._con
         execute = connection.execute
+        replaced: dict[str, Record] = {}
+        left: list[tuple[str, Record, bytes]] = []
         try:
             execute("BEGIN IMMEDIATE")
-            previous_raw = None
-            for which, mode, filename, value in execute(_SELECT_PREVIOUS, (mkey, self._pkey(key))).fetchall():
-                if filename is not None or mode != _MODE_RAW:
-                    execute("ROLLBACK")
-                    return None
-                if which == 0:
-                    previous_raw = value
-            previous = self._try_parse(previous_raw)
-            now = time.time()
-            execute(_UPSERT_ENTRY, (self._pkey(key), now, now, 0, payload, mkey, now, now, record.size,
-                                    record.to_json()))
+            for start in range(0, len(entries), _DEFER_BATCH):  # bounded statements, whatever the batch
+                chunk = entries[start : start + _DEFER_BATCH]
+                keys = [db_key for key, _, _ in chunk for db_key in (self._mkey(key), self._pkey(key))]
+                in_files = set()
+                for db_key, mode, filename, value in execute(_select_previous(len(chunk)), keys).fetchall():
+                    key = db_key[len(self._kstart) : -2]
+                    if filename is not None or mode != _MODE_RAW:
+                        in_files.add(key)
+                    elif value is not None:
+                        previous = self._try_parse(value)
+                        if previous is not None:
+                            replaced[key] = previous
+                if in_files:
+                    left += [entry for entry in chunk if entry[0] in in_files]
+                    chunk = [entry for entry in chunk if entry[0] not in in_files]
+                    if not chunk:
+                        continue
+                now = time.time()
+                rows: list[Any] = []
+                for key, record, payload in chunk:
+                    rows += (self._pkey(key), now, now, 0, payload, self._mkey(key), now, now, record.size,
+                             record.to_json())
+                execute(_upsert_entries(len(chunk)), rows)
             ((total,),) = execute(_SELECT_VOLUME).fetchall()
             execute("COMMIT")
         except BaseException as error:
@@ -781,12 +868,108 @@ class ResultStore:
             else:
                 self._drop_connection()
             raise
-        return previous, int(total or 0)
+        for key, _, _ in left:
+            replaced.pop(key, None)
+        return replaced, int(total or 0), left
+
+    # -- deferred saves ----------------------------------------------------------------------------
+
+    def _defer(self, key: str, entry: Deferred) -> None:
+        now = time.monotonic()
+        with self._deferred_lock:
+            self._deferred[key] = entry
+            since = self._deferred_since
+            if since is None:
+                self._deferred_since = since = now
+                _deferring.add(self)
+            due = len(self._deferred) >= _DEFER_BATCH or now - since >= _DEFER_DELAY
+        if due:
+            self.flush()
+        elif since == now:
+            self._idle.wake()  # only the first save of a batch: the idle thread then watches it
+
+    def flush(self) -> None:
+        """Commit the deferred saves now (see :meth:`save`), in one transaction.
+
+        Raises :class:`~nbflow.exceptions.PersistError` if that fails: those results are then not stored,
+        and each one's ``on_lost`` has been called. Interrupted, they stay deferred.
+        """
+        if not self._deferred:
+            return
+        with self._flush_lock:
+            # A call, not the code itself: an exception raised at a ``try`` line in a ``with`` block (as a
+            # trace function can) would skip the lock's release.
+            written = self._write_deferred()
+        if written is None:
+            return
+        batch, replaced, total = written
+        for previous in replaced.values():
+            if previous.blob_id:
+                self._remove_blobs(previous)
+        if total > self.size_limit:
+            try:
+                self._prune(protect=batch[-1][0], target=int(self.size_limit * _PRUNE_LOW_WATER))
+            except self._write_errors:
+                pass  # eviction is retried by the next save or prune()
+
+    def _write_deferred(self) -> tuple[list[tuple[str, Deferred]], dict[str, Record], int] | None:
+        """:meth:`flush`'s transaction: the batch written, the records it replaced, the new total."""
+        try:
+            with self._deferred_lock:
+                batch = list(self._deferred.items())
+                self._deferred_since = None
+            if not batch:
+                return None
+            replaced, total, left = self._commit_directly([(key, record, payload)
+                                                           for key, (record, payload, _) in batch])
+            for key, record, payload in left:  # rows diskcache keeps in files: through its API
+                previous, total = self._commit(key, record, payload)
+                if previous is not None:
+                    replaced[key] = previous
+        except self._write_errors as error:
+            self._forget(batch)
+            reason = f"writing to the store in {self.directory} failed ({error})"
+            for _, (_, _, on_lost) in batch:
+                if on_lost is not None:
+                    on_lost(reason)
+            tasks = ", ".join(sorted({repr(record.task_name) for _, (record, _, _) in batch}))
+            count = "the result" if len(batch) == 1 else f"{len(batch)} results"
+            message = f"{count} of task(s) {tasks} not persisted: {reason}"
+            code = getattr(error, "errno", None)
+            raise (PersistError(code, message) if code else PersistError(message)) from error
+        except BaseException:
+            with self._deferred_lock:  # interrupted: still waiting, and the idle thread knows again
+                if self._deferred and self._deferred_since is None:
+                    self._deferred_since = time.monotonic()
+            raise
+        self._forget(batch)
+        return batch, replaced, total
+
+    def _forget(self, batch: list[tuple[str, Deferred]]) -> None:
+        """Take a written (or lost) batch out of the deferred saves, but for keys saved again meanwhile."""
+        with self._deferred_lock:
+            deferred = self._deferred
+            for key, entry in batch:
+                if deferred.get(key) is entry:
+                    del deferred[key]
+            if deferred and self._deferred_since is None:
+                self._deferred_since = time.monotonic()
+
+    def _flush_quietly(self) -> bool:
+        """:meth:`flush`, warning instead of raising (where no task call would get the error)."""
+        try:
+            self.flush()
+        except PersistError as error:
+            warnings.warn(str(error), NbflowWarning, stacklevel=2)
+            return False
+        return True
 
     # -- deleting ----------------------------------------------------------------------------------
 
     def delete(self, key: str) -> bool:
         """Delete the entry for ``key``; return whether there was one."""
+        if self._deferred and key in self._deferred:
+            self._flush_quietly()
         return self._delete_if(key, lambda current: True)
 
     def prune(self) -> int:
@@ -796,10 +979,12 @@ class ResultStore:
         that no record refers to (files only once they are over a minute old, so that saves in progress
         are left alone). Returns the number of entries removed.
         """
+        self._flush_quietly()
         return self._prune(protect=None, target=self.size_limit)
 
     def clear(self) -> int:
         """Delete everything in the store; return the number of entries removed."""
+        self._flush_quietly()
         cache = self._cache
         count = sum(1 for db_key in cache.iterkeys() if isinstance(db_key, str) and _is_record_key(db_key))
         cache.clear()
@@ -812,8 +997,9 @@ class ResultStore:
         return count
 
     def close(self) -> None:
-        """Write pending hit counts and use times, and close the database connection (the store reopens
-        on next use)."""
+        """Commit the deferred saves, write pending hit counts and use times, and close the database
+        connection (the store reopens on next use)."""
+        self._flush_quietly()
         self._flush_touches(all_hits=True)
         self._cache.close()
 
@@ -1350,7 +1536,29 @@ class ResultStore:
     def delete_records(self, records: list[Record]) -> list[Record]:
         """Delete the entries ``records`` describe, each only if it is still that entry (one saved again
         since the records were read is kept); return the records of the entries deleted."""
+        self._flush_quietly()
         return [record for record in records if self._delete_if(record.key, self._same_entry(record))]
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for store in list(_deferring):
+        try:
+            store._flush_quietly()
+        except Exception:  # a store whose files are gone: nothing to do at exit
+            pass
+
+
+def _after_fork_in_child() -> None:
+    # The deferred saves are the parent's to write; a lock another thread held at the fork stays held here.
+    for store in list(_deferring):
+        store._deferred = {}
+        store._deferred_since = None
+        store._deferred_lock = threading.Lock()
+        store._flush_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _warn_failed(key: str, record: Record | None, reason: str) -> None:

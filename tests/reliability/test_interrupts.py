@@ -38,17 +38,23 @@ def build(table: dict[str, list[int]], scale: int) -> dict[str, Any]:
     return {"total": total, "array": array, "names": sorted(table)}
 
 
+@nbflow.task
+def tally(table: dict[str, list[int]], scale: int) -> dict[str, Any]:
+    """A small result of a quick call: its save is deferred (see ResultStore.save(defer=True))."""
+    return {"total": sum(sum(column) for column in table.values()) * scale, "names": sorted(table)}
+
+
 ARGS = ({"a": list(range(50)), "b": list(range(30)), "c": [7] * 20}, 3)
 
 
-def expected() -> dict[str, Any]:
-    return build.fn(*ARGS)
-
-
 def check(value: Any) -> None:
-    want = expected()
+    want = build.fn(*ARGS)
     assert value["total"] == want["total"] and value["names"] == want["names"]
     np.testing.assert_array_equal(value["array"], want["array"])
+
+
+def check_tally(value: Any) -> None:
+    assert value == tally.fn(*ARGS)
 
 
 class Interrupter:
@@ -156,12 +162,13 @@ def assert_consistent(store: ResultStore, key: str | None) -> bool:
 # as a spurious chained exception in later tests.
 
 
-@pytest.mark.parametrize("path", ["miss", "hit"])
+@pytest.mark.parametrize(("path", "kind"), [("miss", "buffers"), ("hit", "buffers"), ("miss", "small")])
 def test_an_interrupt_at_any_line_cancels_the_task_and_keeps_the_store_consistent(
-    path: str, child_env: dict[str, str]
+    path: str, kind: str, child_env: dict[str, str]
 ) -> None:
-    result = run_child(f"from tests.reliability.test_interrupts import sweep; print(sweep({path!r}))", child_env,
-                       timeout=280)
+    """``small``: a quick call's small result, deferred and (batches of one here) committed in the call."""
+    result = run_child(f"from tests.reliability.test_interrupts import sweep; print(sweep({path!r}, {kind!r}))",
+                       child_env, timeout=280)
     outcomes = json.loads(result.stdout.splitlines()[-1])
     assert outcomes["Cancelled"] > outcomes["lines"] // 2, outcomes
 
@@ -173,10 +180,17 @@ def test_code_identity_still_follows_edits_after_interrupts(child_env: dict[str,
     assert result.stdout.split()[-1:] == ["ok"]
 
 
-def sweep(path: str) -> str:
-    """Interrupt ``build`` at every line, on a cache miss or a hit; check each outcome; count them."""
+def sweep(path: str, kind: str = "buffers") -> str:
+    """Interrupt ``build`` (or ``tally``, for a small result) at every line, on a cache miss or a hit; check
+    each outcome; count them."""
     from nbflow.engine.runtime import get_store, session_run
 
+    global build, check
+    if kind == "small":
+        from nbflow.store import store as store_module
+
+        store_module._DEFER_BATCH = 1  # every deferred save commits in the call, where the sweep reaches it
+        build, check = tally, check_tally
     store = get_store()
     state = build(*ARGS, return_state=True)
     assert state.name == "Completed"

@@ -87,7 +87,9 @@ def crash_writer(home: str, secret: str, log: str, start: int) -> None:
     """Open the store, say how long a first save and load took, then write until killed.
 
     After each operation completes, its number is appended to ``log``: the parent then knows every
-    operation up to that one is committed, and at most the next one was in flight when it was killed.
+    operation up to that one is committed, and at most the next one was in flight when it was killed, but
+    for the small ``row`` values, saved deferred as a quick task's result is (``defer=True``): committed in
+    batches, so any of those since the key's last other operation may be the one in the store.
     """
     began = time.monotonic()
     store = ResultStore(Path(home), size_limit=1 << 34, secret_file=Path(secret))
@@ -99,7 +101,7 @@ def crash_writer(home: str, secret: str, log: str, start: int) -> None:
     while True:
         op, key, kind = crash_op(n)
         if op == "save":
-            store.save(key, make_value(key, n, kind), task_name=f"crash.{key}")
+            store.save(key, make_value(key, n, kind), task_name=f"crash.{key}", defer=kind == "row")
         elif op == "delete":
             store.delete(key)
         else:
@@ -152,7 +154,8 @@ def hammer(home: str, secret: str, process: int, threads: int, seconds: float,
                 key = f"own-{writer}-{rng.randrange(2)}" if own else f"shared-{rng.randrange(SHARED_KEYS)}"
                 if roll < 0.45:
                     kind = KINDS[n % len(KINDS)]
-                    store.save(key, make_value(key, n, kind, writer), task_name=key)
+                    # Small values deferred, as a quick task's result is: batches from several threads.
+                    store.save(key, make_value(key, n, kind, writer), task_name=key, defer=kind == "row")
                     last[key] = n
                     counts["saves"] += 1
                     if own and lossless:  # nobody else writes it: reading it back gives exactly this write
