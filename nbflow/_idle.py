@@ -12,6 +12,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["IdleWriter"]
 
@@ -25,19 +26,22 @@ class IdleWriter:
     is none; ``flush()`` writes the batch and returns whether it could. Call :meth:`wake` on the first
     change of a batch only (setting an Event costs a lock and a notify, too much for every task call).
     ``before`` runs on every wake, before anything else (the history checkpoints its log there).
+
+    The three are methods of one owner, held weakly: the thread ends once the owner is gone.
     """
 
     def __init__(self, name: str, delay: float, since: Callable[[], float | None], flush: Callable[[], bool],
                  before: Callable[[], None] | None = None) -> None:
         self.name = name
         self.delay = delay
-        self._since = since
-        self._flush = flush
-        self._before = before
+        self._since = weakref.WeakMethod(since)
+        self._flush = weakref.WeakMethod(flush)
+        self._before = weakref.WeakMethod(before) if before is not None else None
         self._event = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._start_lock = threading.Lock()
+        weakref.finalize(since.__self__, self.stop)  # type: ignore[attr-defined]
         _writers.add(self)
 
     def wake(self) -> None:
@@ -55,19 +59,26 @@ class IdleWriter:
         self._stopped = True
         self._event.set()
 
+    def _call(self, method: weakref.WeakMethod[Any]) -> Any:
+        bound = method()
+        if bound is None:  # the owner is gone
+            self._stopped = True
+            return None
+        return bound()
+
     def _run(self) -> None:
         while not self._stopped:
             self._event.wait()
             self._event.clear()
             if self._before is not None:
-                self._before()
-            if self._since() is None:
+                self._call(self._before)
+            if self._stopped or self._call(self._since) is None:
                 continue
             time.sleep(2 * self.delay)
-            since = self._since()
-            if since is not None and time.monotonic() - since >= self.delay and not self._flush():
+            since = self._call(self._since)
+            if since is not None and time.monotonic() - since >= self.delay and not self._call(self._flush):
                 continue  # the next change tries again (retrying here would report the failure twice a second)
-            if self._since() is not None:  # changes while a batch waits do not wake this thread: look again
+            if self._call(self._since) is not None:  # changes while a batch waits do not wake this thread
                 self._event.set()
 
     def _forget_thread(self) -> None:

@@ -296,7 +296,7 @@ class RunHistory:
         self._dirty_runs: dict[str, RunRecord] = {}
         self._dirty_tasks: dict[str, TaskRunRecord] = {}
         self._oldest: float | None = None
-        self._idle = IdleWriter("nbflow-run-history", _FLUSH_INTERVAL, lambda: self._oldest, self._flush_quietly,
+        self._idle = IdleWriter("nbflow-run-history", _FLUSH_INTERVAL, self._oldest_change, self._flush_quietly,
                                 before=self._checkpoint_if_due)
         self._closed = False
         self._connection: sqlite3.Connection | None = None
@@ -361,6 +361,9 @@ class RunHistory:
             self._flush_quietly()
         elif oldest == now:
             self._idle.wake()  # only the first change of a batch: the idle writer then watches the batch
+
+    def _oldest_change(self) -> float | None:
+        return self._oldest
 
     def _checkpoint_if_due(self) -> None:
         if self._unchecked_bytes >= _CHECKPOINT_BYTES:

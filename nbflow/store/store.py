@@ -68,7 +68,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -169,10 +169,10 @@ _TOUCH_RECORD = (
 _SET_RECORD = "UPDATE Cache SET store_time = ?, access_time = ?, access_count = 0, value = ? WHERE key = ? AND raw = 1"
 # A save: the rows of the entries it replaces, the records' text (not the payloads'), and whether a row keeps
 # its value in a diskcache file instead of the row (a direct write would leave such a file behind, so those
-# saves go through diskcache's API). Formatted with one "?" per row key.
+# saves go through diskcache's API). Formatted with the "?" of the record keys, then of the payload keys.
 _SELECT_PREVIOUS = (
-    "SELECT key, mode, filename, CASE WHEN substr(key, -1) = 'm' THEN value END FROM Cache"
-    " WHERE raw = 1 AND key IN ({})"
+    "SELECT key, mode, filename, value FROM Cache WHERE key IN ({0}) AND raw = 1"
+    " UNION ALL SELECT key, mode, filename, NULL FROM Cache WHERE key IN ({0}) AND raw = 1"
 )
 # The columns diskcache's own set() writes for a value kept in the row, but for ``size``: the entry's size on
 # its record row (see the module documentation). An upsert (rather than INSERT OR REPLACE) so that
@@ -198,7 +198,7 @@ def _upsert_entries(count: int) -> str:
 @functools.cache
 def _select_previous(count: int) -> str:
     """The statement reading what the rows of ``count`` entries replace."""
-    return _SELECT_PREVIOUS.format(", ".join("?" * (2 * count)))
+    return _SELECT_PREVIOUS.format(", ".join("?" * count))
 # The JSON scanner json.loads uses, called directly: it parses the signed fields of a small entry in a
 # third of the time (the fields are ASCII, MAC-verified, and checked for shape after parsing).
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
@@ -397,7 +397,7 @@ class ResultStore:
         self._deferred_since: float | None = None
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
-        self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, lambda: self._deferred_since, self._flush_quietly)
+        self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, self._waiting_since, self._flush_quietly)
 
     def _table_is_known(self) -> bool:
         """Whether diskcache's table has exactly the columns the direct writes fill in."""
@@ -684,14 +684,20 @@ class ResultStore:
         finally:
             for view in views:
                 view.release()
-        if previous is not None and previous.blob_id and previous.blob_id != blob_id:
-            self._remove_blobs(previous)
+        self._after_commit([previous] if previous is not None else [], total, key, blob_id)
+        return record
+
+    def _after_commit(self, replaced: Iterable[Record], total: int, key: str, blob_id: str = "") -> None:
+        """After a commit: remove the buffer files of the entries it replaced, and evict entries if the
+        store's ``total`` is over its limit (never ``key``'s, just saved)."""
+        for previous in replaced:
+            if previous.blob_id and previous.blob_id != blob_id:
+                self._remove_blobs(previous)
         if total > self.size_limit:
             try:
                 self._prune(protect=key, target=int(self.size_limit * _PRUNE_LOW_WATER))
             except self._write_errors:
                 pass  # eviction is retried by the next save or prune()
-        return record
 
     def _serialize(
         self, serializer: Serializer, value: Any, task_name: str
@@ -835,27 +841,26 @@ class ResultStore:
             execute("BEGIN IMMEDIATE")
             for start in range(0, len(entries), _DEFER_BATCH):  # bounded statements, whatever the batch
                 chunk = entries[start : start + _DEFER_BATCH]
-                keys = [db_key for key, _, _ in chunk for db_key in (self._mkey(key), self._pkey(key))]
-                in_files = set()
-                for db_key, mode, filename, value in execute(_select_previous(len(chunk)), keys).fetchall():
+                mkeys = [self._mkey(key) for key, _, _ in chunk]
+                pkeys = [self._pkey(key) for key, _, _ in chunk]
+                in_files: set[str] = set()
+                for db_key, mode, filename, value in execute(_select_previous(len(chunk)), mkeys + pkeys).fetchall():
                     key = db_key[len(self._kstart) : -2]
                     if filename is not None or mode != _MODE_RAW:
                         in_files.add(key)
-                    elif value is not None:
+                    elif value is not None:  # a record row
                         previous = self._try_parse(value)
                         if previous is not None:
                             replaced[key] = previous
-                if in_files:
-                    left += [entry for entry in chunk if entry[0] in in_files]
-                    chunk = [entry for entry in chunk if entry[0] not in in_files]
-                    if not chunk:
-                        continue
-                now = time.time()
                 rows: list[Any] = []
-                for key, record, payload in chunk:
-                    rows += (self._pkey(key), now, now, 0, payload, self._mkey(key), now, now, record.size,
-                             record.to_json())
-                execute(_upsert_entries(len(chunk)), rows)
+                now = time.time()
+                for (key, record, payload), mkey, pkey in zip(chunk, mkeys, pkeys):
+                    if key in in_files:
+                        left.append((key, record, payload))
+                    else:
+                        rows += (pkey, now, now, 0, payload, mkey, now, now, record.size, record.to_json())
+                if rows:
+                    execute(_upsert_entries(len(rows) // 10), rows)
             ((total,),) = execute(_SELECT_VOLUME).fetchall()
             execute("COMMIT")
         except BaseException as error:
@@ -873,6 +878,9 @@ class ResultStore:
         return replaced, int(total or 0), left
 
     # -- deferred saves ----------------------------------------------------------------------------
+
+    def _waiting_since(self) -> float | None:
+        return self._deferred_since
 
     def _defer(self, key: str, entry: Deferred) -> None:
         now = time.monotonic()
@@ -903,14 +911,7 @@ class ResultStore:
         if written is None:
             return
         batch, replaced, total = written
-        for previous in replaced.values():
-            if previous.blob_id:
-                self._remove_blobs(previous)
-        if total > self.size_limit:
-            try:
-                self._prune(protect=batch[-1][0], target=int(self.size_limit * _PRUNE_LOW_WATER))
-            except self._write_errors:
-                pass  # eviction is retried by the next save or prune()
+        self._after_commit(replaced.values(), total, batch[-1][0])
 
     def _write_deferred(self) -> tuple[list[tuple[str, Deferred]], dict[str, Record], int] | None:
         """:meth:`flush`'s transaction: the batch written, the records it replaced, the new total."""

@@ -216,3 +216,21 @@ def test_a_forked_child_leaves_the_parents_deferred_saves_alone(store: ResultSto
     assert "parent" in store._deferred
     store.flush()
     assert other.load("parent") == "p"
+
+
+def test_a_dropped_store_takes_its_idle_thread_along(tmp_path: Path, secret_file: Path) -> None:
+    """A kernel that reconfigures its home opens a new store: the old one and its thread must not linger."""
+    import gc
+    import weakref
+
+    dropped = ResultStore(tmp_path / "other-home", size_limit=1 << 34, secret_file=secret_file)
+    dropped.save("k", 1, task_name="t", defer=True)
+    thread = dropped._idle._thread
+    assert thread is not None and thread.is_alive()
+    dropped.close()  # commits the batch
+    alive = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert alive() is None, "the idle thread keeps its store alive"
+    thread.join(timeout=10)
+    assert not thread.is_alive()
