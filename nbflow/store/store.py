@@ -147,7 +147,13 @@ def _is_record_key(db_key: str) -> bool:
 
 # A cache hit: the payload, and when its record was last written (the payload row's diskcache store_time,
 # which saves and touches set together with the record).
-_SELECT_HIT = "SELECT store_time, mode, value FROM Cache WHERE key = ? AND raw = 1"
+# With a second part for a miss: a row (0, NULL...) if there is a record without its payload (which the load
+# then reports), so a miss is one statement and one read transaction too. On a hit, LIMIT 1 ends the query
+# before that part runs.
+_SELECT_HIT = (
+    "SELECT 1, store_time, mode, value FROM Cache WHERE key = ?1 AND raw = 1"
+    " UNION ALL SELECT 0, NULL, NULL, NULL FROM Cache WHERE key = ?2 AND raw = 1 LIMIT 1"
+)
 _SET_STORE_TIME = "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1"
 # A touch in one statement, inside SQLite (no read, parse and rewrite of the record in Python: a fifth of the
 # cost, which a restarted kernel pays once per entry it hits). Parameters: 1 the time written, 2 the new
@@ -1320,7 +1326,8 @@ class ResultStore:
     def _read_payload(self, key: str) -> tuple[Any, float | None]:
         """The payload of an entry (``None`` if it has none) and when its record was last written (``None``
         if there is no record), in one query when possible."""
-        pkey = f"{self._kstart}{key}:p"  # self._pkey(key), without the call on the hit path
+        start = self._kstart
+        pkey = f"{start}{key}:p"  # self._pkey(key), without the call on the hit path
         if self._fast_reads:
             try:
                 cache = self._cache
@@ -1330,18 +1337,19 @@ class ResultStore:
                 con = getattr(local, "con", None)
                 if con is None or getattr(local, "pid", None) != _pid.pid:
                     con = cache._con
-                row = con.execute(_SELECT_HIT, (pkey,)).fetchone()
+                row = con.execute(_SELECT_HIT, (pkey, f"{start}{key}:m")).fetchone()
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
             else:
-                if row is not None:
-                    written, mode, payload = row
-                    if not (mode == _MODE_RAW and type(payload) is bytes):
-                        payload = self._cache.get(pkey)  # kept in a diskcache file (a very large stream)
-                    # diskcache writes store_time with every value; without one, a touch is simply due.
-                    return payload, written if type(written) is float else 0.0
-                # No payload: a miss, unless a record says there should be one.
-                return None, None if self._read(self._mkey(key)) is None else 0.0
+                if row is None:
+                    return None, None  # a miss
+                found, written, mode, payload = row
+                if not found:
+                    return None, 0.0  # a record without its payload
+                if not (mode == _MODE_RAW and type(payload) is bytes):
+                    payload = self._cache.get(pkey)  # kept in a diskcache file (a very large stream)
+                # diskcache writes store_time with every value; without one, a touch is simply due.
+                return payload, written if type(written) is float else 0.0
         # Through the public API: two reads, but the payload holds all a load trusts.
         raw = self._cache.get(self._mkey(key))
         payload = self._cache.get(pkey)
