@@ -64,7 +64,13 @@ class IdleWriter:
         if bound is None:  # the owner is gone
             self._stopped = True
             return None
-        return bound()
+        try:
+            return bound()
+        except Exception:  # a bug must not end the thread: later batches would wait for their callers
+            import logging
+
+            logging.getLogger("nbflow").exception("%s: %r failed", self.name, bound)
+            return None
 
     def _run(self) -> None:
         while not self._stopped:
