@@ -40,7 +40,6 @@ class NotRetryable(NbflowError, LookupError):
     """The task run or flow run is unknown to this process, or did not fail."""
 
 
-
 class _FailedCall:
     """A failed call as a retry runs it again: held inputs while it is its task's latest failure, weak
     ones after (see the module documentation)."""

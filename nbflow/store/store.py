@@ -305,6 +305,9 @@ _TOUCHED_MAX = 100_000
 _DEFER_BATCH = 64
 _DEFER_DELAY = 0.05
 _DEFER_MAX_BYTES = 1 << 20
+# Entries per statement of a batch's write, whatever the batch: 10 parameters each, within the 999 of older
+# SQLite builds.
+_ENTRIES_PER_STATEMENT = 64
 # Stores that may hold deferred saves: written at exit, dropped in a forked child (they are the parent's).
 _deferring: weakref.WeakSet[ResultStore] = weakref.WeakSet()
 
@@ -434,8 +437,7 @@ class ResultStore:
         Reads metadata only: no payload bytes, no unpickling. The record is not authenticated yet; that
         happens in :meth:`load`. Expired entries are deleted; unreadable ones are deleted with a warning.
         """
-        if self._deferred and key in self._deferred:
-            self._flush_quietly()
+        self._commit_deferred(key)
         raw = self._read(self._mkey(key))
         return None if raw is None else self._checked_record(key, raw)
 
@@ -467,8 +469,7 @@ class ResultStore:
         is rebuilt. An entry that fails verification is deleted, reported with one
         :class:`~nbflow.exceptions.NbflowWarning` naming its task, and treated as a miss.
         """
-        if self._deferred and key in self._deferred:
-            self._flush_quietly()  # rare (the same call again within milliseconds): then read as any other
+        self._commit_deferred(key)  # rare (the same call again within milliseconds): then read as any other
         for _ in range(_LOAD_ATTEMPTS):
             payload, written = self._read_payload(key)
             if written is None:
@@ -656,8 +657,7 @@ class ResultStore:
             record, payload = self._sealed(key, task_name, run_id, expires, chosen.name, stream, [], "")
             self._defer(key, (record, payload, on_lost))
             return record
-        if self._deferred and key in self._deferred:
-            self._flush_quietly()  # the waiting save of this key is older: it must not land over this one
+        self._commit_deferred(key)  # a waiting save of this key is older: it must not land over this one
 
         blob_id = secrets.token_hex(8) if views else ""
         written: list[str] = []
@@ -845,8 +845,8 @@ class ResultStore:
         left: list[tuple[str, Record, bytes]] = []
         try:
             execute("BEGIN IMMEDIATE")
-            for start in range(0, len(entries), _DEFER_BATCH):  # bounded statements, whatever the batch
-                chunk = entries[start : start + _DEFER_BATCH]
+            for start in range(0, len(entries), _ENTRIES_PER_STATEMENT):
+                chunk = entries[start : start + _ENTRIES_PER_STATEMENT]
                 mkeys = [self._mkey(key) for key, _, _ in chunk]
                 pkeys = [self._pkey(key) for key, _, _ in chunk]
                 in_files: set[str] = set()
@@ -952,6 +952,11 @@ class ResultStore:
         self._forget(batch)
         return batch, replaced, total
 
+    def _commit_deferred(self, key: str) -> None:
+        """Commit the deferred saves first if one of them is ``key``'s (what follows reads or replaces it)."""
+        if self._deferred and key in self._deferred:
+            self._flush_quietly()
+
     def _forget(self, batch: list[tuple[str, Deferred]]) -> None:
         """Take a written (or lost) batch out of the deferred saves, but for keys saved again meanwhile."""
         with self._deferred_lock:
@@ -975,8 +980,7 @@ class ResultStore:
 
     def delete(self, key: str) -> bool:
         """Delete the entry for ``key``; return whether there was one."""
-        if self._deferred and key in self._deferred:
-            self._flush_quietly()
+        self._commit_deferred(key)
         return self._delete_if(key, lambda current: True)
 
     def prune(self) -> int:
