@@ -473,6 +473,70 @@ def _find_definition(info: _FileInfo, code: types.CodeType) -> ast.AST | None:
     return None
 
 
+def _starts_def(line: str) -> bool:
+    words = line.split(None, 2)
+    return bool(words) and (words[0] == "def" or (words[0] == "async" and words[1:2] == ["def"]))
+
+
+def _own_definition(code: types.CodeType, module_globals: Any) -> ast.AST | None:
+    """The ``def`` of ``code`` parsed from its own lines only, or None (then the whole file is parsed).
+
+    Parsing a whole module costs ~30 µs a line (a task in a 2,000-line module would pay 60 ms on its first
+    call in every new process); its definition alone is a few lines. They run from ``co_firstlineno`` (the
+    first decorator) to the last line any instruction of it or its nested code covers, then on over lines
+    indented deeper than the ``def`` (a trailing ``pass`` or string has no instructions). A span cut short
+    is a syntax error, never another valid function; anything but exactly one ``def`` of this name and
+    these parameters falls back. ``_dump`` leaves positions out, so the digest is the whole-file one.
+    """
+    if not hasattr(code, "co_positions") or not code.co_name.isidentifier():
+        return None  # Python < 3.11, or a lambda, a comprehension, a class body
+    first = code.co_firstlineno
+    try:
+        linecache.checkcache(code.co_filename)  # a module edited and reloaded since its lines were read
+        lines = linecache.getlines(code.co_filename, module_globals if isinstance(module_globals, dict) else None)
+    except Exception:
+        return None
+    if not 0 < first <= len(lines):
+        return None
+    last = first
+    todo = [code]
+    while todo:
+        current = todo.pop()
+        for _, end, _, _ in current.co_positions():
+            if end is not None and end > last:
+                last = end
+        todo.extend(c for c in current.co_consts if type(c) is _CodeType)
+    if last > len(lines):
+        return None  # the file changed since the code was compiled
+    head = lines[first - 1].expandtabs()
+    indent = len(head) - len(head.lstrip())
+    # A body of a docstring alone has no instruction past the first decorator: the def line still follows.
+    header_done = any(_starts_def(line) for line in lines[first - 1 : last])
+    while last < len(lines):
+        line = lines[last].expandtabs()
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith("#") and len(line) - len(stripped) <= indent:
+            if header_done or not (stripped.startswith("@") or _starts_def(stripped)):
+                break
+            header_done = _starts_def(stripped)
+        last += 1
+    text = "".join(lines[first - 1 : last])
+    try:
+        body = _parse(f"if 1:\n{text}" if indent else text).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if indent and len(body) == 1 and isinstance(body[0], ast.If):
+        body = body[0].body
+    if len(body) != 1:
+        return None
+    node = body[0]
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name != code.co_name:
+        return None
+    if _node_argnames(node.args) != _code_argnames(code):
+        return None
+    return node
+
+
 # -- dependencies named in code ----------------------------------------------------------------------
 
 _LOAD_GLOBAL = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
@@ -618,11 +682,13 @@ def _code_static(fn: types.FunctionType) -> _Static:
     if st is not None and st.ref() is code:
         return st
     digest = None
-    info = _file_info(code.co_filename, fn.__globals__)
-    if info is not None:
-        node = _find_definition(info, code)
-        if node is not None:
-            digest = b"A" + _ast_digest(node)
+    node = _own_definition(code, fn.__globals__)
+    if node is None:
+        info = _file_info(code.co_filename, fn.__globals__)
+        if info is not None:
+            node = _find_definition(info, code)
+    if node is not None:
+        digest = b"A" + _ast_digest(node)
     if digest is None:
         digest = b"B" + _code_fallback_digest(code, fn.__doc__)
     st = _Static(digest, _dep_keys(_chains_from_code(code)))

@@ -375,6 +375,120 @@ def test_module_source_file_is_found_for_plain_modules(project: tuple[pathlib.Pa
     assert code_identity(mod.f) == code_identity(define("def f(x):\n    return x\n", "f"))
 
 
+SHAPES = '''
+import functools
+
+
+def plain(x):
+    return x + 1
+
+
+@functools.lru_cache(
+    maxsize=None,
+)
+def decorated(x):
+    return x
+
+
+def only_a_docstring(x):
+    """Nothing else: no instruction after the def line."""
+
+
+@functools.wraps(plain)
+def decorated_docstring(x):
+    """No instruction after the decorator's line."""
+
+
+def trailing_pass(x):
+    if x:
+        return 1
+    else:
+        pass
+
+
+def commented_docstring(x):
+# a comment at column 0 does not end the body
+    """Only a docstring."""
+
+
+async def coroutine(x, *args, key=1, **kwargs):
+    return [
+        x,
+        key,
+    ]
+
+
+class Holder:
+    @staticmethod
+    def method(x):
+        text = """
+a string whose lines start at column 0
+"""
+        return text
+
+
+def outer(x):
+    def inner(y):
+        return y
+    return inner
+
+
+def tabbed(x):
+	return x
+
+
+def trailing_string(x):
+    return x
+    """
+y = 2
+"""
+'''
+
+
+def test_a_definition_is_parsed_from_its_own_lines(project: tuple[pathlib.Path, str]) -> None:
+    """A function's digest comes from its own lines, not a parse of its whole file (which costs tens of µs
+    a line on a task's first call in each process), and is the digest the whole file gives."""
+    root, suffix = project
+    (root / f"shapes_{suffix}.py").write_text(SHAPES)
+    mod = importlib.import_module(f"shapes_{suffix}")
+    functions = {
+        "plain": mod.plain, "decorated": mod.decorated.__wrapped__, "only_a_docstring": mod.only_a_docstring,
+        "decorated_docstring": mod.decorated_docstring,
+        "commented_docstring": mod.commented_docstring,
+        "trailing_pass": mod.trailing_pass, "coroutine": mod.coroutine, "method": mod.Holder.method,
+        "outer": mod.outer, "inner": mod.outer(1), "tabbed": mod.tabbed, "trailing_string": mod.trailing_string,
+    }
+    filename = mod.plain.__code__.co_filename
+    for name, fn in functions.items():
+        own = code_mod._own_definition(fn.__code__, fn.__globals__)
+        info = code_mod._file_info(filename, fn.__globals__)
+        assert info is not None
+        whole = code_mod._find_definition(info, fn.__code__)
+        assert whole is not None, name
+        if name == "trailing_string":
+            # Its lines cannot be told apart from the next statement's: the whole file decides.
+            assert own is None
+        else:
+            assert own is not None, name
+            assert code_mod._ast_digest(own) == code_mod._ast_digest(whole), name
+    code_mod._FILES.pop(filename)
+    code_identity(mod.plain)
+    code_identity(mod.Holder.method)
+    assert filename not in code_mod._FILES  # the file was not parsed whole
+    assert code_identity(mod.trailing_string) != code_identity(mod.plain)
+
+
+def test_an_edited_definition_is_read_again(project: tuple[pathlib.Path, str]) -> None:
+    root, suffix = project
+    path = root / f"edited_{suffix}.py"
+    path.write_text("def f(x):\n    return x\n")
+    mod = importlib.import_module(f"edited_{suffix}")
+    before = code_identity(mod.f)
+    path.write_text("def f(x):\n    return x + 1  # edited\n\n\n")
+    importlib.reload(mod)
+    assert code_identity(mod.f) != before
+
+
 # -- IPython cells, lambdas, exec'd code --------------------------------------------------------------------
 
 
