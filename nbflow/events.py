@@ -6,7 +6,6 @@ change without slowing plain calls down.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,8 +15,6 @@ if TYPE_CHECKING:
     from nbflow.states import State, StateType
 
 __all__ = ["Event", "publish", "subscribe"]
-
-_log = logging.getLogger("nbflow.events")
 
 
 class Event:
@@ -86,7 +83,9 @@ def publish(event: Event) -> None:
         try:
             callback(event)
         except Exception:
-            _log.exception("nbflow event subscriber %r failed", callback)
+            import logging  # here: importing it costs a process's first task call ~5 ms
+
+            logging.getLogger("nbflow.events").exception("nbflow event subscriber %r failed", callback)
 
 
 def has_subscribers() -> bool:

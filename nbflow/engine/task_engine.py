@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -96,6 +95,8 @@ _MISSING: Any = object()
 
 def user_traceback(error: BaseException) -> str:
     """The traceback of ``error`` without nbflow's own frames at the top."""
+    import traceback  # here: only a failure needs it, and importing it costs a process's first call
+
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_NBFLOW_DIR):
         tb = tb.tb_next

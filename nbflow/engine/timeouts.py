@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -86,18 +85,23 @@ def _main_thread_timeout(seconds: float, label: str) -> Iterator[None]:
             signal.signal(signal.SIGALRM, _previous_handler)  # type: ignore[arg-type]
 
 
-def _raise_in_thread(thread_id: int) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(TaskTimeoutError))
+def _async_exception_setter() -> Callable[[int, type[BaseException] | None], None]:
+    """``PyThreadState_SetAsyncExc``. ctypes is imported when a worker thread's timeout is armed, not when
+    it fires, and not at all in a process that arms none (it costs a process's first task call ~2 ms)."""
+    import ctypes
 
+    def set_exception(thread_id: int, kind: type[BaseException] | None) -> None:
+        # A NULL exception cancels one that was scheduled but not yet delivered.
+        exception = None if kind is None else ctypes.py_object(kind)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exception)
 
-def _clear_pending(thread_id: int) -> None:
-    # A NULL exception cancels one that was scheduled but not yet delivered.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    return set_exception
 
 
 @contextmanager
 def _worker_thread_timeout(seconds: float, label: str) -> Iterator[None]:
     thread_id = threading.get_ident()
+    set_exception = _async_exception_setter()
     state = {"done": False, "fired": False}
     lock = threading.Lock()
 
@@ -105,7 +109,7 @@ def _worker_thread_timeout(seconds: float, label: str) -> Iterator[None]:
         with lock:
             if not state["done"]:
                 state["fired"] = True
-                _raise_in_thread(thread_id)
+                set_exception(thread_id, TaskTimeoutError)
 
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
@@ -120,7 +124,7 @@ def _worker_thread_timeout(seconds: float, label: str) -> Iterator[None]:
         with lock:
             state["done"] = True
             if state["fired"]:
-                _clear_pending(thread_id)
+                set_exception(thread_id, None)
         timer.cancel()
     if state["fired"]:
         # The asynchronous exception arrived after the block ended (a C call finished just then):
