@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -44,6 +46,20 @@ def test_default_policy_is_inputs_plus_task_source() -> None:
     assert (DEFAULT - "v").parts()[0] == Inputs(frozenset({"v"}))
     with pytest.raises(ConfigurationError):
         TASK_SOURCE - "x"
+
+
+def test_policies_are_immutable_values() -> None:
+    # What a policy passed around (a task's options, a pickled task on a worker) must stay.
+    for policy in (DEFAULT, INPUTS - "v", NONE, RUN_ID + FLOW_PARAMETERS, TASK_SOURCE):
+        copied = pickle.loads(pickle.dumps(policy))
+        assert copied == policy and hash(copied) == hash(policy) and repr(copied) == repr(policy)
+    assert INPUTS - "a" - "b" == INPUTS - "b" - "a"
+    assert len({INPUTS - "a", INPUTS - "a", INPUTS}) == 2
+    assert INPUTS != TASK_SOURCE and RUN_ID + INPUTS != INPUTS + RUN_ID  # the order of the parts counts
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        INPUTS.exclude = frozenset({"x"})  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del (INPUTS + RUN_ID).policies  # type: ignore[attr-defined]
 
 
 def test_second_call_is_served_from_the_store(executions) -> None:
