@@ -27,14 +27,15 @@ def test_import_is_light() -> None:
 
 def test_a_cache_hit_in_a_fresh_process_stays_light(subprocess_env) -> None:
     # What "Restart & Run All" pays before its first result: no pydantic, asyncio or notebook machinery, and
-    # none of what only a failure (traceback), a timeout (ctypes) or a failing subscriber (logging) needs.
+    # none of what only a failure (traceback), a timeout (its module, ctypes) or a failing subscriber (logging)
+    # needs.
     code = (
         "import sys, json, nbflow\n"
         "@nbflow.task\ndef double(x):\n    return 2 * x\n"
         "state = double(21, return_state=True)\n"
         "print(json.dumps([state.name, state.result(), sorted(m for m in ('IPython', 'numpy', 'pandas', "
         "'pydantic', 'pydantic_core', 'asyncio', 'concurrent.futures', 'nbclient', 'ipywidgets', 'traceback', "
-        "'ctypes', 'logging') if m in sys.modules)]))"
+        "'ctypes', 'logging', 'nbflow.engine.timeouts') if m in sys.modules)]))"
     )
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env=subprocess_env) for _ in range(2)]

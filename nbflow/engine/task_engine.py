@@ -47,7 +47,6 @@ from nbflow.engine.futures import TaskFuture, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
 from nbflow.engine.runtime import get_store, session_run, summarize
-from nbflow.engine.timeouts import timeout
 from nbflow.exceptions import (
     NbflowWarning,
     ParameterError,
@@ -123,6 +122,9 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
         if timeout_seconds is None:
             result = fn(*args, **kwargs)
         else:
+            # Imported here: a process whose tasks have no timeout never pays for the module (~1 ms).
+            from nbflow.engine.timeouts import timeout
+
             with timeout(timeout_seconds, label):
                 result = fn(*args, **kwargs)
     except TaskTimeoutError as error:
