@@ -489,6 +489,30 @@ def test_an_edited_definition_is_read_again(project: tuple[pathlib.Path, str]) -
     assert code_identity(mod.f) != before
 
 
+def test_where_code_lives(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard library, installed package or user code, by file; a file outside Python's own directories is
+    user code without asking sysconfig for the standard library's paths (a few ms of a process's first call)."""
+    import email.utils
+    import os
+
+    import diskcache
+
+    user = tmp_path / "analysis.py"
+    user.write_text("x = 1\n")
+    assert code_mod._classify_path(json.__file__) == ("stdlib", "json")
+    assert code_mod._classify_path(email.utils.__file__) == ("stdlib", "email")
+    assert code_mod._classify_path(os.__file__) == ("stdlib", "os")
+    assert code_mod._classify_path(diskcache.__file__) == ("third", "diskcache")
+    assert code_mod._classify_path(str(user)) == ("user", "")
+    assert code_mod._classify_path("<ipython-input-3-abc>") == ("user", "")
+
+    def no_sysconfig() -> tuple[str, ...]:
+        raise AssertionError("the standard library's paths were computed for a user file")
+
+    monkeypatch.setattr(code_mod, "_stdlib_dirs", no_sysconfig)
+    assert code_mod._classify_path(str(user)) == ("user", "")
+
+
 # -- IPython cells, lambdas, exec'd code --------------------------------------------------------------------
 
 
