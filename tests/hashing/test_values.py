@@ -637,6 +637,30 @@ def test_dataframe_views_and_copies_agree() -> None:
     assert fingerprint(big[["a"]]) == fingerprint(big[["a"]].copy())
 
 
+def test_dataframe_columns_as_stored_hash_as_through_iloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Numeric columns are read as the frame stores them (faster than a Series per column); the digest is
+    # the one the public path (iloc, then .array) gives, for every kind of column and layout.
+    blocks = np.arange(24.0).reshape(6, 4)
+    frames = [
+        _frame(),
+        pd.DataFrame({"i8": np.arange(3, dtype=np.int8), "u2": np.arange(3, dtype=np.uint16),
+                      "f4": np.ones(3, dtype=np.float32), "c": np.ones(3, dtype=complex), "b": [True, False, True]}),
+        pd.DataFrame(blocks, columns=list("abcd")),  # one 2D block, column-major as given
+        pd.DataFrame(blocks.T.copy().T, columns=list("abcd")).iloc[::2],  # strided
+        pd.DataFrame(blocks, columns=["x", "x", "y", "x"]),  # duplicate labels
+        pd.DataFrame(blocks, columns=pd.MultiIndex.from_product([["p", "q"], [1, 2]])),
+        pd.DataFrame({"t": pd.to_datetime(["2024-01-01", None, "2024-03-01"]), "n": [1, 2, 3]}),
+        pd.DataFrame({"z": pd.to_datetime(["2024-01-01", None]).tz_localize("UTC"), "d": pd.to_timedelta(["1D", "2D"])}),
+        pd.DataFrame({"m": pd.array([1, None, 3], dtype="Int64"), "k": pd.Categorical(["a", "b", "a"])}),
+        pd.DataFrame({"o": pd.Series([1, "a", None], dtype=object), "s": ["x", "y", "z"]}),
+        pd.DataFrame({"a": np.array([], dtype=float), "b": np.array([], dtype=np.int64)}),
+    ]
+    fast = [fingerprint(frame) for frame in frames]
+    assert len(set(fast)) == len(frames)
+    monkeypatch.setattr(pd.DataFrame, "_iter_column_arrays", None)
+    assert [fingerprint(frame) for frame in frames] == fast
+
+
 def test_pandas_object_columns_and_extension_types() -> None:
     class Thing:
         def __init__(self, v: int) -> None:
