@@ -125,7 +125,9 @@ def test_events_are_published_in_order() -> None:
     from nbflow import events
 
     seen: list[tuple[str, str]] = []
+    firsts: list[tuple[str, str]] = []
     unsubscribe = events.subscribe(lambda event: seen.append((event.kind, event.state.name)))
+    unsubscribe_firsts = events.subscribe(lambda event: firsts.append((event.kind, event.name)), state_changes=False)
     try:
         @nbflow.task
         def f() -> int:
@@ -139,9 +141,13 @@ def test_events_are_published_in_order() -> None:
         pipeline()
     finally:
         unsubscribe()
+        unsubscribe_firsts()
     assert seen == [
         ("run", "Pending"), ("run", "Running"), ("task_run", "Pending"), ("task_run", "Running"),
         ("task_run", "Completed"), ("run", "Completed"),
         ("run", "Pending"), ("run", "Running"), ("task_run", "Pending"), ("task_run", "Cached"),
         ("run", "Completed"),
     ]
+    # Without state changes: every event of the runs, and each task run's first one only.
+    assert firsts == [event for event in seen if event[0] == "run" or event[1] == "Pending"]
+    assert len(firsts) == 8

@@ -243,9 +243,9 @@ class TaskRunEngine:
         if upstream:
             task_run.upstream = list(dict.fromkeys(upstream))
         run.add_task_run(task_run)
-        if events._subscribers:
+        if events._subscribers or events._first_only:
             events.publish(events.Event("task_run", None, run, task_run, name="Pending", type=StateType.PENDING,
-                                        message=None))
+                                        message=None), first=True)
 
     def _render_run_name(self, template: Any) -> str | None:
         try:

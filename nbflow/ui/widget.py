@@ -29,6 +29,7 @@ from pydantic_core import to_json
 
 from nbflow import events
 from nbflow.engine import manual_retry
+from nbflow.ui import model as model_module
 from nbflow.ui.model import Command, GraphModel, GraphPayload, StatePatch
 from nbflow.ui.svg import render_html
 
@@ -110,6 +111,7 @@ class TaskGraph(anywidget.AnyWidget):
         self._trim_at = 2 * SESSION_CALLS
         self._sent_structure = -1
         self._last_flush = 0.0
+        self._reported_since_last_look = False
         self._last_full = 0.0
         self._full_cost = 0.0
         self._sent_ids: set[str] = set()
@@ -148,7 +150,10 @@ class TaskGraph(anywidget.AnyWidget):
         inbox = self._inbox
         while not self._closed:
             interval = 1.0 / (MAX_RATE if len(inbox.seen) < BUSY_CALLS else BUSY_RATE)
-            if not self._wake.wait(timeout=IDLE_EXIT):
+            # The engine reports a task run's first event only (see _Dispatcher): while calls are under way
+            # the thread looks at them at its pace, events or not, so that their next states show.
+            under_way = bool(self._model._active)
+            if not self._wake.wait(timeout=interval if under_way else IDLE_EXIT) and not under_way:
                 # Idle: end the thread, so a long session does not keep one per graph it ever showed. The
                 # next event starts a new one; the re-check under the lock closes the race with it.
                 with self._lock:
@@ -180,8 +185,15 @@ class TaskGraph(anywidget.AnyWidget):
                 return
             changed_runs: set[str] = set()
             model = self._model
+            inbox = self._inbox
+            # The engine's reports of state changes are used only when they have been on since before the
+            # last look (so every change since then is in them); otherwise every call under way is compared.
+            reported = inbox.reporting and self._reported_since_last_look
+            self._reported_since_last_look = inbox.reporting
+            if not reported:
+                self._changed.clear()
             # Calls under way first, so that a failure is known before a retry of it is placed.
-            changed_nodes = model.poll(self._changed)
+            changed_nodes = model.poll(self._changed if reported else None)
             while self._queue:
                 run, task_run, attempt, run_final = self._queue.popleft()
                 if run.id not in model.runs:
@@ -203,6 +215,11 @@ class TaskGraph(anywidget.AnyWidget):
                     self._wake.set()  # the new nodes follow once the layout budget allows
             if self.selected and self.selected in changed_nodes:
                 self._refresh_details()
+            # Many calls under way (a big Task.map): comparing them all at every look would cost more than
+            # the engine's reports of their changes, so this graph asks for those until they are few again.
+            wanted = len(model._active) > model_module.POLL_LIMIT
+            if wanted != inbox.reporting and not self._closed:
+                _dispatcher.report_changes(inbox, wanted)
             self.cpu_seconds += time.thread_time() - cpu_started
         if final:
             self._update_display()
@@ -410,21 +427,29 @@ class _Inbox:
     per event than the work itself). Queues a task run the first time it is seen, notes the record on
     later events, and wakes the sender — nothing more."""
 
-    __slots__ = ("awake", "changed", "graph", "queue", "roots", "seen", "sender", "wake")
+    __slots__ = ("awake", "changed", "graph", "queue", "reporting", "roots", "seen", "sender", "wake")
 
     def __init__(self, graph: TaskGraph, roots: set[str]) -> None:
         self.graph = graph
         self.roots = roots
         self.seen: set[str] = set()  # task runs queued already
         self.queue: deque[tuple[RunRecord, TaskRunRecord | None, int, bool]] = deque()
-        # Task runs whose state changed since the last look (the record itself: no object is made per event).
-        # Read only when many calls are under way at once (a big Task.map); otherwise they are polled.
+        # Task runs whose state changed since the last look (the record itself: no object is made per event),
+        # reported only while ``reporting`` (many calls under way at once, a big Task.map); otherwise the
+        # calls under way are polled.
         self.changed: deque[TaskRunRecord] = deque()
+        self.reporting = False
         self.wake = threading.Event()
         self.awake = False  # wake is set (a plain flag: Event.is_set() is a call per event)
         self.sender: threading.Thread | None = None
 
+    def receive_change(self, task_run: TaskRunRecord) -> None:
+        """A later state of a task run (delivered only while ``reporting``)."""
+        if task_run.id in self.seen:
+            self.changed.append(task_run)
+
     def receive(self, event: events.Event) -> None:
+        """A run's event, or the first event of a task run."""
         task_run = event.task_run
         if task_run is not None and task_run.id in self.seen:
             self.changed.append(task_run)
@@ -472,6 +497,8 @@ class _Dispatcher:
         self._by_run: dict[str, tuple[_Inbox, ...]] = {}
         self._everything: tuple[_Inbox, ...] = ()
         self._unsubscribe: Any = None
+        self._reporting: set[_Inbox] = set()  # inboxes that asked for state changes (report_changes)
+        self._unsubscribe_changes: Any = None
 
     def register(self, graph: TaskGraph) -> None:
         inbox = graph._inbox
@@ -485,10 +512,12 @@ class _Dispatcher:
                     if inbox not in targets:
                         self._by_run[run_id] = (*targets, inbox)
             if self._unsubscribe is None:
-                self._unsubscribe = events.subscribe(self.deliver)
+                # Runs' events and each task run's first one: a graph follows the records it was given.
+                self._unsubscribe = events.subscribe(self.deliver, state_changes=False)
 
     def unregister(self, graph: TaskGraph) -> None:
         inbox = graph._inbox
+        self.report_changes(inbox, False)
         with self._lock:
             self._everything = tuple(i for i in self._everything if i is not inbox)
             for run_id in [run_id for run_id, inboxes in self._by_run.items() if inbox in inboxes]:
@@ -517,6 +546,35 @@ class _Dispatcher:
         if self._everything and run.pid == os.getpid():
             for inbox in self._everything:
                 inbox.receive(event)
+
+    def report_changes(self, inbox: _Inbox, on: bool) -> None:
+        """Deliver (or stop delivering) every later state change of the task runs ``inbox`` has seen; the
+        engine's events are subscribed to only while some inbox wants them."""
+        with self._lock:
+            inbox.reporting = on
+            if on:
+                self._reporting.add(inbox)
+            else:
+                self._reporting.discard(inbox)
+            if self._reporting and self._unsubscribe_changes is None:
+                self._unsubscribe_changes = events.subscribe(self.deliver_change)
+            elif not self._reporting and self._unsubscribe_changes is not None:
+                self._unsubscribe_changes()
+                self._unsubscribe_changes = None
+
+    def deliver_change(self, event: events.Event) -> None:
+        """The engine's subscriber for every event, while some inbox reports changes."""
+        task_run = event.task_run
+        if task_run is None:
+            return
+        run = event.run
+        for inbox in self._by_run.get(run.id, ()):
+            if inbox.reporting:
+                inbox.receive_change(task_run)
+        if self._everything and run.pid == os.getpid():
+            for inbox in self._everything:
+                if inbox.reporting:
+                    inbox.receive_change(task_run)
 
     def _forget_finished(self, run: RunRecord) -> None:
         """A run that completed has nothing left to retry: its graphs stop listening (a Retry click

@@ -650,7 +650,8 @@ def test_dataframe_columns_as_stored_hash_as_through_iloc(monkeypatch: pytest.Mo
         pd.DataFrame(blocks, columns=["x", "x", "y", "x"]),  # duplicate labels
         pd.DataFrame(blocks, columns=pd.MultiIndex.from_product([["p", "q"], [1, 2]])),
         pd.DataFrame({"t": pd.to_datetime(["2024-01-01", None, "2024-03-01"]), "n": [1, 2, 3]}),
-        pd.DataFrame({"z": pd.to_datetime(["2024-01-01", None]).tz_localize("UTC"), "d": pd.to_timedelta(["1D", "2D"])}),
+        pd.DataFrame({"z": pd.to_datetime(["2024-01-01", None]).tz_localize("UTC"),
+                      "d": pd.to_timedelta(["1D", "2D"])}),
         pd.DataFrame({"m": pd.array([1, None, 3], dtype="Int64"), "k": pd.Categorical(["a", "b", "a"])}),
         pd.DataFrame({"o": pd.Series([1, "a", None], dtype=object), "s": ["x", "y", "z"]}),
         pd.DataFrame({"a": np.array([], dtype=float), "b": np.array([], dtype=np.int64)}),

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,77 @@ def test_session_graph_shows_calls_outside_flows_and_flows() -> None:
         graph.close()
 
 
+def test_a_call_under_way_is_looked_at_until_it_ends() -> None:
+    # A graph hears of a task run once (its first event) and follows its record: a call that ends with no
+    # event after it still shows its end, and the graph's thread ends only once nothing is under way.
+    from nbflow.ui import widget as widget_module
+
+    started, release = threading.Event(), threading.Event()
+
+    @nbflow.task(cache_policy=NONE)
+    def slow() -> int:
+        started.set()
+        release.wait(10)
+        return 1
+
+    graph = session_graph()
+    try:
+        caller = threading.Thread(target=slow)
+        caller.start()
+        assert started.wait(5)
+
+        def shown() -> list[str]:
+            with graph._lock:
+                return [call.shown for call in graph.model.calls.values() if call.task_name == "slow"]
+
+        deadline = time.monotonic() + 5
+        while shown() != ["running"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shown() == ["running"]
+        time.sleep(widget_module.IDLE_EXIT + 0.5)  # no event meanwhile: the thread keeps looking
+        assert graph._sender is not None and graph._sender.is_alive()
+        release.set()
+        caller.join(5)
+        deadline = time.monotonic() + 5
+        while shown() != ["completed"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert shown() == ["completed"]
+    finally:
+        release.set()
+        graph.close()
+
+
+def test_state_changes_are_subscribed_to_only_while_many_calls_are_under_way(
+    shown: list[TaskGraph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbflow import events
+    from nbflow.ui import model as model_module
+    from nbflow.ui import widget as widget_module
+
+    monkeypatch.setattr(model_module, "POLL_LIMIT", 5)
+    gate = threading.Event()
+
+    @nbflow.task(cache_policy=NONE)
+    def wait(i: int) -> int:
+        gate.wait(10)
+        return i
+
+    @nbflow.flow
+    def many() -> int:
+        futures = wait.map(range(40))
+        deadline = time.monotonic() + 5
+        while widget_module._dispatcher._unsubscribe_changes is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reporting = widget_module._dispatcher.deliver_change in events._subscribers
+        gate.set()
+        return sum(future.result() for future in futures) + 1000 * reporting
+
+    assert many() == sum(range(40)) + 1000  # 40 calls under way, over the limit: changes were reported
+    graph = shown[-1]
+    assert graph.graph["nodes"][0]["state"] == "completed"
+    assert widget_module._dispatcher.deliver_change not in events._subscribers  # the run ended: no more
+
+
 def test_a_session_graph_keeps_the_newest_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import nbflow.runs
     import nbflow.ui.widget as widget_module
@@ -350,8 +422,6 @@ def test_a_subflow_is_drawn_in_its_parents_graph(shown: list[TaskGraph]) -> None
 
 
 def test_sender_threads_end_when_idle(shown: list[TaskGraph], monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
     import nbflow.ui.widget as widget_module
 
     monkeypatch.setattr(widget_module, "IDLE_EXIT", 0.2)
