@@ -1054,8 +1054,8 @@ def _h_pd_dataframe(enc: _Enc, v: Any) -> None:
     # caches, a tenth of a 1 GB frame's time. A numeric ndarray is what ``.array`` wraps (NumpyExtensionArray)
     # and is encoded the same; anything else goes through ``.array`` as before.
     arrays = getattr(v, "_iter_column_arrays", None)
-    stored = arrays() if callable(arrays) else repeat(None, ncols)
-    for i, array in zip(range(ncols), stored):
+    stored = islice(chain(arrays() if callable(arrays) else (), repeat(None)), ncols)  # exactly one per column
+    for i, array in enumerate(stored):
         try:
             if type(array) is np.ndarray and array.ndim == 1 and array.dtype.kind in "biufc":
                 enc.buf += b"Pv" + _sb(str(array.dtype)) + _pack_Q(len(array)) + b"n"

@@ -424,8 +424,9 @@ class TaskGraph(anywidget.AnyWidget):
 class _Inbox:
     """The engine-side half of a graph: what the engine's thread does for each event, on a plain slotted
     object (a widget's own attributes are found through traitlets' deep class hierarchy, which costs more
-    per event than the work itself). Queues a task run the first time it is seen, notes the record on
-    later events, and wakes the sender — nothing more."""
+    per event than the work itself). Queues a task run the first time it is seen (the engine reports each
+    once, see _Dispatcher), notes its later states only while ``reporting``, and wakes the sender — nothing
+    more."""
 
     __slots__ = ("awake", "changed", "graph", "queue", "reporting", "roots", "seen", "sender", "wake")
 
@@ -497,12 +498,14 @@ class _Dispatcher:
         self._by_run: dict[str, tuple[_Inbox, ...]] = {}
         self._everything: tuple[_Inbox, ...] = ()
         self._unsubscribe: Any = None
+        self._registered: set[_Inbox] = set()
         self._reporting: set[_Inbox] = set()  # inboxes that asked for state changes (report_changes)
         self._unsubscribe_changes: Any = None
 
     def register(self, graph: TaskGraph) -> None:
         inbox = graph._inbox
         with self._lock:
+            self._registered.add(inbox)
             if graph.session:
                 if inbox not in self._everything:
                     self._everything = (*self._everything, inbox)
@@ -517,6 +520,8 @@ class _Dispatcher:
 
     def unregister(self, graph: TaskGraph) -> None:
         inbox = graph._inbox
+        with self._lock:
+            self._registered.discard(inbox)
         self.report_changes(inbox, False)
         with self._lock:
             self._everything = tuple(i for i in self._everything if i is not inbox)
@@ -549,8 +554,10 @@ class _Dispatcher:
 
     def report_changes(self, inbox: _Inbox, on: bool) -> None:
         """Deliver (or stop delivering) every later state change of the task runs ``inbox`` has seen; the
-        engine's events are subscribed to only while some inbox wants them."""
+        engine's events are subscribed to only while some inbox wants them. A graph that was closed or
+        stopped listening meanwhile gets none (so that no subscription outlives it)."""
         with self._lock:
+            on = on and inbox in self._registered and not inbox.graph._closed
             inbox.reporting = on
             if on:
                 self._reporting.add(inbox)

@@ -329,6 +329,23 @@ def test_state_changes_are_subscribed_to_only_while_many_calls_are_under_way(
     assert graph.graph["nodes"][0]["state"] == "completed"
     assert widget_module._dispatcher.deliver_change not in events._subscribers  # the run ended: no more
 
+    # A graph closed while it takes reports takes its subscription along, though its calls are still under way.
+    gate.clear()
+
+    @nbflow.flow
+    def closed_meanwhile() -> int:
+        futures = wait.map(range(40))
+        deadline = time.monotonic() + 5
+        while widget_module._dispatcher._unsubscribe_changes is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shown[-1].close()
+        time.sleep(0.3)  # its thread's next looks, had it gone on
+        subscribed = widget_module._dispatcher.deliver_change in events._subscribers
+        gate.set()
+        return sum(future.result() for future in futures) + 1000 * subscribed
+
+    assert closed_meanwhile() == sum(range(40))
+
 
 def test_a_session_graph_keeps_the_newest_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import nbflow.runs
