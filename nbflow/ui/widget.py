@@ -131,10 +131,6 @@ class TaskGraph(anywidget.AnyWidget):
             _dispatcher.register(self)
 
     # -- engine side (any thread) ---------------------------------------------------------------------
-    def _on_event(self, event: events.Event) -> None:
-        """An engine event for this graph (what the dispatcher delivers, via the inbox)."""
-        self._inbox.receive(event)
-
     @property
     def _sender(self) -> threading.Thread | None:
         return self._inbox.sender
@@ -452,18 +448,17 @@ class _Inbox:
     def receive(self, event: events.Event) -> None:
         """A run's event, or the first event of a task run."""
         task_run = event.task_run
-        if task_run is not None and task_run.id in self.seen:
-            self.changed.append(task_run)
-        else:
-            run = event.run
-            if task_run is not None:
-                self.seen.add(task_run.id)
-            # The attempt and finality now, in the engine's thread: they place the task run on its node.
-            self.queue.append((run, task_run, run.attempts, run.end_time is not None))
-            if event.kind == "run" and run.id in self.roots and event.state.is_final():
-                # A run just ended: show its final graph now, in the thread (and cell) that ran it.
-                self.graph.flush(final=True)
-                return
+        if task_run is not None:
+            if task_run.id in self.seen:
+                return  # queued already
+            self.seen.add(task_run.id)
+        run = event.run
+        # The attempt and finality now, in the engine's thread: they place the task run on its node.
+        self.queue.append((run, task_run, run.attempts, run.end_time is not None))
+        if event.kind == "run" and run.id in self.roots and event.state.is_final():
+            # A run just ended: show its final graph now, in the thread (and cell) that ran it.
+            self.graph.flush(final=True)
+            return
         if not self.awake:
             self.awake = True
             self.wake.set()

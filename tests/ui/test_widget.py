@@ -314,15 +314,22 @@ def test_state_changes_are_subscribed_to_only_while_many_calls_are_under_way(
         gate.wait(10)
         return i
 
-    @nbflow.flow
-    def many() -> int:
+    def reported_while_under_way(then: Any = None) -> int:
+        """Map 40 waiting calls, wait for the graph to ask for reports, run ``then``; the sum of the results
+        plus 1000 if the engine's state changes were still subscribed to at the end."""
         futures = wait.map(range(40))
         deadline = time.monotonic() + 5
         while widget_module._dispatcher._unsubscribe_changes is None and time.monotonic() < deadline:
             time.sleep(0.02)
+        if then is not None:
+            then()
         reporting = widget_module._dispatcher.deliver_change in events._subscribers
         gate.set()
         return sum(future.result() for future in futures) + 1000 * reporting
+
+    @nbflow.flow
+    def many() -> int:
+        return reported_while_under_way()
 
     assert many() == sum(range(40)) + 1000  # 40 calls under way, over the limit: changes were reported
     graph = shown[-1]
@@ -332,17 +339,13 @@ def test_state_changes_are_subscribed_to_only_while_many_calls_are_under_way(
     # A graph closed while it takes reports takes its subscription along, though its calls are still under way.
     gate.clear()
 
-    @nbflow.flow
-    def closed_meanwhile() -> int:
-        futures = wait.map(range(40))
-        deadline = time.monotonic() + 5
-        while widget_module._dispatcher._unsubscribe_changes is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+    def close_the_graph() -> None:
         shown[-1].close()
         time.sleep(0.3)  # its thread's next looks, had it gone on
-        subscribed = widget_module._dispatcher.deliver_change in events._subscribers
-        gate.set()
-        return sum(future.result() for future in futures) + 1000 * subscribed
+
+    @nbflow.flow
+    def closed_meanwhile() -> int:
+        return reported_while_under_way(close_the_graph)
 
     assert closed_meanwhile() == sum(range(40))
 
