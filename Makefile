@@ -1,20 +1,49 @@
 # The README's two commands: `make demo` and `make test`. Everything they need is installed here.
+#
+# `make test` installs from constraints.txt, a lock of every package the suite uses (the package's own
+# dependency ranges stay ranges: users install nbflow into environments of their own). A new upstream
+# release therefore never turns a fresh clone red. To move to newer releases: `make test-latest` runs the
+# suite against today's newest releases in a separate venv; when it passes, `make upgrade` rewrites the
+# lock and `make test` confirms it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 DEMO_HOME := $(CURDIR)/.nbflow-demo
+LOCK := constraints.txt
+EXTRAS := test,dev,ai,dask
+LATEST := .venv-latest
+# What the Makefile itself installs besides the project: the build backend (the editable install runs
+# without build isolation, so it is locked too), the installer, and uv, which writes the lock.
+TOOLS := pip hatchling editables uv
+# The oldest pydantic-ai the `ai` extra admits; the agent tests run against it too (tests/integrations).
+AI_OLDEST := $(shell sed -n 's/.*"pydantic-ai-slim>=\([0-9.]*\).*/\1/p' pyproject.toml)
+AI_OLDEST_DIR := pydantic-ai-oldest/site-packages
 
-.PHONY: demo test lint bench bench-prefect install clean system-deps
+.PHONY: demo test test-latest lint lock upgrade bench bench-prefect install clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --upgrade pip
-	$(PIP) install -e ".[test,dev,ai,dask]"
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbflow)" >/dev/null
+# $(1): the venv. Installs pydantic-ai's oldest supported release beside it (not into it), where the agent
+# tests put it first on the path of a second run of themselves.
+define install_oldest_ai
+	rm -rf $(1)/$(AI_OLDEST_DIR)
+	$(1)/bin/python -m pip --disable-pip-version-check -q install --no-deps --target $(1)/$(AI_OLDEST_DIR) \
+		"pydantic-ai-slim==$(AI_OLDEST)" "pydantic-graph==$(AI_OLDEST)"
+endef
+
+# $(1): the venv. The kernel the notebook tests and `make demo` start.
+define install_kernel
+	$(1)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (nbflow)" >/dev/null
+endef
+
+$(STAMP): pyproject.toml $(LOCK) | $(PY)
+	$(PIP) install -c $(LOCK) $(TOOLS)
+	$(PIP) install --no-build-isolation -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(call install_oldest_ai,$(VENV))
+	$(call install_kernel,$(VENV))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,19 +67,49 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+define suite
+	$(1)/bin/ruff check nbflow tests benchmarks
+	$(1)/bin/mypy
+	$(1)/bin/pytest -q
+endef
+
 test: install system-deps
-	$(VENV)/bin/ruff check nbflow tests benchmarks
-	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	$(call suite,$(VENV))
+
+# The same suite against the newest release of everything, in a venv of its own: how a lock bump starts.
+test-latest: system-deps
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip --disable-pip-version-check -q install --upgrade pip
+	$(LATEST)/bin/python -m pip --disable-pip-version-check -q install --upgrade -e ".[$(EXTRAS)]"
+	$(call install_oldest_ai,$(LATEST))
+	$(call install_kernel,$(LATEST))
+	$(call suite,$(LATEST))
 
 lint: install
 	$(VENV)/bin/ruff check nbflow tests benchmarks
 	$(VENV)/bin/mypy
 
+# Writes the lock for every supported platform and Python (>= 3.11, the `ai` extra's floor). `make lock`
+# keeps the pins it can and adds what pyproject.toml now asks for; `make upgrade` moves every pin to the
+# newest release. uv resolves for all platforms and Pythons at once, which pip-compile cannot (it locks
+# for the interpreter it runs on).
+LOCK_COMMAND = printf '%s\n' $(TOOLS) | $(VENV)/bin/uv pip compile pyproject.toml - --quiet \
+	--extra test --extra dev --extra ai --extra dask --extra bench --universal --python-version 3.11 \
+	--custom-compile-command "make lock" -o $(LOCK)
+
+lock: | $(PY)
+	$(PIP) install -c $(LOCK) uv
+	$(LOCK_COMMAND)
+
+upgrade: | $(PY)
+	$(PIP) install -c $(LOCK) uv
+	$(LOCK_COMMAND) --upgrade
+
 # The benchmarks' peers (the bench extra), and every module compiled to .pyc up front: with
 # PYTHONDONTWRITEBYTECODE=1 set, nothing else would ever write them and every import would compile.
-$(VENV)/.bench-installed: pyproject.toml | $(STAMP)
-	$(PIP) install -e ".[bench]"
+$(VENV)/.bench-installed: pyproject.toml $(LOCK) | $(STAMP)
+	$(PIP) install --no-build-isolation -c $(LOCK) -e ".[bench]"
 	touch $@
 
 bench: install $(VENV)/.bench-installed
@@ -66,4 +125,4 @@ bench-prefect: install $(VENV)/.bench-installed
 	$(PY) benchmarks/bench_prefect.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ would be part of its code identity.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,9 +22,18 @@ from typing import Any
 import pytest
 from pydantic_ai import Agent, RunContext, Tool
 from pydantic_ai.exceptions import ModelHTTPError, UserError
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.models.test import TestModel
+from pydantic_ai.tools import ToolDefinition
 
 import nbflow
 from nbflow.cache_policies import NONE
@@ -392,6 +402,102 @@ def test_keys_ignore_ids_and_timestamps_but_not_content() -> None:
     assert canonical({"messages": other}) != canonical({"messages": one})
 
 
+def test_an_identical_rerun_with_model_requests_uncached_hits_every_tool_call(calls: Path) -> None:
+    # Each uncached model request makes a new response (new timestamps, durations, ids): the tool calls'
+    # keys, which include the conversation so far, must see only what it says.
+    uncached = TaskConfig(cache_policy=NONE)
+    DurableAgent(geography(), model_task_config=uncached).run_sync("What is the capital of Mexico?")
+    calls.unlink()
+    again = DurableAgent(geography(), model_task_config=uncached).run_sync("What is the capital of Mexico?")
+    assert again.output == "The capital is Mexico City."
+    assert logged(calls) == ["model", "model"]
+    assert states(last_run()) == [(MODEL, "Completed"), ("capital", "Cached"), (MODEL, "Completed")]
+
+
+# What a later pydantic-ai release might look like: the same messages carrying fields nobody knows yet.
+@dataclasses.dataclass(repr=False)
+class FutureUserPromptPart(UserPromptPart):
+    received_at: float = 0.0
+
+
+@dataclasses.dataclass(repr=False)
+class FutureToolCallPart(ToolCallPart):
+    stream_latency_ms: float = 0.0
+    trace_id: str = ""
+
+
+@dataclasses.dataclass(repr=False)
+class FutureTextPart(TextPart):
+    tokens_per_second: float = 0.0
+
+
+@dataclasses.dataclass(repr=False)
+class FutureModelResponse(ModelResponse):
+    server_timing_ms: float = 0.0
+    region: str = ""
+    cache_hit_ratio: float = 0.0
+
+
+def future_conversation(answer: str, extra: float) -> list[ModelMessage]:
+    return [
+        ModelRequest(parts=[FutureUserPromptPart("Mexico?", received_at=extra)], instructions="Be brief."),
+        FutureModelResponse(parts=[FutureToolCallPart("capital", {"country": "Mexico"}, tool_call_id="call_1",
+                                                      stream_latency_ms=extra, trace_id=f"trace-{extra}")],
+                            server_timing_ms=extra, region=f"region-{extra}", cache_hit_ratio=extra),
+        ModelRequest(parts=[ToolReturnPart("capital", answer, tool_call_id="call_1")]),
+        FutureModelResponse(parts=[FutureTextPart(f"It is {answer}.", tokens_per_second=extra)],
+                            server_timing_ms=extra),
+    ]
+
+
+def test_keys_ignore_fields_a_later_release_adds_but_not_content() -> None:
+    one = canonical({"messages": future_conversation("Mexico City", 1.0)})
+    assert one == canonical({"messages": future_conversation("Mexico City", 2.0)})
+    assert one != canonical({"messages": future_conversation("Ciudad de México", 1.0)})
+    # the fields that carry what was said all count
+    said = [
+        lambda m: setattr(m[0], "instructions", "Be verbose."),
+        lambda m: setattr(m[0].parts[0], "content", "Peru?"),
+        lambda m: setattr(m[1].parts[0], "args", {"country": "Peru"}),
+        lambda m: setattr(m[1].parts[0], "tool_name", "capital_v2"),
+        lambda m: setattr(m[1].parts[0], "tool_call_id", "call_2"),
+        lambda m: setattr(m[1], "model_name", "another-model"),
+        lambda m: setattr(m[3].parts[0], "content", "It is elsewhere."),
+    ]
+    for change in said:
+        messages = future_conversation("Mexico City", 1.0)
+        change(messages)
+        assert canonical({"messages": messages}) != one
+
+
+def test_every_field_of_a_message_class_is_either_counted_or_left_out_on_purpose() -> None:
+    # Fails on a pydantic-ai release that adds a field to a message: decide whether it is content (then
+    # _CONTENT_FIELDS) or not (_NOT_CONTENT) before the lock moves to that release.
+    import pydantic_ai.messages
+
+    from nbflow.integrations.pydantic_ai._keys import _NOT_CONTENT, content_fields
+
+    unreviewed = {}
+    for cls in vars(pydantic_ai.messages).values():
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            continue
+        counted = content_fields(cls)
+        if counted is not None:
+            names = {field.name for field in dataclasses.fields(cls)} - set(counted) - _NOT_CONTENT
+            if names:
+                unreviewed[cls.__qualname__] = sorted(names)
+    assert not unreviewed, f"fields neither counted nor left out in pydantic-ai {pydantic_ai.__version__}"
+
+
+def test_other_pydantic_ai_dataclasses_keep_every_field_but_per_run_ones() -> None:
+    # No allowlist for a tool definition: all its public fields count, so a change is never missed.
+    first = ToolDefinition(name="capital", description="The capital city.")
+    assert canonical({"tool": first}) == canonical({"tool": ToolDefinition(name="capital",
+                                                                           description="The capital city.")})
+    assert canonical({"tool": first}) != canonical({"tool": ToolDefinition(name="capital",
+                                                                           description="Another.")})
+
+
 class Session:
     """Deps as a plain object: a value that counts and a live handle that cannot be fingerprinted."""
 
@@ -408,9 +514,7 @@ def test_a_plain_deps_object_counts_by_the_attributes_that_can_be_fingerprinted(
 
 
 def test_deps_that_cannot_be_fingerprinted_are_left_out_without_error(calls: Path) -> None:
-    from dataclasses import dataclass
-
-    @dataclass
+    @dataclasses.dataclass
     class Deps:
         region: str
         lock: Any  # stands for a live client: not fingerprintable

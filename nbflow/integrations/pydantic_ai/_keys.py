@@ -4,11 +4,16 @@ A model request depends on the model, the messages, the model settings, the requ
 definitions, output mode) and whatever the run context carries into it (deps, the prompt, retry counters,
 the run step...). Two things keep those from being hashed as they are:
 
-- pydantic-ai stamps every message with **per-run values** — ``timestamp``, ``run_id``,
-  ``conversation_id`` — and generates tool call ids (``pyd_ai_...``) at random when a model does not give
-  one. Hashed raw, two identical runs never share a key and a rerun never hits. Those fields of
-  pydantic-ai's own dataclasses are left out, and generated tool call ids are replaced by their order of
-  first appearance, which is stable between identical runs and still tells two parallel calls apart.
+- pydantic-ai stamps every message with **per-run values** — timestamps, durations, run and conversation
+  ids, usage, provider response ids — and each release may add more. A key built from every field would
+  miss on an identical rerun as soon as a release adds one. So a message and each of its parts count by
+  an **allowlist of what the conversation says** (:data:`_CONTENT_FIELDS`: text, tool names, arguments,
+  tool results, instructions, finish reasons...), looked up along the class's MRO, so a later release's
+  new fields, or a subclass's, do not change keys. pydantic-ai dataclasses without an allowlist (new
+  part kinds, tool definitions, request parameters) keep every public field but the known per-run ones:
+  an unknown field can only cost a hit, never serve a stale one. Tool call ids that pydantic-ai generates
+  (``pyd_ai_...``) at random when a model does not give one are replaced by their order of first
+  appearance, which is stable between identical runs and still tells two parallel calls apart.
 - the run context holds **live machinery** — the model object, HTTP clients, tracers, usage counters,
   the agent — that cannot be fingerprinted and does not change what an operation computes. Only the
   fields listed in :data:`_RUN_CONTEXT_FIELDS` count; a user value among them (deps, metadata) that
@@ -24,7 +29,7 @@ pydantic-ai release, so an upgrade starts afresh instead of replaying objects an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import xxhash
@@ -41,13 +46,65 @@ from nbflow.hashing import code_identity, fingerprint
 __all__ = ["AGENT_INPUTS", "AgentInputs", "UPSTREAM_PARAMETER", "canonical"]
 
 # Bump the first part when the projection changes what it keeps.
-_FORMAT = f"agent-inputs/1 pydantic-ai/{_pydantic_ai_version}"
+_FORMAT = f"agent-inputs/2 pydantic-ai/{_pydantic_ai_version}"
 
 # The task parameter that carries graph edges (earlier results of the same agent run); never keyed.
 UPSTREAM_PARAMETER = "upstream"
 
-# Fields of pydantic-ai's own dataclasses that differ between two identical runs.
-_PER_RUN_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
+# What a message, a message part or a content item says, by the pydantic-ai class that defines it (the
+# first match along a value's MRO wins). Names a release does not have are skipped; the key names the
+# release anyway. Left out on purpose: ids a provider or pydantic-ai makes up per run (``id``,
+# ``signature``, ``provider_response_id``, ``record_id``), clocks (``timestamp``, ``request_timestamp``,
+# ``duration``), usage, provider details and ``metadata`` (the application's, never sent to the model).
+_CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
+    # messages
+    "ModelRequest": ("kind", "parts", "instructions", "state"),
+    "ModelResponse": ("kind", "parts", "model_name", "finish_reason", "state"),
+    # request parts
+    "SystemPromptPart": ("part_kind", "content", "dynamic_ref", "scope"),
+    "UserPromptPart": ("part_kind", "content"),
+    "BaseToolReturnPart": ("part_kind", "tool_name", "content", "tool_call_id", "tool_kind", "outcome", "retry"),
+    "RetryPromptPart": ("part_kind", "content", "tool_name", "tool_call_id"),
+    "RetryFeedbackPart": ("part_kind", "content", "retry"),
+    "InstructionPart": ("part_kind", "content", "dynamic", "on_change", "name", "id"),
+    "CapabilityPart": ("part_kind", "kind", "source", "scope", "capability_id", "rendering", "content", "data"),
+    # response parts
+    "TextPart": ("part_kind", "content", "citations"),
+    "ThinkingPart": ("part_kind", "content"),
+    "BaseToolCallPart": ("part_kind", "tool_name", "args", "tool_call_id", "tool_kind"),
+    "FilePart": ("part_kind", "content"),
+    "CompactionPart": ("part_kind", "content"),
+    "SpeechPart": ("part_kind", "speaker", "transcript", "audio", "interrupted_at_ms", "timestamps"),
+    # content items
+    "FileUrl": ("kind", "url", "media_type", "vendor_metadata"),
+    "BinaryContent": ("kind", "data", "media_type", "vendor_metadata"),
+    "UploadedFile": ("kind", "file_id", "provider_name", "media_type", "vendor_metadata"),
+    "TextContent": ("kind", "content"),
+    "StructuredContent": ("kind", "content", "value", "tag", "description"),
+}
+
+# The fields of those classes that were looked at and left out. A test checks that every field of every
+# class above is in one list or the other, so a release that adds a field is reviewed (`make test-latest`)
+# before the lock moves to it: a new field that carries content would otherwise be silently ignored.
+_NOT_CONTENT = frozenset({
+    # made up per run, by pydantic-ai or the provider
+    "id", "record_id", "signature", "provider_response_id", "run_id", "conversation_id", "context_id",
+    "history_digest", "failed_attempts",
+    # clocks and accounting
+    "timestamp", "request_timestamp", "duration", "usage",
+    # where and how it was served, not what it says (model_name counts)
+    "model_id", "provider_name", "provider_url", "provider_details", "canonical_system", "workspace_ref",
+    # the application's, never sent to the model; display hints; how a URL is fetched
+    "metadata", "ui_visibility", "force_download",
+    # private; media_type (a property over _media_type) counts
+    "_media_type", "_identifier",
+})
+
+# Fields of pydantic-ai's other dataclasses that differ between two identical runs.
+_PER_RUN_FIELDS = frozenset({
+    "timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "provider_response_id", "usage",
+})
+_MISSING = object()
 _GENERATED_ID_PREFIX = "pyd_ai_"
 _MAX_DEPTH = 64
 
@@ -80,6 +137,32 @@ _RUN_CONTEXT_FIELDS = (
 def _is_framework(obj: object) -> bool:
     module = type(obj).__module__
     return module == "pydantic_ai" or module.startswith("pydantic_ai.")
+
+
+_ALLOWLISTS: dict[type, tuple[str, ...] | None] = {}
+
+
+def content_fields(cls: type) -> tuple[str, ...] | None:
+    """The allowlist that applies to a class: its own or its nearest pydantic-ai ancestor's, else None."""
+    if cls in _ALLOWLISTS:
+        return _ALLOWLISTS[cls]
+    found = None
+    for base in cls.__mro__:
+        module = base.__module__
+        if (module == "pydantic_ai" or module.startswith("pydantic_ai.")) and base.__qualname__ in _CONTENT_FIELDS:
+            found = _CONTENT_FIELDS[base.__qualname__]
+            break
+    _ALLOWLISTS[cls] = found
+    return found
+
+
+def _attribute(value: Any, name: str) -> Any:
+    # Some listed names are properties that may raise (an ImageUrl's media_type when the URL names no
+    # known type): such a value is left out of the key; the fields it derives from still count.
+    try:
+        return getattr(value, name, _MISSING)
+    except Exception:
+        return _MISSING
 
 
 class _Projector:
@@ -116,13 +199,19 @@ class _Projector:
         return self.user_value(value, depth)
 
     def dataclass(self, value: Any, depth: int) -> dict[str, Any]:
-        framework = _is_framework(value)
         out: dict[str, Any] = {"__type__": type(value).__qualname__}
-        for field in dataclasses.fields(value):
-            name = field.name
-            if framework and (name in _PER_RUN_FIELDS or name.startswith("_")):
+        allowed = content_fields(type(value))
+        framework = allowed is not None or _is_framework(value)
+        if allowed is not None:
+            names: Iterable[str] = allowed
+        else:
+            names = (field.name for field in dataclasses.fields(value))
+        for name in names:
+            if allowed is None and framework and (name in _PER_RUN_FIELDS or name.startswith("_")):
                 continue
-            item = getattr(value, name, None)
+            item = _attribute(value, name)
+            if item is _MISSING:
+                continue
             if framework and name == "tool_call_id" and isinstance(item, str) and item.startswith(
                 _GENERATED_ID_PREFIX
             ):
