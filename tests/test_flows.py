@@ -47,7 +47,7 @@ def test_parameters_are_validated_before_any_task_runs() -> None:
         return t(n)
 
     assert pipeline("4", rate="0.5") == 4  # coerced as pydantic's lax mode does
-    with pytest.raises(ParameterError, match=r"pipeline.*n='four'.*valid integer") as info:
+    with pytest.raises(ParameterError, match=r"pipeline.*n='four'") as info:
         pipeline("four", rate=1.0)
     assert isinstance(info.value, TypeError)
     with pytest.raises(ParameterError, match="missing a required argument"):

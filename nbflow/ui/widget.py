@@ -302,7 +302,8 @@ class TaskGraph(anywidget.AnyWidget):
         bundle = super()._repr_mimebundle_(**kwargs)
         if bundle is None:
             return None
-        data, metadata = bundle
+        # anywidget returns (data, metadata); ipywidgets' own method returns the data alone.
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
         with self._lock:
             graph = self._payload
         data = {**data, "text/html": render_html(graph), "text/plain": plain_summary(graph)}

@@ -42,7 +42,7 @@ def test_committed_stores_keep_loading(fixture: Path, tmp_path: Path) -> None:
     store = open_copy(fixture, tmp_path)
     expected = entries()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no NbflowWarning, no "secret readable by others", nothing
+        warnings.simplefilter("error", NbflowWarning)  # none, not even "secret readable by others"
         if version == FORMAT_VERSION:
             assert sorted(record.key for record in store.records()) == sorted(expected)
             for key, (value, serializer, task_name, run_id, expires) in expected.items():

@@ -159,7 +159,7 @@ def test_tampered_metadata_does_not_change_what_a_load_trusts(store: ResultStore
     record["stream_size"] = record["size"] = 3
     store._cache.set(M("k"), json.dumps(record))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         assert store.load("k") == {"n": 1}
         time.sleep(max(0.0, expires - time.time()) + 0.1)
         with pytest.raises(CacheMiss, match="expired"):
@@ -175,7 +175,7 @@ def test_lru_fields_are_not_authenticated(store: ResultStore) -> None:
     record["hits"] = 12
     store._cache.set(M("k"), json.dumps(record))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         assert store.load("k") == 1
 
 
@@ -200,7 +200,7 @@ def test_a_bad_payload_without_a_record_warns_once(store: ResultStore) -> None:
         store.load("k")
     assert store._cache.get(P("k")) is None  # removed: the next load is a quiet miss
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         with pytest.raises(CacheMiss):
             store.load("k")
 
@@ -231,7 +231,7 @@ def test_strict_buffers(tmp_path: Path, secret_file: Path) -> None:
     # Entries with plain checksums are misses in strict mode (without a warning: nothing is corrupt).
     relaxed.save("plain", np.arange(100_000), task_name="demo.plain")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         with pytest.raises(CacheMiss):
             strict.load("plain")
 
@@ -311,7 +311,7 @@ def test_a_store_directory_others_can_write_to_warns(tmp_path: Path, secret_file
     assert str(home / "store") in message and "chmod 700" in message
     os.chmod(home / "store", 0o700)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
 
 

@@ -94,7 +94,8 @@ def test_one_process_saves_another_loads(tmp_path: Path) -> None:
         setup
         + """
         import warnings
-        warnings.simplefilter("error")
+        from nbflow.exceptions import NbflowWarning
+        warnings.simplefilter("error", NbflowWarning)
         value = store.load("shared", store.probe("shared"))
         assert (value["array"] == np.arange(1_000_000)).all()
         print(value["text"], store.probe("shared").task_name)

@@ -231,7 +231,7 @@ def test_probe_and_records_never_read_payloads(store: ResultStore) -> None:
 
 def test_missing_key_is_a_quiet_miss(store: ResultStore) -> None:
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         with pytest.raises(CacheMiss) as caught:
             store.load("nothing")
     assert caught.value.key == "nothing"
@@ -267,7 +267,7 @@ def test_load_with_a_stale_record_follows_the_new_entry(store: ResultStore) -> N
     stale = store.probe("k")
     store.save("k", np.full(20_000, 7.0), task_name="t")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         np.testing.assert_array_equal(store.load("k", stale), np.full(20_000, 7.0))
 
 
@@ -406,7 +406,7 @@ def test_pending_hits_are_written_on_close(store: ResultStore) -> None:
 def test_expired_entries_are_misses_and_deleted(store: ResultStore) -> None:
     store.save("old", np.ones(20_000), task_name="t", expires=time.time() - 1)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NbflowWarning)
         assert store.probe("old") is None
         with pytest.raises(CacheMiss):
             store.load("old")

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic_ai.agent import EventStreamHandler
 from pydantic_ai.durable_exec import (
@@ -30,7 +30,6 @@ from pydantic_ai.durable_exec import (
     ToolsetKind,
     ToolsetValidateToolArgumentsId,
 )
-from pydantic_ai.durable_exec._operation_names import DurableInvocationName
 from pydantic_ai.models import Model
 from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import ToolsetTool
@@ -42,6 +41,14 @@ from nbflow.engine.retries import RetryDelay
 from nbflow.exceptions import ConfigurationError
 from nbflow.integrations.pydantic_ai._keys import AGENT_INPUTS, UPSTREAM_PARAMETER
 from nbflow.tasks import RetryCondition, Task
+
+if TYPE_CHECKING:
+    from pydantic_ai.durable_exec._operation_names import DurableInvocationName
+else:
+    try:  # pydantic-ai does not export it yet; a later release may, and move the private module
+        from pydantic_ai.durable_exec import DurableInvocationName
+    except ImportError:
+        from pydantic_ai.durable_exec._operation_names import DurableInvocationName
 
 __all__ = ["NON_RETRYABLE_ERRORS", "NbflowDurability", "TaskConfig"]
 

@@ -29,18 +29,20 @@ pydantic-ai release, so an upgrade starts afresh instead of replaying objects an
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import xxhash
 from pydantic import BaseModel
 from pydantic_ai import __version__ as _pydantic_ai_version
+from pydantic_ai import _utils as _pydantic_ai_utils
 from pydantic_ai.models import Model
 from pydantic_ai.tools import RunContext
-from pydantic_ai.toolsets import ToolsetTool
+from pydantic_ai.toolsets import FunctionToolset, ToolsetTool
 
 from nbflow.cache_policies import CachePolicy, KeyContext
-from nbflow.exceptions import UnfingerprintableError
+from nbflow.exceptions import NbflowWarning, UnfingerprintableError
 from nbflow.hashing import code_identity, fingerprint
 
 __all__ = ["AGENT_INPUTS", "AgentInputs", "UPSTREAM_PARAMETER", "canonical"]
@@ -105,7 +107,8 @@ _PER_RUN_FIELDS = frozenset({
     "timestamp", "request_timestamp", "duration", "run_id", "conversation_id", "provider_response_id", "usage",
 })
 _MISSING = object()
-_GENERATED_ID_PREFIX = "pyd_ai_"
+# How pydantic-ai starts the tool call ids it makes up (its own constant where it has one).
+_GENERATED_ID_PREFIX: str = getattr(_pydantic_ai_utils, "TOOL_CALL_ID_PREFIX", "pyd_ai_")
 _MAX_DEPTH = 64
 
 # The run-context fields an operation's result can depend on. Everything else is live machinery
@@ -290,12 +293,34 @@ def model_identity(model: Any) -> dict[str, Any]:
 
 
 def tool_code_identity(tool: Any) -> str | None:
-    """Code identity of the user function behind a function tool (None for tools without one, e.g. MCP)."""
-    call = getattr(tool, "call_func", None)
-    function = getattr(getattr(call, "__self__", None), "function", None)
+    """Code identity of the user function behind a function tool (None for tools without one, e.g. MCP).
+
+    A tool of a function toolset whose function cannot be found warns, naming it: editing its code would
+    not recompute its cached calls.
+    """
+    name = getattr(getattr(tool, "tool_def", None), "name", None)
+    toolset = getattr(tool, "toolset", None)
+    # The public way first (FunctionToolset.tools maps names to Tool objects, each with its function),
+    # then the bound method pydantic-ai calls, for toolsets that wrap a function toolset.
+    tools = getattr(toolset, "tools", None)
+    function = getattr(tools.get(name), "function", None) if isinstance(tools, dict) else None
     if function is None:
+        call = getattr(tool, "call_func", None)
+        function = getattr(getattr(call, "__self__", None), "function", None)
+    if function is None:
+        if isinstance(toolset, FunctionToolset) and name not in _UNTRACKED_TOOLS:
+            _UNTRACKED_TOOLS.add(name)
+            warnings.warn(
+                f"nbflow cannot find the function of tool {name!r}: its cached calls are keyed without its "
+                "code, so editing the tool does not recompute them (clear them with `nbflow cache clear`)",
+                NbflowWarning,
+                stacklevel=2,
+            )
         return None
     return _code_or_marker(function)
+
+
+_UNTRACKED_TOOLS: set[Any] = set()
 
 
 def _code_or_marker(function: Any) -> str:
