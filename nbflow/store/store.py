@@ -82,6 +82,7 @@ except ImportError:  # Windows: no advisory locks, so eviction cannot see which 
 from nbflow import _pid
 from nbflow._idle import IdleWriter
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
+from nbflow.store.paths import directory_fd, open_inside, replace_inside, unlink_inside
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
 from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
@@ -246,11 +247,6 @@ class _Invalid(Exception):
     """An entry failed verification (the reason completes "the entry ...")."""
 
 
-def _remove_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _allocate(size: int) -> WritableBuffer:
@@ -338,6 +334,8 @@ class ResultStore:
         # Imported here so that importing nbflow.store stays cheap.
         import diskcache
 
+        from nbflow.store.disk import SafeDisk
+
         if size_limit <= 0:
             raise ConfigurationError(f"size_limit must be a positive number of bytes, not {size_limit!r}")
         self.home = Path(home).expanduser().absolute()
@@ -354,10 +352,13 @@ class ResultStore:
         self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded) + _MAC_DOMAIN)
         self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
         self._make_directories()
-        self._blobs = os.path.join(self.directory, "blobs")
+        self._root = str(self.directory)
+        self._blobs = os.path.join(self._root, "blobs")
         try:
             self._cache = diskcache.Cache(
                 str(self.directory),
+                # Never unpickles a row and never leaves the store directory (see nbflow.store.disk).
+                disk=SafeDisk,
                 # Wait for other processes' transactions instead of failing with "database is locked".
                 timeout=60,
                 # Eviction is done by prune(), so that a record and its payload always go together.
@@ -564,7 +565,7 @@ class ResultStore:
         buffer = _allocate(size)
         view = memoryview(buffer)
         try:
-            with open(path, "rb", buffering=0) as file:
+            with open(open_inside(self._root, path, os.O_RDONLY), "rb", buffering=0) as file:
                 if os.fstat(file.fileno()).st_size != size:
                     raise _Invalid("has a buffer file of the wrong size")
                 position = 0
@@ -672,7 +673,7 @@ class ResultStore:
             previous, total = self._commit(key, record, payload)
         except self._write_errors as error:
             for path in written:
-                _remove_file(path)
+                self._remove_file(path)
             message = (
                 f"the result of task {task_name!r} was not persisted: writing it to the store in "
                 f"{self.directory} failed ({error})"
@@ -685,7 +686,7 @@ class ResultStore:
             live = self._try_parse(self._cache.get(self._mkey(key))) if written else None
             if live is None or live.blob_id != blob_id:
                 for path in written:
-                    _remove_file(path)
+                    self._remove_file(path)
             raise
         finally:
             for view in views:
@@ -733,11 +734,11 @@ class ResultStore:
         # Listed before they exist, so that a save interrupted at any point removes them.
         written.append(temporary)
         try:
-            fd = os.open(temporary, flags, 0o600)
-        except FileNotFoundError:
-            # Created on demand rather than checked on every save.
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(temporary, flags, 0o600)
+            fd = open_inside(self._root, temporary, flags)
+        except OSError:
+            # The shard directory is created on demand rather than checked on every save (and a link in
+            # its place replaced by a directory).
+            fd = open_inside(self._root, temporary, flags, create_dirs=True)
         hasher = self._new_hasher()
         try:
             for start in range(0, view.nbytes, _CHUNK):
@@ -749,7 +750,7 @@ class ResultStore:
         finally:
             os.close(fd)
         written.append(path)
-        os.replace(temporary, path)
+        replace_inside(self._root, temporary, path)
         written.remove(temporary)
         return (_KEYED if self.strict_buffers else _FAST) + hasher.hexdigest()
 
@@ -1000,7 +1001,7 @@ class ResultStore:
         count = sum(1 for db_key in cache.iterkeys() if isinstance(db_key, str) and _is_record_key(db_key))
         cache.clear()
         for path, _name, _blob_id, _mtime in self._blob_files():
-            _remove_file(path)
+            self._remove_file(path)
         with self._lock:
             self._pending_hits.clear()
             self._touched.clear()
@@ -1150,7 +1151,7 @@ class ResultStore:
         }
         for path, name, blob_id, mtime in blob_files:
             if (name, blob_id) not in referenced and now - mtime > _ORPHAN_AGE:
-                _remove_file(path)
+                self._remove_file(path)
         return len(removed) + garbage_records
 
     @contextlib.contextmanager
@@ -1431,17 +1432,16 @@ class ResultStore:
     def _remove_blobs(self, record: Record) -> None:
         for index in range(len(record.buffers)):
             try:
-                _remove_file(self._blob_path(record.key, record.blob_id, index))
+                self._remove_file(self._blob_path(record.key, record.blob_id, index))
             except OSError:
                 pass  # left for prune()'s garbage collection
 
-    @staticmethod
-    def _lease(path: str) -> int | None:
+    def _lease(self, path: str) -> int | None:
         """Open a buffer file with a shared lock, marking its entry as being read (see :meth:`_claim`)."""
         if fcntl is None:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = open_inside(self._root, path, os.O_RDONLY)
         except FileNotFoundError:
             raise _Invalid("is missing a buffer file") from None
         except OSError as error:
@@ -1462,7 +1462,7 @@ class ResultStore:
         if fcntl is None or not record.buffers:
             return None
         try:
-            fd = os.open(self._blob_path(record.key, record.blob_id, 0), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = open_inside(self._root, self._blob_path(record.key, record.blob_id, 0), os.O_RDONLY)
         except OSError:
             return None  # already gone (or unreadable): nothing to protect
         try:
@@ -1476,33 +1476,54 @@ class ResultStore:
         return fd
 
     def _blob_files(self) -> Iterator[tuple[str, str, str, float]]:
-        """``(path, name, blob_id, mtime)`` of every file under ``blobs/`` (temporary files: empty ids)."""
+        """``(path, name, blob_id, mtime)`` of every file under ``blobs/`` (temporary files: empty ids).
+
+        Listed through descriptors opened without following links (nbflow.store.paths): a ``blobs/`` or
+        shard directory replaced by a link lists nothing, so nothing outside the store is ever deleted.
+        """
         try:
-            shards = list(os.scandir(self._blobs))
-        except FileNotFoundError:
+            with directory_fd(self._root, ["blobs"]) as blobs:
+                shards = [entry.name for entry in os.scandir(blobs) if entry.is_dir(follow_symlinks=False)]
+        except OSError:
             return
         for shard in shards:
-            if not shard.is_dir(follow_symlinks=False):
-                continue
+            files: list[tuple[str, float]] = []
             try:
-                entries = list(os.scandir(shard.path))
-            except FileNotFoundError:
+                with directory_fd(self._root, ["blobs", shard]) as directory:
+                    for entry in os.scandir(directory):
+                        try:
+                            files.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+                        except FileNotFoundError:
+                            continue
+            except OSError:
                 continue
-            for entry in entries:
-                try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                except FileNotFoundError:
-                    continue
+            for file_name, mtime in files:
                 name, blob_id = "", ""
-                if entry.name.endswith(".bin") and not entry.name.startswith("."):
-                    parts = entry.name[:-4].rsplit("-", 2)
+                if file_name.endswith(".bin") and not file_name.startswith("."):
+                    parts = file_name[:-4].rsplit("-", 2)
                     if len(parts) == 3:
                         name, blob_id = parts[0], parts[1]
-                yield entry.path, name, blob_id, mtime
+                yield os.path.join(self._blobs, shard, file_name), name, blob_id, mtime
+
+    def _remove_file(self, path: str) -> None:
+        """Delete a file of the store's, never one outside it (see nbflow.store.paths)."""
+        unlink_inside(self._root, path)
 
     def _make_directories(self) -> None:
         exposed: list[str] = []
-        for directory in (self.home, self.directory, self.directory / "blobs"):
+        blobs = self.directory / "blobs"
+        if blobs.is_symlink():
+            # The store never follows a link out of its directory (nbflow.store.paths): the link goes (not
+            # what it points at), and a directory takes its place.
+            target = os.readlink(blobs)
+            blobs.unlink()
+            warnings.warn(
+                f"{blobs} was a symbolic link (to {target}); nbflow never follows links out of its store, so it "
+                "replaced the link with a directory. To keep results on another disk, point NBFLOW_HOME there.",
+                NbflowWarning,
+                stacklevel=3,
+            )
+        for directory in (self.home, self.directory, blobs):
             try:
                 directory.mkdir(mode=0o700, parents=True)
                 continue
@@ -1520,7 +1541,7 @@ class ResultStore:
                 ) from error
             if not stat.S_ISDIR(mode):
                 raise ConfigurationError(f"the nbflow store path {directory} exists but is not a directory")
-            if directory != self.directory / "blobs" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
                 exposed.append(str(directory))
         if exposed:
             fix = " ".join(exposed)

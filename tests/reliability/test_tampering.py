@@ -300,16 +300,18 @@ def test_directories_and_secret_are_private(store: ResultStore, secret_file: Pat
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o777, 0o703])
-def test_a_store_directory_others_can_write_to_warns(tmp_path: Path, secret_file: Path, mode: int) -> None:
+@pytest.mark.parametrize("where", ["store", "store/blobs"])
+def test_a_store_directory_others_can_write_to_warns(tmp_path: Path, secret_file: Path, mode: int,
+                                                     where: str) -> None:
     home = tmp_path / "home"
     ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
-    os.chmod(home / "store", mode)
+    os.chmod(home / where, mode)
     with pytest.warns(NbflowWarning) as caught:
         ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
     assert len(caught) == 1
     message = str(caught[0].message)
-    assert str(home / "store") in message and "chmod 700" in message
-    os.chmod(home / "store", 0o700)
+    assert str(home / where) in message and "chmod 700" in message
+    os.chmod(home / where, 0o700)
     with warnings.catch_warnings():
         warnings.simplefilter("error", NbflowWarning)
         ResultStore(home, size_limit=1 << 20, secret_file=secret_file).close()
