@@ -49,6 +49,10 @@ class PersistError(NbflowError, OSError):
     """Writing a result to the store failed (disk full, permissions, ...). Nothing partial is kept."""
 
 
+class StoreUnwritable(PersistError):
+    """The store cannot be written at all (opened read-only, or unavailable): said once, when it opened."""
+
+
 class TaskTimeoutError(NbflowError, TimeoutError):
     """A task or flow ran past its ``timeout_seconds``."""
 

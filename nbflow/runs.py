@@ -19,6 +19,7 @@ Query with :func:`list_runs` (newest first) and :func:`get_run`; delete old runs
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import random
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbflow._idle import IdleWriter
+from nbflow._recovery import cannot_write, is_damaged, move_aside
+from nbflow._recovery import warn_once as _warn_once
 
 if TYPE_CHECKING:
     import datetime
@@ -316,6 +319,38 @@ class RunHistory:
                     self._checkpointer.close()
                     self._checkpointer = None
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            connection = self._open()
+        except sqlite3.DatabaseError as error:
+            if not self._set_aside(error):
+                raise
+            connection = self._open()
+        self._connection = connection
+        return connection
+
+    def _set_aside(self, error: BaseException) -> bool:
+        """If ``error`` says the history file is damaged: move it aside (warning once, naming where) so that
+        the next connection starts a new one; return whether it did."""
+        if not is_damaged(error):
+            return False
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+        try:
+            moved = move_aside(self.path)
+        except OSError:
+            return False
+        _warn_once(f"the nbflow run history {self.path} is damaged ({error}); it was moved to {moved} for "
+                   "inspection and a new one started: earlier runs are no longer listed")
+        return True
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            # Created private: records keep argument values verbatim. SQLite gives its -wal and -shm
+            # files the mode of the database file.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
         connection = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         # Larger pages for a new file (an existing one keeps its own): appending a few hundred bytes per
         # task run then writes fewer pages to the log. Measured: ~0.5 µs less per row.
@@ -339,7 +374,6 @@ class RunHistory:
             CREATE INDEX IF NOT EXISTS task_runs_run ON task_runs(run_id, seq);
             """
         )
-        self._connection = connection
         return connection
 
     # -- writing --------------------------------------------------------------------------------
@@ -389,7 +423,11 @@ class RunHistory:
     def _flush_quietly(self) -> bool:
         try:
             self.flush()
-        except Exception:  # history must never take a task down
+        except Exception as error:  # history must never take a task down
+            if cannot_write(error):
+                _warn_once(f"the nbflow run history {self.path} cannot be written ({error}); runs are kept in "
+                           "memory and written once it can be")
+                return False
             import logging
 
             logging.getLogger("nbflow.runs").exception("could not write run history to %s", self.path)
@@ -422,9 +460,12 @@ class RunHistory:
                     written = sum(len(row[6]) for row in run_rows) + sum(len(row[5]) for row in rows)
                     self._unchecked_bytes += written + 200 * (len(run_rows) + len(rows))
                 except BaseException:
-                    connection.execute("ROLLBACK")
+                    # A failed COMMIT on a full disk may have ended the transaction already.
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
                     raise
-            except BaseException:
+            except BaseException as error:
+                self._set_aside(error)  # a damaged file: the next try starts a new one
                 for r in runs:  # keep them for the next try
                     self._dirty_runs.setdefault(r.id, r)
                 for t in tasks:
@@ -777,6 +818,12 @@ _current: RunHistory | None = None
 def _forget_current(_: object) -> None:
     global _current
     _current = None
+
+
+def set_aside_if_damaged(home: Path, error: BaseException) -> bool:
+    """If ``error`` says the run history of ``home`` is damaged: move the file aside (one warning says
+    where) so that the next use starts a new one; return whether it did."""
+    return history(home)._set_aside(error)
 
 
 def history(home: Path | None = None) -> RunHistory:

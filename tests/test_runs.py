@@ -355,3 +355,16 @@ def test_find_task_runs_by_name_and_state_and_runs_without_their_task_runs(nbflo
     assert recorded.find_task_runs([]) == []
     many = [new_id() for _ in range(1200)] + [second.id]  # more ids than one statement takes
     assert len(recorded.find_task_runs(many)) == 4
+
+
+def test_the_history_file_is_private_even_in_a_home_others_can_read(nbflow_home: Path) -> None:
+    # Records keep argument values verbatim: the file (and SQLite's -wal and -shm beside it) is 0600.
+    nbflow_home.mkdir(parents=True, mode=0o755)
+    os.chmod(nbflow_home, 0o755)
+    history = RunHistory(nbflow_home)
+    run = RunRecord(id=new_id(), flow_name="f", kind="flow", state="Running", start_time=time.time())
+    history.mark(run)
+    history.flush()
+    for path in nbflow_home.glob("runs.sqlite*"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    history.close()

@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, TextIO
 
 from nbflow.cli.common import EXIT_OK, EXIT_USAGE, Usage, resolve_home
 
@@ -124,6 +125,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runs_command(args: argparse.Namespace, out: TextIO) -> int:
+    import sqlite3
+
+    from nbflow.cli import history
+    from nbflow.runs import set_aside_if_damaged
+
+    home = resolve_home(args.home)
+    try:
+        return _run_history_command(history, args, home, out)
+    except sqlite3.DatabaseError as error:
+        # A damaged history file is moved aside (a warning says where) and the command runs on a new one.
+        if not set_aside_if_damaged(home, error):
+            raise
+        return _run_history_command(history, args, home, out)
+
+
+def _run_history_command(history: Any, args: argparse.Namespace, home: Path, out: TextIO) -> int:
+    if args.runs_command == "show":
+        return int(history.show_command(home, args.run_id, as_json=args.json, tracebacks=args.traceback, out=out))
+    if args.runs_command == "prune":
+        return int(history.prune_command(home, older_than=args.older_than, as_json=args.json, out=out))
+    return int(history.list_command(home, limit=args.limit, as_json=args.json, out=out))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nbflow`` console script; returns the exit code."""
     parser = _parser()
@@ -144,15 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 parameters=args.parameters, as_json=args.json, home=args.home, out=out,
             )
         if args.command == "runs":
-            from nbflow.cli import history
-
-            if args.runs_command == "show":
-                return history.show_command(resolve_home(args.home), args.run_id, as_json=args.json,
-                                            tracebacks=args.traceback, out=out)
-            if args.runs_command == "prune":
-                return history.prune_command(resolve_home(args.home), older_than=args.older_than,
-                                             as_json=args.json, out=out)
-            return history.list_command(resolve_home(args.home), limit=args.limit, as_json=args.json, out=out)
+            return _runs_command(args, out)
         if args.command == "cache":
             from nbflow.cli import cache
 

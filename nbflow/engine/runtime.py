@@ -14,24 +14,40 @@ from nbflow import settings as _settings
 from nbflow.runs import RunRecord, StateEntry, history, new_id
 
 if TYPE_CHECKING:
-    from nbflow.store import ResultStore
+    from nbflow.store.interface import Store
 
 __all__ = ["ResultTracker", "finish_session", "get_store", "session_run", "session_tracker", "summarize"]
 
 _lock = threading.Lock()
-_store: ResultStore | None = None
+_store: Store | None = None
 
 
-def get_store() -> ResultStore:
-    """The result store of the configured ``NBFLOW_HOME``, opened on first use."""
+def get_store() -> Store:
+    """The result store of the configured ``NBFLOW_HOME``, opened on first use.
+
+    A store that cannot be opened at all (an unreadable secret key, a directory that cannot be created)
+    is replaced by an :class:`~nbflow.store.interface.UnavailableStore`, with one warning: tasks then run
+    uncached, and the notebook goes on.
+    """
     global _store
     store = _store
     if store is None:
         with _lock:
             if _store is None:
+                from nbflow.exceptions import ConfigurationError
                 from nbflow.store import ResultStore
 
-                _store = ResultStore.from_settings(_settings.get_settings())
+                try:
+                    _store = ResultStore.from_settings(_settings.get_settings())
+                except ConfigurationError as error:
+                    import warnings
+
+                    from nbflow.exceptions import NbflowWarning
+                    from nbflow.store.interface import UnavailableStore
+
+                    warnings.warn(f"{error}; tasks run without caching until it can be opened (fix the cause, "
+                                  "then restart the kernel)", NbflowWarning, stacklevel=4)
+                    _store = UnavailableStore(str(error))
             store = _store
     return store
 
@@ -85,8 +101,16 @@ def finish_session() -> None:
 def flush_store() -> None:
     """Commit the deferred saves of the open store now (a failure warns; the calls' states say so too)."""
     store = _store
-    if store is not None and store._deferred:
-        store._flush_quietly()
+    if store is None:
+        return
+    from nbflow.exceptions import NbflowWarning, PersistError
+
+    try:
+        store.flush()
+    except PersistError as error:
+        import warnings
+
+        warnings.warn(str(error), NbflowWarning, stacklevel=2)
 
 
 def _end_session() -> None:

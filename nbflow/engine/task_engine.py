@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sqlite3
 import time
 import warnings
 import weakref
@@ -52,6 +53,7 @@ from nbflow.exceptions import (
     ParameterError,
     PersistError,
     SerializationError,
+    StoreUnwritable,
     TaskTimeoutError,
     UnfingerprintableError,
 )
@@ -111,6 +113,18 @@ def error_summary(error: BaseException) -> str:
 _UNFINISHED = frozenset({"", StateType.PENDING.value, StateType.SCHEDULED.value, StateType.RUNNING.value})
 # Final at once, whatever the retries: success, and an interrupt or a crash that must reach the caller.
 _ENDS_AT_ONCE = frozenset({StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED})
+
+
+_troubles: set[str] = set()
+
+
+def _store_trouble(error: BaseException) -> None:
+    """One warning per kind of store failure a task call met (it then ran as if uncached)."""
+    text = f"{type(error).__name__}: {error}"
+    if text not in _troubles:
+        _troubles.add(text)
+        warnings.warn(f"reading the nbflow result store failed ({text}); tasks run as cache misses meanwhile",
+                      NbflowWarning, stacklevel=6)
 
 
 def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_seconds: float | None,
@@ -282,6 +296,9 @@ class TaskRunEngine:
                 value = get_store().load(previous.key, type_hint=self._type_hint())
             except CacheMiss:
                 return None
+            except (OSError, sqlite3.Error) as error:
+                _store_trouble(error)
+                return None
         state = Cached(value, message="reused from an earlier attempt of this flow run")
         self.task_run.cache_hit = True
         if previous.key is not None:  # still the store's: a later attempt can read it back again
@@ -351,6 +368,10 @@ class TaskRunEngine:
             # One read of record and payload together (a probe, then a load, would be two).
             value = get_store().load(self.key, type_hint=self._type_hint())
         except CacheMiss:
+            return None
+        except (OSError, sqlite3.Error) as error:
+            # The store's own trouble (the store deals with what it can, and says so): never the call's.
+            _store_trouble(error)
             return None
         self.task_run.cache_hit = True
         self.task_run.persisted = True
@@ -480,8 +501,9 @@ class TaskRunEngine:
                 on_lost=self._on_lost(state) if quick else None,
             )
         except (SerializationError, PersistError) as error:
-            warnings.warn(f"{error} — the task's result was returned but not persisted.", NbflowWarning,
-                          stacklevel=5)
+            if not isinstance(error, StoreUnwritable):  # that one was said once, when the store opened
+                warnings.warn(f"{error} — the task's result was returned but not persisted.", NbflowWarning,
+                              stacklevel=5)
             state.persisted = False
             state.message = f"not persisted: {error}"
         else:

@@ -70,7 +70,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import xxhash
 
@@ -81,7 +81,9 @@ except ImportError:  # Windows: no advisory locks, so eviction cannot see which 
 
 from nbflow import _pid
 from nbflow._idle import IdleWriter
-from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError
+from nbflow._recovery import cannot_write, is_damaged, move_aside
+from nbflow._recovery import warn_once as _warn_once
+from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
 from nbflow.store.paths import directory_fd, open_inside, replace_inside, unlink_inside
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
@@ -311,6 +313,25 @@ _deferring: weakref.WeakSet[ResultStore] = weakref.WeakSet()
 Deferred = tuple[Record, bytes, Callable[[str], None] | None]
 
 
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+
+def _recovering(method: Callable[Concatenate[ResultStore, _P], _R]) -> Callable[Concatenate[ResultStore, _P], _R]:
+    """A store method that, meeting a damaged database, replaces it (ResultStore._recover) and runs again."""
+
+    @functools.wraps(method)
+    def run(self: ResultStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            if not self._recover(error):
+                raise
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class ResultStore:
     """Task results cached on local disk under ``<home>/store``, safe across processes and threads.
 
@@ -331,11 +352,6 @@ class ResultStore:
         secret_file: Path,
         strict_buffers: bool = False,
     ) -> None:
-        # Imported here so that importing nbflow.store stays cheap.
-        import diskcache
-
-        from nbflow.store.disk import SafeDisk
-
         if size_limit <= 0:
             raise ConfigurationError(f"size_limit must be a positive number of bytes, not {size_limit!r}")
         self.home = Path(home).expanduser().absolute()
@@ -354,31 +370,17 @@ class ResultStore:
         self._make_directories()
         self._root = str(self.directory)
         self._blobs = os.path.join(self._root, "blobs")
-        try:
-            self._cache = diskcache.Cache(
-                str(self.directory),
-                # Never unpickles a row and never leaves the store directory (see nbflow.store.disk).
-                disk=SafeDisk,
-                # Wait for other processes' transactions instead of failing with "database is locked".
-                timeout=60,
-                # Eviction is done by prune(), so that a record and its payload always go together.
-                eviction_policy="none",
-                size_limit=2**62,
-                cull_limit=0,
-                statistics=False,
-                # Streams stay inside their database row (see _STREAM_IN_ROW_MAX), and a large write
-                # does not leave the write-ahead log that large afterwards.
-                disk_min_file_size=_STREAM_IN_ROW_MAX,
-                sqlite_journal_size_limit=64 << 20,
-            )
-        except (OSError, sqlite3.Error) as error:
-            raise ConfigurationError(
-                f"cannot open the nbflow result store in {self.directory}: {error}"
-            ) from error
+        #: Whether the store could only be opened read-only (a full disk, a read-only file system): hits
+        #: are served, saves raise :class:`~nbflow.exceptions.StoreUnwritable`.
+        self.read_only = False
+        self._cache = self._open_cache()
         # Whether reads may query diskcache's table directly, and saves write it directly (checked once
         # here; a diskcache with another layout is used through its public API instead).
+        import diskcache
+
         self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == _MODE_RAW
-        self._fast_writes = self._fast_reads and sqlite3.sqlite_version_info >= (3, 35) and self._table_is_known()
+        self._fast_writes = (self._fast_reads and not self.read_only and sqlite3.sqlite_version_info >= (3, 35)
+                             and self._table_is_known())
         # Whether touches may rewrite records with SQLite's JSON functions (see _touch_directly).
         self._json_touches = True
         self._write_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -409,6 +411,94 @@ class ResultStore:
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
         self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, self._waiting_since, self._flush_quietly)
 
+    def _open_cache(self) -> Any:
+        """diskcache's Cache on the store directory; a damaged database is moved aside first, and one that
+        cannot be written is opened read-only (see nbflow.store.recovery)."""
+        # Imported here so that importing nbflow.store stays cheap.
+        import diskcache
+
+        from nbflow.store.disk import SafeDisk
+        from nbflow.store.readonly import ReadOnlyCache
+
+        def cache() -> Any:
+            return diskcache.Cache(
+                self._root,
+                # Never unpickles a row and never leaves the store directory (see nbflow.store.disk).
+                disk=SafeDisk,
+                # Wait for other processes' transactions instead of failing with "database is locked".
+                timeout=60,
+                # Eviction is done by prune(), so that a record and its payload always go together.
+                eviction_policy="none",
+                size_limit=2**62,
+                cull_limit=0,
+                statistics=False,
+                # Streams stay inside their database row (see _STREAM_IN_ROW_MAX), and a large write
+                # does not leave the write-ahead log that large afterwards.
+                disk_min_file_size=_STREAM_IN_ROW_MAX,
+                sqlite_journal_size_limit=64 << 20,
+            )
+
+        database = self.directory / "cache.db"
+        try:
+            return cache()
+        except (OSError, sqlite3.Error) as error:
+            failure: BaseException = error
+        if is_damaged(failure):
+            moved = move_aside(database)
+            _warn_once(
+                f"the nbflow store's database {database} is damaged ({failure}); it was moved to {moved} for "
+                "inspection and a new one started: results cached before are computed again"
+            )
+            try:
+                return cache()
+            except (OSError, sqlite3.Error) as error:
+                failure = error
+        if cannot_write(failure) and database.is_file():
+            try:
+                read_only = ReadOnlyCache(self._root)
+            except sqlite3.Error:
+                pass
+            else:
+                self.read_only = True
+                _warn_once(
+                    f"the nbflow store in {self.directory} cannot be written ({failure}): cached results are "
+                    "served, and new results are returned without being saved until it can be written again "
+                    "(free some space, then restart the kernel)"
+                )
+                return read_only
+        raise ConfigurationError(f"cannot open the nbflow result store in {self.directory}: {failure}") from failure
+
+    def _recover(self, error: BaseException) -> bool:
+        """If ``error`` says the database is damaged: move it aside, start a fresh one, warn once; return
+        whether it did. (Other processes that have the old file open keep it until they reopen.)"""
+        if not is_damaged(error):
+            return False
+        with self._lock:
+            try:
+                self._cache.close()
+            except Exception:
+                pass
+            database = self.directory / "cache.db"
+            try:
+                moved = move_aside(database)
+            except OSError:
+                return False
+            _warn_once(
+                f"the nbflow store's database {database} is damaged ({error}); it was moved to {moved} for "
+                "inspection and a new one started: results cached before are computed again"
+            )
+            self._cache = self._open_cache()
+            self._pending_hits.clear()
+            self._pending_touches.clear()
+            self._touched.clear()
+        with self._deferred_lock:
+            lost, self._deferred = self._deferred, {}
+            self._deferred_since = None
+        for _record, _payload, on_lost in lost.values():
+            if on_lost is not None:
+                on_lost("the store's database was damaged and has been replaced")
+        return True
+
     def _table_is_known(self) -> bool:
         """Whether diskcache's table has exactly the columns the direct writes fill in."""
         try:
@@ -438,8 +528,13 @@ class ResultStore:
         Reads metadata only: no payload bytes, no unpickling. The record is not authenticated yet; that
         happens in :meth:`load`. Expired entries are deleted; unreadable ones are deleted with a warning.
         """
-        self._commit_deferred(key)
-        raw = self._read(self._mkey(key))
+        try:
+            self._commit_deferred(key)
+            raw = self._read(self._mkey(key))
+        except sqlite3.DatabaseError as error:
+            if not self._recover(error):
+                raise
+            return None
         return None if raw is None else self._checked_record(key, raw)
 
     def _checked_record(self, key: str, raw: Any) -> Record | None:
@@ -470,6 +565,14 @@ class ResultStore:
         is rebuilt. An entry that fails verification is deleted, reported with one
         :class:`~nbflow.exceptions.NbflowWarning` naming its task, and treated as a miss.
         """
+        try:
+            return self._load(key, type_hint)
+        except sqlite3.DatabaseError as error:
+            if not self._recover(error):
+                raise
+            raise CacheMiss(key, "the store's database was damaged and has been replaced") from None
+
+    def _load(self, key: str, type_hint: Any) -> Any:
         self._commit_deferred(key)  # rare (the same call again within milliseconds): then read as any other
         for _ in range(_LOAD_ATTEMPTS):
             payload, written = self._read_payload(key)
@@ -587,6 +690,13 @@ class ResultStore:
 
     def records(self) -> Iterator[Record]:
         """All records of the current format version, in key order. Reads metadata only."""
+        try:
+            yield from self._records()
+        except sqlite3.DatabaseError as error:
+            if not self._recover(error):
+                raise
+
+    def _records(self) -> Iterator[Record]:
         self._flush_quietly()
         start = self._kstart
         for db_key in self._cache.iterkeys():
@@ -600,6 +710,7 @@ class ResultStore:
             except ValueError:
                 continue
 
+    @_recovering
     def volume(self) -> int:
         """Total size in bytes of the entries (kept as a running total by SQLite triggers, within the same
         transactions as the entries; :meth:`prune` recounts it)."""
@@ -650,6 +761,9 @@ class ResultStore:
             raise ValueError(f"a store key must be a non-empty string, not {key!r}")
         if expires is not None and not (isinstance(expires, (int, float)) and expires == expires):
             raise ValueError(f"expires must be an epoch timestamp or None, not {expires!r}")
+        if self.read_only:
+            raise StoreUnwritable(f"the result of task {task_name!r} was not persisted: the store in "
+                                  f"{self.directory} is read-only")
         chosen = get_serializer(serializer)
         if not isinstance(serializer, str) and _registered(chosen.name) is not chosen:
             register_serializer(chosen)  # so that this process can load what it saved
@@ -674,6 +788,7 @@ class ResultStore:
         except self._write_errors as error:
             for path in written:
                 self._remove_file(path)
+            self._recover(error)  # a damaged database is replaced: the next save works
             message = (
                 f"the result of task {task_name!r} was not persisted: writing it to the store in "
                 f"{self.directory} failed ({error})"
@@ -903,6 +1018,7 @@ class ResultStore:
         elif since == now:
             self._idle.wake()  # only the first save of a batch: the idle thread then watches it
 
+    @_recovering
     def flush(self) -> None:
         """Commit the deferred saves now (see :meth:`save`), in one transaction.
 
@@ -979,11 +1095,13 @@ class ResultStore:
 
     # -- deleting ----------------------------------------------------------------------------------
 
+    @_recovering
     def delete(self, key: str) -> bool:
         """Delete the entry for ``key``; return whether there was one."""
         self._commit_deferred(key)
         return self._delete_if(key, lambda current: True)
 
+    @_recovering
     def prune(self) -> int:
         """Delete expired entries, then least recently used ones until the total size is within the limit.
 
@@ -994,6 +1112,7 @@ class ResultStore:
         self._flush_quietly()
         return self._prune(protect=None, target=self.size_limit)
 
+    @_recovering
     def clear(self) -> int:
         """Delete everything in the store; return the number of entries removed."""
         self._flush_quietly()
@@ -1523,6 +1642,10 @@ class ResultStore:
                 NbflowWarning,
                 stacklevel=3,
             )
+        elif blobs.exists() and not blobs.is_dir():
+            moved = move_aside(blobs)
+            _warn_once(f"the nbflow store's {blobs} was not a directory; it was moved to {moved} and a new one "
+                       "made: results cached with arrays are computed again")
         for directory in (self.home, self.directory, blobs):
             try:
                 directory.mkdir(mode=0o700, parents=True)
@@ -1567,6 +1690,7 @@ class ResultStore:
                     continue
         return total
 
+    @_recovering
     def delete_records(self, records: list[Record]) -> list[Record]:
         """Delete the entries ``records`` describe, each only if it is still that entry (one saved again
         since the records were read is kept); return the records of the entries deleted."""

@@ -7,7 +7,10 @@ is left behind, and the store works again as soon as there is room.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -105,3 +108,77 @@ def test_any_os_error_while_writing(
     np.testing.assert_array_equal(state.result(), np.arange(500_000))
     assert_nothing_stored(nbflow_home)
     assert produce("buffer", return_state=True).persisted is True
+
+
+# -- a completely full file system -----------------------------------------------------------------------
+
+FULL_DISK_CALLS = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import nbflow
+    from nbflow.exceptions import NbflowWarning
+
+    @nbflow.task
+    def double(x):
+        return 2 * x
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        states = [double(int(x), return_state=True) for x in sys.argv[1:]]
+    print(json.dumps({"values": [s.result() for s in states], "states": [s.name for s in states],
+                      "persisted": [s.persisted for s in states],
+                      "warnings": [str(w.message) for w in caught if issubclass(w.category, NbflowWarning)]}))
+    """
+)
+
+FILL = textwrap.dedent(
+    """
+    import os, sys
+    with open(os.path.join(sys.argv[1], "filler"), "wb") as filler:
+        try:
+            while True:
+                filler.write(b"x" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    """
+)
+
+# Mounts a small tmpfs in a private mount namespace (gone with the process), fills the store, fills the disk,
+# then runs task calls and CLI commands in fresh processes.
+FULL_DISK_SCRIPT = textwrap.dedent(
+    """
+    set -e
+    mount -t tmpfs -o size=4m tmpfs "$1"
+    export NBFLOW_HOME="$1/home" NBFLOW_SECRET_FILE="$1/secret.key"
+    "$PYTHON" -c "$CALLS" 1 2 > /dev/null
+    "$PYTHON" -c "$FILL" "$1"
+    "$PYTHON" -c "$CALLS" 1 2 99 100 > "$2/calls.json" 2> "$2/calls.err"
+    for command in "runs" "cache info" "cache ls"; do
+        "$PYTHON" -m nbflow.cli $command > /dev/null 2>> "$2/cli.err" || echo "$command: exit $?" >> "$2/cli.err"
+    done
+    """
+)
+
+
+def test_task_calls_on_a_full_file_system_return_their_values(tmp_path: Path, child_env: dict[str, str]) -> None:
+    mount_point, out = tmp_path / "disk", tmp_path / "out"
+    mount_point.mkdir()
+    out.mkdir()
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        unshare.append("--map-root-user")
+    env = {**child_env, "PYTHON": sys.executable, "CALLS": FULL_DISK_CALLS, "FILL": FILL}
+    done = subprocess.run([*unshare, "bash", "-c", FULL_DISK_SCRIPT, "bash", str(mount_point), str(out)],
+                          capture_output=True, text=True, env=env, timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr + (out / "calls.err").read_text() if (out / "calls.err").exists() else ""
+    result = json.loads((out / "calls.json").read_text().strip().splitlines()[-1])
+    errors = (out / "calls.err").read_text()
+    assert "Traceback" not in errors, errors
+    assert result["values"] == [2, 4, 198, 200]
+    assert result["states"][:2] == ["Cached", "Cached"], result  # hits served from the read-only store
+    assert result["states"][2:] == ["Completed", "Completed"] and result["persisted"][2:] == [False, False]
+    store_warnings = [w for w in result["warnings"] if "store" in w]
+    assert len(store_warnings) == 1 and "cannot be written" in store_warnings[0], result["warnings"]
+    assert (out / "cli.err").read_text().count("exit") == 0, (out / "cli.err").read_text()
+    assert "Traceback" not in (out / "cli.err").read_text()
