@@ -63,7 +63,7 @@ class Flow(Generic[P, R]):
                 )
         _check_number(retries, "retries", owner, allow_none=False, integer=True)
         check_delay(retry_delay_seconds, owner)
-        _check_number(timeout_seconds, "timeout_seconds", owner, positive=True)
+        _check_number(timeout_seconds, "timeout_seconds", owner, positive=True, seconds=True)
         self.fn = fn
         self.name: str = name or getattr(fn, "__name__", None) or type(fn).__name__
         self.retries = retries

@@ -15,7 +15,11 @@ from typing import Any
 
 from nbflow.exceptions import ConfigurationError
 
-__all__ = ["Settings", "configure", "get_settings", "parse_size"]
+__all__ = ["MAX_SECONDS", "Settings", "configure", "get_settings", "parse_size"]
+
+#: The longest timeout or retry delay nbflow accepts (about 31 years): longer ones overflow the clocks and
+#: timers they are handed to, so they fail up front, naming the option, rather than in the middle of a run.
+MAX_SECONDS = 1e9
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
           "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}

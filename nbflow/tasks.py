@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from nbflow.cache_policies import DEFAULT, CacheKeyFnPolicy, CachePolicy, KeyContext
 from nbflow.engine.retries import RetryDelay, check_delay
 from nbflow.exceptions import ConfigurationError
+from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
     from nbflow.engine.futures import TaskFuture, TaskFutureList
@@ -33,17 +35,21 @@ _SERIALIZERS = ("pickle", "json")
 
 
 def _check_number(value: object, name: str, owner: str, *, allow_none: bool = True, integer: bool = False,
-                  positive: bool = False) -> None:
+                  positive: bool = False, seconds: bool = False) -> None:
     if value is None and allow_none:
         return
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if integer else "a number"
         raise ConfigurationError(f"{owner}: {name}={value!r} must be {kind}" + (" or None" if allow_none else ""))
+    if not math.isfinite(value):  # nan passes every comparison below
+        raise ConfigurationError(f"{owner}: {name}={value!r} must be a finite number")
     if positive and value <= 0:
         raise ConfigurationError(f"{owner}: {name}={value!r} must be > 0")
     if value < 0:
         raise ConfigurationError(f"{owner}: {name}={value!r} must be >= 0")
+    if seconds and value > MAX_SECONDS:
+        raise ConfigurationError(f"{owner}: {name}={value!r} is too long: at most {MAX_SECONDS:g} seconds")
 
 
 def _check_hooks(hooks: Iterable[Any], name: str, owner: str) -> tuple[Any, ...]:
@@ -98,7 +104,7 @@ class Task(Generic[P, R]):
         _check_number(retries, "retries", owner, allow_none=False, integer=True)
         check_delay(retry_delay_seconds, owner)
         _check_number(retry_jitter_factor, "retry_jitter_factor", owner)
-        _check_number(timeout_seconds, "timeout_seconds", owner, positive=True)
+        _check_number(timeout_seconds, "timeout_seconds", owner, positive=True, seconds=True)
         if retry_condition_fn is not None and not callable(retry_condition_fn):
             raise ConfigurationError(f"{owner}: retry_condition_fn must be callable(task, task_run, state)")
         if not isinstance(cache_policy, CachePolicy):

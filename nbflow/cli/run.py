@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from nbflow.cli.common import EXIT_FAILED, EXIT_OK, Usage, print_json, resolve_home, table
 from nbflow.cli.history import LaunchWatcher, outcome, task_row
 from nbflow.runs import format_duration
+from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
     from nbflow.runs import RunRecord, TaskRunRecord
@@ -332,8 +333,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     workdir = Path(cwd) if cwd else path.resolve().parent
     if not workdir.is_dir():
         raise Usage(f"--cwd {str(workdir)!r} is not a directory")
-    if timeout is not None and timeout <= 0:
-        raise Usage(f"--timeout must be a positive number of seconds, not {timeout}")
+    if timeout is not None and not 0 < timeout <= MAX_SECONDS:  # nan fails this too
+        raise Usage(f"--timeout must be a number of seconds above 0 and at most {MAX_SECONDS:g}, not {timeout}")
+    if output is not None and Path(output).is_dir():
+        raise Usage(f"-o {output!r} is a directory: give the path of the notebook file to write")
     kernel_name = kernel or notebook.metadata.get("kernelspec", {}).get("name") or "python3"
     check_kernel(kernel_name)
     inject_parameters(notebook, values)
@@ -413,8 +416,13 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     if output:
         finish_output_notebook(notebook, summary, runs)
         output_path = Path(output)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(notebook, str(output_path))
+        try:
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, str(output_path))
+        except OSError as error:
+            # The run itself is over and recorded; say what could not be written, as an error.
+            print(f"nbflow: error: could not write the executed notebook to {output}: {error}", file=sys.stderr)
+            summary["exit_code"] = max(int(summary["exit_code"]), EXIT_FAILED)
     if as_json:
         print_json(summary, out)
     else:

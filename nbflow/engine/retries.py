@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from nbflow.exceptions import ConfigurationError
+from nbflow.settings import MAX_SECONDS
 
 __all__ = ["RetryDelay", "check_delay", "delay_for", "exponential_backoff", "jittered"]
 
@@ -35,14 +36,17 @@ def check_delay(value: object, owner: str) -> None:
     if isinstance(value, bool):
         value = None  # fall through to the error below
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ConfigurationError(f"{owner}: retry_delay_seconds={value!r} must be >= 0")
+        if not 0 <= value <= MAX_SECONDS:  # nan fails this too
+            raise ConfigurationError(
+                f"{owner}: retry_delay_seconds={value!r} must be a number from 0 to {MAX_SECONDS:g} (seconds)"
+            )
         return
     if isinstance(value, (list, tuple)) and value:
         for item in value:
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0 <= item <= MAX_SECONDS:
                 raise ConfigurationError(
-                    f"{owner}: retry_delay_seconds list holds {item!r}; every delay must be a number >= 0"
+                    f"{owner}: retry_delay_seconds list holds {item!r}; every delay must be a number from 0 "
+                    f"to {MAX_SECONDS:g} (seconds)"
                 )
         return
     raise ConfigurationError(

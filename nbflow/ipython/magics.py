@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from nbflow.ipython.cells import CellOptions, prepare_cell, run_cell_task
 from nbflow.runs import format_duration
+from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
     from nbflow.ipython.session import Session
@@ -52,7 +53,7 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _number(kind: type[int] | type[float], label: str) -> Any:
+def _number(kind: type[int] | type[float], label: str, *, seconds: bool = False) -> Any:
     def convert(text: str) -> int | float:
         try:
             value = kind(text)
@@ -62,6 +63,8 @@ def _number(kind: type[int] | type[float], label: str) -> Any:
             raise argparse.ArgumentTypeError(f"{label} must be a finite number, got {text!r}")
         if value < 0:
             raise argparse.ArgumentTypeError(f"{label} must be >= 0, got {text!r}")
+        if seconds and value > MAX_SECONDS:
+            raise argparse.ArgumentTypeError(f"{label} is too long: at most {MAX_SECONDS:g} seconds, got {text!r}")
         return value
 
     return convert
@@ -72,8 +75,8 @@ def parse_task_line(line: str) -> CellOptions:
     parser = _Parser(prog="%%task", add_help=True)
     parser.add_argument("name", nargs="?")
     parser.add_argument("--retries", type=_number(int, "--retries"), default=0)
-    parser.add_argument("--retry-delay", type=_number(float, "--retry-delay"), default=0.0)
-    parser.add_argument("--timeout", type=_number(float, "--timeout"), default=None)
+    parser.add_argument("--retry-delay", type=_number(float, "--retry-delay", seconds=True), default=0.0)
+    parser.add_argument("--timeout", type=_number(float, "--timeout", seconds=True), default=None)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--refresh", action="store_true")
     parser.add_argument("--inputs", type=_names, default=None)

@@ -105,6 +105,8 @@ _KEYED = "b2k:"
 # Blob files and temporary files this old that no record refers to are garbage (a save refreshes its
 # files' mtime right before committing, so files of an in-flight save are always younger than this).
 _ORPHAN_AGE = 60.0
+# How often opening a store sweeps the temporary files of killed writers (see ResultStore._sweep_if_due).
+_SWEEP_INTERVAL = 3600.0
 # A save that takes the store over its limit prunes down to this fraction of the limit, so that the next
 # saves do not each trigger a full scan.
 _PRUNE_LOW_WATER = 0.9
@@ -410,6 +412,30 @@ class ResultStore:
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
         self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, self._waiting_since, self._flush_quietly)
+        self._sweep_if_due()
+
+    def _sweep_if_due(self) -> None:
+        """Remove the temporary files of writers killed mid-save, at most every _SWEEP_INTERVAL seconds per
+        store (whichever process opens it then): nothing counts them, and only a prune would remove them."""
+        if self.read_only:
+            return
+        marker = os.path.join(self._root, ".swept")
+        try:
+            if time.time() - os.stat(marker).st_mtime < _SWEEP_INTERVAL:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            os.close(open_inside(self._root, ".swept", os.O_WRONLY | os.O_CREAT))
+            os.utime(marker)
+        except OSError:
+            return
+        now = time.time()
+        for path, _name, blob_id, mtime in self._blob_files():
+            if not blob_id and now - mtime > _ORPHAN_AGE:  # not an entry's file: a temporary one
+                self._remove_file(path)
 
     def _open_cache(self) -> Any:
         """diskcache's Cache on the store directory; a damaged database is moved aside first, and one that
@@ -1114,13 +1140,15 @@ class ResultStore:
 
     @_recovering
     def clear(self) -> int:
-        """Delete everything in the store; return the number of entries removed."""
+        """Delete every entry in the store; return the number of entries removed.
+
+        Safe while other processes save: it deletes the entries it found, each with its own files (as an
+        eviction of everything would), and leftovers only once they are old enough not to belong to a save
+        in progress. An entry committed while it runs is kept whole; one a load is reading right then is
+        left for a later clear or prune.
+        """
         self._flush_quietly()
-        cache = self._cache
-        count = sum(1 for db_key in cache.iterkeys() if isinstance(db_key, str) and _is_record_key(db_key))
-        cache.clear()
-        for path, _name, _blob_id, _mtime in self._blob_files():
-            self._remove_file(path)
+        count = self._prune(protect=None, target=-1)
         with self._lock:
             self._pending_hits.clear()
             self._touched.clear()

@@ -67,7 +67,7 @@ def test_any_task_line_gives_options_or_a_usage_error(words: list[str]) -> None:
 
 
 @pytest.mark.parametrize("line", ["--timeout nan", "--retry-delay inf", "--timeout 1e400", "--retries 1.5",
-                                  "--tags", "one two", "--retries 1e3"])
+                                  "--tags", "one two", "--retries 1e3", "--retry-delay 1e308", "--timeout 1e12"])
 def test_bad_option_lines_in_a_real_shell(shell: Any, line: str, capsys: Any) -> None:
     from IPython.core.error import UsageError
 
@@ -76,6 +76,52 @@ def test_bad_option_lines_in_a_real_shell(shell: Any, line: str, capsys: Any) ->
     text = "".join(capsys.readouterr())
     assert "usage: %%task" in text and "Traceback" not in text
     assert "x" not in shell.user_ns
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"timeout_seconds": 1e12}, "timeout_seconds"), ({"timeout_seconds": float("nan")}, "timeout_seconds"),
+    ({"timeout_seconds": float("inf")}, "timeout_seconds"), ({"retry_delay_seconds": 1e308}, "retry_delay_seconds"),
+    ({"retry_delay_seconds": float("nan")}, "retry_delay_seconds"),
+    ({"retry_delay_seconds": [1, float("nan")]}, "retry_delay_seconds"),
+    ({"retry_jitter_factor": float("nan")}, "retry_jitter_factor"),
+])
+@pytest.mark.parametrize("decorator", ["task", "flow"])
+def test_numbers_that_would_overflow_are_refused_when_decorating(options: dict[str, Any], named: str,
+                                                                 decorator: str) -> None:
+    from nbflow.exceptions import ConfigurationError
+
+    if decorator == "flow" and named == "retry_jitter_factor":  # a task option only
+        options, named = {"timeout_seconds": 1e12}, "timeout_seconds"
+    with pytest.raises(ConfigurationError, match=named):
+        getattr(nbflow, decorator)(**options)(lambda: 1)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--timeout", "nan"], "--timeout must be"), (["--timeout", "1e12"], "--timeout must be"),
+    (["--timeout", "inf"], "--timeout must be"), (["-o", "."], "is a directory"),
+])
+def test_bad_run_options_fail_before_the_run(arguments: list[str], message: str, tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = tmp_path / "n.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("open('ran', 'w').close()")]), notebook)
+    done = subprocess.run([sys.executable, "-m", "nbflow.cli", "run", str(notebook), *arguments], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "ran").exists()  # refused before a kernel started
+
+
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = tmp_path / "n.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("1 + 1")]), notebook)
+    done = subprocess.run([sys.executable, "-m", "nbflow.cli", "run", str(notebook), "-o", "/dev/full"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    assert "could not write the executed notebook to /dev/full" in done.stderr and "Traceback" not in done.stderr
 
 
 # -- cells that do not parse -------------------------------------------------------------------------

@@ -174,3 +174,22 @@ def test_a_linked_blobs_directory_is_replaced_with_a_warning(tmp_path: Path, sec
     store.close()
     assert sorted(snapshot(target)) == [".k-0123.tmp", "0123456789abcdef0123456789ab.val",
                                         "k-0123456789abcdef-0.bin", "notes.txt"]
+
+
+def test_opening_a_store_sweeps_the_temporary_files_of_killed_writers(tmp_path: Path, secret_file: Path) -> None:
+    store = open_store(tmp_path / "home", secret_file)
+    store.save("arr", np.arange(100_000), task_name="demo.arr")
+    store.close()
+    shard = store.directory / "blobs" / "ar"
+    stale, fresh = shard / ".arr-dead.1234.tmp", shard / ".arr-live.5678.tmp"
+    stale.write_bytes(b"x" * 1000)
+    fresh.write_bytes(b"y" * 1000)
+    os.utime(stale, (OLD, OLD))
+    marker = store.directory / ".swept"
+    open_store(tmp_path / "home", secret_file).close()
+    assert stale.exists()  # swept within the hour already: opening is not a scan every time
+    os.utime(marker, (OLD, OLD))
+    store = open_store(tmp_path / "home", secret_file)
+    assert not stale.exists() and fresh.exists()  # only files old enough not to be a save in progress
+    assert (store.load("arr") == np.arange(100_000)).all()  # an entry's own files stay
+    store.close()
