@@ -412,7 +412,44 @@ class ResultStore:
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
         self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, self._waiting_since, self._flush_quietly)
+        self._check_key()
         self._sweep_if_due()
+
+    def _check_key(self) -> None:
+        """If the secret key is not the one the store's entries were written with (lost, or replaced), remove
+        those entries, which can never verify, with one warning, instead of one warning per entry met.
+
+        ``key-id`` in the store directory holds an HMAC of a constant under the key: it tells whether keys
+        match without telling anything about the key. (Someone who can write the store can copy that file
+        along with entries of their own: those still fail verification one by one.)
+        """
+        if self.read_only:
+            return
+        key_id = hmac.new(self._secret, b"nbflow-key-id", "sha256").hexdigest()[:32]
+        try:
+            with open(open_inside(self._root, "key-id", os.O_RDONLY), encoding="ascii", errors="replace") as file:
+                known: str | None = file.read(64).strip()
+        except FileNotFoundError:
+            known = None
+        except OSError:
+            return
+        if known == key_id:
+            return
+        removed = self.clear() if known is not None else 0
+        if removed:
+            _warn_once(
+                f"the nbflow secret key {self.secret_file} is not the key this store's results were written with "
+                f"(it was lost or replaced): the {removed} results written with the other key can never be "
+                "verified, so they were removed and are computed again"
+            )
+        temporary = f"key-id.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = open_inside(self._root, temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with os.fdopen(fd, "w", encoding="ascii") as file:
+                file.write(key_id + "\n")
+            replace_inside(self._root, temporary, "key-id")
+        except OSError:
+            unlink_inside(self._root, temporary)
 
     def _sweep_if_due(self) -> None:
         """Remove the temporary files of writers killed mid-save, at most every _SWEEP_INTERVAL seconds per

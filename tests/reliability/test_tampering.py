@@ -207,14 +207,40 @@ def test_a_bad_payload_without_a_record_warns_once(store: ResultStore) -> None:
 
 def test_entry_written_with_another_users_secret(tmp_path: Path, secret_file: Path) -> None:
     home = tmp_path / "shared"
+    ResultStore(home, size_limit=1 << 30, secret_file=secret_file).close()
+    alices_key_id = (home / "store" / "key-id").read_bytes()
     mallory = ResultStore(home, size_limit=1 << 30, secret_file=tmp_path / "mallory" / "secret.key")
     mallory.save("k", "planted", task_name="demo.shared")
     mallory.save("arr", np.ones(100_000), task_name="demo.shared")
     mallory.close()
+    (home / "store" / "key-id").write_bytes(alices_key_id)  # copied back, so that nothing looks changed
 
     alice = ResultStore(home, size_limit=1 << 30, secret_file=secret_file)
     assert_rejected(alice, "k", "demo.shared")
     assert_rejected(alice, "arr", "demo.shared")
+
+
+def test_a_lost_key_gives_one_warning_for_the_store_not_one_per_entry(tmp_path: Path, secret_file: Path) -> None:
+    store = ResultStore(tmp_path / "home", size_limit=1 << 30, secret_file=secret_file)
+    for n in range(20):
+        store.save(f"k{n}", np.full(1000, n), task_name="demo.lost")
+    store.close()
+    secret_file.unlink()  # lost: a new key is made
+    with pytest.warns(NbflowWarning) as caught:
+        store = ResultStore(tmp_path / "home", size_limit=1 << 30, secret_file=secret_file)
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == 1 and "not the key" in messages[0] and "the 20 results" in messages[0], messages
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NbflowWarning)
+        for n in range(20):
+            with pytest.raises(CacheMiss):
+                store.load(f"k{n}")
+        store.save("k0", "new", task_name="demo.lost")
+        assert store.load("k0") == "new"
+    store.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NbflowWarning)
+        ResultStore(tmp_path / "home", size_limit=1 << 30, secret_file=secret_file).close()  # said once
 
 
 def test_strict_buffers(tmp_path: Path, secret_file: Path) -> None:
