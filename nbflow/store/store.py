@@ -84,6 +84,7 @@ from nbflow._idle import IdleWriter
 from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
+from nbflow.store import sql
 from nbflow.store.paths import directory_fd, open_inside, replace_inside, unlink_inside
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
@@ -132,96 +133,9 @@ assert SIGNED_FIELDS == (
     "key", "task_name", "run_id", "created", "expires", "size", "serializer", "format_version", "buffers",
     "stream_size", "blob_id",
 )
-# diskcache's table layout, for the direct reads and writes below: string keys are stored with raw = 1,
-# and values held in the row itself (str, int, and bytes under its min_file_size) have mode 1
-# (diskcache.core.MODE_RAW), size 0 and no file name.
-_MODE_RAW = 1
-_CACHE_COLUMNS = [
-    "rowid", "key", "raw", "store_time", "expire_time", "access_time", "access_count", "tag", "size", "mode",
-    "filename", "value",
-]
-_SELECT_RAW = "SELECT mode, value FROM Cache WHERE key = ? AND raw = 1"
-# The rows of any format version other than the one a store was opened with: ``<version>:<key>:m`` or ``:p``
-# (format 4 on), ``m:<version>:<key>``, ``p:...`` or ``s:...`` (formats 1 to 3).
-_OTHER_FORMAT = re.compile(r"[0-9]+:.*:[mp]\Z|[mps]:[0-9]+:", re.DOTALL)
-
-
-def _is_record_key(db_key: str) -> bool:
-    """Whether ``db_key`` names the record row of an entry, of any format version."""
-    return db_key.startswith("m:") or (db_key.endswith(":m") and db_key.partition(":")[0].isdigit())
-
-# A cache hit: the payload, and when its record was last written (the payload row's diskcache store_time,
-# which saves and touches set together with the record).
-# With a second part for a miss: a row (0, NULL...) if there is a record without its payload (which the load
-# then reports), so a miss is one statement and one read transaction too. On a hit, LIMIT 1 ends the query
-# before that part runs.
-_SELECT_HIT = (
-    "SELECT 1, store_time, mode, value FROM Cache WHERE key = ?1 AND raw = 1"
-    " UNION ALL SELECT 0, NULL, NULL, NULL FROM Cache WHERE key = ?2 AND raw = 1 LIMIT 1"
-)
-_SET_STORE_TIME = "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1"
-# A touch in one statement, inside SQLite (no read, parse and rewrite of the record in Python: a fifth of the
-# cost, which a restarted kernel pays once per entry it hits). Parameters: 1 the time written, 2 the new
-# last_used (NULL: unchanged) and 6 the same as JSON text, 3 the hits to add, 4 the record's key, 5 the MAC
-# of the entry that was read (NULL: any), so an entry replaced in the meantime is left alone. The new time
-# goes in as text (?2) and an unchanged one is not set at all: json_set leaves the numbers it does not
-# set as they were written, but writes a number it is given with 15 digits, which would round a time.
-_TOUCH_RECORD = (
-    "UPDATE Cache SET store_time = ?1, access_time = ?1, access_count = 0, value = CASE"
-    " WHEN ?2 IS NOT NULL AND ?2 > json_extract(value, '$.last_used')"
-    " THEN json_set(value, '$.last_used', json(?6), '$.hits', json_extract(value, '$.hits') + ?3)"
-    " ELSE json_set(value, '$.hits', json_extract(value, '$.hits') + ?3) END"
-    " WHERE key = ?4 AND raw = 1 AND mode = 1 AND json_valid(value)"
-    " AND typeof(json_extract(value, '$.last_used')) IN ('real', 'integer')"
-    " AND typeof(json_extract(value, '$.hits')) = 'integer'"
-    " AND (?5 IS NULL OR json_extract(value, '$.mac') = ?5)"
-)
-# What diskcache's set() changes in a row that keeps its value inline and stays that way.
-_SET_RECORD = "UPDATE Cache SET store_time = ?, access_time = ?, access_count = 0, value = ? WHERE key = ? AND raw = 1"
-# A save: the rows of the entries it replaces, the records' text (not the payloads'), and whether a row keeps
-# its value in a diskcache file instead of the row (a direct write would leave such a file behind, so those
-# saves go through diskcache's API). Formatted with the "?" of the record keys, then of the payload keys.
-_SELECT_PREVIOUS = (
-    "SELECT key, mode, filename, value FROM Cache WHERE key IN ({0}) AND raw = 1"
-    " UNION ALL SELECT key, mode, filename, NULL FROM Cache WHERE key IN ({0}) AND raw = 1"
-)
-# The columns diskcache's own set() writes for a value kept in the row, but for ``size``: the entry's size on
-# its record row (see the module documentation). An upsert (rather than INSERT OR REPLACE) so that
-# diskcache's row-count and size triggers see an update, not an untracked delete.
-_ROW = "(?, 1, ?, NULL, ?, 0, NULL, ?, 1, NULL, ?)"
-_INSERT = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
-    " filename, value) VALUES "
-)
-_ON_CONFLICT = (
-    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
-    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
-    " size = excluded.size, mode = 1, filename = NULL, value = excluded.value"
-)
-
-
-@functools.cache
-def _upsert_entries(count: int) -> str:
-    """The statement writing both rows of ``count`` entries."""
-    return f"{_INSERT}{', '.join([_ROW] * (2 * count))}{_ON_CONFLICT}"
-
-
-@functools.cache
-def _select_previous(count: int) -> str:
-    """The statement reading what the rows of ``count`` entries replace."""
-    return _SELECT_PREVIOUS.format(", ".join("?" * count))
 # The JSON scanner json.loads uses, called directly: it parses the signed fields of a small entry in a
 # third of the time (the fields are ASCII, MAC-verified, and checked for shape after parsing).
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-# The store's volume: diskcache's running total of the rows' size column, kept by its triggers.
-_SELECT_VOLUME = "SELECT value FROM Settings WHERE key = 'size'"
-# A record row written by diskcache's own set() (size 0): its size set again, less the payload row's.
-_SIZE_RECORD = (
-    "UPDATE Cache SET size = ? - COALESCE((SELECT size FROM Cache WHERE key = ? AND raw = 1), 0)"
-    " WHERE key = ? AND raw = 1"
-)
-# Sets the total right if it ever drifted (a row written some other way, tampering): prune() does this.
-_RECOUNT_VOLUME = "UPDATE Settings SET value = (SELECT COALESCE(SUM(size), 0) FROM Cache) WHERE key = 'size'"
 
 
 # What ResultStore._claim returns for an entry a load is reading (never a file descriptor).
@@ -380,7 +294,7 @@ class ResultStore:
         # here; a diskcache with another layout is used through its public API instead).
         import diskcache
 
-        self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == _MODE_RAW
+        self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == sql.MODE_RAW
         self._fast_writes = (self._fast_reads and not self.read_only and sqlite3.sqlite_version_info >= (3, 35)
                              and self._table_is_known())
         # Whether touches may rewrite records with SQLite's JSON functions (see _touch_directly).
@@ -568,7 +482,7 @@ class ResultStore:
             columns = [row[1] for row in self._cache._sql("PRAGMA table_info(Cache)").fetchall()]
         except (AttributeError, sqlite3.Error):
             return False
-        return columns == _CACHE_COLUMNS
+        return columns == sql.CACHE_COLUMNS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -783,7 +697,7 @@ class ResultStore:
     def _total(self) -> int:
         if self._fast_reads:
             try:
-                row = self._cache._sql(_SELECT_VOLUME).fetchone()
+                row = self._cache._sql(sql.SELECT_VOLUME).fetchone()
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
             else:
@@ -1001,7 +915,7 @@ class ResultStore:
         """Give a record row that diskcache's own ``set()`` wrote (size 0) the entry's size again."""
         if self._fast_reads:
             try:
-                self._cache._sql(_SIZE_RECORD, (size, self._pkey(key), self._mkey(key)))
+                self._cache._sql(sql.SIZE_RECORD, (size, self._pkey(key), self._mkey(key)))
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
 
@@ -1029,9 +943,9 @@ class ResultStore:
                 mkeys = [self._mkey(key) for key, _, _ in chunk]
                 pkeys = [self._pkey(key) for key, _, _ in chunk]
                 in_files: set[str] = set()
-                for db_key, mode, filename, value in execute(_select_previous(len(chunk)), mkeys + pkeys).fetchall():
+                for db_key, mode, filename, value in execute(sql.select_previous(len(chunk)), mkeys + pkeys).fetchall():
                     key = db_key[len(self._kstart) : -2]
-                    if filename is not None or mode != _MODE_RAW:
+                    if filename is not None or mode != sql.MODE_RAW:
                         in_files.add(key)
                     elif value is not None:  # a record row
                         previous = self._try_parse(value)
@@ -1045,8 +959,8 @@ class ResultStore:
                     else:
                         rows += (pkey, now, now, 0, payload, mkey, now, now, record.size, record.to_json())
                 if rows:
-                    execute(_upsert_entries(len(rows) // 10), rows)
-            ((total,),) = execute(_SELECT_VOLUME).fetchall()
+                    execute(sql.upsert_entries(len(rows) // 10), rows)
+            ((total,),) = execute(sql.SELECT_VOLUME).fetchall()
             execute("COMMIT")
         except BaseException as error:
             if isinstance(error, Exception):
@@ -1254,9 +1168,9 @@ class ResultStore:
                     broken.append((key, raw))
             elif ours and db_key.endswith(":p"):
                 streams.append(db_key)
-            elif not ours and _OTHER_FORMAT.match(db_key):
+            elif not ours and sql.OTHER_FORMAT.match(db_key):
                 # Another format version: never readable by this code.
-                garbage_records += _is_record_key(db_key)
+                garbage_records += sql.is_record_key(db_key)
                 garbage.append(db_key)
 
         total = sum(record.size for record, _ in live)
@@ -1323,7 +1237,7 @@ class ResultStore:
             # not, and this sets it right while nothing can change.
             if self._fast_reads:
                 try:
-                    cache._sql(_RECOUNT_VOLUME)
+                    cache._sql(sql.RECOUNT_VOLUME)
                 except (AttributeError, sqlite3.OperationalError) as error:
                     self._fast_read_failed(error)
 
@@ -1454,7 +1368,7 @@ class ResultStore:
         cache = self._cache
         try:
             parameters = (time.time(), now, hits, self._mkey(key), mac, None if now is None else repr(float(now)))
-            changed = cache._sql(_TOUCH_RECORD, parameters).rowcount
+            changed = cache._sql(sql.TOUCH_RECORD, parameters).rowcount
         except sqlite3.OperationalError as error:
             if "no such function" not in str(error):
                 raise
@@ -1464,7 +1378,7 @@ class ResultStore:
             return False  # gone, replaced, or not a record this can rewrite: _touch decides
         if now is not None:
             # What a hit reads to tell whether the record is due for another touch.
-            cache._sql(_SET_STORE_TIME, (now, self._pkey(key)))
+            cache._sql(sql.SET_STORE_TIME, (now, self._pkey(key)))
         return True
 
     def _touch(self, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
@@ -1477,8 +1391,8 @@ class ResultStore:
             raw: Any = None
             direct = False
             if self._fast_writes:
-                rows = cache._sql(_SELECT_RAW, (mkey,)).fetchall()
-                if rows and rows[0][0] == _MODE_RAW and type(rows[0][1]) is str:
+                rows = cache._sql(sql.SELECT_RAW, (mkey,)).fetchall()
+                if rows and rows[0][0] == sql.MODE_RAW and type(rows[0][1]) is str:
                     ((_, raw),) = rows
                     direct = True
             if not direct:
@@ -1494,13 +1408,13 @@ class ResultStore:
             )
             if direct:
                 written = time.time()
-                cache._sql(_SET_RECORD, (written, written, updated.to_json(), mkey))
+                cache._sql(sql.SET_RECORD, (written, written, updated.to_json(), mkey))
             else:
                 cache.set(mkey, updated.to_json())
                 self._size_record(key, updated.size)
             if now is not None and self._fast_reads:
                 # What a hit reads to tell whether the record is due for another touch.
-                cache._sql(_SET_STORE_TIME, (updated.last_used, self._pkey(key)))
+                cache._sql(sql.SET_STORE_TIME, (updated.last_used, self._pkey(key)))
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -1526,7 +1440,7 @@ class ResultStore:
                 con = getattr(local, "con", None)
                 if con is None or getattr(local, "pid", None) != _pid.pid:
                     con = cache._con
-                row = con.execute(_SELECT_HIT, (pkey, f"{start}{key}:m")).fetchone()
+                row = con.execute(sql.SELECT_HIT, (pkey, f"{start}{key}:m")).fetchone()
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
             else:
@@ -1535,7 +1449,7 @@ class ResultStore:
                 found, written, mode, payload = row
                 if not found:
                     return None, 0.0  # a record without its payload
-                if not (mode == _MODE_RAW and type(payload) is bytes):
+                if not (mode == sql.MODE_RAW and type(payload) is bytes):
                     payload = self._cache.get(pkey)  # kept in a diskcache file (a very large stream)
                 # diskcache writes store_time with every value; without one, a touch is simply due.
                 return payload, written if type(written) is float else 0.0
@@ -1563,14 +1477,14 @@ class ResultStore:
         """
         if self._fast_reads:
             try:
-                rows = self._cache._sql(_SELECT_RAW, (db_key,)).fetchall()
+                rows = self._cache._sql(sql.SELECT_RAW, (db_key,)).fetchall()
             except (AttributeError, sqlite3.OperationalError) as error:
                 self._fast_read_failed(error)
             else:
                 if not rows:
                     return None
                 ((mode, value),) = rows
-                if mode == _MODE_RAW and type(value) in (str, bytes):
+                if mode == sql.MODE_RAW and type(value) in (str, bytes):
                     return value
         return self._cache.get(db_key)
 
