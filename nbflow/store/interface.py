@@ -1,6 +1,7 @@
 """The store interface the engine, the magics and the CLI use, and the null store for when there is none.
 
-:class:`~nbflow.store.store.ResultStore` is the store; :class:`UnavailableStore` stands in for it when the
+:class:`~nbflow.store.store.ResultStore` is the store; :class:`CacheMiss` says a key has no usable entry;
+:class:`UnavailableStore` stands in for it when the
 store cannot be opened at all (an unreadable secret key, a store directory that cannot be created): every
 lookup is a miss and every save is refused, so tasks run, uncached, and the notebook goes on.
 """
@@ -13,7 +14,24 @@ from typing import Any, Protocol
 from nbflow.exceptions import StoreUnwritable
 from nbflow.store.record import Record
 
-__all__ = ["Store", "UnavailableStore"]
+__all__ = ["CacheMiss", "Invalid", "Store", "UnavailableStore"]
+
+
+class CacheMiss(Exception):
+    """No usable entry for a key: never stored, expired, evicted, or failed verification.
+
+    An internal signal for the engine (run the task), not a user-facing error. Entries that failed
+    verification have already been reported with an :class:`~nbflow.exceptions.NbflowWarning`.
+    """
+
+    def __init__(self, key: str, reason: str = "not in the store") -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class Invalid(Exception):
+    """An entry failed verification (the reason completes "the entry ..."): the store deletes it and warns."""
 
 
 class Store(Protocol):
@@ -50,8 +68,6 @@ class UnavailableStore:
         return None
 
     def load(self, key: str, record: Record | None = None, *, type_hint: Any = None) -> Any:
-        from nbflow.store.store import CacheMiss
-
         raise CacheMiss(key, f"the store is unavailable: {self.reason}")
 
     def save(self, key: str, value: Any, *, task_name: str, **_options: Any) -> Record:

@@ -57,9 +57,7 @@ import functools
 import hashlib
 import hmac
 import json
-import mmap
 import os
-import re
 import secrets
 import sqlite3
 import stat
@@ -72,20 +70,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-import xxhash
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, so eviction cannot see which entries are being read
-    fcntl = None  # type: ignore[assignment]
-
 from nbflow import _pid
 from nbflow._idle import IdleWriter
 from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
 from nbflow.store import sql
-from nbflow.store.paths import directory_fd, open_inside, replace_inside, unlink_inside
+from nbflow.store.blobs import CHUNK, IN_USE, KEYED, ORPHAN_AGE, BlobFiles, release
+from nbflow.store.interface import CacheMiss, Invalid
+from nbflow.store.paths import open_inside, replace_inside, unlink_inside
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 from nbflow.store.secret import load_or_create_secret
 from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
@@ -95,19 +88,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheMiss", "ResultStore"]
 
-# Buffers are written and read in chunks of this size, and each chunk is hashed right after it is
-# written or read, while it is still in the CPU cache, instead of in a second pass over the whole buffer.
-_CHUNK = 1 << 20
-# Buffers from this size up are read into memory maps rather than bytearrays (see _allocate).
-_MAP_MIN_SIZE = 1 << 20
-# Checksum algorithm tags, stored with each buffer checksum so a store can tell how it was computed.
-_FAST = "xxh3:"
-_KEYED = "b2k:"
-# Blob files and temporary files this old that no record refers to are garbage (a save refreshes its
-# files' mtime right before committing, so files of an in-flight save are always younger than this).
-_ORPHAN_AGE = 60.0
-# How often opening a store sweeps the temporary files of killed writers (see ResultStore._sweep_if_due).
-_SWEEP_INTERVAL = 3600.0
 # A save that takes the store over its limit prunes down to this fraction of the limit, so that the next
 # saves do not each trigger a full scan.
 _PRUNE_LOW_WATER = 0.9
@@ -119,8 +99,6 @@ _PRUNE_LOW_WATER = 0.9
 _STREAM_IN_ROW_MAX = 1 << 29
 # How often load() retries when the entry changes while it is being read (its buffer files replaced).
 _LOAD_ATTEMPTS = 4
-# Keys that can be used directly in a blob file name.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _MAC_DOMAIN = b"nbflow-store-entry\x00"
 # The payload row (see the module documentation): magic, MAC, length of the signed fields, signed fields,
 # stream. The magic names the layout, so a payload of another layout is rejected before anything else.
@@ -138,8 +116,6 @@ assert SIGNED_FIELDS == (
 _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-# What ResultStore._claim returns for an entry a load is reading (never a file descriptor).
-_IN_USE = -1
 # "Any payload" for ResultStore._delete_if.
 _ANY = object()
 
@@ -148,56 +124,8 @@ def _always(raw: str) -> bool:
     return True
 
 
-class CacheMiss(Exception):
-    """No usable entry for a key: never stored, expired, evicted, or failed verification.
-
-    An internal signal for the engine (run the task), not a user-facing error. Entries that failed
-    verification have already been reported with an :class:`~nbflow.exceptions.NbflowWarning`.
-    """
-
-    def __init__(self, key: str, reason: str = "not in the store") -> None:
-        super().__init__(f"{key}: {reason}")
-        self.key = key
-        self.reason = reason
 
 
-class _Invalid(Exception):
-    """An entry failed verification (the reason completes "the entry ...")."""
-
-
-
-
-def _allocate(size: int) -> WritableBuffer:
-    """Writable memory for a buffer of ``size`` bytes, to read a blob file into.
-
-    Large buffers get an anonymous private memory map advised to use transparent huge pages: unlike
-    ``bytearray(size)`` it is not zero-filled first, and it takes a few hundred page faults instead of tens
-    of thousands, which makes reading a 100 MB array several times faster (as fast as ``np.load``, which
-    does the same through numpy's allocator). Arrays unpickled from it use it directly and stay writable.
-    """
-    if size >= _MAP_MIN_SIZE:
-        try:
-            memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        except (AttributeError, TypeError, ValueError, OSError):  # e.g. Windows: no MAP_PRIVATE
-            return bytearray(size)
-        advice = getattr(mmap, "MADV_HUGEPAGE", None)
-        if advice is not None:
-            try:
-                memory.madvise(advice)
-            except OSError:
-                pass
-        return memory
-    return bytearray(size)
-
-
-def _release(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 # Last-used times of hit entries are written in batches (see ResultStore._count_hit).
@@ -285,7 +213,7 @@ class ResultStore:
         self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
         self._make_directories()
         self._root = str(self.directory)
-        self._blobs = os.path.join(self._root, "blobs")
+        self._files = BlobFiles(self._root, self._secret, strict=self.strict_buffers)
         #: Whether the store could only be opened read-only (a full disk, a read-only file system): hits
         #: are served, saves raise :class:`~nbflow.exceptions.StoreUnwritable`.
         self.read_only = False
@@ -327,7 +255,7 @@ class ResultStore:
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
         self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, self._waiting_since, self._flush_quietly)
         self._check_key()
-        self._sweep_if_due()
+        self._files.sweep_if_due(self.read_only)
 
     def _check_key(self) -> None:
         """If the secret key is not the one the store's entries were written with (lost, or replaced), remove
@@ -364,29 +292,6 @@ class ResultStore:
             replace_inside(self._root, temporary, "key-id")
         except OSError:
             unlink_inside(self._root, temporary)
-
-    def _sweep_if_due(self) -> None:
-        """Remove the temporary files of writers killed mid-save, at most every _SWEEP_INTERVAL seconds per
-        store (whichever process opens it then): nothing counts them, and only a prune would remove them."""
-        if self.read_only:
-            return
-        marker = os.path.join(self._root, ".swept")
-        try:
-            if time.time() - os.stat(marker).st_mtime < _SWEEP_INTERVAL:
-                return
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return
-        try:
-            os.close(open_inside(self._root, ".swept", os.O_WRONLY | os.O_CREAT))
-            os.utime(marker)
-        except OSError:
-            return
-        now = time.time()
-        for path, _name, blob_id, mtime in self._blob_files():
-            if not blob_id and now - mtime > _ORPHAN_AGE:  # not an entry's file: a temporary one
-                self._remove_file(path)
 
     def _open_cache(self) -> Any:
         """diskcache's Cache on the store directory; a damaged database is moved aside first, and one that
@@ -557,7 +462,7 @@ class ResultStore:
                 raise CacheMiss(key)
             try:
                 value = self._open(key, payload, type_hint)
-            except _Invalid as failure:
+            except Invalid as failure:
                 # A save or an eviction may have replaced or deleted the entry (and its buffer files) while
                 # it was being read: only an entry that is still the one read is corrupt.
                 current, still = self._read_payload(key)
@@ -574,9 +479,9 @@ class ResultStore:
     def _open(self, key: str, payload: Any, type_hint: Any) -> Any:
         """Verify a payload row read for ``key`` and rebuild its value (raises :class:`_Invalid`)."""
         if type(payload) is not bytes or payload[:_MAC_START] != _MAGIC:
-            raise _Invalid("has no payload" if payload is None else "has a payload of an unknown layout")
+            raise Invalid("has no payload" if payload is None else "has a payload of an unknown layout")
         inner = self._hmac_inner.copy()
-        if len(payload) < _CHUNK:
+        if len(payload) < CHUNK:
             inner.update(payload[_MAC_END:])
         else:
             with memoryview(payload) as view:  # no copy of a large stream
@@ -584,7 +489,7 @@ class ResultStore:
         outer = self._hmac_outer.copy()
         outer.update(inner.digest())
         if not hmac.compare_digest(outer.digest(), payload[_MAC_START:_MAC_END]):
-            raise _Invalid("does not match its authentication code")
+            raise Invalid("does not match its authentication code")
         # From here on the signed fields are authentic: written by a store that holds the secret.
         end = _HEADER + int.from_bytes(payload[_MAC_END:_HEADER], "big")
         try:
@@ -593,27 +498,27 @@ class ResultStore:
                 raise ValueError
             signed_key, task_name, _, _, expires, _, name, version, checksums, stream_size, blob_id = signed
         except (ValueError, TypeError, StopIteration):
-            raise _Invalid("has malformed metadata") from None
+            raise Invalid("has malformed metadata") from None
         if signed_key != key or version != FORMAT_VERSION:
             # Authentic, but the entry of another key (or format) stored under this one.
-            raise _Invalid("has metadata that belongs to another entry")
+            raise Invalid("has metadata that belongs to another entry")
         if len(payload) - end != stream_size:
-            raise _Invalid("has a payload of the wrong size")
+            raise Invalid("has a payload of the wrong size")
         if expires is not None and expires <= time.time():
             self._delete_if(key, _always, payload)
             raise CacheMiss(key, "expired")
         buffers: list[WritableBuffer] = []
         lease: int | None = None
         if checksums:
-            if self.strict_buffers and not all(c.startswith(_KEYED) for _, c in checksums):
+            if self.strict_buffers and not all(c.startswith(KEYED) for _, c in checksums):
                 # Written without keyed buffer MACs: not trusted in strict mode, but not corrupt either.
                 raise CacheMiss(key, "written without strict buffer authentication")
             # Held until the value is rebuilt: eviction skips an entry whose first buffer file is leased,
             # so an entry is never evicted from under a load that is reading it.
-            lease = self._lease(self._blob_path(key, blob_id, 0))
+            lease = self._files.lease(self._files.path(key, blob_id, 0))
         try:
             for index, (size, checksum) in enumerate(checksums):
-                buffers.append(self._read_blob(self._blob_path(key, blob_id, index), size, checksum))
+                buffers.append(self._files.read(self._files.path(key, blob_id, index), size, checksum))
             try:
                 serializer = get_serializer(name)
             except ConfigurationError:
@@ -639,31 +544,6 @@ class ResultStore:
         finally:
             if lease is not None:
                 os.close(lease)
-
-    def _read_blob(self, path: str, size: int, checksum: str) -> WritableBuffer:
-        hasher = self._hasher_for(checksum)
-        buffer = _allocate(size)
-        view = memoryview(buffer)
-        try:
-            with open(open_inside(self._root, path, os.O_RDONLY), "rb", buffering=0) as file:
-                if os.fstat(file.fileno()).st_size != size:
-                    raise _Invalid("has a buffer file of the wrong size")
-                position = 0
-                while position < size:
-                    count = file.readinto(view[position : position + _CHUNK])
-                    if not count:
-                        raise _Invalid("has a truncated buffer file")
-                    hasher.update(view[position : position + count])
-                    position += count
-        except FileNotFoundError:
-            raise _Invalid("is missing a buffer file") from None
-        except OSError as error:
-            raise _Invalid(f"has an unreadable buffer file ({error})") from None
-        finally:
-            view.release()
-        if not hmac.compare_digest(checksum, f"{checksum[: checksum.index(':') + 1]}{hasher.hexdigest()}"):
-            raise _Invalid("has a buffer that does not match its checksum")
-        return buffer
 
     def records(self) -> Iterator[Record]:
         """All records of the current format version, in key order. Reads metadata only."""
@@ -755,16 +635,16 @@ class ResultStore:
         written: list[str] = []
         try:
             buffers = [
-                (view.nbytes, self._write_blob(self._blob_path(key, blob_id, index), view, written))
+                (view.nbytes, self._files.write(self._files.path(key, blob_id, index), view, written))
                 for index, view in enumerate(views)
             ]
             record, payload = self._sealed(key, task_name, run_id, expires, chosen.name, stream, buffers, blob_id)
             for path in written:
-                os.utime(path)  # see _ORPHAN_AGE: the files' age counts from the commit
+                os.utime(path)  # see ORPHAN_AGE: the files' age counts from the commit
             previous, total = self._commit(key, record, payload)
         except self._write_errors as error:
             for path in written:
-                self._remove_file(path)
+                self._files.remove(path)
             self._recover(error)  # a damaged database is replaced: the next save works
             message = (
                 f"the result of task {task_name!r} was not persisted: writing it to the store in "
@@ -778,7 +658,7 @@ class ResultStore:
             live = self._try_parse(self._cache.get(self._mkey(key))) if written else None
             if live is None or live.blob_id != blob_id:
                 for path in written:
-                    self._remove_file(path)
+                    self._files.remove(path)
             raise
         finally:
             for view in views:
@@ -791,7 +671,7 @@ class ResultStore:
         store's ``total`` is over its limit (never ``key``'s, just saved)."""
         for previous in replaced:
             if previous.blob_id and previous.blob_id != blob_id:
-                self._remove_blobs(previous)
+                self._files.remove_entry_files(previous)
         if total > self.size_limit:
             try:
                 self._prune(protect=key, target=int(self.size_limit * _PRUNE_LOW_WATER))
@@ -818,33 +698,6 @@ class ResultStore:
             view = memoryview(view)
             cast.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
         return stream, cast
-
-    def _write_blob(self, path: str, view: memoryview, written: list[str]) -> str:
-        directory, name = os.path.split(path)
-        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        # Listed before they exist, so that a save interrupted at any point removes them.
-        written.append(temporary)
-        try:
-            fd = open_inside(self._root, temporary, flags)
-        except OSError:
-            # The shard directory is created on demand rather than checked on every save (and a link in
-            # its place replaced by a directory).
-            fd = open_inside(self._root, temporary, flags, create_dirs=True)
-        hasher = self._new_hasher()
-        try:
-            for start in range(0, view.nbytes, _CHUNK):
-                chunk = view[start : start + _CHUNK]
-                hasher.update(chunk)
-                _write_all(fd, chunk)
-            # Data must be on disk before the record that vouches for it is committed.
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        written.append(path)
-        replace_inside(self._root, temporary, path)
-        written.remove(temporary)
-        return (_KEYED if self.strict_buffers else _FAST) + hasher.hexdigest()
 
     def _sealed(self, key: str, task_name: str, run_id: str | None, expires: float | None, serializer: str,
                 stream: bytes, buffers: list[tuple[int, str]], blob_id: str) -> tuple[Record, bytes]:
@@ -1145,8 +998,8 @@ class ResultStore:
         cache = self._cache
         now = time.time()
         # Blob files are listed before records are read: a file listed here whose save commits during
-        # the scan is then either referenced by a scanned record or younger than _ORPHAN_AGE.
-        blob_files = list(self._blob_files())
+        # the scan is then either referenced by a scanned record or younger than ORPHAN_AGE.
+        blob_files = list(self._files.files())
 
         live: list[tuple[Record, str]] = []
         broken: list[tuple[str, Any]] = []  # (key, record text) of unreadable records
@@ -1197,8 +1050,8 @@ class ResultStore:
             claims: list[int | None] = []
             try:
                 for record, raw in victims[start : start + 256]:
-                    claim = self._claim(record)
-                    if claim == _IN_USE:
+                    claim = self._files.claim(record)
+                    if claim == IN_USE:
                         continue  # a load is reading it right now; a later prune evicts it
                     batch.append((record, raw))
                     claims.append(claim)
@@ -1213,11 +1066,11 @@ class ResultStore:
                             evicted.append(record)
                 # Files go while the claims are held, so that no load can lease them in between.
                 for record in evicted:
-                    self._remove_blobs(record)
+                    self._files.remove_entry_files(record)
                 removed += evicted
             finally:
                 for claim in claims:
-                    _release(claim)
+                    release(claim)
         live_keys = {record.key for record, _ in live}
         with self._transaction():
             for key, raw in broken:
@@ -1243,13 +1096,13 @@ class ResultStore:
 
         removed_keys = {record.key for record in removed}
         referenced = {
-            (self._blob_name(record.key), record.blob_id)
+            (self._files.name(record.key), record.blob_id)
             for record, _ in live
             if record.blob_id and record.key not in removed_keys
         }
         for path, name, blob_id, mtime in blob_files:
-            if (name, blob_id) not in referenced and now - mtime > _ORPHAN_AGE:
-                self._remove_file(path)
+            if (name, blob_id) not in referenced and now - mtime > ORPHAN_AGE:
+                self._files.remove(path)
         return len(removed) + garbage_records
 
     @contextlib.contextmanager
@@ -1294,7 +1147,7 @@ class ResultStore:
             cache.delete(self._pkey(key))
             record = self._try_parse(raw)
         if record is not None:
-            self._remove_blobs(record)
+            self._files.remove_entry_files(record)
         return True
 
     def _same_entry(self, record: Record) -> Callable[[str], bool]:
@@ -1504,108 +1357,6 @@ class ResultStore:
             return self._parse_record(raw)
         except ValueError:
             return None
-
-    def _new_hasher(self) -> Any:
-        if self.strict_buffers:
-            return hashlib.blake2b(key=self._secret[:64], digest_size=32)
-        return xxhash.xxh3_128()
-
-    def _hasher_for(self, checksum: str) -> Any:
-        if checksum.startswith(_KEYED):
-            return hashlib.blake2b(key=self._secret[:64], digest_size=32)
-        if checksum.startswith(_FAST):
-            return xxhash.xxh3_128()
-        raise _Invalid("has a buffer checksum of an unknown kind")
-
-    @staticmethod
-    def _blob_name(key: str) -> str:
-        if _SAFE_NAME.fullmatch(key):
-            return key
-        return xxhash.xxh3_128_hexdigest(key.encode("utf-8", "surrogatepass"))
-
-    def _blob_path(self, key: str, blob_id: str, index: int) -> str:
-        name = self._blob_name(key)
-        return os.path.join(self._blobs, name[:2], f"{name}-{blob_id}-{index}.bin")
-
-    def _remove_blobs(self, record: Record) -> None:
-        for index in range(len(record.buffers)):
-            try:
-                self._remove_file(self._blob_path(record.key, record.blob_id, index))
-            except OSError:
-                pass  # left for prune()'s garbage collection
-
-    def _lease(self, path: str) -> int | None:
-        """Open a buffer file with a shared lock, marking its entry as being read (see :meth:`_claim`)."""
-        if fcntl is None:
-            return None
-        try:
-            fd = open_inside(self._root, path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise _Invalid("is missing a buffer file") from None
-        except OSError as error:
-            raise _Invalid(f"has an unreadable buffer file ({error})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _claim(self, record: Record) -> int | None:
-        """Lock an entry's first buffer file for eviction: :data:`_IN_USE` if a load is reading the entry.
-
-        Otherwise an open descriptor holding the lock (``None`` when there is nothing to lock), to be
-        closed with :func:`_release` once the entry's files are deleted.
-        """
-        if fcntl is None or not record.buffers:
-            return None
-        try:
-            fd = open_inside(self._root, self._blob_path(record.key, record.blob_id, 0), os.O_RDONLY)
-        except OSError:
-            return None  # already gone (or unreadable): nothing to protect
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return _IN_USE
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _blob_files(self) -> Iterator[tuple[str, str, str, float]]:
-        """``(path, name, blob_id, mtime)`` of every file under ``blobs/`` (temporary files: empty ids).
-
-        Listed through descriptors opened without following links (nbflow.store.paths): a ``blobs/`` or
-        shard directory replaced by a link lists nothing, so nothing outside the store is ever deleted.
-        """
-        try:
-            with directory_fd(self._root, ["blobs"]) as blobs:
-                shards = [entry.name for entry in os.scandir(blobs) if entry.is_dir(follow_symlinks=False)]
-        except OSError:
-            return
-        for shard in shards:
-            files: list[tuple[str, float]] = []
-            try:
-                with directory_fd(self._root, ["blobs", shard]) as directory:
-                    for entry in os.scandir(directory):
-                        try:
-                            files.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
-                        except FileNotFoundError:
-                            continue
-            except OSError:
-                continue
-            for file_name, mtime in files:
-                name, blob_id = "", ""
-                if file_name.endswith(".bin") and not file_name.startswith("."):
-                    parts = file_name[:-4].rsplit("-", 2)
-                    if len(parts) == 3:
-                        name, blob_id = parts[0], parts[1]
-                yield os.path.join(self._blobs, shard, file_name), name, blob_id, mtime
-
-    def _remove_file(self, path: str) -> None:
-        """Delete a file of the store's, never one outside it (see nbflow.store.paths)."""
-        unlink_inside(self._root, path)
 
     def _make_directories(self) -> None:
         exposed: list[str] = []

@@ -23,6 +23,7 @@ import pytest
 
 from nbflow.exceptions import NbflowWarning
 from nbflow.store import CacheMiss, ResultStore
+from nbflow.store.blobs import BlobFiles
 from tests.reliability.conftest import ROOT, workload_command
 from tests.reliability.workload import CRASH_KEYS, crash_op, identify
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="SIGKILL 
 def leftovers(store: ResultStore) -> tuple[int, int]:
     """(temporary files, buffer files no record refers to) under the store's blobs directory."""
     referenced = {
-        f"{ResultStore._blob_name(record.key)}-{record.blob_id}-{index}.bin"
+        f"{BlobFiles.name(record.key)}-{record.blob_id}-{index}.bin"
         for record in store.records()
         for index in range(len(record.buffers))
     }

@@ -134,7 +134,7 @@ def after_the_steps(error: BaseException | None) -> bool:
 
 def stray_files(store: ResultStore) -> list[Path]:
     referenced = {
-        Path(store._blob_path(record.key, record.blob_id, index))
+        Path(store._files.path(record.key, record.blob_id, index))
         for record in store.records()
         for index in range(len(record.buffers))
     }

@@ -377,9 +377,9 @@ def copy_entry(source: ResultStore, target: ResultStore, key: str) -> None:
     target._cache.set(M(key), source._cache.get(M(key)))
     target._cache.set(P(key), source._cache.get(P(key)))
     for index in range(len(record.buffers)):
-        path = Path(target._blob_path(key, record.blob_id, index))
+        path = Path(target._files.path(key, record.blob_id, index))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(Path(source._blob_path(key, record.blob_id, index)).read_bytes())
+        path.write_bytes(Path(source._files.path(key, record.blob_id, index)).read_bytes())
 
 
 @pytest.mark.parametrize("tampering", ["flip-stream", "flip-buffer", "swap", "code", "foreign"])
@@ -395,7 +395,7 @@ def test_a_tampered_entry_warns_once_and_the_task_runs_again(tmp_path: Path, tam
         stream = store._cache.get(P(key))
         store._cache.set(P(key), flip(stream, len(stream) // 2))
     elif tampering == "flip-buffer":
-        blob = Path(store._blob_path(key, record.blob_id, 0))
+        blob = Path(store._files.path(key, record.blob_id, 0))
         blob.write_bytes(flip(blob.read_bytes(), 12345))
     elif tampering == "swap":
         other = entry_key(2)
@@ -435,6 +435,6 @@ def test_a_tampered_entry_warns_once_and_the_task_runs_again(tmp_path: Path, tam
     assert again.name == "Cached"
     np.testing.assert_array_equal(again.result()["data"], np.arange(100_000) + 1)
     referenced = {
-        Path(store._blob_path(r.key, r.blob_id, i)) for r in store.records() for i in range(len(r.buffers))
+        Path(store._files.path(r.key, r.blob_id, i)) for r in store.records() for i in range(len(r.buffers))
     }
     assert set(blob_files(store)) == referenced
