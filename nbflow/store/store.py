@@ -5,7 +5,7 @@ Layout under ``<home>/store/`` (directories mode 0700):
 * a diskcache (``cache.db``; values are kept inside their rows, see ``_STREAM_IN_ROW_MAX``) holding, per
   entry, two rows written together:
 
-  - ``<FORMAT_VERSION>:<key>:p`` -> the payload, as bytes: ``_MAGIC`` (4 bytes), the MAC (32 raw bytes),
+  - ``<FORMAT_VERSION>:<key>:p`` -> the payload, as bytes: ``MAGIC`` (4 bytes), the MAC (32 raw bytes),
     the length of the signed fields (4 bytes, big-endian), the signed fields (:meth:`Record.signed_bytes`,
     a compact JSON array) and the serialized stream. It holds everything a load needs, so a cache hit
     reads this one row and parses no record;
@@ -54,7 +54,6 @@ import atexit
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import hmac
 import json
 import os
@@ -76,10 +75,11 @@ from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
 from nbflow.store import sql
-from nbflow.store.blobs import CHUNK, IN_USE, KEYED, ORPHAN_AGE, BlobFiles, release
+from nbflow.store.blobs import IN_USE, KEYED, ORPHAN_AGE, BlobFiles, release
 from nbflow.store.interface import CacheMiss, Invalid
 from nbflow.store.paths import open_inside, replace_inside, unlink_inside
-from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
+from nbflow.store.record import FORMAT_VERSION, Record
+from nbflow.store.sealing import Sealer, mac_of
 from nbflow.store.secret import load_or_create_secret
 from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
 
@@ -99,21 +99,6 @@ _PRUNE_LOW_WATER = 0.9
 _STREAM_IN_ROW_MAX = 1 << 29
 # How often load() retries when the entry changes while it is being read (its buffer files replaced).
 _LOAD_ATTEMPTS = 4
-_MAC_DOMAIN = b"nbflow-store-entry\x00"
-# The payload row (see the module documentation): magic, MAC, length of the signed fields, signed fields,
-# stream. The magic names the layout, so a payload of another layout is rejected before anything else.
-_MAGIC = b"nbf\x02"
-_MAC_START = len(_MAGIC)
-_MAC_END = _MAC_START + 32
-_HEADER = _MAC_END + 4
-# ResultStore._open unpacks the signed fields in this order; keep it in step with record.SIGNED_FIELDS.
-assert SIGNED_FIELDS == (
-    "key", "task_name", "run_id", "created", "expires", "size", "serializer", "format_version", "buffers",
-    "stream_size", "blob_id",
-)
-# The JSON scanner json.loads uses, called directly: it parses the signed fields of a small entry in a
-# third of the time (the fields are ASCII, MAC-verified, and checked for shape after parsing).
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 # "Any payload" for ResultStore._delete_if.
@@ -205,12 +190,7 @@ class ResultStore:
         self.strict_buffers = bool(strict_buffers)
 
         self._secret = load_or_create_secret(self.secret_file)
-        padded = self._secret.ljust(64, b"\0")  # SHA-256 block size; the key is shorter
-        # HMAC computed from SHA-256 states pre-fed with the padded key (RFC 2104) and, for the inner one,
-        # the domain prefix of every entry MAC: the same MAC as hmac.new(secret, _MAC_DOMAIN + message,
-        # "sha256"), without redoing the key setup on every cache hit.
-        self._hmac_inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded) + _MAC_DOMAIN)
-        self._hmac_outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+        self._sealer = Sealer(self._secret)
         self._make_directories()
         self._root = str(self.directory)
         self._files = BlobFiles(self._root, self._secret, strict=self.strict_buffers)
@@ -478,30 +458,7 @@ class ResultStore:
 
     def _open(self, key: str, payload: Any, type_hint: Any) -> Any:
         """Verify a payload row read for ``key`` and rebuild its value (raises :class:`_Invalid`)."""
-        if type(payload) is not bytes or payload[:_MAC_START] != _MAGIC:
-            raise Invalid("has no payload" if payload is None else "has a payload of an unknown layout")
-        inner = self._hmac_inner.copy()
-        if len(payload) < CHUNK:
-            inner.update(payload[_MAC_END:])
-        else:
-            with memoryview(payload) as view:  # no copy of a large stream
-                inner.update(view[_MAC_END:])
-        outer = self._hmac_outer.copy()
-        outer.update(inner.digest())
-        if not hmac.compare_digest(outer.digest(), payload[_MAC_START:_MAC_END]):
-            raise Invalid("does not match its authentication code")
-        # From here on the signed fields are authentic: written by a store that holds the secret.
-        end = _HEADER + int.from_bytes(payload[_MAC_END:_HEADER], "big")
-        try:
-            signed, _ = _scan_json(payload[_HEADER:end].decode("ascii"), 0)
-            if type(signed) is not list:
-                raise ValueError
-            signed_key, task_name, _, _, expires, _, name, version, checksums, stream_size, blob_id = signed
-        except (ValueError, TypeError, StopIteration):
-            raise Invalid("has malformed metadata") from None
-        if signed_key != key or version != FORMAT_VERSION:
-            # Authentic, but the entry of another key (or format) stored under this one.
-            raise Invalid("has metadata that belongs to another entry")
+        task_name, expires, name, checksums, stream_size, blob_id, end = self._sealer.verify(key, payload)
         if len(payload) - end != stream_size:
             raise Invalid("has a payload of the wrong size")
         if expires is not None and expires <= time.time():
@@ -626,7 +583,7 @@ class ResultStore:
             register_serializer(chosen)  # so that this process can load what it saved
         stream, views = self._serialize(chosen, value, task_name)
         if defer and not views and len(stream) <= _DEFER_MAX_BYTES and self._fast_writes:
-            record, payload = self._sealed(key, task_name, run_id, expires, chosen.name, stream, [], "")
+            record, payload = self._sealer.entry(key, task_name, run_id, expires, chosen.name, stream, [], "")
             self._defer(key, (record, payload, on_lost))
             return record
         self._commit_deferred(key)  # a waiting save of this key is older: it must not land over this one
@@ -638,7 +595,7 @@ class ResultStore:
                 (view.nbytes, self._files.write(self._files.path(key, blob_id, index), view, written))
                 for index, view in enumerate(views)
             ]
-            record, payload = self._sealed(key, task_name, run_id, expires, chosen.name, stream, buffers, blob_id)
+            record, payload = self._sealer.entry(key, task_name, run_id, expires, chosen.name, stream, buffers, blob_id)
             for path in written:
                 os.utime(path)  # see ORPHAN_AGE: the files' age counts from the commit
             previous, total = self._commit(key, record, payload)
@@ -698,45 +655,6 @@ class ResultStore:
             view = memoryview(view)
             cast.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
         return stream, cast
-
-    def _sealed(self, key: str, task_name: str, run_id: str | None, expires: float | None, serializer: str,
-                stream: bytes, buffers: list[tuple[int, str]], blob_id: str) -> tuple[Record, bytes]:
-        """The record of a new entry and its payload row."""
-        now = time.time()
-        record = Record(
-            key=key,
-            task_name=task_name,
-            run_id=run_id,
-            created=now,
-            expires=None if expires is None else float(expires),
-            last_used=now,
-            size=len(stream) + sum(size for size, _ in buffers),
-            serializer=serializer,
-            format_version=FORMAT_VERSION,
-            buffers=buffers,
-            stream_size=len(stream),
-            mac="",
-            hits=0,
-            blob_id=blob_id,
-        )
-        payload, mac = self._seal(record, stream)
-        # Set in place rather than with dataclasses.replace (a tenth of the cost): the record has not left
-        # this store yet.
-        object.__setattr__(record, "mac", mac)
-        return record, payload
-
-    def _seal(self, record: Record, stream: bytes) -> tuple[bytes, str]:
-        """The payload row of an entry (see the module documentation) and its MAC in hex."""
-        signed = record.signed_bytes()
-        length = len(signed).to_bytes(4, "big")
-        inner = self._hmac_inner.copy()
-        inner.update(length)
-        inner.update(signed)
-        inner.update(stream)
-        outer = self._hmac_outer.copy()
-        outer.update(inner.digest())
-        mac = outer.digest()
-        return b"".join((_MAGIC, mac, length, signed, stream)), mac.hex()
 
     def _commit(self, key: str, record: Record, payload: bytes) -> tuple[Record | None, int]:
         """Write payload and record in one transaction; return the replaced record and the new total."""
@@ -1206,7 +1124,7 @@ class ResultStore:
             touches = self._pending_touches
             if not touches:
                 self._oldest_touch = now
-            touches[key] = (payload[_MAC_START:_MAC_END].hex(), now)
+            touches[key] = (mac_of(payload), now)
         if self._pending_touches and (
             len(self._pending_touches) >= _TOUCH_BATCH or now - self._oldest_touch >= _TOUCH_DELAY
         ):

@@ -7,7 +7,6 @@ written to diskcache's table with nbflow's own SQL. Each is checked here against
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from pathlib import Path
@@ -21,7 +20,7 @@ from nbflow import runs
 from nbflow.runs import StateEntry, TaskRunRecord
 from nbflow.store import ResultStore
 from nbflow.store.record import Record, _encoder
-from nbflow.store.store import _MAC_DOMAIN
+from nbflow.store.sealing import MAC_DOMAIN, Sealer, mac_of
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(max_size=40)
@@ -31,14 +30,13 @@ numbers = st.one_of(st.integers(min_value=-(2**63), max_value=2**63), finite)
 
 
 @SETTINGS
-@given(secret=st.binary(min_size=1, max_size=64), message=st.binary(max_size=5000))
-def test_the_prekeyed_hmac_is_hmac_sha256(tmp_path_factory: Any, secret: bytes, message: bytes) -> None:
-    padded = secret.ljust(64, b"\0")
-    inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded) + _MAC_DOMAIN)
-    outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
-    inner.update(message)
-    outer.update(inner.digest())
-    assert outer.digest() == hmac.new(secret, _MAC_DOMAIN + message, "sha256").digest()
+@given(secret=st.binary(min_size=1, max_size=64), stream=st.binary(max_size=5000), key=text)
+def test_the_prekeyed_hmac_is_hmac_sha256(secret: bytes, stream: bytes, key: str) -> None:
+    sealer = Sealer(secret)
+    record, payload = sealer.entry(key, "demo.mac", None, None, "pickle", stream, [], "")
+    assert payload[4:36] == hmac.new(secret, MAC_DOMAIN + payload[36:], "sha256").digest()
+    assert record.mac == mac_of(payload)
+    assert sealer.verify(key, payload)[-1] == len(payload) - len(stream)
 
 
 def test_the_store_seals_with_the_same_hmac(tmp_path: Path) -> None:
@@ -46,7 +44,7 @@ def test_the_store_seals_with_the_same_hmac(tmp_path: Path) -> None:
     store = ResultStore(tmp_path / "home", size_limit=1 << 30, secret_file=tmp_path / "secret.key")
     store.save("k", {"a": [1, 2, 3]}, task_name="demo.mac")
     payload = store._cache.get(f"{store._kstart}k:p")
-    assert payload[4:36] == hmac.new(store._secret, _MAC_DOMAIN + payload[36:], "sha256").digest()
+    assert payload[4:36] == hmac.new(store._secret, MAC_DOMAIN + payload[36:], "sha256").digest()
     store.close()
 
 

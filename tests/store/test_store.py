@@ -30,7 +30,7 @@ from nbflow.exceptions import (
     SerializationError,
 )
 from nbflow.settings import Settings
-from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, serializers
+from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, sealing, serializers
 from tests.store.helpers import blob_files
 
 
@@ -567,7 +567,7 @@ def test_direct_writes_match_diskcache_own(store: ResultStore) -> None:
     store.save("new", np.ones(20_000), task_name="t")
     assert [store.load(key) for key in ("fast", "public")] == [{"n": 3}, {"n": 4}]
     for key in ("fast", "public", "new"):
-        assert cache.get(f"{FORMAT_VERSION}:{key}:p")[:4] == store_module._MAGIC
+        assert cache.get(f"{FORMAT_VERSION}:{key}:p")[:4] == sealing.MAGIC
         assert Record.from_json(cache.get(f"{FORMAT_VERSION}:{key}:m")) == store.probe(key)
     (rows,) = cache._sql("SELECT COUNT(*) FROM Cache").fetchone()
     assert len(cache) == rows == 6  # diskcache's row count (kept by its triggers) is right
