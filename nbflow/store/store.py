@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import functools
 import hmac
 import json
@@ -75,11 +74,12 @@ from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
 from nbflow.store import sql
-from nbflow.store.blobs import IN_USE, KEYED, ORPHAN_AGE, BlobFiles, release
+from nbflow.store.blobs import KEYED, BlobFiles
+from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
 from nbflow.store.interface import CacheMiss, Invalid
 from nbflow.store.paths import open_inside, replace_inside, unlink_inside
 from nbflow.store.record import FORMAT_VERSION, Record
-from nbflow.store.sealing import Sealer, mac_of
+from nbflow.store.sealing import Sealer
 from nbflow.store.secret import load_or_create_secret
 from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
 
@@ -88,9 +88,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheMiss", "ResultStore"]
 
-# A save that takes the store over its limit prunes down to this fraction of the limit, so that the next
-# saves do not each trigger a full scan.
-_PRUNE_LOW_WATER = 0.9
 # Streams up to this size are kept inside the database row rather than in a file of diskcache's own.
 # diskcache deletes the file of a value that is replaced or deleted inside an enclosing transaction before
 # that transaction commits: a process killed in between would leave the old, still committed entry
@@ -113,15 +110,6 @@ def _always(raw: str) -> bool:
 
 
 
-# Last-used times of hit entries are written in batches (see ResultStore._count_hit).
-_TOUCH_BATCH = 256
-_TOUCH_DELAY = 5.0
-# A long kernel hits many distinct keys: the hit counts not yet written are written once this many keys
-# have one (~15 MB; writing them costs ~10 µs a key, paid at close() below this), and the per-key times
-# of the last touch are thinned out (those past touch_interval mean nothing) once this many are kept, so
-# neither grows with every key the process ever hit.
-_PENDING_HITS_MAX = 100_000
-_TOUCHED_MAX = 100_000
 
 # Deferred saves (``save(defer=True)``, the results of quick calls) are written together, one transaction per
 # batch: a commit writes a handful of pages to SQLite's log whatever it holds, most of a small save's cost.
@@ -221,7 +209,7 @@ class ResultStore:
         self._pending_hits: dict[str, int] = {}
         self._touched: dict[str, float] = {}
         # Records due for a new last_used time, written together in one transaction (a hit stays
-        # read-only): when _TOUCH_BATCH are due, when the oldest is _TOUCH_DELAY seconds old, before this
+        # read-only): when TOUCH_BATCH are due, when the oldest is TOUCH_DELAY seconds old, before this
         # process prunes, and at close().
         self._pending_touches: dict[str, tuple[str, float]] = {}
         self._oldest_touch = 0.0
@@ -452,7 +440,7 @@ class ResultStore:
                     continue
                 self._reject(key, payload, str(failure))
                 raise CacheMiss(key, f"failed verification: {failure}") from None
-            self._count_hit(key, written, payload)
+            count_hit(self, key, written, payload)
             return value
         raise CacheMiss(key, "the entry kept changing while being read")
 
@@ -631,7 +619,7 @@ class ResultStore:
                 self._files.remove_entry_files(previous)
         if total > self.size_limit:
             try:
-                self._prune(protect=key, target=int(self.size_limit * _PRUNE_LOW_WATER))
+                prune(self, protect=key, target=int(self.size_limit * PRUNE_LOW_WATER))
             except self._write_errors:
                 pass  # eviction is retried by the next save or prune()
 
@@ -858,7 +846,7 @@ class ResultStore:
         are left alone). Returns the number of entries removed.
         """
         self._flush_quietly()
-        return self._prune(protect=None, target=self.size_limit)
+        return prune(self, protect=None, target=self.size_limit)
 
     @_recovering
     def clear(self) -> int:
@@ -870,7 +858,7 @@ class ResultStore:
         left for a later clear or prune.
         """
         self._flush_quietly()
-        count = self._prune(protect=None, target=-1)
+        count = prune(self, protect=None, target=-1)
         with self._lock:
             self._pending_hits.clear()
             self._touched.clear()
@@ -881,147 +869,14 @@ class ResultStore:
         """Commit the deferred saves, write pending hit counts and use times, and close the database
         connection (the store reopens on next use)."""
         self._flush_quietly()
-        self._flush_touches(all_hits=True)
+        flush_touches(self, all_hits=True)
         self._cache.close()
-
-    def _flush_touches(self, *, all_hits: bool = False) -> None:
-        """Write the due last_used times (with the hits counted for those keys; every pending hit count
-        with ``all_hits``) in one transaction."""
-        with self._lock:
-            touches, self._pending_touches = self._pending_touches, {}
-            if all_hits:
-                hits, self._pending_hits = self._pending_hits, {}
-            else:
-                hits = {key: self._pending_hits.pop(key) for key in touches if key in self._pending_hits}
-        keys = list(dict.fromkeys([*touches, *hits]))
-        if not keys:
-            return
-        try:
-            with self._transaction():
-                for key in keys:
-                    mac, now = touches.get(key, (None, None))
-                    if not self._touch_directly(key, mac, hits.get(key, 0), now):
-                        self._touch(key, mac, hits.get(key, 0), now)
-        except self._write_errors:
-            pass  # bookkeeping only
 
     def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _prune(self, *, protect: str | None, target: int) -> int:
-        self._flush_touches()  # least recently used as far as this process knows
-        cache = self._cache
-        now = time.time()
-        # Blob files are listed before records are read: a file listed here whose save commits during
-        # the scan is then either referenced by a scanned record or younger than ORPHAN_AGE.
-        blob_files = list(self._files.files())
-
-        live: list[tuple[Record, str]] = []
-        broken: list[tuple[str, Any]] = []  # (key, record text) of unreadable records
-        garbage: list[str] = []  # diskcache keys of other format versions
-        garbage_records = 0
-        streams: list[str] = []
-        for db_key in cache.iterkeys():
-            if not isinstance(db_key, str):
-                continue
-            ours = db_key.startswith(self._kstart)
-            if ours and db_key.endswith(":m"):
-                raw = cache.get(db_key)
-                record = self._try_parse(raw)
-                key = db_key[len(self._kstart) : -2]
-                # A size that is not a count of bytes (an edited record) makes the record unreadable here.
-                if record is not None and record.key == key and type(record.size) is int and record.size >= 0:
-                    live.append((record, raw))
-                elif raw is not None:
-                    broken.append((key, raw))
-            elif ours and db_key.endswith(":p"):
-                streams.append(db_key)
-            elif not ours and sql.OTHER_FORMAT.match(db_key):
-                # Another format version: never readable by this code.
-                garbage_records += sql.is_record_key(db_key)
-                garbage.append(db_key)
-
-        total = sum(record.size for record, _ in live)
-        victims: list[tuple[Record, str]] = []
-        keep: list[tuple[Record, str]] = []
-        for record, raw in live:
-            if record.expires is not None and record.expires <= now and record.key != protect:
-                victims.append((record, raw))
-                total -= record.size
-            else:
-                keep.append((record, raw))
-        keep.sort(key=lambda item: item[0].last_used)
-        for record, raw in keep:
-            if total <= target:
-                break
-            if record.key == protect:
-                continue
-            victims.append((record, raw))
-            total -= record.size
-
-        removed: list[Record] = []
-        for start in range(0, len(victims), 256):
-            batch: list[tuple[Record, str]] = []
-            claims: list[int | None] = []
-            try:
-                for record, raw in victims[start : start + 256]:
-                    claim = self._files.claim(record)
-                    if claim == IN_USE:
-                        continue  # a load is reading it right now; a later prune evicts it
-                    batch.append((record, raw))
-                    claims.append(claim)
-                evicted: list[Record] = []
-                with self._transaction():
-                    for record, raw in batch:
-                        mkey = self._mkey(record.key)
-                        # Compare the whole text: a record touched or replaced since the scan is kept.
-                        if cache.get(mkey) == raw:
-                            cache.delete(mkey)
-                            cache.delete(self._pkey(record.key))
-                            evicted.append(record)
-                # Files go while the claims are held, so that no load can lease them in between.
-                for record in evicted:
-                    self._files.remove_entry_files(record)
-                removed += evicted
-            finally:
-                for claim in claims:
-                    release(claim)
-        live_keys = {record.key for record, _ in live}
-        with self._transaction():
-            for key, raw in broken:
-                if cache.get(self._mkey(key)) == raw:  # not replaced by a save since the scan
-                    cache.delete(self._mkey(key))
-                    cache.delete(self._pkey(key))
-                    garbage_records += 1
-            for db_key in garbage:
-                cache.delete(db_key)
-            for db_key in streams:
-                key = db_key[len(self._kstart) : -2]
-                # A stream is committed together with its record, so checking inside a transaction
-                # cannot catch a save half-way.
-                if key not in live_keys and self._mkey(key) not in cache:
-                    cache.delete(db_key)
-            # The triggers keep the total exact; a row written some other way (by hand, by tampering) would
-            # not, and this sets it right while nothing can change.
-            if self._fast_reads:
-                try:
-                    cache._sql(sql.RECOUNT_VOLUME)
-                except (AttributeError, sqlite3.OperationalError) as error:
-                    self._fast_read_failed(error)
-
-        removed_keys = {record.key for record in removed}
-        referenced = {
-            (self._files.name(record.key), record.blob_id)
-            for record, _ in live
-            if record.blob_id and record.key not in removed_keys
-        }
-        for path, name, blob_id, mtime in blob_files:
-            if (name, blob_id) not in referenced and now - mtime > ORPHAN_AGE:
-                self._files.remove(path)
-        return len(removed) + garbage_records
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -1104,88 +959,6 @@ class ResultStore:
         _warn_failed(key, record, reason)
 
     # -- LRU bookkeeping ---------------------------------------------------------------------------
-
-    def _count_hit(self, key: str, written: float, payload: bytes) -> None:
-        """Count a hit, and queue a new ``last_used`` when the record was ``written`` (its ``store_time``)
-        over :attr:`touch_interval` ago."""
-        # No lock on this hot path: a hit lost to a race between threads only makes the count approximate.
-        pending = self._pending_hits
-        count = pending.get(key)
-        if count is None and len(pending) >= _PENDING_HITS_MAX:
-            self._flush_touches(all_hits=True)  # which starts a new dict
-            pending = self._pending_hits
-        pending[key] = 1 if count is None else count + 1
-        now = time.time()
-        interval = self.touch_interval
-        if now - written >= interval and now - self._touched.get(key, 0.0) >= interval:
-            if len(self._touched) >= _TOUCHED_MAX:
-                self._touched = {known: at for known, at in self._touched.items() if now - at < interval}
-            self._touched[key] = now
-            touches = self._pending_touches
-            if not touches:
-                self._oldest_touch = now
-            touches[key] = (mac_of(payload), now)
-        if self._pending_touches and (
-            len(self._pending_touches) >= _TOUCH_BATCH or now - self._oldest_touch >= _TOUCH_DELAY
-        ):
-            self._flush_touches()
-
-    def _touch_directly(self, key: str, mac: str | None, hits: int, now: float | None) -> bool:
-        """:meth:`_touch` as one SQL statement on the record's row (and one on the payload's); False when
-        this store cannot (another table layout, no JSON functions in this SQLite, or a record that is not
-        the plain JSON text it writes), and the caller then touches through :meth:`_touch`."""
-        if not self._fast_writes or not self._json_touches:
-            return False
-        cache = self._cache
-        try:
-            parameters = (time.time(), now, hits, self._mkey(key), mac, None if now is None else repr(float(now)))
-            changed = cache._sql(sql.TOUCH_RECORD, parameters).rowcount
-        except sqlite3.OperationalError as error:
-            if "no such function" not in str(error):
-                raise
-            self._json_touches = False
-            return False
-        if changed != 1:
-            return False  # gone, replaced, or not a record this can rewrite: _touch decides
-        if now is not None:
-            # What a hit reads to tell whether the record is due for another touch.
-            cache._sql(sql.SET_STORE_TIME, (now, self._pkey(key)))
-        return True
-
-    def _touch(self, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
-        cache = self._cache
-        mkey = self._mkey(key)
-        with self._transaction():
-            # Read and rewritten directly when the record is kept in its row, as it always is (a third of
-            # the cost of diskcache's get and set, which matters when a restarted kernel's first hits
-            # touch thousands of entries).
-            raw: Any = None
-            direct = False
-            if self._fast_writes:
-                rows = cache._sql(sql.SELECT_RAW, (mkey,)).fetchall()
-                if rows and rows[0][0] == sql.MODE_RAW and type(rows[0][1]) is str:
-                    ((_, raw),) = rows
-                    direct = True
-            if not direct:
-                raw = cache.get(mkey)
-            current = self._try_parse(raw)
-            # Only update the entry that was read, never one that replaced it in the meantime.
-            if current is None or (mac is not None and current.mac != mac):
-                return
-            updated = dataclasses.replace(
-                current,
-                last_used=current.last_used if now is None else max(now, current.last_used),
-                hits=current.hits + hits,
-            )
-            if direct:
-                written = time.time()
-                cache._sql(sql.SET_RECORD, (written, written, updated.to_json(), mkey))
-            else:
-                cache.set(mkey, updated.to_json())
-                self._size_record(key, updated.size)
-            if now is not None and self._fast_reads:
-                # What a hit reads to tell whether the record is due for another touch.
-                cache._sql(sql.SET_STORE_TIME, (updated.last_used, self._pkey(key)))
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from nbflow.exceptions import (
     SerializationError,
 )
 from nbflow.settings import Settings
-from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, sealing, serializers
+from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, eviction, sealing, serializers
+from nbflow.store.eviction import flush_touches
 from tests.store.helpers import blob_files
 
 
@@ -314,7 +315,7 @@ def test_last_used_and_hits_are_updated_after_the_interval(store: ResultStore) -
     # process prunes, when enough are due, a few seconds later, or at close().
     raw = store._cache.get(f"{FORMAT_VERSION}:k:m")
     assert store.probe("k").hits == 0  # type: ignore[union-attr]
-    store._flush_touches()
+    flush_touches(store)
     assert store._cache.get(f"{FORMAT_VERSION}:k:m") != raw
     record = store.probe("k")
     assert record is not None
@@ -334,7 +335,7 @@ def test_a_touch_updates_only_the_bookkeeping_of_the_entry_that_was_read(store: 
     store.load("b")
     replaced = store.save("b", "new", task_name="t")  # after the hit, before its touch is written
     touched_at = store._pending_touches["a"][1]
-    store._flush_touches()
+    flush_touches(store)
     record = store.probe("a")
     assert record is not None and record.hits == 1
     assert record.last_used == touched_at  # exactly: not rounded on the way
@@ -349,9 +350,8 @@ def test_a_touch_updates_only_the_bookkeeping_of_the_entry_that_was_read(store: 
 
 
 def test_due_touches_are_written_in_batches(store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbflow.store import store as store_module
 
-    monkeypatch.setattr(store_module, "_TOUCH_BATCH", 3)
+    monkeypatch.setattr(eviction, "TOUCH_BATCH", 3)
     for key in "abc":
         store.save(key, key, task_name="t")
     store.touch_interval = 0.0
@@ -380,12 +380,12 @@ def test_a_touch_is_seen_by_other_processes(tmp_path: Path, secret_file: Path) -
     second.touch_interval = 0.8  # the save is older than that, the touch is not
     for _ in range(3):
         assert second.load("k") == 1
-    second._flush_touches()  # nothing due: the record is not rewritten
+    flush_touches(second)  # nothing due: the record is not rewritten
     assert second._cache.get(f"{FORMAT_VERSION}:k:m") == touched
     time.sleep(0.2)
     second.touch_interval = 0.1  # now it is due again
     assert second.load("k") == 1
-    second._flush_touches()
+    flush_touches(second)
     record = second.probe("k")
     assert record is not None and record.last_used > json.loads(touched)["last_used"]
     second.close()
@@ -546,7 +546,7 @@ def test_volume_tracks_saves_and_deletes(store: ResultStore) -> None:
     fourth = store.save("b", "via diskcache's API", task_name="t")
     store.touch_interval = 0.0
     assert store.load("b") == "via diskcache's API"
-    store._flush_touches()  # a touch through diskcache's API rewrites the record row too
+    flush_touches(store)  # a touch through diskcache's API rewrites the record row too
     assert store.probe("b").hits == 1  # type: ignore[union-attr]
     assert store.volume() == third.size + fourth.size
     store._cache._sql("UPDATE Settings SET value = 123456789 WHERE key = 'size'")  # drifted
@@ -739,8 +739,8 @@ def test_hit_bookkeeping_stays_bounded_over_many_distinct_keys(store: ResultStor
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # A long kernel hits many keys once each: their counts are written as they pile up (none is lost), and
     # the times of past touches are thinned out once they mean nothing.
-    monkeypatch.setattr(store_module, "_PENDING_HITS_MAX", 50)
-    monkeypatch.setattr(store_module, "_TOUCHED_MAX", 40)
+    monkeypatch.setattr(eviction, "PENDING_HITS_MAX", 50)
+    monkeypatch.setattr(eviction, "TOUCHED_MAX", 40)
     for index in range(120):
         store.save(f"k{index}", index, task_name="t")
     most_pending = 0
@@ -749,7 +749,7 @@ def test_hit_bookkeeping_stays_bounded_over_many_distinct_keys(store: ResultStor
         most_pending = max(most_pending, len(store._pending_hits))
     assert most_pending <= 50
     assert store.load("k0") == 0  # a second hit
-    store._flush_touches(all_hits=True)
+    flush_touches(store, all_hits=True)
     hits = {record.key: record.hits for record in store.records()}
     assert hits["k0"] == 2 and all(hits[f"k{index}"] == 1 for index in range(1, 120))
 
