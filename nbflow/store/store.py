@@ -50,7 +50,6 @@ kept the volume in a row of its own, one more page for every save to write. Form
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import hmac
@@ -63,7 +62,6 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -73,7 +71,8 @@ from nbflow._idle import IdleWriter
 from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
-from nbflow.store import sql
+from nbflow.store import batches, sql
+from nbflow.store.batches import DEFER_DELAY, DEFER_MAX_BYTES, Deferred
 from nbflow.store.blobs import KEYED, BlobFiles
 from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
 from nbflow.store.interface import CacheMiss, Invalid
@@ -111,23 +110,9 @@ def _always(raw: str) -> bool:
 
 
 
-# Deferred saves (``save(defer=True)``, the results of quick calls) are written together, one transaction per
-# batch: a commit writes a handful of pages to SQLite's log whatever it holds, most of a small save's cost.
-# A batch is written when _DEFER_BATCH saves wait, when its oldest has waited _DEFER_DELAY seconds at the
-# next save, by an idle thread after that, before anything reads or changes the store, and at exit.
-# Measured on a loop of trivial misses: 64 per batch costs about half of saving each on its own; larger
-# batches gain nothing more. A payload over _DEFER_MAX_BYTES is saved at once.
-_DEFER_BATCH = 64
-_DEFER_DELAY = 0.05
-_DEFER_MAX_BYTES = 1 << 20
 # Entries per statement of a batch's write, whatever the batch: 10 parameters each, within the 999 of older
 # SQLite builds.
 _ENTRIES_PER_STATEMENT = 64
-# Stores that may hold deferred saves: written at exit, dropped in a forked child (they are the parent's).
-_deferring: weakref.WeakSet[ResultStore] = weakref.WeakSet()
-
-# A deferred save: the record, the payload row, and what to call if it is never written.
-Deferred = tuple[Record, bytes, Callable[[str], None] | None]
 
 
 _R = TypeVar("_R")
@@ -221,7 +206,7 @@ class ResultStore:
         self._deferred_since: float | None = None
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
-        self._idle = IdleWriter("nbflow-store", _DEFER_DELAY, self._waiting_since, self._flush_quietly)
+        self._idle = IdleWriter("nbflow-store", DEFER_DELAY, self._waiting_since, self._flush_quietly)
         self._check_key()
         self._files.sweep_if_due(self.read_only)
 
@@ -570,9 +555,9 @@ class ResultStore:
         if not isinstance(serializer, str) and _registered(chosen.name) is not chosen:
             register_serializer(chosen)  # so that this process can load what it saved
         stream, views = self._serialize(chosen, value, task_name)
-        if defer and not views and len(stream) <= _DEFER_MAX_BYTES and self._fast_writes:
+        if defer and not views and len(stream) <= DEFER_MAX_BYTES and self._fast_writes:
             record, payload = self._sealer.entry(key, task_name, run_id, expires, chosen.name, stream, [], "")
-            self._defer(key, (record, payload, on_lost))
+            batches.defer(self, key, (record, payload, on_lost))
             return record
         self._commit_deferred(key)  # a waiting save of this key is older: it must not land over this one
 
@@ -740,20 +725,6 @@ class ResultStore:
     def _waiting_since(self) -> float | None:
         return self._deferred_since
 
-    def _defer(self, key: str, entry: Deferred) -> None:
-        now = time.monotonic()
-        with self._deferred_lock:
-            self._deferred[key] = entry
-            since = self._deferred_since
-            if since is None:
-                self._deferred_since = since = now
-                _deferring.add(self)
-            due = len(self._deferred) >= _DEFER_BATCH or now - since >= _DEFER_DELAY
-        if due:
-            self.flush()
-        elif since == now:
-            self._idle.wake()  # only the first save of a batch: the idle thread then watches it
-
     @_recovering
     def flush(self) -> None:
         """Commit the deferred saves now (see :meth:`save`), in one transaction.
@@ -766,59 +737,16 @@ class ResultStore:
         with self._flush_lock:
             # A call, not the code itself: an exception raised at a ``try`` line in a ``with`` block (as a
             # trace function can) would skip the lock's release.
-            written = self._write_deferred()
+            written = batches.write_deferred(self)
         if written is None:
             return
         batch, replaced, total = written
         self._after_commit(replaced.values(), total, batch[-1][0])
 
-    def _write_deferred(self) -> tuple[list[tuple[str, Deferred]], dict[str, Record], int] | None:
-        """:meth:`flush`'s transaction: the batch written, the records it replaced, the new total."""
-        try:
-            with self._deferred_lock:
-                batch = list(self._deferred.items())
-                self._deferred_since = None
-            if not batch:
-                return None
-            replaced, total, left = self._commit_directly([(key, record, payload)
-                                                           for key, (record, payload, _) in batch])
-            for key, record, payload in left:  # rows diskcache keeps in files: through its API
-                previous, total = self._commit(key, record, payload)
-                if previous is not None:
-                    replaced[key] = previous
-        except self._write_errors as error:
-            self._forget(batch)
-            reason = f"writing to the store in {self.directory} failed ({error})"
-            for _, (_, _, on_lost) in batch:
-                if on_lost is not None:
-                    on_lost(reason)
-            tasks = ", ".join(sorted({repr(record.task_name) for _, (record, _, _) in batch}))
-            count = "the result" if len(batch) == 1 else f"{len(batch)} results"
-            message = f"{count} of task(s) {tasks} not persisted: {reason}"
-            code = getattr(error, "errno", None)
-            raise (PersistError(code, message) if code else PersistError(message)) from error
-        except BaseException:
-            with self._deferred_lock:  # interrupted: still waiting, and the idle thread knows again
-                if self._deferred and self._deferred_since is None:
-                    self._deferred_since = time.monotonic()
-            raise
-        self._forget(batch)
-        return batch, replaced, total
-
     def _commit_deferred(self, key: str) -> None:
         """Commit the deferred saves first if one of them is ``key``'s (what follows reads or replaces it)."""
         if self._deferred and key in self._deferred:
             self._flush_quietly()
-
-    def _forget(self, batch: list[tuple[str, Deferred]]) -> None:
-        """Take a written (or lost) batch out of the deferred saves, but for keys saved again meanwhile."""
-        with self._deferred_lock:
-            deferred = self._deferred
-            for key, entry in batch:
-                if deferred.get(key) is entry:
-                    del deferred[key]
-            if deferred and self._deferred_since is None:
-                self._deferred_since = time.monotonic()
 
     def _flush_quietly(self) -> bool:
         """:meth:`flush`, warning instead of raising (where no task call would get the error)."""
@@ -1119,25 +1047,6 @@ class ResultStore:
         return [record for record in records if self._delete_if(record.key, self._same_entry(record))]
 
 
-@atexit.register
-def _flush_at_exit() -> None:
-    for store in list(_deferring):
-        try:
-            store._flush_quietly()
-        except Exception:  # a store whose files are gone: nothing to do at exit
-            pass
-
-
-def _after_fork_in_child() -> None:
-    # The deferred saves are the parent's to write; a lock another thread held at the fork stays held here.
-    for store in list(_deferring):
-        store._deferred = {}
-        store._deferred_since = None
-        store._deferred_lock = threading.Lock()
-        store._flush_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _warn_failed(key: str, record: Record | None, reason: str) -> None:

@@ -187,9 +187,9 @@ def sweep(path: str, kind: str = "buffers") -> str:
 
     global build, check
     if kind == "small":
-        from nbflow.store import store as store_module
+        from nbflow.store import batches
 
-        store_module._DEFER_BATCH = 1  # every deferred save commits in the call, where the sweep reaches it
+        batches.DEFER_BATCH = 1  # every deferred save commits in the call, where the sweep reaches it
         build, check = tally, check_tally
     store = get_store()
     state = build(*ARGS, return_state=True)

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from nbflow.exceptions import NbflowWarning, PersistError
-from nbflow.store import CacheMiss, ResultStore
-from nbflow.store import store as store_module
+from nbflow.store import CacheMiss, ResultStore, batches
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,7 +52,7 @@ def test_a_deferred_save_is_read_back_at_once_and_committed_by_flush(store: Resu
 
 
 def test_a_full_batch_is_committed_by_the_save_that_fills_it(store: ResultStore, other: ResultStore) -> None:
-    batch = store_module._DEFER_BATCH
+    batch = batches.DEFER_BATCH
     for i in range(batch - 1):
         store.save(f"k{i}", i, task_name="t", defer=True)
     assert committed(other) == set()
@@ -75,7 +74,7 @@ def test_the_idle_thread_commits_what_a_quiet_process_leaves(store: ResultStore,
 
 def test_large_and_buffered_results_are_never_deferred(store: ResultStore, other: ResultStore) -> None:
     store.save("array", np.arange(10_000), task_name="t", defer=True)  # buffers: written to files at once
-    store.save("big", b"x" * (store_module._DEFER_MAX_BYTES + 1), task_name="t", defer=True)
+    store.save("big", b"x" * (batches.DEFER_MAX_BYTES + 1), task_name="t", defer=True)
     assert committed(other) == {"array", "big"}
     np.testing.assert_array_equal(other.load("array"), np.arange(10_000))
 
