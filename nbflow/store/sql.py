@@ -3,7 +3,7 @@
 The store reads and writes diskcache's ``Cache`` table with statements of its own on its hot paths (a hit is
 one ``SELECT``; a batch of saves one upsert), writing exactly the columns diskcache's own ``set`` writes, so
 that diskcache's API (used for deleting, pruning and listing) reads those rows as its own. A diskcache whose
-table looks different is used through its API instead (ResultStore._table_is_known). The fast and the plain
+table looks different is used through its API instead (nbflow.store.opening.table_is_known). The fast and the plain
 way are checked against each other on randomized saves (tests/store/test_fast_paths.py).
 """
 

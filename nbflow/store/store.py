@@ -2,7 +2,7 @@
 
 Layout under ``<home>/store/`` (directories mode 0700):
 
-* a diskcache (``cache.db``; values are kept inside their rows, see ``_STREAM_IN_ROW_MAX``) holding, per
+* a diskcache (``cache.db``; values are kept inside their rows, see ``opening.STREAM_IN_ROW_MAX``) holding, per
   entry, two rows written together:
 
   - ``<FORMAT_VERSION>:<key>:p`` -> the payload, as bytes: ``MAGIC`` (4 bytes), the MAC (32 raw bytes),
@@ -52,12 +52,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hmac
 import json
 import os
 import secrets
 import sqlite3
-import stat
 import sys
 import threading
 import time
@@ -68,15 +66,13 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from nbflow import _pid
 from nbflow._idle import IdleWriter
-from nbflow._recovery import cannot_write, is_damaged, move_aside
-from nbflow._recovery import warn_once as _warn_once
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
 from nbflow.store import batches, sql
 from nbflow.store.batches import DEFER_DELAY, DEFER_MAX_BYTES, Deferred
 from nbflow.store.blobs import KEYED, BlobFiles
 from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
 from nbflow.store.interface import CacheMiss, Invalid
-from nbflow.store.paths import open_inside, replace_inside, unlink_inside
+from nbflow.store.opening import STREAM_IN_ROW_MAX, check_key, make_directories, open_cache, recover, table_is_known
 from nbflow.store.record import FORMAT_VERSION, Record
 from nbflow.store.sealing import Sealer
 from nbflow.store.secret import load_or_create_secret
@@ -87,12 +83,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheMiss", "ResultStore"]
 
-# Streams up to this size are kept inside the database row rather than in a file of diskcache's own.
-# diskcache deletes the file of a value that is replaced or deleted inside an enclosing transaction before
-# that transaction commits: a process killed in between would leave the old, still committed entry
-# pointing at a deleted file. In the row, a stream commits and rolls back together with its record.
-# (SQLite rows hold up to 1 GB; larger streams still go to files. Large arrays never reach the stream.)
-_STREAM_IN_ROW_MAX = 1 << 29
 # How often load() retries when the entry changes while it is being read (its buffer files replaced).
 _LOAD_ATTEMPTS = 4
 
@@ -120,14 +110,14 @@ _P = ParamSpec("_P")
 
 
 def _recovering(method: Callable[Concatenate[ResultStore, _P], _R]) -> Callable[Concatenate[ResultStore, _P], _R]:
-    """A store method that, meeting a damaged database, replaces it (ResultStore._recover) and runs again."""
+    """A store method that, meeting a damaged database, replaces it (opening.recover) and runs again."""
 
     @functools.wraps(method)
     def run(self: ResultStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as error:
-            if not self._recover(error):
+            if not recover(self, error):
                 raise
             return method(self, *args, **kwargs)
 
@@ -164,20 +154,20 @@ class ResultStore:
 
         self._secret = load_or_create_secret(self.secret_file)
         self._sealer = Sealer(self._secret)
-        self._make_directories()
+        make_directories(self)
         self._root = str(self.directory)
         self._files = BlobFiles(self._root, self._secret, strict=self.strict_buffers)
         #: Whether the store could only be opened read-only (a full disk, a read-only file system): hits
         #: are served, saves raise :class:`~nbflow.exceptions.StoreUnwritable`.
         self.read_only = False
-        self._cache = self._open_cache()
+        self._cache = open_cache(self)
         # Whether reads may query diskcache's table directly, and saves write it directly (checked once
         # here; a diskcache with another layout is used through its public API instead).
         import diskcache
 
         self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == sql.MODE_RAW
         self._fast_writes = (self._fast_reads and not self.read_only and sqlite3.sqlite_version_info >= (3, 35)
-                             and self._table_is_known())
+                             and table_is_known(self))
         # Whether touches may rewrite records with SQLite's JSON functions (see _touch_directly).
         self._json_touches = True
         self._write_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -207,140 +197,8 @@ class ResultStore:
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
         self._idle = IdleWriter("nbflow-store", DEFER_DELAY, self._waiting_since, self._flush_quietly)
-        self._check_key()
+        check_key(self)
         self._files.sweep_if_due(self.read_only)
-
-    def _check_key(self) -> None:
-        """If the secret key is not the one the store's entries were written with (lost, or replaced), remove
-        those entries, which can never verify, with one warning, instead of one warning per entry met.
-
-        ``key-id`` in the store directory holds an HMAC of a constant under the key: it tells whether keys
-        match without telling anything about the key. (Someone who can write the store can copy that file
-        along with entries of their own: those still fail verification one by one.)
-        """
-        if self.read_only:
-            return
-        key_id = hmac.new(self._secret, b"nbflow-key-id", "sha256").hexdigest()[:32]
-        try:
-            with open(open_inside(self._root, "key-id", os.O_RDONLY), encoding="ascii", errors="replace") as file:
-                known: str | None = file.read(64).strip()
-        except FileNotFoundError:
-            known = None
-        except OSError:
-            return
-        if known == key_id:
-            return
-        removed = self.clear() if known is not None else 0
-        if removed:
-            _warn_once(
-                f"the nbflow secret key {self.secret_file} is not the key this store's results were written with "
-                f"(it was lost or replaced): the {removed} results written with the other key can never be "
-                "verified, so they were removed and are computed again"
-            )
-        temporary = f"key-id.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = open_inside(self._root, temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            with os.fdopen(fd, "w", encoding="ascii") as file:
-                file.write(key_id + "\n")
-            replace_inside(self._root, temporary, "key-id")
-        except OSError:
-            unlink_inside(self._root, temporary)
-
-    def _open_cache(self) -> Any:
-        """diskcache's Cache on the store directory; a damaged database is moved aside first, and one that
-        cannot be written is opened read-only (see nbflow.store.recovery)."""
-        # Imported here so that importing nbflow.store stays cheap.
-        import diskcache
-
-        from nbflow.store.disk import SafeDisk
-        from nbflow.store.readonly import ReadOnlyCache
-
-        def cache() -> Any:
-            return diskcache.Cache(
-                self._root,
-                # Never unpickles a row and never leaves the store directory (see nbflow.store.disk).
-                disk=SafeDisk,
-                # Wait for other processes' transactions instead of failing with "database is locked".
-                timeout=60,
-                # Eviction is done by prune(), so that a record and its payload always go together.
-                eviction_policy="none",
-                size_limit=2**62,
-                cull_limit=0,
-                statistics=False,
-                # Streams stay inside their database row (see _STREAM_IN_ROW_MAX), and a large write
-                # does not leave the write-ahead log that large afterwards.
-                disk_min_file_size=_STREAM_IN_ROW_MAX,
-                sqlite_journal_size_limit=64 << 20,
-            )
-
-        database = self.directory / "cache.db"
-        try:
-            return cache()
-        except (OSError, sqlite3.Error) as error:
-            failure: BaseException = error
-        if is_damaged(failure):
-            moved = move_aside(database)
-            _warn_once(
-                f"the nbflow store's database {database} is damaged ({failure}); it was moved to {moved} for "
-                "inspection and a new one started: results cached before are computed again"
-            )
-            try:
-                return cache()
-            except (OSError, sqlite3.Error) as error:
-                failure = error
-        if cannot_write(failure) and database.is_file():
-            try:
-                read_only = ReadOnlyCache(self._root)
-            except sqlite3.Error:
-                pass
-            else:
-                self.read_only = True
-                _warn_once(
-                    f"the nbflow store in {self.directory} cannot be written ({failure}): cached results are "
-                    "served, and new results are returned without being saved until it can be written again "
-                    "(free some space, then restart the kernel)"
-                )
-                return read_only
-        raise ConfigurationError(f"cannot open the nbflow result store in {self.directory}: {failure}") from failure
-
-    def _recover(self, error: BaseException) -> bool:
-        """If ``error`` says the database is damaged: move it aside, start a fresh one, warn once; return
-        whether it did. (Other processes that have the old file open keep it until they reopen.)"""
-        if not is_damaged(error):
-            return False
-        with self._lock:
-            try:
-                self._cache.close()
-            except Exception:
-                pass
-            database = self.directory / "cache.db"
-            try:
-                moved = move_aside(database)
-            except OSError:
-                return False
-            _warn_once(
-                f"the nbflow store's database {database} is damaged ({error}); it was moved to {moved} for "
-                "inspection and a new one started: results cached before are computed again"
-            )
-            self._cache = self._open_cache()
-            self._pending_hits.clear()
-            self._pending_touches.clear()
-            self._touched.clear()
-        with self._deferred_lock:
-            lost, self._deferred = self._deferred, {}
-            self._deferred_since = None
-        for _record, _payload, on_lost in lost.values():
-            if on_lost is not None:
-                on_lost("the store's database was damaged and has been replaced")
-        return True
-
-    def _table_is_known(self) -> bool:
-        """Whether diskcache's table has exactly the columns the direct writes fill in."""
-        try:
-            columns = [row[1] for row in self._cache._sql("PRAGMA table_info(Cache)").fetchall()]
-        except (AttributeError, sqlite3.Error):
-            return False
-        return columns == sql.CACHE_COLUMNS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -367,7 +225,7 @@ class ResultStore:
             self._commit_deferred(key)
             raw = self._read(self._mkey(key))
         except sqlite3.DatabaseError as error:
-            if not self._recover(error):
+            if not recover(self, error):
                 raise
             return None
         return None if raw is None else self._checked_record(key, raw)
@@ -403,7 +261,7 @@ class ResultStore:
         try:
             return self._load(key, type_hint)
         except sqlite3.DatabaseError as error:
-            if not self._recover(error):
+            if not recover(self, error):
                 raise
             raise CacheMiss(key, "the store's database was damaged and has been replaced") from None
 
@@ -480,7 +338,7 @@ class ResultStore:
         try:
             yield from self._records()
         except sqlite3.DatabaseError as error:
-            if not self._recover(error):
+            if not recover(self, error):
                 raise
 
     def _records(self) -> Iterator[Record]:
@@ -575,7 +433,7 @@ class ResultStore:
         except self._write_errors as error:
             for path in written:
                 self._files.remove(path)
-            self._recover(error)  # a damaged database is replaced: the next save works
+            recover(self, error)  # a damaged database is replaced: the next save works
             message = (
                 f"the result of task {task_name!r} was not persisted: writing it to the store in "
                 f"{self.directory} failed ({error})"
@@ -633,7 +491,7 @@ class ResultStore:
         """Write payload and record in one transaction; return the replaced record and the new total."""
         if (
             self._fast_writes
-            and len(payload) < _STREAM_IN_ROW_MAX
+            and len(payload) < STREAM_IN_ROW_MAX
             and getattr(self._cache, "_txn_id", None) != threading.get_ident()  # not nested in a transaction
         ):
             try:
@@ -976,53 +834,6 @@ class ResultStore:
             return self._parse_record(raw)
         except ValueError:
             return None
-
-    def _make_directories(self) -> None:
-        exposed: list[str] = []
-        blobs = self.directory / "blobs"
-        if blobs.is_symlink():
-            # The store never follows a link out of its directory (nbflow.store.paths): the link goes (not
-            # what it points at), and a directory takes its place.
-            target = os.readlink(blobs)
-            blobs.unlink()
-            warnings.warn(
-                f"{blobs} was a symbolic link (to {target}); nbflow never follows links out of its store, so it "
-                "replaced the link with a directory. To keep results on another disk, point NBFLOW_HOME there.",
-                NbflowWarning,
-                stacklevel=3,
-            )
-        elif blobs.exists() and not blobs.is_dir():
-            moved = move_aside(blobs)
-            _warn_once(f"the nbflow store's {blobs} was not a directory; it was moved to {moved} and a new one "
-                       "made: results cached with arrays are computed again")
-        for directory in (self.home, self.directory, blobs):
-            try:
-                directory.mkdir(mode=0o700, parents=True)
-                continue
-            except FileExistsError:
-                pass
-            except OSError as error:
-                raise ConfigurationError(
-                    f"cannot create the nbflow store directory {directory}: {error}"
-                ) from error
-            try:
-                mode = directory.stat().st_mode
-            except OSError as error:
-                raise ConfigurationError(
-                    f"cannot access the nbflow store directory {directory}: {error}"
-                ) from error
-            if not stat.S_ISDIR(mode):
-                raise ConfigurationError(f"the nbflow store path {directory} exists but is not a directory")
-            if mode & (stat.S_IWGRP | stat.S_IWOTH):
-                exposed.append(str(directory))
-        if exposed:
-            fix = " ".join(exposed)
-            warnings.warn(
-                f"the nbflow store directory {', '.join(exposed)} is writable by other users, who could "
-                f"delete or tamper with cached results; run `chmod 700 {fix}`",
-                NbflowWarning,
-                stacklevel=3,
-            )
 
     # -- for `nbflow cache`: sizing and clearing by metadata alone ----------------------------------
     # (Used by the CLI, possibly while kernels write the same store. Nothing here reads a payload.)
