@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nbflow.exceptions import PersistError
+from nbflow.store import sql
 from nbflow.store.record import Record
 
 if TYPE_CHECKING:
@@ -65,10 +66,10 @@ def write_deferred(store: ResultStore) -> tuple[list[tuple[str, Deferred]], dict
             store._deferred_since = None
         if not batch:
             return None
-        replaced, total, left = store._commit_directly([(key, record, payload)
+        replaced, total, left = sql.commit_directly(store, [(key, record, payload)
                                                        for key, (record, payload, _) in batch])
         for key, record, payload in left:  # rows diskcache keeps in files: through its API
-            previous, total = store._commit(key, record, payload)
+            previous, total = sql.commit(store, key, record, payload)
             if previous is not None:
                 replaced[key] = previous
     except store._write_errors as error:

@@ -141,7 +141,7 @@ def prune(store: ResultStore, *, protect: str | None, target: int) -> int:
             try:
                 cache._sql(sql.RECOUNT_VOLUME)
             except (AttributeError, sqlite3.OperationalError) as error:
-                store._fast_read_failed(error)
+                sql.fast_read_failed(store, error)
 
     removed_keys = {record.key for record in removed}
     referenced = {
@@ -256,7 +256,7 @@ def touch(store: ResultStore, key: str, mac: str | None, hits: int, now: float |
             cache._sql(sql.SET_RECORD, (written, written, updated.to_json(), mkey))
         else:
             cache.set(mkey, updated.to_json())
-            store._size_record(key, updated.size)
+            sql.size_record(store, key, updated.size)
         if now is not None and store._fast_reads:
             # What a hit reads to tell whether the record is due for another touch.
             cache._sql(sql.SET_STORE_TIME, (updated.last_used, store._pkey(key)))

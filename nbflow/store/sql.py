@@ -3,14 +3,26 @@
 The store reads and writes diskcache's ``Cache`` table with statements of its own on its hot paths (a hit is
 one ``SELECT``; a batch of saves one upsert), writing exactly the columns diskcache's own ``set`` writes, so
 that diskcache's API (used for deleting, pruning and listing) reads those rows as its own. A diskcache whose
-table looks different is used through its API instead (nbflow.store.opening.table_is_known). The fast and the plain
-way are checked against each other on randomized saves (tests/store/test_fast_paths.py).
+table looks different is used through its API instead (nbflow.store.opening.table_is_known). The functions
+at the end read and write an entry's two rows so, and fall back to diskcache's API where they must. The
+fast and the plain way are checked against each other on randomized saves (tests/store/test_fast_paths.py).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import sqlite3
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from nbflow import _pid
+from nbflow.store.opening import STREAM_IN_ROW_MAX
+from nbflow.store.record import Record
+
+if TYPE_CHECKING:
+    from nbflow.store.store import ResultStore
 
 # diskcache's table layout, for the direct reads and writes below: string keys are stored with raw = 1,
 # and values held in the row itself (str, int, and bytes under its min_file_size) have mode 1
@@ -99,3 +111,169 @@ SIZE_RECORD = (
 )
 # Sets the total right if it ever drifted (a row written some other way, tampering): prune() does this.
 RECOUNT_VOLUME = "UPDATE Settings SET value = (SELECT COALESCE(SUM(size), 0) FROM Cache) WHERE key = 'size'"
+
+
+# Entries per statement of a batch's write, whatever the batch: 10 parameters each, within the 999 of older
+# SQLite builds.
+ENTRIES_PER_STATEMENT = 64
+
+
+def commit(store: ResultStore, key: str, record: Record, payload: bytes) -> tuple[Record | None, int]:
+    """Write payload and record in one transaction; return the replaced record and the new total."""
+    if (
+        store._fast_writes
+        and len(payload) < STREAM_IN_ROW_MAX
+        and getattr(store._cache, "_txn_id", None) != threading.get_ident()  # not nested in a transaction
+    ):
+        try:
+            replaced, total, left = commit_directly(store, [(key, record, payload)])
+        except sqlite3.OperationalError as error:
+            if "no such" not in str(error) and "has no column" not in str(error):
+                raise
+            store._fast_writes = False  # a diskcache with another layout after all
+        else:
+            if not left:
+                return replaced.get(key), total
+    cache = store._cache
+    mkey = store._mkey(key)
+    with store._transaction():
+        previous = store._try_parse(cache.get(mkey))
+        cache.set(store._pkey(key), payload)
+        cache.set(mkey, record.to_json())
+        size_record(store, key, record.size)
+        total = store._total()
+    return previous, total
+
+
+def size_record(store: ResultStore, key: str, size: int) -> None:
+    """Give a record row that diskcache's own ``set()`` wrote (size 0) the entry's size again."""
+    if store._fast_reads:
+        try:
+            store._cache._sql(SIZE_RECORD, (size, store._pkey(key), store._mkey(key)))
+        except (AttributeError, sqlite3.OperationalError) as error:
+            fast_read_failed(store, error)
+
+
+def commit_directly(
+    store: ResultStore, entries: list[tuple[str, Record, bytes]]
+) -> tuple[dict[str, Record], int, list[tuple[str, Record, bytes]]]:
+    """Write the rows of ``entries`` in one transaction of a few SQL statements on diskcache's table,
+    writing them as its ``set`` would (a third of the cost of going through it) but for the record
+    row's size, which diskcache's triggers add to the volume total. Returns the records of the entries
+    replaced, by key, the new total, and the entries left unwritten: those with a row that keeps its
+    value in a diskcache file, which only diskcache knows to clean up.
+
+    The transaction is begun and ended here rather than with ``transact()``, so the interrupt safety
+    of :meth:`_transaction` is repeated: whatever ends this early rolls back, and an interrupt drops
+    the connection, in case it landed where this code cannot tell whether a transaction is open.
+    """
+    connection = store._cache._con
+    execute = connection.execute
+    replaced: dict[str, Record] = {}
+    left: list[tuple[str, Record, bytes]] = []
+    try:
+        execute("BEGIN IMMEDIATE")
+        for start in range(0, len(entries), ENTRIES_PER_STATEMENT):
+            chunk = entries[start : start + ENTRIES_PER_STATEMENT]
+            mkeys = [store._mkey(key) for key, _, _ in chunk]
+            pkeys = [store._pkey(key) for key, _, _ in chunk]
+            in_files: set[str] = set()
+            for db_key, mode, filename, value in execute(select_previous(len(chunk)), mkeys + pkeys).fetchall():
+                key = db_key[len(store._kstart) : -2]
+                if filename is not None or mode != MODE_RAW:
+                    in_files.add(key)
+                elif value is not None:  # a record row
+                    previous = store._try_parse(value)
+                    if previous is not None:
+                        replaced[key] = previous
+            rows: list[Any] = []
+            now = time.time()
+            for (key, record, payload), mkey, pkey in zip(chunk, mkeys, pkeys):
+                if key in in_files:
+                    left.append((key, record, payload))
+                else:
+                    rows += (pkey, now, now, 0, payload, mkey, now, now, record.size, record.to_json())
+            if rows:
+                execute(upsert_entries(len(rows) // 10), rows)
+        ((total,),) = execute(SELECT_VOLUME).fetchall()
+        execute("COMMIT")
+    except BaseException as error:
+        if isinstance(error, Exception):
+            try:
+                if connection.in_transaction:
+                    execute("ROLLBACK")
+            except sqlite3.Error:
+                store._drop_connection()
+        else:
+            store._drop_connection()
+        raise
+    for key, _, _ in left:
+        replaced.pop(key, None)
+    return replaced, int(total or 0), left
+
+
+def read_payload(store: ResultStore, key: str) -> tuple[Any, float | None]:
+    """The payload of an entry (``None`` if it has none) and when its record was last written (``None``
+    if there is no record), in one query when possible."""
+    start = store._kstart
+    pkey = f"{start}{key}:p"  # store._pkey(key), without the call on the hit path
+    if store._fast_reads:
+        try:
+            cache = store._cache
+            # diskcache's own connection for this thread, taken without its per-call process check
+            # (a system call) when it was opened in this process; otherwise through that check.
+            local = cache._local
+            con = getattr(local, "con", None)
+            if con is None or getattr(local, "pid", None) != _pid.pid:
+                con = cache._con
+            row = con.execute(SELECT_HIT, (pkey, f"{start}{key}:m")).fetchone()
+        except (AttributeError, sqlite3.OperationalError) as error:
+            fast_read_failed(store, error)
+        else:
+            if row is None:
+                return None, None  # a miss
+            found, written, mode, payload = row
+            if not found:
+                return None, 0.0  # a record without its payload
+            if not (mode == MODE_RAW and type(payload) is bytes):
+                payload = store._cache.get(pkey)  # kept in a diskcache file (a very large stream)
+            # diskcache writes store_time with every value; without one, a touch is simply due.
+            return payload, written if type(written) is float else 0.0
+    # Through the public API: two reads, but the payload holds all a load trusts.
+    raw = store._cache.get(store._mkey(key))
+    payload = store._cache.get(pkey)
+    if raw is None and payload is None:
+        return None, None
+    record = store._try_parse(raw)
+    return payload, record.last_used if record is not None else 0.0
+
+
+def fast_read_failed(store: ResultStore, error: Exception) -> None:
+    # A diskcache with another layout: use its public API from now on. Transient errors (a busy
+    # database) only send this one read through the public API, which has its own handling.
+    if isinstance(error, AttributeError) or "no such" in str(error):
+        store._fast_reads = False
+
+
+def read(store: ResultStore, db_key: str) -> Any:
+    """``store._cache.get(db_key)``, faster on the cache-hit path.
+
+    Values stored inside the database row (all records and small streams) are read with one direct
+    query on diskcache's table, skipping its generic per-call work (about a third of a small hit's
+    cost). Anything else (values diskcache keeps in files), and any diskcache whose internals differ
+    from what this expects, goes through the public ``get``.
+    """
+    if store._fast_reads:
+        try:
+            rows = store._cache._sql(SELECT_RAW, (db_key,)).fetchall()
+        except (AttributeError, sqlite3.OperationalError) as error:
+            fast_read_failed(store, error)
+        else:
+            if not rows:
+                return None
+            ((mode, value),) = rows
+            if mode == MODE_RAW and type(value) in (str, bytes):
+                return value
+    return store._cache.get(db_key)
+
+

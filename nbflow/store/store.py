@@ -64,7 +64,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from nbflow import _pid
 from nbflow._idle import IdleWriter
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
 from nbflow.store import batches, sql
@@ -72,7 +71,7 @@ from nbflow.store.batches import DEFER_DELAY, DEFER_MAX_BYTES, Deferred
 from nbflow.store.blobs import KEYED, BlobFiles
 from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
 from nbflow.store.interface import CacheMiss, Invalid
-from nbflow.store.opening import STREAM_IN_ROW_MAX, check_key, make_directories, open_cache, recover, table_is_known
+from nbflow.store.opening import check_key, make_directories, open_cache, recover, table_is_known
 from nbflow.store.record import FORMAT_VERSION, Record
 from nbflow.store.sealing import Sealer
 from nbflow.store.secret import load_or_create_secret
@@ -100,9 +99,6 @@ def _always(raw: str) -> bool:
 
 
 
-# Entries per statement of a batch's write, whatever the batch: 10 parameters each, within the 999 of older
-# SQLite builds.
-_ENTRIES_PER_STATEMENT = 64
 
 
 _R = TypeVar("_R")
@@ -223,7 +219,7 @@ class ResultStore:
         """
         try:
             self._commit_deferred(key)
-            raw = self._read(self._mkey(key))
+            raw = sql.read(self, self._mkey(key))
         except sqlite3.DatabaseError as error:
             if not recover(self, error):
                 raise
@@ -268,7 +264,7 @@ class ResultStore:
     def _load(self, key: str, type_hint: Any) -> Any:
         self._commit_deferred(key)  # rare (the same call again within milliseconds): then read as any other
         for _ in range(_LOAD_ATTEMPTS):
-            payload, written = self._read_payload(key)
+            payload, written = sql.read_payload(self, key)
             if written is None:
                 raise CacheMiss(key)
             try:
@@ -276,7 +272,7 @@ class ResultStore:
             except Invalid as failure:
                 # A save or an eviction may have replaced or deleted the entry (and its buffer files) while
                 # it was being read: only an entry that is still the one read is corrupt.
-                current, still = self._read_payload(key)
+                current, still = sql.read_payload(self, key)
                 if still is None:
                     raise CacheMiss(key) from None
                 if current != payload:
@@ -347,7 +343,7 @@ class ResultStore:
         for db_key in self._cache.iterkeys():
             if not (isinstance(db_key, str) and db_key.startswith(start) and db_key.endswith(":m")):
                 continue
-            raw = self._read(db_key)
+            raw = sql.read(self, db_key)
             if raw is None:
                 continue
             try:
@@ -367,7 +363,7 @@ class ResultStore:
             try:
                 row = self._cache._sql(sql.SELECT_VOLUME).fetchone()
             except (AttributeError, sqlite3.OperationalError) as error:
-                self._fast_read_failed(error)
+                sql.fast_read_failed(self, error)
             else:
                 return max(0, int(row[0])) if row is not None and isinstance(row[0], int) else 0
         # A diskcache this store cannot query directly: add the records up (slow, but right).
@@ -429,7 +425,7 @@ class ResultStore:
             record, payload = self._sealer.entry(key, task_name, run_id, expires, chosen.name, stream, buffers, blob_id)
             for path in written:
                 os.utime(path)  # see ORPHAN_AGE: the files' age counts from the commit
-            previous, total = self._commit(key, record, payload)
+            previous, total = sql.commit(self, key, record, payload)
         except self._write_errors as error:
             for path in written:
                 self._files.remove(path)
@@ -486,97 +482,6 @@ class ResultStore:
             view = memoryview(view)
             cast.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
         return stream, cast
-
-    def _commit(self, key: str, record: Record, payload: bytes) -> tuple[Record | None, int]:
-        """Write payload and record in one transaction; return the replaced record and the new total."""
-        if (
-            self._fast_writes
-            and len(payload) < STREAM_IN_ROW_MAX
-            and getattr(self._cache, "_txn_id", None) != threading.get_ident()  # not nested in a transaction
-        ):
-            try:
-                replaced, total, left = self._commit_directly([(key, record, payload)])
-            except sqlite3.OperationalError as error:
-                if "no such" not in str(error) and "has no column" not in str(error):
-                    raise
-                self._fast_writes = False  # a diskcache with another layout after all
-            else:
-                if not left:
-                    return replaced.get(key), total
-        cache = self._cache
-        mkey = self._mkey(key)
-        with self._transaction():
-            previous = self._try_parse(cache.get(mkey))
-            cache.set(self._pkey(key), payload)
-            cache.set(mkey, record.to_json())
-            self._size_record(key, record.size)
-            total = self._total()
-        return previous, total
-
-    def _size_record(self, key: str, size: int) -> None:
-        """Give a record row that diskcache's own ``set()`` wrote (size 0) the entry's size again."""
-        if self._fast_reads:
-            try:
-                self._cache._sql(sql.SIZE_RECORD, (size, self._pkey(key), self._mkey(key)))
-            except (AttributeError, sqlite3.OperationalError) as error:
-                self._fast_read_failed(error)
-
-    def _commit_directly(
-        self, entries: list[tuple[str, Record, bytes]]
-    ) -> tuple[dict[str, Record], int, list[tuple[str, Record, bytes]]]:
-        """Write the rows of ``entries`` in one transaction of a few SQL statements on diskcache's table,
-        writing them as its ``set`` would (a third of the cost of going through it) but for the record
-        row's size, which diskcache's triggers add to the volume total. Returns the records of the entries
-        replaced, by key, the new total, and the entries left unwritten: those with a row that keeps its
-        value in a diskcache file, which only diskcache knows to clean up.
-
-        The transaction is begun and ended here rather than with ``transact()``, so the interrupt safety
-        of :meth:`_transaction` is repeated: whatever ends this early rolls back, and an interrupt drops
-        the connection, in case it landed where this code cannot tell whether a transaction is open.
-        """
-        connection = self._cache._con
-        execute = connection.execute
-        replaced: dict[str, Record] = {}
-        left: list[tuple[str, Record, bytes]] = []
-        try:
-            execute("BEGIN IMMEDIATE")
-            for start in range(0, len(entries), _ENTRIES_PER_STATEMENT):
-                chunk = entries[start : start + _ENTRIES_PER_STATEMENT]
-                mkeys = [self._mkey(key) for key, _, _ in chunk]
-                pkeys = [self._pkey(key) for key, _, _ in chunk]
-                in_files: set[str] = set()
-                for db_key, mode, filename, value in execute(sql.select_previous(len(chunk)), mkeys + pkeys).fetchall():
-                    key = db_key[len(self._kstart) : -2]
-                    if filename is not None or mode != sql.MODE_RAW:
-                        in_files.add(key)
-                    elif value is not None:  # a record row
-                        previous = self._try_parse(value)
-                        if previous is not None:
-                            replaced[key] = previous
-                rows: list[Any] = []
-                now = time.time()
-                for (key, record, payload), mkey, pkey in zip(chunk, mkeys, pkeys):
-                    if key in in_files:
-                        left.append((key, record, payload))
-                    else:
-                        rows += (pkey, now, now, 0, payload, mkey, now, now, record.size, record.to_json())
-                if rows:
-                    execute(sql.upsert_entries(len(rows) // 10), rows)
-            ((total,),) = execute(sql.SELECT_VOLUME).fetchall()
-            execute("COMMIT")
-        except BaseException as error:
-            if isinstance(error, Exception):
-                try:
-                    if connection.in_transaction:
-                        execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._drop_connection()
-            else:
-                self._drop_connection()
-            raise
-        for key, _, _ in left:
-            replaced.pop(key, None)
-        return replaced, int(total or 0), left
 
     # -- deferred saves ----------------------------------------------------------------------------
 
@@ -755,68 +660,6 @@ class ResultStore:
     def _pkey(self, key: str) -> str:
         """The diskcache key of the payload row of ``key``."""
         return f"{self._kstart}{key}:p"
-
-    def _read_payload(self, key: str) -> tuple[Any, float | None]:
-        """The payload of an entry (``None`` if it has none) and when its record was last written (``None``
-        if there is no record), in one query when possible."""
-        start = self._kstart
-        pkey = f"{start}{key}:p"  # self._pkey(key), without the call on the hit path
-        if self._fast_reads:
-            try:
-                cache = self._cache
-                # diskcache's own connection for this thread, taken without its per-call process check
-                # (a system call) when it was opened in this process; otherwise through that check.
-                local = cache._local
-                con = getattr(local, "con", None)
-                if con is None or getattr(local, "pid", None) != _pid.pid:
-                    con = cache._con
-                row = con.execute(sql.SELECT_HIT, (pkey, f"{start}{key}:m")).fetchone()
-            except (AttributeError, sqlite3.OperationalError) as error:
-                self._fast_read_failed(error)
-            else:
-                if row is None:
-                    return None, None  # a miss
-                found, written, mode, payload = row
-                if not found:
-                    return None, 0.0  # a record without its payload
-                if not (mode == sql.MODE_RAW and type(payload) is bytes):
-                    payload = self._cache.get(pkey)  # kept in a diskcache file (a very large stream)
-                # diskcache writes store_time with every value; without one, a touch is simply due.
-                return payload, written if type(written) is float else 0.0
-        # Through the public API: two reads, but the payload holds all a load trusts.
-        raw = self._cache.get(self._mkey(key))
-        payload = self._cache.get(pkey)
-        if raw is None and payload is None:
-            return None, None
-        record = self._try_parse(raw)
-        return payload, record.last_used if record is not None else 0.0
-
-    def _fast_read_failed(self, error: Exception) -> None:
-        # A diskcache with another layout: use its public API from now on. Transient errors (a busy
-        # database) only send this one read through the public API, which has its own handling.
-        if isinstance(error, AttributeError) or "no such" in str(error):
-            self._fast_reads = False
-
-    def _read(self, db_key: str) -> Any:
-        """``self._cache.get(db_key)``, faster on the cache-hit path.
-
-        Values stored inside the database row (all records and small streams) are read with one direct
-        query on diskcache's table, skipping its generic per-call work (about a third of a small hit's
-        cost). Anything else (values diskcache keeps in files), and any diskcache whose internals differ
-        from what this expects, goes through the public ``get``.
-        """
-        if self._fast_reads:
-            try:
-                rows = self._cache._sql(sql.SELECT_RAW, (db_key,)).fetchall()
-            except (AttributeError, sqlite3.OperationalError) as error:
-                self._fast_read_failed(error)
-            else:
-                if not rows:
-                    return None
-                ((mode, value),) = rows
-                if mode == sql.MODE_RAW and type(value) in (str, bytes):
-                    return value
-        return self._cache.get(db_key)
 
     def _parse_record(self, raw: Any) -> Record:
         try:

@@ -116,16 +116,17 @@ def test_a_batch_the_disk_refuses_warns_once_and_the_states_say_so(child_env: di
 
 def test_history_records_a_lost_result_as_not_persisted(nbflow_home: Path) -> None:
     from nbflow.engine.runtime import flush_store, get_store
+    from nbflow.store import sql
 
-    store = get_store()
-    real = store._commit_directly
+    get_store()
+    real = sql.commit_directly
 
     def full(*args: object, **kwargs: object) -> object:
         import sqlite3
 
         raise sqlite3.OperationalError("database or disk is full")
 
-    store._commit_directly = full  # type: ignore[method-assign]
+    sql.commit_directly = full  # type: ignore[assignment]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -133,7 +134,7 @@ def test_history_records_a_lost_result_as_not_persisted(nbflow_home: Path) -> No
             assert state.persisted is True  # accepted: its batch is written later
             flush_store()
     finally:
-        store._commit_directly = real  # type: ignore[method-assign]
+        sql.commit_directly = real
     assert [w for w in caught if issubclass(w.category, NbflowWarning)]
     assert state.persisted is False and "disk is full" in (state.message or "")
     nbflow.runs.history().flush()

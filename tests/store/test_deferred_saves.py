@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from nbflow.exceptions import NbflowWarning, PersistError
-from nbflow.store import CacheMiss, ResultStore, batches
+from nbflow.store import CacheMiss, ResultStore, batches, sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,7 @@ def test_a_batch_that_cannot_be_written_is_reported_and_leaves_nothing(store: Re
     def full(*args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(store, "_commit_directly", full)
+    monkeypatch.setattr(sql, "commit_directly", full)
     with pytest.raises(PersistError, match=r"2 results of task\(s\) 'writer' not persisted: .*disk is full"):
         store.flush()
     monkeypatch.undo()
@@ -143,7 +143,7 @@ def test_a_failure_in_the_idle_thread_warns(store: ResultStore, monkeypatch: pyt
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "_commit_directly", full)
+    monkeypatch.setattr(sql, "commit_directly", full)
     lost: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -159,15 +159,13 @@ def test_a_failure_in_the_idle_thread_warns(store: ResultStore, monkeypatch: pyt
 def test_an_interrupted_batch_stays_deferred(store: ResultStore, other: ResultStore,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     store.save("k", "v", task_name="t", defer=True)
-    real = store._commit_directly
-
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "_commit_directly", interrupted)
+    monkeypatch.setattr(sql, "commit_directly", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.flush()
-    monkeypatch.setattr(store, "_commit_directly", real)
+    monkeypatch.undo()
     assert "k" in store._deferred and store._deferred_since is not None
     store.flush()
     assert other.load("k") == "v"

@@ -30,7 +30,7 @@ from nbflow.exceptions import (
     SerializationError,
 )
 from nbflow.settings import Settings
-from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, eviction, sealing, serializers
+from nbflow.store import FORMAT_VERSION, CacheMiss, Record, ResultStore, eviction, sealing, serializers, sql
 from nbflow.store.eviction import flush_touches
 from tests.store.helpers import blob_files
 
@@ -479,7 +479,7 @@ def test_failed_commit_leaves_nothing(store: ResultStore, monkeypatch: pytest.Mo
     def full(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(store, "_commit", full)
+    monkeypatch.setattr(sql, "commit", full)
     with pytest.raises(PersistError, match=r"demo\.commit.*not persisted.*disk is full"):
         store.save("k", np.ones(40_000), task_name="demo.commit")
     monkeypatch.undo()
