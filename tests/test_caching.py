@@ -12,8 +12,11 @@ import time
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import nbflow
@@ -326,4 +329,26 @@ def test_the_default_policy_key_is_the_one_its_parts_compute(policy) -> None:  #
     context = KeyContext(task=scale, run_id="unused")
     expected = policy.compute_key(context, {"x": 3, "factor": 1.5, "verbose": False})
     assert task_run.cache_key == xxhash.xxh3_128_hexdigest(f"scale|{expected}".encode())
+    assert task_run.key_parts == context.parts
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=st.integers() | st.text(max_size=20) | st.lists(st.integers(), max_size=5),
+       factor=st.floats(allow_nan=False) | st.integers(), verbose=st.booleans())
+def test_the_engines_inline_default_key_agrees_with_the_policy_on_random_arguments(
+    x: Any, factor: Any, verbose: bool
+) -> None:
+    import xxhash
+
+    from nbflow.cache_policies import KeyContext
+
+    @nbflow.task
+    def scale(x: Any, factor: Any = 2.0, verbose: bool = False) -> Any:
+        return None
+
+    state = scale(x, factor, verbose=verbose, return_state=True)
+    task_run = next(run for run in list_runs() if run.kind == "session").task_runs[-1]
+    context = KeyContext(task=scale, run_id="unused")
+    expected = DEFAULT.compute_key(context, {"x": x, "factor": factor, "verbose": verbose})
+    assert task_run.cache_key == xxhash.xxh3_128_hexdigest(f"scale|{expected}".encode()), state
     assert task_run.key_parts == context.parts

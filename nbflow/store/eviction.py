@@ -16,8 +16,11 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
+import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nbflow.exceptions import NbflowWarning
 from nbflow.store import sql
 from nbflow.store.blobs import IN_USE, ORPHAN_AGE, release
 from nbflow.store.record import Record
@@ -105,7 +108,7 @@ def prune(store: ResultStore, *, protect: str | None, target: int) -> int:
                 batch.append((record, raw))
                 claims.append(claim)
             evicted: list[Record] = []
-            with store._transaction():
+            with sql.transaction(store):
                 for record, raw in batch:
                     mkey = store._mkey(record.key)
                     # Compare the whole text: a record touched or replaced since the scan is kept.
@@ -121,7 +124,7 @@ def prune(store: ResultStore, *, protect: str | None, target: int) -> int:
             for claim in claims:
                 release(claim)
     live_keys = {record.key for record, _ in live}
-    with store._transaction():
+    with sql.transaction(store):
         for key, raw in broken:
             if cache.get(store._mkey(key)) == raw:  # not replaced by a save since the scan
                 cache.delete(store._mkey(key))
@@ -168,7 +171,7 @@ def flush_touches(store: ResultStore, *, all_hits: bool = False) -> None:
     if not keys:
         return
     try:
-        with store._transaction():
+        with sql.transaction(store):
             for key in keys:
                 mac, now = touches.get(key, (None, None))
                 if not touch_directly(store, key, mac, hits.get(key, 0), now):
@@ -229,7 +232,7 @@ def touch_directly(store: ResultStore, key: str, mac: str | None, hits: int, now
 def touch(store: ResultStore, key: str, mac: str | None, hits: int, now: float | None = None) -> None:
     cache = store._cache
     mkey = store._mkey(key)
-    with store._transaction():
+    with sql.transaction(store):
         # Read and rewritten directly when the record is kept in its row, as it always is (a third of
         # the cost of diskcache's get and set, which matters when a restarted kernel's first hits
         # touch thousands of entries).
@@ -260,5 +263,83 @@ def touch(store: ResultStore, key: str, mac: str | None, hits: int, now: float |
         if now is not None and store._fast_reads:
             # What a hit reads to tell whether the record is due for another touch.
             cache._sql(sql.SET_STORE_TIME, (updated.last_used, store._pkey(key)))
+
+
+# -- deleting one entry ----------------------------------------------------------------------------
+
+# "Any payload" for delete_if.
+ANY = object()
+
+
+def always(raw: str) -> bool:
+    return True
+
+
+def delete_if(store: ResultStore, key: str, condition: Callable[[str], bool], payload: Any = ANY) -> bool:
+    """Delete the entry if its current record text satisfies ``condition`` (and, when ``payload`` is
+    given, its payload row still holds exactly that); return whether it did."""
+    cache = store._cache
+    mkey = store._mkey(key)
+    with sql.transaction(store):
+        raw = cache.get(mkey)
+        if raw is None or not condition(raw):
+            return False
+        if payload is not ANY and cache.get(store._pkey(key)) != payload:
+            return False
+        cache.delete(mkey)
+        cache.delete(store._pkey(key))
+        record = store._try_parse(raw)
+    if record is not None:
+        store._files.remove_entry_files(record)
+    return True
+
+
+def same_entry(store: ResultStore, record: Record) -> Callable[[str], bool]:
+    """A condition for :meth:`_delete_if`: the stored entry is still the one ``record`` describes."""
+
+    def same(raw: str) -> bool:
+        current = store._try_parse(raw)
+        return current is None or current.mac == record.mac
+
+    return same
+
+
+def discard(store: ResultStore, key: str, record: Record | None, raw: str, reason: str) -> None:
+    """Delete an entry that failed verification and warn once (naming its task, if known)."""
+    if record is None:
+        delete_if(store, key, lambda current: current == raw)
+    else:
+        delete_if(store, key, same_entry(store, record))
+    warn_failed(key, record, reason)
+
+
+def reject(store: ResultStore, key: str, payload: Any, reason: str) -> None:
+    """Delete an entry whose payload failed verification and warn once, naming its task as its
+    (unauthenticated) record does: the payload's own signed fields are not to be trusted."""
+    cache = store._cache
+    pkey = store._pkey(key)
+    raw = cache.get(store._mkey(key))
+    record = store._try_parse(raw)
+    if raw is not None:
+        delete_if(store, key, lambda current: current == raw, payload)
+        if record is None:
+            reason = "has unreadable metadata"
+    else:
+        # A payload without a record (left by tampering): removed on its own.
+        with sql.transaction(store):
+            if cache.get(store._mkey(key)) is None and cache.get(pkey) == payload:
+                cache.delete(pkey)
+    warn_failed(key, record, reason)
+
+
+def warn_failed(key: str, record: Record | None, reason: str) -> None:
+    """The one warning for an entry that failed verification and was deleted (naming its task, if known)."""
+    task = f"task {record.task_name!r}" if record is not None else "an unknown task"
+    warnings.warn(
+        f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
+        f"and is treated as a cache miss",
+        NbflowWarning,
+        stacklevel=4,  # the caller of the store method that met the entry
+    )
 
 

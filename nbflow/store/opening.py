@@ -9,13 +9,15 @@ write to are named in a warning.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import secrets
 import sqlite3
 import stat
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
@@ -26,7 +28,7 @@ from nbflow.store.paths import open_inside, replace_inside, unlink_inside
 if TYPE_CHECKING:
     from nbflow.store.store import ResultStore
 
-__all__ = ["check_key", "make_directories", "open_cache", "recover", "table_is_known"]
+__all__ = ["check_key", "make_directories", "open_cache", "recover", "recovering", "table_is_known"]
 
 # Streams up to this size are kept inside the database row rather than in a file of diskcache's own.
 # diskcache deletes the file of a value that is replaced or deleted inside an enclosing transaction before
@@ -220,3 +222,20 @@ def table_is_known(store: ResultStore) -> bool:
     return columns == sql.CACHE_COLUMNS
 
 
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+
+def recovering(method: Callable[Concatenate[ResultStore, _P], _R]) -> Callable[Concatenate[ResultStore, _P], _R]:
+    """A store method that, meeting a damaged database, replaces it (recover) and runs again."""
+
+    @functools.wraps(method)
+    def run(self: ResultStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            if not recover(self, error):
+                raise
+            return method(self, *args, **kwargs)
+
+    return run

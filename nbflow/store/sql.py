@@ -10,11 +10,13 @@ fast and the plain way are checked against each other on randomized saves (tests
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from nbflow import _pid
@@ -136,13 +138,13 @@ def commit(store: ResultStore, key: str, record: Record, payload: bytes) -> tupl
                 return replaced.get(key), total
     cache = store._cache
     mkey = store._mkey(key)
-    with store._transaction():
+    with transaction(store):
         previous = store._try_parse(cache.get(mkey))
         cache.set(store._pkey(key), payload)
         cache.set(mkey, record.to_json())
         size_record(store, key, record.size)
-        total = store._total()
-    return previous, total
+        volume = volume_total(store)
+    return previous, volume
 
 
 def size_record(store: ResultStore, key: str, size: int) -> None:
@@ -203,9 +205,9 @@ def commit_directly(
                 if connection.in_transaction:
                     execute("ROLLBACK")
             except sqlite3.Error:
-                store._drop_connection()
+                drop_connection(store)
         else:
-            store._drop_connection()
+            drop_connection(store)
         raise
     for key, _, _ in left:
         replaced.pop(key, None)
@@ -275,5 +277,63 @@ def read(store: ResultStore, db_key: str) -> Any:
             if mode == MODE_RAW and type(value) in (str, bytes):
                 return value
     return store._cache.get(db_key)
+
+
+@contextlib.contextmanager
+def transaction(store: ResultStore) -> Iterator[None]:
+    """``store._cache.transact()``, safe to interrupt.
+
+    A KeyboardInterrupt can land inside diskcache's own bookkeeping around a transaction (between
+    ``BEGIN`` and noting the transaction, or between clearing that note and ``COMMIT``), leaving this
+    thread's connection inside a transaction nobody will end: every later write would then fail.
+    After an interrupt the connection is dropped instead, which rolls back whatever it left open;
+    the next use opens a fresh one.
+    """
+    try:
+        with store._cache.transact():
+            yield
+    except BaseException as error:
+        if not isinstance(error, Exception):
+            drop_connection(store)
+        raise
+
+
+def drop_connection(store: ResultStore) -> None:
+    cache = store._cache
+    if getattr(cache, "_txn_id", None) == threading.get_ident():
+        cache._txn_id = None
+    try:
+        cache.close()  # this thread's connection only
+    except Exception:
+        pass
+
+
+def records(store: ResultStore) -> Iterator[Record]:
+    """The records of the store's format version, in key order (unreadable ones skipped)."""
+    store._flush_quietly()
+    start = store._kstart
+    for db_key in store._cache.iterkeys():
+        if not (isinstance(db_key, str) and db_key.startswith(start) and db_key.endswith(":m")):
+            continue
+        raw = read(store, db_key)
+        if raw is None:
+            continue
+        try:
+            yield store._parse_record(raw)
+        except ValueError:
+            continue
+
+
+def volume_total(store: ResultStore) -> int:
+    """The store's volume, as diskcache's triggers keep it in its Settings table."""
+    if store._fast_reads:
+        try:
+            row = store._cache._sql(SELECT_VOLUME).fetchone()
+        except (AttributeError, sqlite3.OperationalError) as error:
+            fast_read_failed(store, error)
+        else:
+            return max(0, int(row[0])) if row is not None and isinstance(row[0], int) else 0
+    # A diskcache this store cannot query directly: add the records up (slow, but right).
+    return sum(record.size for record in store.records())
 
 

@@ -1,47 +1,24 @@
 """The result store: task results cached on local disk, authenticated, surviving kernel restarts.
 
-Layout under ``<home>/store/`` (directories mode 0700):
+Layout under ``<home>/store/`` (directories mode 0700): a diskcache database, ``cache.db``, holding two rows
+per entry, written together in one transaction, the commit point:
 
-* a diskcache (``cache.db``; values are kept inside their rows, see ``opening.STREAM_IN_ROW_MAX``) holding, per
-  entry, two rows written together:
+- ``<FORMAT_VERSION>:<key>:p``, the payload: the serialized value behind a MAC and the signed fields a load
+  trusts (:mod:`nbflow.store.sealing`). A hit reads this one row and parses no record;
+- ``<FORMAT_VERSION>:<key>:m``, the :class:`Record` as JSON: the same fields plus the LRU bookkeeping
+  (``last_used``, ``hits``). Probing, listing, pruning and the CLI read these, never a payload. Its diskcache
+  ``size`` column holds the entry's size, so diskcache's triggers keep the store's volume transactionally.
 
-  - ``<FORMAT_VERSION>:<key>:p`` -> the payload, as bytes: ``MAGIC`` (4 bytes), the MAC (32 raw bytes),
-    the length of the signed fields (4 bytes, big-endian), the signed fields (:meth:`Record.signed_bytes`,
-    a compact JSON array) and the serialized stream. It holds everything a load needs, so a cache hit
-    reads this one row and parses no record;
-  - ``<FORMAT_VERSION>:<key>:m`` -> the :class:`Record` as a JSON string: the same signed fields plus the
-    LRU bookkeeping (``last_used``, ``hits``) and the MAC in hex. Probing, listing, pruning and the CLI
-    read these, never a payload;
+and ``blobs/``, the out-of-band buffers of large arrays (:mod:`nbflow.store.blobs`), written and fsynced
+before the rows commit: a crash at any moment leaves the old entry or the complete new one. The two rows'
+keys differ only in their last character, so a save changes one page of diskcache's key index, not two.
 
-  The record row's diskcache ``size`` column holds the entry's size (less whatever the payload row's own
-  ``size`` counts, which is nonzero only for a stream diskcache keeps in a file), so diskcache's own
-  triggers keep the total of all entries in its ``Settings`` table, transactionally: the store's volume;
-* ``blobs/<aa>/<name>-<blob_id>-<i>.bin``: out-of-band buffer ``i`` of the entry, raw, where ``<name>`` is
-  the key (or its xxh3-128 hex digest when the key is not a safe file name) and ``<aa>`` its first two
-  characters.
-
-The MAC is an HMAC-SHA256, keyed by a per-user secret, over everything in the payload after the MAC
-itself (length, signed fields, stream). A load verifies it before it parses the signed fields or
-unpickles anything, then trusts only those signed fields (key, expiry, serializer, buffer sizes and
-checksums), never the metadata record, which is an unauthenticated index: tampering with it can change
-what listings show or the order of eviction, not what a load returns. Buffer checksums (signed) are checked
-before the value is rebuilt. An entry that fails any check is deleted and reported as a miss with a warning.
-
-A hit reads the payload row alone and stays read-only: it learns when the record was last written from
-the payload row's diskcache ``store_time`` (saves and touches set it together with the record), and only
-when that is older than ``touch_interval`` queues a rewrite of ``last_used``, written in batches.
-
-Writes go blobs (temp file, fsync, rename), then payload and record rows (and with them the volume total)
-together in one SQLite transaction, which is the commit point: a crash at any moment leaves the old entry or
-the complete new one. A deferred save (``save(defer=True)``, which the engine uses for the small results of
-quick calls) is sealed at once and committed later with others, in one transaction per batch; until then
-this process reads it from memory, and a crash loses it (never anything committed).
-That transaction, and the hit's read, are plain SQL on diskcache's table, writing the columns its own
-``set`` writes (the record row's size aside), so diskcache's API (used for deleting, pruning and listing)
-reads them as its own; a diskcache whose table looks different is used through that API instead.
-
-The two rows' keys differ only in their last character, so their entries in diskcache's key index sit side
-by side, usually in one page: a save changes one index page for them, not two.
+The pieces, one concern each: :mod:`~nbflow.store.opening` (directories, the database, recovery, the key
+check), :mod:`~nbflow.store.sql` (diskcache's table and nbflow's own SQL on it, on the hot paths),
+:mod:`~nbflow.store.sealing` (payload and MAC), :mod:`~nbflow.store.blobs` (buffer files),
+:mod:`~nbflow.store.batches` (deferred saves of quick calls), :mod:`~nbflow.store.eviction` (pruning, LRU
+bookkeeping, deleting an entry), :mod:`~nbflow.store.disk` and :mod:`~nbflow.store.paths` (never a pickle,
+never a path outside the store). This module is the :class:`ResultStore` that puts them together.
 
 (Format 1 kept the MAC and signed fields in the record only, so a hit read and parsed both rows. Format 2
 kept the volume in a row of its own, one more page for every save to write. Formats 1 to 3 keyed the rows
@@ -50,8 +27,6 @@ kept the volume in a row of its own, one more page for every save to write. Form
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import secrets
@@ -62,16 +37,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from nbflow._idle import IdleWriter
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
-from nbflow.store import batches, sql
+from nbflow.store import batches, eviction, sql
 from nbflow.store.batches import DEFER_DELAY, DEFER_MAX_BYTES, Deferred
 from nbflow.store.blobs import KEYED, BlobFiles
 from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
 from nbflow.store.interface import CacheMiss, Invalid
-from nbflow.store.opening import check_key, make_directories, open_cache, recover, table_is_known
+from nbflow.store.opening import check_key, make_directories, open_cache, recover, recovering, table_is_known
 from nbflow.store.record import FORMAT_VERSION, Record
 from nbflow.store.sealing import Sealer
 from nbflow.store.secret import load_or_create_secret
@@ -86,12 +61,6 @@ __all__ = ["CacheMiss", "ResultStore"]
 _LOAD_ATTEMPTS = 4
 
 
-# "Any payload" for ResultStore._delete_if.
-_ANY = object()
-
-
-def _always(raw: str) -> bool:
-    return True
 
 
 
@@ -101,23 +70,8 @@ def _always(raw: str) -> bool:
 
 
 
-_R = TypeVar("_R")
-_P = ParamSpec("_P")
 
 
-def _recovering(method: Callable[Concatenate[ResultStore, _P], _R]) -> Callable[Concatenate[ResultStore, _P], _R]:
-    """A store method that, meeting a damaged database, replaces it (opening.recover) and runs again."""
-
-    @functools.wraps(method)
-    def run(self: ResultStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as error:
-            if not recover(self, error):
-                raise
-            return method(self, *args, **kwargs)
-
-    return run
 
 
 class ResultStore:
@@ -232,14 +186,14 @@ class ResultStore:
             record = self._parse_record(raw)
             expired = record.expires is not None and record.expires <= time.time()
         except (ValueError, TypeError):
-            self._discard(key, None, raw, "has unreadable metadata")
+            eviction.discard(self, key, None, raw, "has unreadable metadata")
             return None
         if record.key != key or record.format_version != FORMAT_VERSION:
             # Metadata of another entry (or format) stored under this key: tampering or a bug.
-            self._discard(key, record, raw, "has metadata that belongs to another entry")
+            eviction.discard(self, key, record, raw, "has metadata that belongs to another entry")
             return None
         if expired:
-            self._delete_if(key, lambda current: current == raw)
+            eviction.delete_if(self, key, lambda current: current == raw)
             return None
         return record
 
@@ -277,7 +231,7 @@ class ResultStore:
                     raise CacheMiss(key) from None
                 if current != payload:
                     continue
-                self._reject(key, payload, str(failure))
+                eviction.reject(self, key, payload, str(failure))
                 raise CacheMiss(key, f"failed verification: {failure}") from None
             count_hit(self, key, written, payload)
             return value
@@ -289,7 +243,7 @@ class ResultStore:
         if len(payload) - end != stream_size:
             raise Invalid("has a payload of the wrong size")
         if expires is not None and expires <= time.time():
-            self._delete_if(key, _always, payload)
+            eviction.delete_if(self, key, eviction.always, payload)
             raise CacheMiss(key, "expired")
         buffers: list[WritableBuffer] = []
         lease: int | None = None
@@ -317,7 +271,7 @@ class ResultStore:
                 return serializer.loads(payload[end:], buffers, type_hint)
             except Exception as error:
                 # Authentic but unusable here, e.g. a class that was renamed since, or a changed type hint.
-                self._delete_if(key, _always, payload)
+                eviction.delete_if(self, key, eviction.always, payload)
                 warnings.warn(
                     f"the cached result of task {task_name!r} could not be deserialized "
                     f"({type(error).__name__}: {error}); it was deleted and is treated as a cache miss",
@@ -332,42 +286,17 @@ class ResultStore:
     def records(self) -> Iterator[Record]:
         """All records of the current format version, in key order. Reads metadata only."""
         try:
-            yield from self._records()
+            yield from sql.records(self)
         except sqlite3.DatabaseError as error:
             if not recover(self, error):
                 raise
 
-    def _records(self) -> Iterator[Record]:
-        self._flush_quietly()
-        start = self._kstart
-        for db_key in self._cache.iterkeys():
-            if not (isinstance(db_key, str) and db_key.startswith(start) and db_key.endswith(":m")):
-                continue
-            raw = sql.read(self, db_key)
-            if raw is None:
-                continue
-            try:
-                yield self._parse_record(raw)
-            except ValueError:
-                continue
-
-    @_recovering
+    @recovering
     def volume(self) -> int:
         """Total size in bytes of the entries (kept as a running total by SQLite triggers, within the same
         transactions as the entries; :meth:`prune` recounts it)."""
         self._flush_quietly()
-        return self._total()
-
-    def _total(self) -> int:
-        if self._fast_reads:
-            try:
-                row = self._cache._sql(sql.SELECT_VOLUME).fetchone()
-            except (AttributeError, sqlite3.OperationalError) as error:
-                sql.fast_read_failed(self, error)
-            else:
-                return max(0, int(row[0])) if row is not None and isinstance(row[0], int) else 0
-        # A diskcache this store cannot query directly: add the records up (slow, but right).
-        return sum(record.size for record in self.records())
+        return sql.volume_total(self)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -488,7 +417,7 @@ class ResultStore:
     def _waiting_since(self) -> float | None:
         return self._deferred_since
 
-    @_recovering
+    @recovering
     def flush(self) -> None:
         """Commit the deferred saves now (see :meth:`save`), in one transaction.
 
@@ -522,13 +451,13 @@ class ResultStore:
 
     # -- deleting ----------------------------------------------------------------------------------
 
-    @_recovering
+    @recovering
     def delete(self, key: str) -> bool:
         """Delete the entry for ``key``; return whether there was one."""
         self._commit_deferred(key)
-        return self._delete_if(key, lambda current: True)
+        return eviction.delete_if(self, key, lambda current: True)
 
-    @_recovering
+    @recovering
     def prune(self) -> int:
         """Delete expired entries, then least recently used ones until the total size is within the limit.
 
@@ -539,7 +468,7 @@ class ResultStore:
         self._flush_quietly()
         return prune(self, protect=None, target=self.size_limit)
 
-    @_recovering
+    @recovering
     def clear(self) -> int:
         """Delete every entry in the store; return the number of entries removed.
 
@@ -568,86 +497,6 @@ class ResultStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """``self._cache.transact()``, safe to interrupt.
-
-        A KeyboardInterrupt can land inside diskcache's own bookkeeping around a transaction (between
-        ``BEGIN`` and noting the transaction, or between clearing that note and ``COMMIT``), leaving this
-        thread's connection inside a transaction nobody will end: every later write would then fail.
-        After an interrupt the connection is dropped instead, which rolls back whatever it left open;
-        the next use opens a fresh one.
-        """
-        try:
-            with self._cache.transact():
-                yield
-        except BaseException as error:
-            if not isinstance(error, Exception):
-                self._drop_connection()
-            raise
-
-    def _drop_connection(self) -> None:
-        cache = self._cache
-        if getattr(cache, "_txn_id", None) == threading.get_ident():
-            cache._txn_id = None
-        try:
-            cache.close()  # this thread's connection only
-        except Exception:
-            pass
-
-    def _delete_if(self, key: str, condition: Callable[[str], bool], payload: Any = _ANY) -> bool:
-        """Delete the entry if its current record text satisfies ``condition`` (and, when ``payload`` is
-        given, its payload row still holds exactly that); return whether it did."""
-        cache = self._cache
-        mkey = self._mkey(key)
-        with self._transaction():
-            raw = cache.get(mkey)
-            if raw is None or not condition(raw):
-                return False
-            if payload is not _ANY and cache.get(self._pkey(key)) != payload:
-                return False
-            cache.delete(mkey)
-            cache.delete(self._pkey(key))
-            record = self._try_parse(raw)
-        if record is not None:
-            self._files.remove_entry_files(record)
-        return True
-
-    def _same_entry(self, record: Record) -> Callable[[str], bool]:
-        """A condition for :meth:`_delete_if`: the stored entry is still the one ``record`` describes."""
-
-        def same(raw: str) -> bool:
-            current = self._try_parse(raw)
-            return current is None or current.mac == record.mac
-
-        return same
-
-    def _discard(self, key: str, record: Record | None, raw: str, reason: str) -> None:
-        """Delete an entry that failed verification and warn once (naming its task, if known)."""
-        if record is None:
-            self._delete_if(key, lambda current: current == raw)
-        else:
-            self._delete_if(key, self._same_entry(record))
-        _warn_failed(key, record, reason)
-
-    def _reject(self, key: str, payload: Any, reason: str) -> None:
-        """Delete an entry whose payload failed verification and warn once, naming its task as its
-        (unauthenticated) record does: the payload's own signed fields are not to be trusted."""
-        cache = self._cache
-        pkey = self._pkey(key)
-        raw = cache.get(self._mkey(key))
-        record = self._try_parse(raw)
-        if raw is not None:
-            self._delete_if(key, lambda current: current == raw, payload)
-            if record is None:
-                reason = "has unreadable metadata"
-        else:
-            # A payload without a record (left by tampering): removed on its own.
-            with self._transaction():
-                if cache.get(self._mkey(key)) is None and cache.get(pkey) == payload:
-                    cache.delete(pkey)
-        _warn_failed(key, record, reason)
 
     # -- LRU bookkeeping ---------------------------------------------------------------------------
 
@@ -693,25 +542,14 @@ class ResultStore:
                     continue
         return total
 
-    @_recovering
+    @recovering
     def delete_records(self, records: list[Record]) -> list[Record]:
         """Delete the entries ``records`` describe, each only if it is still that entry (one saved again
         since the records were read is kept); return the records of the entries deleted."""
         self._flush_quietly()
-        return [record for record in records if self._delete_if(record.key, self._same_entry(record))]
+        return [record for record in records if eviction.delete_if(self, record.key, eviction.same_entry(self, record))]
 
 
-
-
-def _warn_failed(key: str, record: Record | None, reason: str) -> None:
-    """The one warning for an entry that failed verification and was deleted (naming its task, if known)."""
-    task = f"task {record.task_name!r}" if record is not None else "an unknown task"
-    warnings.warn(
-        f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "
-        f"and is treated as a cache miss",
-        NbflowWarning,
-        stacklevel=4,  # the caller of the store method that met the entry
-    )
 
 
 def _registered(name: str) -> Serializer | None:

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbflow.exceptions import UnfingerprintableError
 from nbflow.hashing import Fingerprinter, fingerprint, fingerprint_many, register, unregister
@@ -840,3 +842,20 @@ def test_flag_enums() -> None:
     assert fingerprint(Perm.R | Perm.W) != fingerprint(Perm.R | Perm.X)
     assert fingerprint(Perm.R | Perm.W) == fingerprint(Perm.W | Perm.R)
     assert fingerprint(Perm.R) != fingerprint(Perm.W)
+
+
+# Nested plain values of every kind the fast path encodes inline (and some it hands back to the full one).
+_PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: (st.lists(children, max_size=5) | st.tuples(children, children)
+                      | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=5)
+                      | st.frozensets(st.integers() | st.text(max_size=5), max_size=4)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_PLAIN)
+def test_fast_path_matches_full_encoder_on_random_values(value: Any) -> None:
+    # fingerprint() takes the fast path where it can; the streaming Fingerprinter always runs the full one.
+    assert Fingerprinter().update(value).hexdigest() == fingerprint(value)
