@@ -24,7 +24,7 @@ from nbflow.exceptions import NbflowWarning
 from nbflow.store import sql
 from nbflow.store.blobs import IN_USE, ORPHAN_AGE, release
 from nbflow.store.record import Record
-from nbflow.store.sealing import mac_of
+from nbflow.store.sealing import MAC_MISMATCH, mac_of
 
 if TYPE_CHECKING:
     from nbflow.store.store import ResultStore
@@ -310,7 +310,7 @@ def discard(store: ResultStore, key: str, record: Record | None, raw: str, reaso
         delete_if(store, key, lambda current: current == raw)
     else:
         delete_if(store, key, same_entry(store, record))
-    warn_failed(key, record, reason)
+    warn_failed(store, key, record, reason)
 
 
 def reject(store: ResultStore, key: str, payload: Any, reason: str) -> None:
@@ -329,11 +329,16 @@ def reject(store: ResultStore, key: str, payload: Any, reason: str) -> None:
         with sql.transaction(store):
             if cache.get(store._mkey(key)) is None and cache.get(pkey) == payload:
                 cache.delete(pkey)
-    warn_failed(key, record, reason)
+    warn_failed(store, key, record, reason)
 
 
-def warn_failed(key: str, record: Record | None, reason: str) -> None:
-    """The one warning for an entry that failed verification and was deleted (naming its task, if known)."""
+def warn_failed(store: ResultStore, key: str, record: Record | None, reason: str) -> None:
+    """The one warning for an entry that failed verification and was deleted (naming its task, if known).
+
+    Not for a MAC that fails under a key the store already said is not the entries' (opening.check_key).
+    """
+    if store.other_key and reason == MAC_MISMATCH:
+        return
     task = f"task {record.task_name!r}" if record is not None else "an unknown task"
     warnings.warn(
         f"the cached result of {task} (key {key}) {reason}; it failed verification, was deleted, "

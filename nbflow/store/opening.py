@@ -177,12 +177,15 @@ def recover(store: ResultStore, error: BaseException) -> bool:
 
 
 def check_key(store: ResultStore) -> None:
-    """If the secret key is not the one the store's entries were written with (lost, or replaced), remove
-    those entries, which can never verify, with one warning, instead of one warning per entry met.
+    """If the secret key is not the one the store's entries were written with (lost, replaced, or another key
+    file configured in this process), say so once, and let the entries that then fail their MAC go quietly
+    (a miss each, deleted as it is met) instead of with one warning each.
 
-    ``key-id`` in the store directory holds an HMAC of a constant under the key: it tells whether keys
-    match without telling anything about the key. (Someone who can write the store can copy that file
-    along with entries of their own: those still fail verification one by one.)
+    Nothing is deleted here: a process that was merely given another key file (a shell whose
+    NBFLOW_SECRET_FILE differs from the kernel's) must not wipe the store. ``key-id`` in the store directory
+    holds an HMAC of a constant under the key: it tells whether keys match without telling anything about
+    the key. Someone who can write the store can copy that file along with entries of their own: those
+    still fail verification, one warning each.
     """
     if store.read_only:
         return
@@ -196,12 +199,12 @@ def check_key(store: ResultStore) -> None:
         return
     if known == key_id:
         return
-    removed = store.clear() if known is not None else 0
-    if removed:
+    if known is not None and sql.volume_total(store) > 0:  # an empty store has nothing to say about
+        store.other_key = True
         _warn_once(
-            f"the nbflow secret key {store.secret_file} is not the key this store's results were written with "
-            f"(it was lost or replaced): the {removed} results written with the other key can never be "
-            "verified, so they were removed and are computed again"
+            f"the nbflow secret key {store.secret_file} is not the key the results in {store.directory} were "
+            "written with (it was lost or replaced, or another key file is set here): those results cannot be "
+            "verified, so they are computed again (each is removed when met, without a warning of its own)"
         )
     temporary = f"key-id.{secrets.token_hex(4)}.tmp"
     try:

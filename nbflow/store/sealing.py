@@ -21,7 +21,10 @@ from nbflow.store.blobs import CHUNK
 from nbflow.store.interface import Invalid
 from nbflow.store.record import FORMAT_VERSION, SIGNED_FIELDS, Record
 
-__all__ = ["MAGIC", "Sealer", "mac_of"]
+__all__ = ["MAC_MISMATCH", "MAGIC", "Sealer", "mac_of"]
+
+# The reason an entry fails when its MAC does not match (eviction.warn_failed tells it apart).
+MAC_MISMATCH = "does not match its authentication code"
 
 MAC_DOMAIN = b"nbflow-store-entry\x00"
 # The payload row (see the module documentation): magic, MAC, length of the signed fields, signed fields,
@@ -111,7 +114,7 @@ class Sealer:
         outer = self._outer.copy()
         outer.update(inner.digest())
         if not hmac.compare_digest(outer.digest(), payload[MAC_START:MAC_END]):
-            raise Invalid("does not match its authentication code")
+            raise Invalid(MAC_MISMATCH)
         # From here on the signed fields are authentic: written by a store that holds the secret.
         end = HEADER + int.from_bytes(payload[MAC_END:HEADER], "big")
         try:

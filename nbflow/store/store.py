@@ -107,6 +107,8 @@ class ResultStore:
         make_directories(self)
         self._root = str(self.directory)
         self._files = BlobFiles(self._root, self._secret, strict=self.strict_buffers)
+        #: Whether the entries were written under another secret key than this store's (opening.check_key).
+        self.other_key = False
         #: Whether the store could only be opened read-only (a full disk, a read-only file system): hits
         #: are served, saves raise :class:`~nbflow.exceptions.StoreUnwritable`.
         self.read_only = False
