@@ -16,7 +16,7 @@ import errno
 import os
 from collections.abc import Iterator
 
-__all__ = ["directory_fd", "open_inside", "relative_parts", "replace_inside", "unlink_inside"]
+__all__ = ["directory_fd", "open_inside", "relative_parts", "replace_inside", "tree_size", "unlink_inside"]
 
 _DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -107,3 +107,15 @@ def replace_inside(root: str, source: str, target: str) -> None:
         raise OSError(errno.EPERM, "not a rename inside one directory of the nbflow store", target)
     with directory_fd(root, source_parts[:-1]) as directory:
         os.replace(source_parts[-1], target_parts[-1], src_dir_fd=directory, dst_dir_fd=directory)
+
+
+def tree_size(root: str) -> int:
+    """Bytes the files under ``root`` take, summed from their sizes (links counted as links, not followed)."""
+    total = 0
+    for directory, _directories, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+    return total

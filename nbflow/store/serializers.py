@@ -201,3 +201,28 @@ def get_serializer(name_or_instance: str | Serializer) -> Serializer:
 def known_serializers() -> list[str]:
     """Names of the serializers registered in this process."""
     return sorted(_registry)
+
+
+def serialize(
+    serializer: Serializer, value: Any, task_name: str
+) -> tuple[bytes, list[memoryview]]:
+    """``serializer.dumps(value)`` as the store writes it: the stream as bytes and the buffers as flat byte
+    views; any failure is a :class:`~nbflow.exceptions.SerializationError` naming the task."""
+    try:
+        stream, views = serializer.dumps(value)
+    except SerializationError as error:
+        raise SerializationError(f"the result of task {task_name!r} cannot be stored: {error}") from error
+    except Exception as error:
+        raise SerializationError(
+            f"the result of task {task_name!r} cannot be stored: serializer {serializer.name!r} failed "
+            f"on a value of type {type(value).__name__} ({type(error).__name__}: {error}); pass "
+            f"persist_result=False to keep such results in memory only"
+        ) from error
+    if type(stream) is not bytes:
+        stream = bytes(stream)
+    cast: list[memoryview] = []
+    for view in views:
+        view = memoryview(view)
+        cast.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
+    return stream, cast
+

@@ -40,17 +40,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbflow._idle import IdleWriter
-from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, SerializationError, StoreUnwritable
+from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, StoreUnwritable
 from nbflow.store import batches, eviction, sql
 from nbflow.store.batches import DEFER_DELAY, DEFER_MAX_BYTES, Deferred
 from nbflow.store.blobs import KEYED, BlobFiles
 from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
 from nbflow.store.interface import CacheMiss, Invalid
 from nbflow.store.opening import check_key, make_directories, open_cache, recover, recovering, table_is_known
+from nbflow.store.paths import tree_size
 from nbflow.store.record import FORMAT_VERSION, Record
 from nbflow.store.sealing import Sealer
 from nbflow.store.secret import load_or_create_secret
-from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer
+from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer, serialize
 
 if TYPE_CHECKING:
     from nbflow.settings import Settings
@@ -339,7 +340,7 @@ class ResultStore:
         chosen = get_serializer(serializer)
         if not isinstance(serializer, str) and _registered(chosen.name) is not chosen:
             register_serializer(chosen)  # so that this process can load what it saved
-        stream, views = self._serialize(chosen, value, task_name)
+        stream, views = serialize(chosen, value, task_name)
         if defer and not views and len(stream) <= DEFER_MAX_BYTES and self._fast_writes:
             record, payload = self._sealer.entry(key, task_name, run_id, expires, chosen.name, stream, [], "")
             batches.defer(self, key, (record, payload, on_lost))
@@ -392,27 +393,6 @@ class ResultStore:
                 prune(self, protect=key, target=int(self.size_limit * PRUNE_LOW_WATER))
             except self._write_errors:
                 pass  # eviction is retried by the next save or prune()
-
-    def _serialize(
-        self, serializer: Serializer, value: Any, task_name: str
-    ) -> tuple[bytes, list[memoryview]]:
-        try:
-            stream, views = serializer.dumps(value)
-        except SerializationError as error:
-            raise SerializationError(f"the result of task {task_name!r} cannot be stored: {error}") from error
-        except Exception as error:
-            raise SerializationError(
-                f"the result of task {task_name!r} cannot be stored: serializer {serializer.name!r} failed "
-                f"on a value of type {type(value).__name__} ({type(error).__name__}: {error}); pass "
-                f"persist_result=False to keep such results in memory only"
-            ) from error
-        if type(stream) is not bytes:
-            stream = bytes(stream)
-        cast: list[memoryview] = []
-        for view in views:
-            view = memoryview(view)
-            cast.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
-        return stream, cast
 
     # -- deferred saves ----------------------------------------------------------------------------
 
@@ -487,6 +467,11 @@ class ResultStore:
             self._pending_touches.clear()
         return count
 
+    def disk_usage(self) -> int:
+        """Bytes the store's files take on disk (database and journal, diskcache's value files, buffer
+        files), summed from file sizes."""
+        return tree_size(self._root)
+
     def close(self) -> None:
         """Commit the deferred saves, write pending hit counts and use times, and close the database
         connection (the store reopens on next use)."""
@@ -531,18 +516,6 @@ class ResultStore:
 
     # -- for `nbflow cache`: sizing and clearing by metadata alone ----------------------------------
     # (Used by the CLI, possibly while kernels write the same store. Nothing here reads a payload.)
-
-    def disk_usage(self) -> int:
-        """Bytes the store's files take on disk (database and journal, diskcache's value files, buffer
-        files), summed from file sizes."""
-        total = 0
-        for root, _directories, files in os.walk(self.directory):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except FileNotFoundError:  # removed by another process meanwhile
-                    continue
-        return total
 
     @recovering
     def delete_records(self, records: list[Record]) -> list[Record]:
