@@ -47,11 +47,11 @@ KEYED = "b2k:"
 # Blob files and temporary files this old that no record refers to are garbage (a save refreshes its
 # files' mtime right before committing, so files of an in-flight save are always younger than this).
 ORPHAN_AGE = 60.0
-# How often opening a store sweeps the temporary files of killed writers (see ResultStore._sweep_if_due).
+# How often opening a store sweeps the temporary files of killed writers (see BlobFiles.sweep_if_due).
 SWEEP_INTERVAL = 3600.0
 # Keys that can be used directly in a blob file name.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
-# What ResultStore._claim returns for an entry a load is reading (never a file descriptor).
+# What BlobFiles.claim returns for an entry a load is reading (never a file descriptor).
 IN_USE = -1
 
 
@@ -180,7 +180,7 @@ class BlobFiles:
                 pass  # left for prune()'s garbage collection
 
     def lease(self, path: str) -> int | None:
-        """Open a buffer file with a shared lock, marking its entry as being read (see :meth:`_claim`)."""
+        """Open a buffer file with a shared lock, marking its entry as being read (see :meth:`claim`)."""
         if fcntl is None:
             return None
         try:

@@ -295,7 +295,7 @@ def delete_if(store: ResultStore, key: str, condition: Callable[[str], bool], pa
 
 
 def same_entry(store: ResultStore, record: Record) -> Callable[[str], bool]:
-    """A condition for :meth:`_delete_if`: the stored entry is still the one ``record`` describes."""
+    """A condition for :func:`delete_if`: the stored entry is still the one ``record`` describes."""
 
     def same(raw: str) -> bool:
         current = store._try_parse(raw)

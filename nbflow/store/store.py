@@ -121,7 +121,7 @@ class ResultStore:
         self._fast_reads = getattr(diskcache.core, "MODE_RAW", None) == sql.MODE_RAW
         self._fast_writes = (self._fast_reads and not self.read_only and sqlite3.sqlite_version_info >= (3, 35)
                              and table_is_known(self))
-        # Whether touches may rewrite records with SQLite's JSON functions (see _touch_directly).
+        # Whether touches may rewrite records with SQLite's JSON functions (see eviction.touch_directly).
         self._json_touches = True
         self._write_errors: tuple[type[BaseException], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
         # pydantic-core's JSON parser is several times faster than the json module on records, which
