@@ -200,7 +200,7 @@ class BlobFiles:
         """Lock an entry's first buffer file for eviction: :data:`IN_USE` if a load is reading the entry.
 
         Otherwise an open descriptor holding the lock (``None`` when there is nothing to lock), to be
-        closed with :func:`_release` once the entry's files are deleted.
+        closed with :func:`release` once the entry's files are deleted.
         """
         if fcntl is None or not record.buffers:
             return None
