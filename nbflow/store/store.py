@@ -41,25 +41,23 @@ from typing import TYPE_CHECKING, Any
 
 from nbflow._idle import IdleWriter
 from nbflow.exceptions import ConfigurationError, NbflowWarning, PersistError, StoreUnwritable
-from nbflow.store import batches, eviction, sql
+from nbflow.store import batches, eviction, loading, sql
 from nbflow.store.batches import DEFER_DELAY, DEFER_MAX_BYTES, Deferred
-from nbflow.store.blobs import KEYED, BlobFiles
-from nbflow.store.eviction import PRUNE_LOW_WATER, count_hit, flush_touches, prune
-from nbflow.store.interface import CacheMiss, Invalid
+from nbflow.store.blobs import BlobFiles
+from nbflow.store.eviction import PRUNE_LOW_WATER, flush_touches, prune
+from nbflow.store.interface import CacheMiss
 from nbflow.store.opening import check_key, make_directories, open_cache, recover, recovering, table_is_known
 from nbflow.store.paths import tree_size
 from nbflow.store.record import FORMAT_VERSION, Record
 from nbflow.store.sealing import Sealer
 from nbflow.store.secret import load_or_create_secret
-from nbflow.store.serializers import Serializer, WritableBuffer, get_serializer, register_serializer, serialize
+from nbflow.store.serializers import Serializer, get_serializer, register_serializer, serialize
 
 if TYPE_CHECKING:
     from nbflow.settings import Settings
 
 __all__ = ["CacheMiss", "ResultStore"]
 
-# How often load() retries when the entry changes while it is being read (its buffer files replaced).
-_LOAD_ATTEMPTS = 4
 
 
 
@@ -212,79 +210,11 @@ class ResultStore:
         :class:`~nbflow.exceptions.NbflowWarning` naming its task, and treated as a miss.
         """
         try:
-            return self._load(key, type_hint)
+            return loading.load(self, key, type_hint)
         except sqlite3.DatabaseError as error:
             if not recover(self, error):
                 raise
             raise CacheMiss(key, "the store's database was damaged and has been replaced") from None
-
-    def _load(self, key: str, type_hint: Any) -> Any:
-        self._commit_deferred(key)  # rare (the same call again within milliseconds): then read as any other
-        for _ in range(_LOAD_ATTEMPTS):
-            payload, written = sql.read_payload(self, key)
-            if written is None:
-                raise CacheMiss(key)
-            try:
-                value = self._open(key, payload, type_hint)
-            except Invalid as failure:
-                # A save or an eviction may have replaced or deleted the entry (and its buffer files) while
-                # it was being read: only an entry that is still the one read is corrupt.
-                current, still = sql.read_payload(self, key)
-                if still is None:
-                    raise CacheMiss(key) from None
-                if current != payload:
-                    continue
-                eviction.reject(self, key, payload, str(failure))
-                raise CacheMiss(key, f"failed verification: {failure}") from None
-            count_hit(self, key, written, payload)
-            return value
-        raise CacheMiss(key, "the entry kept changing while being read")
-
-    def _open(self, key: str, payload: Any, type_hint: Any) -> Any:
-        """Verify a payload row read for ``key`` and rebuild its value (raises :class:`_Invalid`)."""
-        task_name, expires, name, checksums, stream_size, blob_id, end = self._sealer.verify(key, payload)
-        if len(payload) - end != stream_size:
-            raise Invalid("has a payload of the wrong size")
-        if expires is not None and expires <= time.time():
-            eviction.delete_if(self, key, eviction.always, payload)
-            raise CacheMiss(key, "expired")
-        buffers: list[WritableBuffer] = []
-        lease: int | None = None
-        if checksums:
-            if self.strict_buffers and not all(c.startswith(KEYED) for _, c in checksums):
-                # Written without keyed buffer MACs: not trusted in strict mode, but not corrupt either.
-                raise CacheMiss(key, "written without strict buffer authentication")
-            # Held until the value is rebuilt: eviction skips an entry whose first buffer file is leased,
-            # so an entry is never evicted from under a load that is reading it.
-            lease = self._files.lease(self._files.path(key, blob_id, 0))
-        try:
-            for index, (size, checksum) in enumerate(checksums):
-                buffers.append(self._files.read(self._files.path(key, blob_id, index), size, checksum))
-            try:
-                serializer = get_serializer(name)
-            except ConfigurationError:
-                warnings.warn(
-                    f"the cached result of task {task_name!r} was written with serializer {name!r}, which "
-                    f"is not registered in this process; it is treated as a cache miss",
-                    NbflowWarning,
-                    stacklevel=3,
-                )
-                raise CacheMiss(key, "unknown serializer") from None
-            try:
-                return serializer.loads(payload[end:], buffers, type_hint)
-            except Exception as error:
-                # Authentic but unusable here, e.g. a class that was renamed since, or a changed type hint.
-                eviction.delete_if(self, key, eviction.always, payload)
-                warnings.warn(
-                    f"the cached result of task {task_name!r} could not be deserialized "
-                    f"({type(error).__name__}: {error}); it was deleted and is treated as a cache miss",
-                    NbflowWarning,
-                    stacklevel=3,
-                )
-                raise CacheMiss(key, "could not be deserialized") from error
-        finally:
-            if lease is not None:
-                os.close(lease)
 
     def records(self) -> Iterator[Record]:
         """All records of the current format version, in key order. Reads metadata only."""
