@@ -352,3 +352,27 @@ def test_the_engines_inline_default_key_agrees_with_the_policy_on_random_argumen
     expected = DEFAULT.compute_key(context, {"x": x, "factor": factor, "verbose": verbose})
     assert task_run.cache_key == xxhash.xxh3_128_hexdigest(f"scale|{expected}".encode()), state
     assert task_run.key_parts == context.parts
+
+
+def test_a_store_that_fails_to_read_makes_a_miss_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from nbflow.engine.runtime import get_store
+
+    @nbflow.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    store = get_store()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error (a test's)")
+
+    monkeypatch.setattr(store, "load", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        states = [double(x, return_state=True) for x in (1, 2, 1)]
+    assert [state.result() for state in states] == [2, 4, 2]
+    assert [state.name for state in states] == ["Completed"] * 3
+    messages = [str(w.message) for w in caught if issubclass(w.category, NbflowWarning)]
+    assert len(messages) == 1 and "disk I/O error (a test's)" in messages[0], messages

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import xxhash
 
 from nbflow import events
+from nbflow._recovery import warn_once
 from nbflow.cache_policies import ArgumentError, KeyContext, default_key_exclusions, fingerprint_arguments
 from nbflow.context import (
     CompletedCall,
@@ -115,16 +116,10 @@ _UNFINISHED = frozenset({"", StateType.PENDING.value, StateType.SCHEDULED.value,
 _ENDS_AT_ONCE = frozenset({StateType.COMPLETED, StateType.CANCELLED, StateType.CRASHED})
 
 
-_troubles: set[str] = set()
-
-
 def _store_trouble(error: BaseException) -> None:
     """One warning per kind of store failure a task call met (it then ran as if uncached)."""
-    text = f"{type(error).__name__}: {error}"
-    if text not in _troubles:
-        _troubles.add(text)
-        warnings.warn(f"reading the nbflow result store failed ({text}); tasks run as cache misses meanwhile",
-                      NbflowWarning, stacklevel=6)
+    warn_once(f"reading the nbflow result store failed ({type(error).__name__}: {error}); tasks run as cache "
+              "misses meanwhile", stacklevel=7)
 
 
 def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_seconds: float | None,
