@@ -101,16 +101,8 @@ def finish_session() -> None:
 def flush_store() -> None:
     """Commit the deferred saves of the open store now (a failure warns; the calls' states say so too)."""
     store = _store
-    if store is None:
-        return
-    from nbflow.exceptions import NbflowWarning, PersistError
-
-    try:
-        store.flush()
-    except PersistError as error:
-        import warnings
-
-        warnings.warn(str(error), NbflowWarning, stacklevel=2)
+    if store is not None:
+        store.flush_quietly()
 
 
 def _end_session() -> None:

@@ -108,7 +108,7 @@ def forget(store: ResultStore, batch: list[tuple[str, Deferred]]) -> None:
 def _flush_at_exit() -> None:
     for store in list(deferring):
         try:
-            store._flush_quietly()
+            store.flush_quietly()
         except Exception:  # a store whose files are gone: nothing to do at exit
             pass
 

@@ -310,7 +310,7 @@ def drop_connection(store: ResultStore) -> None:
 
 def records(store: ResultStore) -> Iterator[Record]:
     """The records of the store's format version, in key order (unreadable ones skipped)."""
-    store._flush_quietly()
+    store.flush_quietly()
     start = store._kstart
     for db_key in store._cache.iterkeys():
         if not (isinstance(db_key, str) and db_key.startswith(start) and db_key.endswith(":m")):

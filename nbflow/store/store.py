@@ -147,7 +147,7 @@ class ResultStore:
         self._deferred_since: float | None = None
         self._deferred_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one batch written at a time: saves of a key land in order
-        self._idle = IdleWriter("nbflow-store", DEFER_DELAY, self._waiting_since, self._flush_quietly)
+        self._idle = IdleWriter("nbflow-store", DEFER_DELAY, self._waiting_since, self.flush_quietly)
         check_key(self)
         self._files.sweep_if_due(self.read_only)
 
@@ -228,7 +228,7 @@ class ResultStore:
     def volume(self) -> int:
         """Total size in bytes of the entries (kept as a running total by SQLite triggers, within the same
         transactions as the entries; :meth:`prune` recounts it)."""
-        self._flush_quietly()
+        self.flush_quietly()
         return sql.volume_total(self)
 
     # -- writing -----------------------------------------------------------------------------------
@@ -350,9 +350,9 @@ class ResultStore:
     def _commit_deferred(self, key: str) -> None:
         """Commit the deferred saves first if one of them is ``key``'s (what follows reads or replaces it)."""
         if self._deferred and key in self._deferred:
-            self._flush_quietly()
+            self.flush_quietly()
 
-    def _flush_quietly(self) -> bool:
+    def flush_quietly(self) -> bool:
         """:meth:`flush`, warning instead of raising (where no task call would get the error)."""
         try:
             self.flush()
@@ -377,7 +377,7 @@ class ResultStore:
         that no record refers to (files only once they are over a minute old, so that saves in progress
         are left alone). Returns the number of entries removed.
         """
-        self._flush_quietly()
+        self.flush_quietly()
         return prune(self, protect=None, target=self.size_limit)
 
     @recovering
@@ -389,7 +389,7 @@ class ResultStore:
         in progress. An entry committed while it runs is kept whole; one a load is reading right then is
         left for a later clear or prune.
         """
-        self._flush_quietly()
+        self.flush_quietly()
         count = prune(self, protect=None, target=-1)
         with self._lock:
             self._pending_hits.clear()
@@ -405,7 +405,7 @@ class ResultStore:
     def close(self) -> None:
         """Commit the deferred saves, write pending hit counts and use times, and close the database
         connection (the store reopens on next use)."""
-        self._flush_quietly()
+        self.flush_quietly()
         flush_touches(self, all_hits=True)
         self._cache.close()
 
@@ -451,7 +451,7 @@ class ResultStore:
     def delete_records(self, records: list[Record]) -> list[Record]:
         """Delete the entries ``records`` describe, each only if it is still that entry (one saved again
         since the records were read is kept); return the records of the entries deleted."""
-        self._flush_quietly()
+        self.flush_quietly()
         return [record for record in records if eviction.delete_if(self, record.key, eviction.same_entry(self, record))]
 
 
