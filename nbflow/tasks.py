@@ -8,12 +8,14 @@ import datetime as _dt
 import functools
 import inspect
 import math
+import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from nbflow.cache_policies import DEFAULT, CacheKeyFnPolicy, CachePolicy, KeyContext
 from nbflow.engine.retries import RetryDelay, check_delay
-from nbflow.exceptions import ConfigurationError
+from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
@@ -92,6 +94,7 @@ class Task(Generic[P, R]):
         task_run_name: str | Callable[[], str] | None = None,
         on_commit: Iterable[TransactionHook] = (),
         on_rollback: Iterable[TransactionHook] = (),
+        files: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@task decorates a function; got {fn!r}")
@@ -112,6 +115,8 @@ class Task(Generic[P, R]):
                 f"{owner}: cache_policy={cache_policy!r} is not a cache policy; use one from "
                 "nbflow.cache_policies, e.g. INPUTS + TASK_SOURCE"
             )
+        if cache_key_fn is None and cache_policy is not DEFAULT:
+            _warn_if_code_left_out(fn, cache_policy, owner)
         if cache_key_fn is not None and not callable(cache_key_fn):
             raise ConfigurationError(f"{owner}: cache_key_fn must be callable(context, parameters) -> str | None")
         if isinstance(cache_expiration, (int, float)) and not isinstance(cache_expiration, bool):
@@ -125,6 +130,7 @@ class Task(Generic[P, R]):
             )
         if isinstance(tags, str):
             tags = (tags,)
+        files = _check_files(files, owner)
         if task_run_name is not None and not (isinstance(task_run_name, str) or callable(task_run_name)):
             raise ConfigurationError(f"{owner}: task_run_name must be a string template or a callable")
 
@@ -152,6 +158,9 @@ class Task(Generic[P, R]):
         self.on_commit_hooks: list[TransactionHook] = list(_check_hooks(on_commit, "on_commit", owner))
         self.on_rollback_hooks: list[TransactionHook] = list(_check_hooks(on_rollback, "on_rollback", owner))
         self.is_async: bool = inspect.iscoroutinefunction(fn)
+        # Files and directories read in ways the audit hook cannot see (inside C libraries): recorded
+        # with every computed call as if it had read them.
+        self.files: tuple[str, ...] = files
         self._options: dict[str, Any] = {
             "name": name, "retries": retries, "retry_delay_seconds": retry_delay_seconds,
             "retry_jitter_factor": retry_jitter_factor, "retry_condition_fn": retry_condition_fn,
@@ -160,7 +169,7 @@ class Task(Generic[P, R]):
             "persist_result": persist_result, "result_serializer": result_serializer, "tags": tuple(tags),
             "log_prints": log_prints, "on_completion": self.on_completion, "on_failure": self.on_failure,
             "task_run_name": task_run_name, "on_commit": self.on_commit_hooks,
-            "on_rollback": self.on_rollback_hooks,
+            "on_rollback": self.on_rollback_hooks, "files": files,
         }
         self._signature: inspect.Signature | None = None
         # How calls bind to parameters without inspect.Signature.bind (see bind_arguments): the
@@ -386,6 +395,7 @@ def task(
     task_run_name: str | Callable[[], str] | None = None,
     on_commit: Iterable[TransactionHook] = (),
     on_rollback: Iterable[TransactionHook] = (),
+    files: Iterable[str | os.PathLike[str]] = (),
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -401,14 +411,74 @@ def task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     ``result_serializer`` ("pickle" or "json"); ``tags``; ``log_prints``; hooks ``on_completion`` and
     ``on_failure`` called ``(task, task_run, state)``; ``task_run_name`` (a template formatted with the
     call's arguments, or a callable); transaction hooks ``on_commit`` / ``on_rollback`` called
-    ``(transaction)`` (also as decorators: ``@my_task.on_rollback``). ``async def`` functions make tasks
-    that are awaited.
+    ``(transaction)`` (also as decorators: ``@my_task.on_rollback``); ``files``: paths of files or
+    directories the task reads in ways nbflow cannot see (inside C libraries such as pyarrow), checked
+    for changes like the files it opens through Python. ``async def`` functions make tasks that are
+    awaited.
     """
     if fn is None:
         return lambda function: Task(function, **options)
     if options:
         raise ConfigurationError("use @task(...) with keyword options only, e.g. @nbflow.task(retries=2)")
     return Task(fn)
+
+
+def _check_files(files: Any, owner: str) -> tuple[str, ...]:
+    if isinstance(files, (str, os.PathLike)):
+        files = (files,)
+    try:
+        paths = tuple(os.fspath(path) for path in files)
+    except TypeError:
+        raise ConfigurationError(
+            f"{owner}: files must be paths (str or pathlib.Path) or a list of them, got {files!r}"
+        ) from None
+    if not all(isinstance(path, str) and path for path in paths):
+        raise ConfigurationError(f"{owner}: files must be non-empty text paths, got {files!r}")
+    return paths
+
+
+_warned_policies: set[tuple[str, str]] = set()
+
+
+def _warn_if_code_left_out(fn: Any, policy: CachePolicy, owner: str) -> None:
+    """Warn (once per function and policy) when an explicit policy of a notebook or project task leaves
+    the task's code out of the key: editing the function would then return the old result. ``INPUTS -
+    "verbose"`` is the usual slip; ``DEFAULT - "verbose"`` keeps the code."""
+    from nbflow.cache_policies import NoCache, TaskSource
+
+    parts = policy.parts()
+    if any(isinstance(part, (TaskSource, NoCache, CacheKeyFnPolicy)) for part in parts):
+        return
+    from nbflow.hashing.code import is_user_function
+
+    if not is_user_function(fn):
+        return
+    seen = (getattr(fn, "__module__", "") + "." + getattr(fn, "__qualname__", ""), repr(policy))
+    if seen in _warned_policies:
+        return
+    _warned_policies.add(seen)
+    suggestion = repr(policy).replace("INPUTS", "DEFAULT", 1) if "INPUTS" in repr(policy) else "DEFAULT"
+    warnings.warn(
+        f"{owner}: cache_policy={policy!r} leaves the task's code out of its cache key, so after an edit "
+        f"of the function a call returns the result the old code computed. Use cache_policy={suggestion} "
+        "(DEFAULT is INPUTS + TASK_SOURCE), or add + TASK_SOURCE.",
+        NbflowWarning,
+        stacklevel=_caller_level(),
+    )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside nbflow (the user's decorator or call)."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def _mappable(value: Any) -> bool:

@@ -44,7 +44,9 @@ from nbflow.context import (
     _transaction,
     current_flow_run,
 )
-from nbflow.engine import runtime
+from nbflow.engine import randomness, runtime
+from nbflow.engine.conditions import Conditional, Observation, key_parts
+from nbflow.engine.file_reads import current as current_recorder
 from nbflow.engine.futures import TaskFuture, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
@@ -58,7 +60,8 @@ from nbflow.exceptions import (
     TaskTimeoutError,
     UnfingerprintableError,
 )
-from nbflow.hashing import code_identity
+from nbflow.hashing import code_identity, fingerprint
+from nbflow.hashing.code import may_draw
 from nbflow.runs import RunRecord, StateEntry, TaskRunRecord, history, new_task_run_id
 from nbflow.states import (
     Cached,
@@ -88,6 +91,9 @@ Attempt = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], "float 
 # committed with others within milliseconds, at half the cost of a commit of its own. A process killed
 # meanwhile loses only results that quick to compute again; slower ones are committed before the call returns.
 _DEFER_BELOW = 0.05
+
+# Values that cannot change in place (and whose methods draw no random numbers).
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range})
 
 _get_flow_run = _flow_run.get
 _get_transaction = _transaction.get
@@ -185,7 +191,8 @@ class TaskRunEngine:
 
     # One engine per task call, cache hits included: slots make it cheaper to build and to use.
     __slots__ = ("args", "attempt", "dynamic_key", "flow_context", "forced_dynamic_key", "key", "kwargs",
-                 "map_info", "parameters", "run", "task", "task_run", "transaction", "upstream_futures")
+                 "map_info", "observation", "parameters", "run", "task", "task_run", "transaction",
+                 "upstream_futures")
 
     def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
                  map_info: tuple[str, int, int] | None = None) -> None:
@@ -205,6 +212,7 @@ class TaskRunEngine:
         self.attempt: Attempt = call_to_state
         self.upstream_futures: list[TaskFuture[Any]] = []
         self.transaction: Transaction | None = _get_transaction()
+        self.observation: Observation | None = None  # the files and generators a computed call used
 
     # -- state bookkeeping ----------------------------------------------------------------------
     def set_state(self, state_type: StateType, name: str, message: str | None = None,
@@ -294,6 +302,8 @@ class TaskRunEngine:
             except (OSError, sqlite3.Error) as error:
                 _store_trouble(error)
                 return None
+        if type(value) is Conditional:
+            value = value.value
         state = Cached(value, message="reused from an earlier attempt of this flow run")
         self.task_run.cache_hit = True
         if previous.key is not None:  # still the store's: a later attempt can read it back again
@@ -358,7 +368,9 @@ class TaskRunEngine:
             staged = self.transaction.staged_value(self.key)
             if staged is not None:
                 self.task_run.cache_hit = True
-                return Cached(staged[0], message="staged earlier in this transaction")
+                value = staged[0]
+                return Cached(value.apply() if type(value) is Conditional else value,
+                              message="staged earlier in this transaction")
         try:
             # One read of record and payload together (a probe, then a load, would be two).
             value = get_store().load(self.key, type_hint=self._type_hint())
@@ -368,9 +380,37 @@ class TaskRunEngine:
             # The store's own trouble (the store deals with what it can, and says so): never the call's.
             _store_trouble(error)
             return None
+        if type(value) is Conditional:
+            # Read files or drew random numbers: still a hit only if those are as the computed call found them.
+            value = self.still_valid(value)
+            if value is None:
+                return None
+            value = value.apply()
         self.task_run.cache_hit = True
         self.task_run.persisted = True
         return Cached(value)
+
+    def still_valid(self, value: Conditional) -> Conditional | None:
+        """``value`` if the files it read and the generators it drew from are as they were; else the entry
+        stored for the generators' present states, if there is one and it holds; else None (a miss)."""
+        if value.files_changed() is not None:
+            return None
+        if value.generators_moved() is None:
+            return value
+        assert self.key is not None
+        variant = value.variant_key(self.key)
+        if variant is None:
+            return None
+        try:
+            other = get_store().load(variant, type_hint=self._type_hint())
+        except CacheMiss:
+            return None
+        except (OSError, sqlite3.Error) as error:
+            _store_trouble(error)
+            return None
+        if type(other) is not Conditional or other.stale() is not None:
+            return None
+        return other
 
     def _type_hint(self) -> Any:
         """What a stored result is loaded into (the JSON serializer validates into the return type)."""
@@ -380,6 +420,7 @@ class TaskRunEngine:
     # -- 5. call with retries and timeout ---------------------------------------------------------
     def call(self) -> State:
         task = self.task
+        self.observe()
         token = self._enter_task_context()
         try:
             while True:
@@ -395,12 +436,15 @@ class TaskRunEngine:
                     return Cancelled(error, message="interrupted while waiting to retry")
         finally:
             _task_run.reset(token)
+            if self.observation is not None:
+                self.observation.stop()
 
     async def call_async(self) -> State:
         """:meth:`call` for an ``async def`` task: attempts are awaited, retry delays too."""
         import asyncio
 
         task = self.task
+        self.observe()
         token = self._enter_task_context()
         try:
             while True:
@@ -417,6 +461,28 @@ class TaskRunEngine:
                     return Cancelled(error, message="interrupted while waiting to retry")
         finally:
             _task_run.reset(token)
+            if self.observation is not None:
+                self.observation.stop()
+
+    def observe(self) -> None:
+        """Before the first attempt of a call that may be cached (or runs inside one that may): note the
+        files it reads and, when it may draw from them, the states of the global random generators."""
+        task = self.task
+        if self.key is None and not task.files and current_recorder() is None:
+            return
+        self.observation = Observation(task.files, self.key is not None and self.may_draw())
+
+    def may_draw(self) -> bool:
+        """Whether the call may draw from the global random generators: its code reaches ``random`` or a
+        library, or an argument is more than a plain value. Pure Python on plain values never does, and
+        such calls (the quickest ones) skip the states' copies."""
+        for value in self.parameters.values():
+            if type(value) not in _PLAIN:
+                return True
+        try:
+            return may_draw(self.task.fn)
+        except Exception:
+            return True
 
     def _enter_task_context(self) -> Any:
         """Make this task run the current one (capturing prints when it logs them); returns the token."""
@@ -470,7 +536,9 @@ class TaskRunEngine:
     # -- 6. persist ---------------------------------------------------------------------------------
     def persist(self, state: State) -> State:
         task = self.task
-        if self.key is None:
+        key = self.key
+        value = _MISSING if key is None else self.conditioned(state)
+        if key is None or value is _MISSING:
             state.persisted = False
             self.task_run.persisted = False
             return state
@@ -481,7 +549,7 @@ class TaskRunEngine:
         if transaction is not None and transaction.stages_results:
             # Visible in the store only when the outermost transaction commits (then persisted=True).
             transaction.stage_result(
-                self.key, state.result(), self.task_run, self.run, state, task_name=task.name, run_id=self.run.id,
+                key, value, self.task_run, self.run, state, task_name=task.name, run_id=self.run.id,
                 serializer=task.result_serializer, expires=expires,
             )
             state.persisted = False
@@ -489,9 +557,14 @@ class TaskRunEngine:
             return state
         task_run = self.task_run
         quick = task_run.start_time is not None and time.time() - task_run.start_time < _DEFER_BELOW
+        store = get_store()
         try:
-            get_store().save(
-                self.key, state.result(), task_name=task.name, run_id=self.run.id,
+            variant = randomness.variant(key, value.drawn) if type(value) is Conditional else None
+            if variant is not None:  # the entry for the states its seeded generators started from
+                store.save(variant, value, task_name=task.name, run_id=self.run.id,
+                           serializer=task.result_serializer, expires=expires, defer=quick)
+            store.save(
+                key, value, task_name=task.name, run_id=self.run.id,
                 serializer=task.result_serializer, expires=expires, defer=quick,
                 on_lost=self._on_lost(state) if quick else None,
             )
@@ -505,6 +578,62 @@ class TaskRunEngine:
             state.persisted = True
         self.task_run.persisted = state.persisted
         return state
+
+    def conditioned(self, state: State) -> Any:
+        """What to store for a completed call: its result, wrapped with the files it read and the random
+        generators it drew from when there are any; ``_MISSING`` when the call must not be cached (it
+        changed an argument in place, or a file it read changed while it ran)."""
+        result = state.result()
+        mutated = self.mutated_arguments()
+        if mutated and not self.keep_mutated(mutated, state):
+            return _MISSING
+        observation = self.observation
+        if observation is None:
+            return result
+        files, moved, drawn = observation.outcome()
+        if moved:
+            names = ", ".join(repr(name) for name in moved)
+            warnings.warn(
+                f"task {self.task.name!r} is not cached: file(s) {names} changed while it ran, so what it read "
+                "cannot be told apart from what it wrote. It runs again next time.",
+                NbflowWarning, stacklevel=6,
+            )
+            state.message = f"not persisted: {names} changed while it ran"
+            return _MISSING
+        if not files and not drawn:
+            return result
+        self.task_run.key_parts.update(key_parts(files, drawn))
+        return Conditional(result, files, drawn)
+
+    def mutated_arguments(self) -> list[str]:
+        """The arguments whose fingerprint changed while the call ran (changed in place)."""
+        parts = self.task_run.key_parts
+        if not parts:
+            return []
+        changed = []
+        for name, value in self.parameters.items():
+            before = parts.get("input:" + name)
+            if before is None or type(value) in _PLAIN:
+                continue
+            try:
+                now = fingerprint(value)
+            except Exception:
+                now = None
+            if now != before:
+                changed.append(name)
+        return changed
+
+    def keep_mutated(self, names: list[str], state: State) -> bool:
+        """A task changed arguments in place: a hit would return the result without that change, so the
+        call is not cached (True would store it anyway; cell tasks store such inputs as outputs)."""
+        listed = ", ".join(repr(name) for name in names)
+        warnings.warn(
+            f"task {self.task.name!r} changed its argument(s) {listed} in place; a cached call would not repeat "
+            "that, so this call is not cached. Return the changed value instead (or change a copy).",
+            NbflowWarning, stacklevel=7,
+        )
+        state.message = f"not persisted: changed argument(s) {listed} in place"
+        return False
 
     def _on_lost(self, state: State) -> Callable[[str], None]:
         """What a deferred save calls if its batch could not be written: the call's state and record say so."""

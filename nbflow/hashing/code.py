@@ -226,6 +226,12 @@ def is_user_class(cls: type) -> bool:
     return False
 
 
+def is_user_function(fn: object) -> bool:
+    """True for functions of user code (the notebook, ``__main__``, the project's own modules)."""
+    code = getattr(_wrapped(fn) or fn, "__code__", None)
+    return isinstance(code, types.CodeType) and _path_kind(code.co_filename)[0] == "user"
+
+
 _VERSIONS: dict[str, str] = {}
 _PKG_DISTS: Mapping[str, list[str]] | None = None
 
@@ -1046,9 +1052,13 @@ def _check_kind(obj: Any) -> int:
         return _K_USER if is_user_class(obj) else _K_FIXED
     if isinstance(obj, _ModuleType):
         return _K_FIXED
+    if t is _MethodType and _is_global_generator(obj.__self__):
+        return _K_FIXED
     if isinstance(obj, _BUILTIN_CALLABLES):
         owner = getattr(obj, "__self__", None)
-        return _K_FIXED if owner is None or isinstance(owner, (_ModuleType, type)) else _K_RECOMPUTE
+        if owner is None or isinstance(owner, (_ModuleType, type)) or _is_global_generator(owner):
+            return _K_FIXED
+        return _K_RECOMPUTE
     return _K_FIXED if _is_immutable(obj) else _K_RECOMPUTE
 
 
@@ -1238,9 +1248,23 @@ def _builtin_node(obj: Any, sess: _Session) -> bytes:
         module = objclass.__module__
     kind, top = _module_kind(module)
     base = _ext_name(module, qualname, kind, top)
-    if owner is None or isinstance(owner, (_ModuleType, type)):
+    if owner is None or isinstance(owner, (_ModuleType, type)) or _is_global_generator(owner):
         return b"E" + base
     return b"E" + _h(base, _value_dep(owner, sess))
+
+
+def _is_global_generator(owner: object) -> bool:
+    """``random.random``, ``np.random.rand``...: methods of the process's global random generators are
+    functions of their module. Their state is not code: the engine keeps it apart (see
+    :mod:`nbflow.engine.randomness`)."""
+    name = type(owner).__module__
+    if name == "random":
+        module = sys.modules.get("random")
+        return module is not None and owner is getattr(module, "_inst", None)
+    if name.startswith("numpy.random"):
+        mtrand = sys.modules.get("numpy.random.mtrand")
+        return mtrand is not None and owner is getattr(mtrand, "_rand", None)
+    return False
 
 
 def _wrapped(obj: object) -> Any:
@@ -1277,6 +1301,8 @@ def _dep(obj: Any, sess: _Session) -> bytes:
     if isinstance(obj, _ModuleType):
         return _module_node(obj)
     if t is _MethodType:
+        if _is_global_generator(obj.__self__):  # random.choice, random.shuffle: functions of `random`
+            return b"E" + _h(b"m", _dep(obj.__func__, sess))
         return b"E" + _h(b"m", _dep(obj.__func__, sess), _value_dep(obj.__self__, sess))
     if isinstance(obj, _BUILTIN_CALLABLES):
         return _builtin_node(obj, sess)
@@ -1382,6 +1408,73 @@ def code_identity(obj: Callable[..., Any] | type) -> str:
         if created:
             _end_session(sess)
     return _hex(node)
+
+
+_DRAWS: dict[int, tuple[Any, str, bool]] = {}
+
+
+def may_draw(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` may draw from the process's global random generators: its code, or user code it
+    refers to, reaches the ``random`` module or a third-party package (NumPy, and anything that may
+    call it), or calls a task or callable object. Pure Python that uses only builtins, other standard
+    modules and plain values does not. Remembered per function for as long as its identity holds."""
+    identity = code_identity(fn)
+    known = _DRAWS.get(id(fn))
+    if known is not None and known[0]() is fn and known[1] == identity:
+        return known[2]
+    target = getattr(fn, "__func__", fn)
+    answer = True
+    if type(target) is _FunctionType:
+        answer = _snap_may_draw(_SNAPS.get(id(target)), set())
+    if len(_DRAWS) > _MAX_CACHE:
+        _DRAWS.clear()
+    try:
+        _DRAWS[id(fn)] = (weakref.ref(fn), identity, answer)
+    except TypeError:
+        pass
+    return answer
+
+
+def _snap_may_draw(snap: _Snap | None, seen: set[int]) -> bool:
+    if snap is None:
+        return True
+    for getter, arg, obj, kind, node in snap.checks:
+        if getter == _G_IMPORT:
+            if _draws_module(arg):
+                return True
+            continue
+        if kind == _K_USER:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, type) or _snap_may_draw(_SNAPS.get(id(obj)), seen):
+                return True  # a class: instances made inside may be anything
+            continue
+        if kind == _K_RECOMPUTE:
+            if node[:1] != b"V":  # a callable object, a task, a method of a value
+                return True
+            continue
+        if obj is _MISSING or obj is _SKIP or not node:
+            continue
+        if isinstance(obj, _ModuleType):
+            name = obj.__name__
+        else:
+            name = getattr(obj, "__module__", None) or type(obj).__module__
+        if isinstance(name, str) and (_is_plain_value(obj) is False) and _draws_module(name):
+            return True
+    return False
+
+
+def _is_plain_value(obj: object) -> bool:
+    return type(obj) in _IMMUTABLE or (type(obj) in (tuple, frozenset) and _is_immutable(obj))
+
+
+def _draws_module(name: str) -> bool:
+    top = name.partition(".")[0]
+    if top == "random":
+        return True
+    kind = _module_kind(name)[0]
+    return kind not in ("stdlib", "builtin") and top != "nbflow"
 
 
 _CELLS: dict[str, _Static] = {}

@@ -54,6 +54,7 @@ class CellOptions:
     inputs: list[str] | None = None
     outputs: list[str] | None = None
     tags: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +67,9 @@ class CellResult:
     # The value of the last expression (shown as Out[n]), when it could be stored: a hit sets `_` and
     # Out[n] to it again. One that cannot be stored is dropped quietly; its display is replayed anyway.
     last_value: Any = None
+    # Inputs the cell changed in place (``df["y"] = ...``, ``a.sort()``): their values after the cell are
+    # among ``values``, and a hit changes the objects in the namespace to match rather than rebinding.
+    mutated: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -188,13 +192,16 @@ def unstorable(values: dict[str, Any]) -> dict[str, str]:
 
 
 class _CellEngine(TaskRunEngine):
-    """The task engine with three cell-specific steps: graph edges by variable name, a stored payload
-    that fails to load is a miss, and a value that cannot be stored is named in the warning."""
+    """The task engine with cell-specific steps: graph edges by variable name, a stored payload that fails
+    to load is a miss, inputs changed in place are outputs, and a value that cannot be stored is named in
+    the warning."""
 
-    def __init__(self, task: Task[..., Any], inputs: dict[str, Any], session: Session, spec: CellSpec) -> None:
+    def __init__(self, task: Task[..., Any], inputs: dict[str, Any], session: Session, spec: CellSpec,
+                 shell: Any) -> None:
         super().__init__(task, (), inputs)
         self.session = session
         self.spec = spec
+        self.shell = shell
 
     def begin(self) -> None:
         super().begin()
@@ -207,6 +214,18 @@ class _CellEngine(TaskRunEngine):
             warnings.warn(f"cell task {self.spec.name!r}: its cache entry could not be loaded ({error}); "
                           "running the cell", NbflowWarning, stacklevel=2)
             return None
+
+    def may_draw(self) -> bool:
+        return True  # a cell is code at the top level: anything in it may draw random numbers
+
+    def keep_mutated(self, names: list[str], state: State) -> bool:
+        result: CellResult = state.result()
+        namespace = self.shell.user_ns
+        for name in names:
+            if name in namespace and namespace[name] is self.parameters[name]:
+                result.values[name] = namespace[name]
+                result.mutated.append(name)
+        return True
 
     def persist(self, state: State) -> State:
         with warnings.catch_warnings(record=True) as caught:
@@ -251,12 +270,37 @@ def _compile_cell(shell: Any, spec: CellSpec) -> tuple[Any, Any, str]:
     return body, last, filename
 
 
+# IPython's history: a cell reading these depends on what ran before it in this kernel, which no key
+# can capture (`Out[3]` is whatever cell 3 showed this time).
+_HISTORY = frozenset({"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "_exit_code"})
+
+
+def history_reads(spec: CellSpec) -> list[str]:
+    """The names of IPython's input/output history the cell reads (``Out``, ``_``, ``_3``, ``_i2``...)."""
+    found = []
+    for name in spec.inputs:
+        rest = name[2:] if name.startswith("_i") else name[1:] if name.startswith("_") else ""
+        if name in _HISTORY or (rest.isdigit() and rest == str(int(rest))):
+            found.append(name)
+    return found
+
+
 def _make_task(shell: Any, spec: CellSpec, execute: Any) -> Task[..., Any]:
     options = spec.options
+    no_cache = options.no_cache
+    history = history_reads(spec) if not no_cache else []
+    if history:
+        names = ", ".join(history)
+        warnings.warn(
+            f"cell task {spec.name!r} is not cached: it reads IPython's history ({names}), which depends on "
+            "what ran before it in this kernel. Give the value a name in the cell that makes it and read that.",
+            NbflowWarning, stacklevel=2,
+        )
+        no_cache = True
     task: Task[..., Any] = Task(
         execute, name=spec.name, retries=options.retries, retry_delay_seconds=options.retry_delay,
         timeout_seconds=options.timeout, cache_policy=CellPolicy(shell, spec), refresh_cache=options.refresh,
-        persist_result=not options.no_cache, tags=("cell", *options.tags),
+        persist_result=not no_cache, tags=("cell", *options.tags), files=options.files,
     )
     task.task_key = f"cell:{spec.name}"
     return task
@@ -293,7 +337,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in current_inputs(shell, spec)]
     )
     task = _make_task(shell, spec, execute)
-    engine = _CellEngine(task, current_inputs(shell, spec), session, spec)
+    engine = _CellEngine(task, current_inputs(shell, spec), session, spec, shell)
     session.remember_cell(spec)
     started = time.perf_counter()
     state = engine.run_to_state()
@@ -330,7 +374,47 @@ def _restore(shell: Any, spec: CellSpec, cached: CellResult) -> None:
         module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])
         code = compile(module, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
         exec(code, shell.user_global_ns, shell.user_ns)
-    shell.user_ns.update(cached.values)
+    namespace = shell.user_ns
+    mutated = getattr(cached, "mutated", ())
+    for name, value in cached.values.items():
+        if name in mutated and name in namespace and restore_in_place(namespace[name], value):
+            continue  # other names bound to the same object see the change too, as after the cell
+        namespace[name] = value
+
+
+def restore_in_place(target: Any, value: Any) -> bool:
+    """Make ``target`` equal to ``value`` (an input as a cell left it) by changing it, not replacing it;
+    False when its type does not allow that (the name is then bound to ``value``)."""
+    if type(target) is not type(value):
+        return False
+    try:
+        if isinstance(target, list):
+            target[:] = value
+        elif isinstance(target, (dict, set)):
+            target.clear()
+            target.update(value)
+        elif isinstance(target, bytearray):
+            target[:] = value
+        elif hasattr(target, "set_state") and hasattr(target, "get_state"):  # numpy RandomState
+            target.set_state(value.get_state())
+        elif hasattr(target, "bit_generator") and hasattr(target.bit_generator, "state"):  # numpy Generator
+            target.bit_generator.state = value.bit_generator.state
+        elif hasattr(target, "setstate") and hasattr(target, "getstate"):  # random.Random
+            target.setstate(value.getstate())
+        elif type(target).__module__ == "numpy" and type(target).__name__ == "ndarray":
+            if target.shape != value.shape or target.dtype != value.dtype or not target.flags.writeable:
+                return False
+            target[...] = value
+        elif hasattr(target, "__dict__") and not isinstance(target, type):
+            # Plain objects and most library ones (a fitted model, a DataFrame): their state is __dict__.
+            state = target.__dict__
+            state.clear()
+            state.update(value.__dict__)
+        else:
+            return False
+    except Exception:
+        return False
+    return True
 
 
 def _notice(shell: Any, text: str) -> None:

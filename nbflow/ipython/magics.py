@@ -7,7 +7,6 @@ import math
 import os
 import shlex
 import time
-import traceback
 import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -82,6 +81,7 @@ def parse_task_line(line: str) -> CellOptions:
     parser.add_argument("--inputs", type=_names, default=None)
     parser.add_argument("--outputs", type=_names, default=None)
     parser.add_argument("--tags", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=[])
+    parser.add_argument("--files", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=[])
     try:
         words = shlex.split(line)
     except ValueError as error:
@@ -96,6 +96,7 @@ def parse_task_line(line: str) -> CellOptions:
     return CellOptions(
         name=args.name, retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
         no_cache=args.no_cache, refresh=args.refresh, inputs=args.inputs, outputs=args.outputs, tags=args.tags,
+        files=args.files,
     )
 
 
@@ -117,16 +118,15 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
 
 
 def _syntax_error(shell: Any, error: SyntaxError) -> NoReturn:
-    """Report a cell body that is not Python as IPython reports a usage error: the error, no traceback."""
-    from IPython.core.error import UsageError
-
+    """Fail as the same cell without ``%%task`` fails: a ``SyntaxError`` (an error for Jupyter, which
+    stops a run unless the cell is tagged ``raises-exception``), with the line numbers of the cell."""
     if error.lineno is not None:  # line 1 of the body is line 2 of the cell, after the %%task line
         error.lineno += 1
         if error.end_lineno is not None:
             error.end_lineno += 1
-    error.filename = f"Cell In[{shell.execution_count}]"
-    text = "".join(traceback.format_exception_only(type(error), error)).rstrip("\n")
-    raise UsageError(f"%%task: the cell is not valid Python:\n{text}") from None
+    error.args = (error.msg, (error.filename, error.lineno, error.offset, error.text, error.end_lineno,
+                              error.end_offset))
+    raise error.with_traceback(None)
 
 
 # -- %nbflow ------------------------------------------------------------------------------------------

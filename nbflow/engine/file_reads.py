@@ -1,0 +1,302 @@
+"""The files a task call reads, so that a cache hit can tell whether they changed since.
+
+While a call that may be cached runs, a :class:`Recorder` is current (a context variable, so threads
+started by :meth:`Task.submit` carry the caller's). Python's audit hook sees every ``open`` made through
+Python — ``open()``, ``pathlib``, ``numpy.load``, ``pandas.read_csv`` with a path — and every
+directory listing (``os.listdir``, ``os.scandir``, hence ``glob`` and ``Path.iterdir``). Each one read
+by the call is noted with its size and ``mtime_ns`` at that moment, in the call's recorder and in every
+enclosing call's (a flow or a cell that called the task depends on the file too).
+
+When the call ends, :func:`finish` reads each file once more to digest its content (xxh3-128) — or, for
+a directory, its sorted entry names. A file whose size or mtime moved while the call ran was written
+meanwhile: what the call read can no longer be told, so the call is not cached (the caller warns).
+
+On a hit, :func:`changed` re-checks the recorded reads: a ``stat`` per file when size and mtime still
+match (and the file was not modified within a second of being digested, where a coarse clock could hide
+a change: that one is digested again); otherwise the content is digested again and compared. A file
+that changed, appeared or vanished makes the hit a miss, named in ``%nbflow why``.
+
+Not seen: reads made inside C libraries that open files themselves (pyarrow's readers, h5py, some image
+libraries), reads in other processes (a Dask worker, a subprocess), databases and URLs. Declare such
+files with ``@task(files=...)`` / ``%%task --files``; they are recorded as if the call read them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import xxhash
+
+__all__ = ["FileRead", "Recorder", "changed", "declare", "finish", "recording"]
+
+# A file modified this close to the moment it was digested may change again within the same mtime tick
+# (1-2 s on some filesystems): such a read is digested again on every check.
+_RACY_NS = 2_000_000_000
+_CHUNK = 1 << 20
+
+
+class FileRead(NamedTuple):
+    """One file or directory a call read: what a later hit compares with."""
+
+    path: str  # absolute
+    kind: str  # "file", "dir" or "missing"
+    size: int
+    mtime_ns: int
+    digest: str  # content (file), sorted entry names (dir), "" (missing)
+    digested_ns: int  # when the digest was taken (time.time_ns())
+
+    @property
+    def label(self) -> str:
+        """The path as the user would write it: relative to the working directory when inside it."""
+        try:
+            relative = os.path.relpath(self.path)
+        except ValueError:
+            return self.path
+        return self.path if relative.startswith("..") else relative
+
+
+class Recorder:
+    """The reads of one running call: absolute path -> (kind, size, mtime_ns) when first seen."""
+
+    __slots__ = ("done", "parent", "reads")
+
+    def __init__(self, parent: Recorder | None) -> None:
+        self.parent = parent
+        self.reads: dict[str, tuple[str, int, int]] = {}
+        self.done: dict[str, FileRead] = {}  # reads a cache hit inside this call brought, already digested
+
+    def note(self, path: str, kind: str) -> None:
+        recorder: Recorder | None = self
+        seen = None
+        while recorder is not None:
+            if path not in recorder.reads and path not in recorder.done:
+                if seen is None:
+                    seen = _stat(path, kind)
+                recorder.reads[path] = seen
+            recorder = recorder.parent
+
+    def adopt(self, reads: Iterable[FileRead]) -> None:
+        """Reads of a cached entry served inside this call: this call depends on them as well."""
+        recorder: Recorder | None = self
+        while recorder is not None:
+            for read in reads:
+                if read.path not in recorder.reads:
+                    recorder.done.setdefault(read.path, read)
+            recorder = recorder.parent
+
+
+_current: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("nbflow_file_reads", default=None)
+current = _current.get
+
+_installed = False
+_install_lock = threading.Lock()
+_ignored: tuple[str, ...] = ()
+_local = threading.local()
+
+
+def _ignored_prefixes() -> tuple[str, ...]:
+    """Where Python and installed packages live (imports, not data), and kernel pseudo-filesystems."""
+    import site
+    import sysconfig
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            roots.add(sysconfig.get_paths()[name])
+        except KeyError:
+            pass
+    try:
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    except Exception:
+        pass
+    prefixes = {os.path.join(os.path.realpath(root), "") for root in roots if root}
+    prefixes.update({"/proc/", "/sys/", "/dev/"})
+    return tuple(sorted(prefixes))
+
+
+def _install() -> None:
+    global _installed, _ignored
+    with _install_lock:
+        if not _installed:
+            _ignored = _ignored_prefixes()
+            sys.addaudithook(_hook)
+            _installed = True
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    # Runs for every audit event of the process from now on: the common case returns at the first test.
+    if event == "open":
+        recorder = _current.get()
+        if recorder is None:
+            return
+        path, mode, flags = args
+        if isinstance(path, int):
+            return
+        if mode is None:  # os.open: relative names may be relative to a directory descriptor
+            if flags is None or flags & os.O_ACCMODE == os.O_WRONLY:
+                return
+        elif ("r" not in mode and "+" not in mode) or "w" in mode:
+            return
+        if not _by_import_system():
+            _seen(recorder, path, "file", mode is None)
+    elif event == "os.listdir" or event == "os.scandir":
+        recorder = _current.get()
+        if recorder is not None and args and not isinstance(args[0], int) and not _by_import_system():
+            _seen(recorder, "." if args[0] is None else args[0], "dir", False)
+
+
+# Python's own reads of code: the import system (source, bytecode, directory listings of sys.path),
+# and source lines read for tracebacks and code identity. Code counts through code identity instead.
+_CODE_READERS = ("<frozen importlib", os.sep + "linecache.py", os.sep + "tokenize.py")
+
+
+def _by_import_system() -> bool:
+    caller = sys._getframe(2).f_code.co_filename
+    return caller.startswith(_CODE_READERS[0]) or caller.endswith(_CODE_READERS[1:])
+
+
+def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None:
+    if getattr(_local, "busy", False):
+        return
+    _local.busy = True
+    try:
+        name = os.fsdecode(path)
+        if absolute_only and not os.path.isabs(name):
+            return
+        name = os.path.abspath(name)
+        if name.startswith(_ignored) or _in_store(name) or name.endswith(".pyc"):
+            return
+        recorder.note(name, kind)
+    except Exception:
+        pass  # never the reason a user's open fails
+    finally:
+        _local.busy = False
+
+
+def _in_store(path: str) -> bool:
+    from nbflow import settings
+
+    home = os.path.join(os.path.abspath(settings.get_settings().home), "")
+    return path.startswith(home)
+
+
+def _stat(path: str, kind: str) -> tuple[str, int, int]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ("missing", -1, 0)
+    if stat.S_ISDIR(info.st_mode):
+        return ("dir", 0, info.st_mtime_ns)
+    return (kind if kind == "file" else "file", info.st_size, info.st_mtime_ns)
+
+
+class recording:
+    """Context manager: a new recorder is current inside (nested in the current one, if any)."""
+
+    __slots__ = ("recorder", "token")
+
+    def __init__(self) -> None:
+        if not _installed:
+            _install()
+        self.recorder = Recorder(_current.get())
+
+    def __enter__(self) -> Recorder:
+        self.token = _current.set(self.recorder)
+        return self.recorder
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self.token)
+
+
+def declare(recorder: Recorder | None, paths: Iterable[Any]) -> None:
+    """Record ``paths`` (files or directories, walked recursively) as read by the call."""
+    if recorder is None:
+        return
+    for path in paths:
+        name = os.path.abspath(os.fsdecode(os.fspath(path)))
+        if os.path.isdir(name):
+            for root, dirs, files in os.walk(name):
+                dirs.sort()
+                recorder.note(root, "dir")
+                for file in sorted(files):
+                    recorder.note(os.path.join(root, file), "file")
+        else:
+            recorder.note(name, "file")
+
+
+def _digest_file(path: str) -> str:
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb", buffering=0) as handle:
+        _local.busy = True
+        try:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+        finally:
+            _local.busy = False
+    return hasher.hexdigest()
+
+
+def _digest_dir(path: str) -> str:
+    _local.busy = True
+    try:
+        names = sorted(os.listdir(path))
+    finally:
+        _local.busy = False
+    return xxhash.xxh3_128_hexdigest("\0".join(names).encode("utf-8", "surrogateescape"))
+
+
+def _read_now(path: str, kind: str) -> FileRead:
+    """The read as the file is now (content digested)."""
+    now = time.time_ns()
+    seen = _stat(path, kind)
+    if seen[0] == "missing":
+        return FileRead(path, "missing", -1, 0, "", now)
+    try:
+        digest = _digest_dir(path) if seen[0] == "dir" else _digest_file(path)
+    except OSError:
+        return FileRead(path, "missing", -1, 0, "", now)
+    return FileRead(path, seen[0], seen[1], seen[2], digest, now)
+
+
+def finish(recorder: Recorder) -> tuple[list[FileRead], list[str]]:
+    """The call's reads, digested, and the labels of files written while it ran (then it is not cached)."""
+    reads = list(recorder.done.values())
+    moved: list[str] = []
+    _local.busy = True
+    try:
+        for path, (kind, size, mtime_ns) in recorder.reads.items():
+            read = _read_now(path, kind)
+            if read.kind != kind or (kind != "missing" and (read.mtime_ns != mtime_ns or
+                                                            (kind == "file" and read.size != size))):
+                moved.append(read.label)
+                continue
+            reads.append(read)
+    finally:
+        _local.busy = False
+    return reads, moved
+
+
+def changed(reads: Iterable[FileRead]) -> FileRead | None:
+    """The first recorded read whose file is no longer as it was (None: all unchanged)."""
+    for read in reads:
+        seen = _stat(read.path, read.kind)
+        if seen[0] != read.kind:
+            return read
+        if read.kind == "missing":
+            continue
+        same_stat = seen[2] == read.mtime_ns and (read.kind == "dir" or seen[1] == read.size)
+        if same_stat and read.digested_ns - read.mtime_ns > _RACY_NS:
+            continue
+        if read.kind == "file" and seen[1] != read.size:
+            return read
+        if _read_now(read.path, read.kind).digest != read.digest:
+            return read
+    return None
