@@ -61,7 +61,7 @@ from nbflow.exceptions import (
     UnfingerprintableError,
 )
 from nbflow.hashing import code_identity, fingerprint
-from nbflow.hashing.code import may_draw
+from nbflow.hashing.code import dependency_parts, may_draw
 from nbflow.runs import RunRecord, StateEntry, TaskRunRecord, history, new_task_run_id
 from nbflow.states import (
     Cached,
@@ -420,6 +420,7 @@ class TaskRunEngine:
     # -- 5. call with retries and timeout ---------------------------------------------------------
     def call(self) -> State:
         task = self.task
+        self.explain()
         self.observe()
         token = self._enter_task_context()
         try:
@@ -444,6 +445,7 @@ class TaskRunEngine:
         import asyncio
 
         task = self.task
+        self.explain()
         self.observe()
         token = self._enter_task_context()
         try:
@@ -463,6 +465,13 @@ class TaskRunEngine:
             _task_run.reset(token)
             if self.observation is not None:
                 self.observation.stop()
+
+    def explain(self) -> None:
+        """Before a computed call: the parts its code identity is made of, so that ``%nbflow why`` and the
+        graph can name what changed (``code:clean``, ``global:FACTOR``) when the next miss comes."""
+        parts = self.task_run.key_parts
+        if parts and "code" in parts:
+            parts.update(dependency_parts(self.task.fn))
 
     def observe(self) -> None:
         """Before the first attempt of a call that may be cached (or runs inside one that may): note the

@@ -144,6 +144,9 @@ _NBFLOW_DIR = _real(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def _classify_path(filename: str) -> tuple[str, str]:
     """("user" | "stdlib" | "third", top-level package name) for a source file."""
+    if filename.startswith("<frozen ") and filename.endswith(">"):
+        # Standard modules Python freezes into its binary (os, posixpath, codecs, importlib...).
+        return ("stdlib", _top(filename[8:-1]))
     if not filename or (filename.startswith("<") and filename.endswith(">")):
         return _USER
     real = _real(filename)
@@ -567,6 +570,7 @@ _LOAD_ATTR = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 def _chains_from_code(code: types.CodeType) -> set[tuple[str, ...]]:
     """Global names read by ``code`` and nested code, with the attribute chains read off them."""
     chains: set[tuple[str, ...]] = set()
+    env = _EnvUses()
     todo = [code]
     while todo:
         c = todo.pop()
@@ -580,12 +584,120 @@ def _chains_from_code(code: types.CodeType) -> set[tuple[str, ...]]:
                     j += 1
                 for n in range(1, len(chain) + 1):
                     chains.add(tuple(chain[:n]))
+                if chain[0] in _ENV_ROOTS:
+                    after = instrs[j] if j < len(instrs) else None
+                    constant = after.argval if after is not None and after.opname == "LOAD_CONST" else None
+                    before = instrs[k - 1] if k else None
+                    follows = instrs[j + 1].opname if j + 1 < len(instrs) else ""
+                    if constant is None and before is not None and before.opname == "LOAD_CONST" and (
+                            after is not None and after.opname == "CONTAINS_OP"):
+                        constant, follows = before.argval, "BINARY_SUBSCR"  # "X" in os.environ
+                    env.add(tuple(chain), constant, follows)
             elif ins.opname == "IMPORT_NAME":
                 level = instrs[k - 2].argval if k >= 2 and instrs[k - 2].opname == "LOAD_CONST" else 0
                 if level == 0:
                     chains.add((_IMPORT, ins.argval))
         todo.extend(x for x in c.co_consts if isinstance(x, _CodeType))
-    return chains
+    return env.apply(chains)
+
+
+# -- environment variables ---------------------------------------------------------------------------
+# `os.environ.get("X")`, `os.environ["X"]`, `"X" in os.environ`, `os.getenv("X")` (and `environ` /
+# `getenv` imported from os) read one variable: only that variable's value counts, so an unrelated one,
+# a `cd`, or running under `nbflow run` changes nothing. Any other use of os.environ (a variable name
+# that is not a constant, iterating it, handing it on) counts the whole environment.
+_ENV = "<env>"  # (_ENV, name): the value of one variable
+_ENV_ALL = "<env-all>"  # (_ENV_ALL,): the whole environment
+_ENV_OBJ = "<env-obj>"  # (_ENV_OBJ, *chain): a chain naming os.environ, used only to read constant names
+_ENV_ROOTS = frozenset({"os", "environ", "getenv"})
+
+
+class _EnvUses:
+    __slots__ = ("chains", "names", "whole")
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.chains: set[tuple[str, ...]] = set()
+        self.whole = False
+
+    def add(self, chain: tuple[str, ...], constant: object, follows: str) -> None:
+        """One use of a chain starting at ``os`` / ``environ`` / ``getenv``; ``constant`` is the constant
+        loaded right after it (before it, for ``in``), ``follows`` the instruction after that."""
+        if chain[:2] == ("os", "environ"):
+            base, rest = chain[:2], chain[2:]
+        elif chain[:1] == ("environ",):
+            base, rest = chain[:1], chain[1:]
+        elif chain in (("os", "getenv"), ("getenv",)):
+            if isinstance(constant, str):
+                self.names.add(constant)
+            else:
+                self.whole = True
+            return
+        else:
+            return
+        self.chains.add(base)
+        self.chains.update(base + rest[:n] for n in range(1, len(rest) + 1))
+        if rest in (("get",), ()) and isinstance(constant, str) and (rest or follows == "BINARY_SUBSCR"):
+            self.names.add(constant)
+        else:
+            self.whole = True
+
+    def apply(self, chains: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+        chains.update((_ENV, name) for name in self.names)
+        if self.whole:
+            chains.add((_ENV_ALL,))
+        # Named chains stay dependencies (`environ` may be the user's own dict); when they name os.environ
+        # and only read constant names, they count as os.environ itself, not its contents.
+        for chain in self.chains:
+            if chain in chains:
+                chains.discard(chain)
+                chains.add((_ENV_OBJ, *chain))
+        return chains
+
+
+def _env_from_ast(tree: ast.AST, chains: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
+    """:class:`_EnvUses` of a cell's AST (what :func:`_chains_from_code` finds in bytecode)."""
+    env = _EnvUses()
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Name, ast.Attribute)) or isinstance(parents.get(id(node)), ast.Attribute):
+            continue  # only whole chains: the outermost attribute of each
+        attrs: list[str] = []
+        cur: ast.AST = node
+        while isinstance(cur, ast.Attribute):
+            attrs.append(cur.attr)
+            cur = cur.value
+        if not isinstance(cur, ast.Name) or cur.id not in _ENV_ROOTS:
+            continue
+        chain = (cur.id, *reversed(attrs))
+        parent = parents.get(id(node))
+        constant: object = None
+        follows = ""
+        if isinstance(parent, ast.Call) and parent.func is node and len(parent.args) >= 1:
+            first = parent.args[0]
+            constant = first.value if isinstance(first, ast.Constant) else None
+        elif isinstance(parent, ast.Subscript) and parent.value is node and isinstance(parent.slice, ast.Constant):
+            constant, follows = parent.slice.value, "BINARY_SUBSCR"
+        elif (isinstance(parent, ast.Compare) and len(parent.ops) == 1
+              and isinstance(parent.ops[0], (ast.In, ast.NotIn))
+              and parent.comparators[0] is node and isinstance(parent.left, ast.Constant)):
+            constant, follows = parent.left.value, "BINARY_SUBSCR"
+        env.add(chain, constant, follows)
+    return env.apply(chains)
+
+
+def _env_value(name: str | None) -> bytes:
+    if name is None:
+        return _h(b"env*", *(_sb(f"{k}={v}") for k, v in sorted(os.environ.items())))
+    value = os.environ.get(name)
+    return _h(b"env", _sb(name), b"-" if value is None else b"=" + _sb(value))
+
+
+def _is_environ(obj: object) -> bool:
+    return obj is os.environ or getattr(obj, "__self__", None) is os.environ
 
 
 def _chains_from_ast(nodes: Iterable[ast.AST], skip_function_bodies: bool) -> tuple[set[tuple[str, ...]], set[str]]:
@@ -863,7 +975,7 @@ def _end_session(s: _Session) -> None:
 
 # What the last computation of a definition read, so that the next call can tell cheaply whether its
 # identity can have changed. Each check is (getter, argument, object read, kind, digest):
-_G_NAME, _G_CHAIN, _G_CELL, _G_ATTR, _G_IMPORT, _G_SAME = range(6)  # how to read the object again
+_G_NAME, _G_CHAIN, _G_CELL, _G_ATTR, _G_IMPORT, _G_SAME, _G_ENV, _G_ENV_OBJ = range(8)  # how to read it again
 # FIXED: the same object means the same digest (immutable values, library code, modules);
 # USER: user code, valid if its own snapshot is (recursively); RECOMPUTE: compare a fresh digest of
 # whatever the name holds now (the object itself is not kept, except for _G_SAME checks that have no
@@ -933,6 +1045,14 @@ def _valid(snap: _Snap, owner: Any, sess: _Session, seen: set[int]) -> bool:
             cur = getattr(owner, arg, None)
         elif getter == _G_IMPORT:
             if _import_dep(arg) != node:
+                return False
+            continue
+        elif getter == _G_ENV:
+            if _env_value(arg) != node:
+                return False
+            continue
+        elif getter == _G_ENV_OBJ:
+            if not _is_environ(_resolve_chain(arg, ns, snap.builtins)):
                 return False
             continue
         else:
@@ -1077,6 +1197,24 @@ def _resolve_deps(
             parts.append(node)
             snap.checks.append((_G_IMPORT, chain[1], None, _K_RECOMPUTE, node))
             continue
+        if chain[0] == _ENV or chain[0] == _ENV_ALL:
+            name = chain[1] if chain[0] == _ENV else None
+            node = _env_value(name)
+            parts.append(key)
+            parts.append(node)
+            snap.checks.append((_G_ENV, name, None, _K_RECOMPUTE, node))
+            continue
+        if chain[0] == _ENV_OBJ:
+            chain = chain[1:]
+            obj = _resolve_chain(chain, namespace, builtin_names)
+            if _is_environ(obj):
+                parts.append(key)
+                parts.append(b"E" + _sb("os.environ"))
+                snap.checks.append((_G_ENV_OBJ, chain, None, _K_FIXED, b""))
+                continue
+            parts.append(key)
+            _record(obj, sess, parts, snap, _G_NAME if len(chain) == 1 else _G_CHAIN, chain)
+            continue
         obj = _resolve_chain(chain, namespace, builtin_names)
         getter = _G_NAME if len(chain) == 1 else _G_CHAIN
         if obj is _SKIP or (code_only and obj is not _MISSING and not _is_code_like(obj)):
@@ -1152,15 +1290,16 @@ def _compute_class(cls: type, sess: _Session) -> tuple[bytes, _Snap]:
         parts.append(_sb(name))
         _record(f, sess, parts, snap, _G_SAME, None)
     _resolve_deps(st.deps, snap, sess, parts)
-    if st.digest is None:
-        _structural_parts(cls, names, sess, parts, snap)
+    _structural_parts(cls, names, sess, parts, snap, with_annotations=st.digest is None)
     return b"D" + _digest(b"".join(parts)), snap
 
 
-def _structural_parts(cls: type, names: list[str], sess: _Session, parts: list[bytes], snap: _Snap) -> None:
-    """What a class without source is made of: annotations and plain class attributes."""
+def _structural_parts(cls: type, names: list[str], sess: _Session, parts: list[bytes], snap: _Snap,
+                      with_annotations: bool = True) -> None:
+    """The plain class attributes as they are now (``Scaled.factor = 3`` after the class statement
+    changes the class), and for a class without source its annotations as well."""
     members = vars(cls)
-    annotations = members.get("__annotations__")
+    annotations = members.get("__annotations__") if with_annotations else None
     if isinstance(annotations, dict):
         for name, ann in annotations.items():
             parts.append(b"a" + _sb(str(name)))
@@ -1410,6 +1549,44 @@ def code_identity(obj: Callable[..., Any] | type) -> str:
     return _hex(node)
 
 
+def dependency_parts(fn: Callable[..., Any]) -> dict[str, str]:
+    """What the code identity of ``fn`` is made of, part by part, for explaining a miss: one entry per
+    thing its code reads directly — ``code:clean`` (a function or class: its own identity, which covers
+    what *it* reads), ``module:np``, ``global:FACTOR``, ``env:HOME`` — mapped to a digest of it. Empty
+    until :func:`code_identity` has run for ``fn``."""
+    target = getattr(fn, "__func__", fn)
+    snap = _SNAPS.get(id(target))
+    if snap is None or type(target) is not _FunctionType or snap.ref() is not target:
+        return {}
+    parts: dict[str, str] = {}
+    closure_names = iter(target.__code__.co_freevars)
+    for getter, arg, obj, kind, node in snap.checks:
+        if getter == _G_CELL:
+            name = next(closure_names, "?")
+            while name == "__class__":
+                name = next(closure_names, "?")
+        elif getter in (_G_NAME, _G_CHAIN, _G_ENV_OBJ):
+            name = ".".join(arg)
+        elif getter == _G_ENV:
+            parts[f"env:{arg or '*'}"] = node.hex()
+            continue
+        elif getter == _G_IMPORT:
+            parts[f"module:{arg}"] = node.hex()
+            continue
+        else:
+            continue
+        if not node or obj is _SKIP:
+            continue
+        if isinstance(obj, _ModuleType):
+            label = "module"
+        elif node[:1] in (b"V", b"T") or (kind == _K_FIXED and _is_plain_value(obj)):
+            label = "global"
+        else:
+            label = "code"
+        parts[f"{label}:{name}"] = node.hex()
+    return parts
+
+
 _DRAWS: dict[int, tuple[Any, str, bool]] = {}
 
 
@@ -1442,6 +1619,8 @@ def _snap_may_draw(snap: _Snap | None, seen: set[int]) -> bool:
         if getter == _G_IMPORT:
             if _draws_module(arg):
                 return True
+            continue
+        if getter in (_G_ENV, _G_ENV_OBJ):
             continue
         if kind == _K_USER:
             if id(obj) in seen:
@@ -1533,7 +1712,7 @@ def _cell_static(source: str) -> _Static:
             return st
     external = _external_names(text)
     chains, _ = _chains_from_ast(tree.body, skip_function_bodies=False)
-    deps = {c for c in chains if c[0] in external}
+    deps = _env_from_ast(tree, {c for c in chains if c[0] in external})
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             deps.update((_IMPORT, alias.name) for alias in node.names)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -149,6 +150,8 @@ class CellPolicy(CachePolicy):
         parts["code"] = code
         values: dict[str, Any] = {}
         for name, value in inputs.items():
+            if value is os.environ:  # the variables the cell reads by name are in its code identity
+                continue
             if not _is_code(value):
                 values[name] = value
             elif inspect.ismodule(value):

@@ -209,7 +209,9 @@ def _describe_part(part: str) -> str:
         return "the cell's own code"
     kind, _, name = part.partition(":")
     descriptions = {"input": f"input {name!r}", "code": f"function or class {name!r} (its code)",
-                    "module": f"module {name!r} (installed version)"}
+                    "module": f"module {name!r} (installed version)", "global": f"global {name}",
+                    "env": f"environment variable {name}", "file": f"file {name!r}",
+                    "random": f"random generator {name} (its state when the call started)"}
     return descriptions.get(kind, part)
 
 
@@ -236,13 +238,14 @@ def why(name: str) -> str:
             earlier = task_run
     if earlier is None:
         return f"{name}: computed — there is no earlier cache entry of {name!r} to compare with (first run)"
-    if earlier.cache_key == latest.cache_key:
+    old, new = earlier.key_parts, latest.key_parts
+    specific = [part for part in sorted(set(old) | set(new)) if part != "code" and old.get(part) != new.get(part)]
+    if earlier.cache_key == latest.cache_key and not specific:
         return (f"{name}: computed although the key equals the stored entry's: it was refreshed (--refresh), "
                 "or the entry was cleared or evicted")
-    old, new = earlier.key_parts, latest.key_parts
-    lines = [f"{name}: computed — the key differs from the entry stored at "
-             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(earlier.end_time or 0))}:"]
-    specific = [part for part in sorted(set(old) | set(new)) if part != "code" and old.get(part) != new.get(part)]
+    lines = [f"{name}: computed — " + ("the key differs from" if earlier.cache_key != latest.cache_key else
+                                       "what it read differs from what was read for")
+             + f" the entry stored at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(earlier.end_time or 0))}:"]
     for part in specific:
         if part not in old:
             lines.append(f"  + {_describe_part(part)} is new")
@@ -250,8 +253,8 @@ def why(name: str) -> str:
             lines.append(f"  - {_describe_part(part)} is no longer read")
         else:
             lines.append(f"  * {_describe_part(part)} changed")
-    if old.get("code") != new.get("code") and not any(p == "cell" or p.startswith(("code:", "module:"))
-                                                      for p in specific):
+    if old.get("code") != new.get("code") and not any(p == "cell" or p.startswith(("code:", "module:", "global:",
+                                                                                  "env:")) for p in specific):
         lines.append("  * code it uses changed (a function it calls, a global it reads, or a package version)")
     if len(lines) == 1:
         lines.append("  (the recorded key parts are equal; the key changed in a part that is not recorded)")
