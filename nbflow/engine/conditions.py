@@ -17,24 +17,28 @@ from nbflow.engine import file_reads, randomness
 from nbflow.engine.file_reads import FileRead
 from nbflow.engine.randomness import Drawn
 
-__all__ = ["Conditional", "Observation", "key_parts"]
+__all__ = ["Conditional", "Observation", "is_generator", "key_parts", "restore_in_place"]
 
 # From the engine's first use on, nbflow knows when `random` is seeded.
 randomness.watch_seeding()
 
 
 class Conditional:
-    """A stored result and its conditions (pickled with it, authenticated with it)."""
+    """A stored result and its conditions (pickled with it, authenticated with it). ``arguments`` holds
+    the random generators among the call's arguments as the call left them (a hit sets the ones passed
+    in to the same state)."""
 
-    __slots__ = ("drawn", "files", "value")
+    __slots__ = ("arguments", "drawn", "files", "value")
 
-    def __init__(self, value: Any, files: list[FileRead], drawn: list[Drawn]) -> None:
+    def __init__(self, value: Any, files: list[FileRead], drawn: list[Drawn],
+                 arguments: dict[str, Any] | None = None) -> None:
         self.value = value
         self.files = files
         self.drawn = drawn
+        self.arguments = arguments or {}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Conditional, (self.value, self.files, self.drawn))
+        return (Conditional, (self.value, self.files, self.drawn, self.arguments))
 
     def stale(self) -> str | None:
         """Why the result no longer holds (``file 'data.csv' changed``), or None."""
@@ -58,11 +62,14 @@ class Conditional:
         :func:`~nbflow.engine.randomness.variant`)."""
         return randomness.variant(key, self.drawn, now=True)
 
-    def apply(self) -> Any:
-        """The value, after leaving the generators as the computed call did and telling enclosing calls
-        which files this result depends on."""
+    def apply(self, parameters: dict[str, Any] | None = None) -> Any:
+        """The value, after leaving the generators as the computed call did (global ones, and those among
+        ``parameters``, the call's arguments) and telling enclosing calls which files it depends on."""
         if self.drawn:
             randomness.restore(self.drawn)
+        for name, after in self.arguments.items():
+            if parameters is not None and name in parameters:
+                restore_in_place(parameters[name], after)
         recorder = file_reads.current()
         if recorder is not None and self.files:
             recorder.adopt(self.files)
@@ -97,3 +104,50 @@ class Observation:
         files, moved = file_reads.finish(recorder) if recorder.reads or recorder.done else ([], [])
         drawn = randomness.drawn(self.before) if self.before else []
         return files, moved, drawn
+
+
+def is_generator(value: Any) -> bool:
+    """A random generator object: ``random.Random``, NumPy's ``Generator``, ``RandomState`` or a bit
+    generator. Drawing changes it in place; that is what it is for."""
+    import random
+
+    if isinstance(value, random.Random):
+        return True
+    kind = type(value)
+    return kind.__module__.startswith("numpy.random") and (
+        kind.__name__ in ("Generator", "RandomState") or hasattr(value, "random_raw"))
+
+
+def restore_in_place(target: Any, value: Any) -> bool:
+    """Make ``target`` equal to ``value`` (an input as a cell left it) by changing it, not replacing it;
+    False when its type does not allow that (the name is then bound to ``value``)."""
+    if type(target) is not type(value):
+        return False
+    try:
+        if isinstance(target, list):
+            target[:] = value
+        elif isinstance(target, (dict, set)):
+            target.clear()
+            target.update(value)
+        elif isinstance(target, bytearray):
+            target[:] = value
+        elif hasattr(target, "set_state") and hasattr(target, "get_state"):  # numpy RandomState
+            target.set_state(value.get_state())
+        elif hasattr(target, "bit_generator") and hasattr(target.bit_generator, "state"):  # numpy Generator
+            target.bit_generator.state = value.bit_generator.state
+        elif hasattr(target, "setstate") and hasattr(target, "getstate"):  # random.Random
+            target.setstate(value.getstate())
+        elif type(target).__module__ == "numpy" and type(target).__name__ == "ndarray":
+            if target.shape != value.shape or target.dtype != value.dtype or not target.flags.writeable:
+                return False
+            target[...] = value
+        elif hasattr(target, "__dict__") and not isinstance(target, type):
+            # Plain objects and most library ones (a fitted model, a DataFrame): their state is __dict__.
+            state = target.__dict__
+            state.clear()
+            state.update(value.__dict__)
+        else:
+            return False
+    except Exception:
+        return False
+    return True

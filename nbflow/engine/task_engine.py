@@ -45,7 +45,7 @@ from nbflow.context import (
     current_flow_run,
 )
 from nbflow.engine import randomness, runtime
-from nbflow.engine.conditions import Conditional, Observation, key_parts
+from nbflow.engine.conditions import Conditional, Observation, is_generator, key_parts
 from nbflow.engine.file_reads import current as current_recorder
 from nbflow.engine.futures import TaskFuture, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
@@ -190,6 +190,7 @@ class TaskRunEngine:
     """Drives one call of one task. See the module docstring for the order of the steps."""
 
     # One engine per task call, cache hits included: slots make it cheaper to build and to use.
+    mutated_inputs_are_outputs = False  # cell tasks: an input changed in place is an output
     __slots__ = ("args", "attempt", "dynamic_key", "flow_context", "forced_dynamic_key", "key", "kwargs",
                  "map_info", "observation", "parameters", "run", "task", "task_run", "transaction",
                  "upstream_futures")
@@ -369,7 +370,7 @@ class TaskRunEngine:
             if staged is not None:
                 self.task_run.cache_hit = True
                 value = staged[0]
-                return Cached(value.apply() if type(value) is Conditional else value,
+                return Cached(value.apply(self.parameters) if type(value) is Conditional else value,
                               message="staged earlier in this transaction")
         try:
             # One read of record and payload together (a probe, then a load, would be two).
@@ -385,7 +386,7 @@ class TaskRunEngine:
             value = self.still_valid(value)
             if value is None:
                 return None
-            value = value.apply()
+            value = value.apply(self.parameters)
         self.task_run.cache_hit = True
         self.task_run.persisted = True
         return Cached(value)
@@ -594,11 +595,17 @@ class TaskRunEngine:
         changed an argument in place, or a file it read changed while it ran)."""
         result = state.result()
         mutated = self.mutated_arguments()
+        generators: dict[str, Any] = {}
+        if mutated and not self.mutated_inputs_are_outputs:
+            # A generator passed in is there to be drawn from: its state after the call is stored, and a
+            # hit leaves the caller's generator in it.
+            generators = {name: self.parameters[name] for name in mutated if is_generator(self.parameters[name])}
+            mutated = [name for name in mutated if name not in generators]
         if mutated and not self.keep_mutated(mutated, state):
             return _MISSING
         observation = self.observation
         if observation is None:
-            return result
+            return Conditional(result, [], [], generators) if generators else result
         files, moved, drawn = observation.outcome()
         if moved:
             names = ", ".join(repr(name) for name in moved)
@@ -609,10 +616,10 @@ class TaskRunEngine:
             )
             state.message = f"not persisted: {names} changed while it ran"
             return _MISSING
-        if not files and not drawn:
+        if not files and not drawn and not generators:
             return result
         self.task_run.key_parts.update(key_parts(files, drawn))
-        return Conditional(result, files, drawn)
+        return Conditional(result, files, drawn, generators)
 
     def mutated_arguments(self) -> list[str]:
         """The arguments whose fingerprint changed while the call ran (changed in place)."""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nbflow.cache_policies import ArgumentError, CachePolicy, KeyContext, fingerprint_arguments
+from nbflow.engine.conditions import restore_in_place
 from nbflow.engine.task_engine import TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
 from nbflow.ipython.analysis import analyze, normalized_digest
@@ -198,6 +199,8 @@ class _CellEngine(TaskRunEngine):
     """The task engine with cell-specific steps: graph edges by variable name, a stored payload that fails
     to load is a miss, inputs changed in place are outputs, and a value that cannot be stored is named in
     the warning."""
+
+    mutated_inputs_are_outputs = True
 
     def __init__(self, task: Task[..., Any], inputs: dict[str, Any], session: Session, spec: CellSpec,
                  shell: Any) -> None:
@@ -384,40 +387,6 @@ def _restore(shell: Any, spec: CellSpec, cached: CellResult) -> None:
             continue  # other names bound to the same object see the change too, as after the cell
         namespace[name] = value
 
-
-def restore_in_place(target: Any, value: Any) -> bool:
-    """Make ``target`` equal to ``value`` (an input as a cell left it) by changing it, not replacing it;
-    False when its type does not allow that (the name is then bound to ``value``)."""
-    if type(target) is not type(value):
-        return False
-    try:
-        if isinstance(target, list):
-            target[:] = value
-        elif isinstance(target, (dict, set)):
-            target.clear()
-            target.update(value)
-        elif isinstance(target, bytearray):
-            target[:] = value
-        elif hasattr(target, "set_state") and hasattr(target, "get_state"):  # numpy RandomState
-            target.set_state(value.get_state())
-        elif hasattr(target, "bit_generator") and hasattr(target.bit_generator, "state"):  # numpy Generator
-            target.bit_generator.state = value.bit_generator.state
-        elif hasattr(target, "setstate") and hasattr(target, "getstate"):  # random.Random
-            target.setstate(value.getstate())
-        elif type(target).__module__ == "numpy" and type(target).__name__ == "ndarray":
-            if target.shape != value.shape or target.dtype != value.dtype or not target.flags.writeable:
-                return False
-            target[...] = value
-        elif hasattr(target, "__dict__") and not isinstance(target, type):
-            # Plain objects and most library ones (a fitted model, a DataFrame): their state is __dict__.
-            state = target.__dict__
-            state.clear()
-            state.update(value.__dict__)
-        else:
-            return False
-    except Exception:
-        return False
-    return True
 
 
 def _notice(shell: Any, text: str) -> None:
