@@ -86,17 +86,17 @@ def key_parts(files: list[FileRead], drawn: list[Drawn]) -> dict[str, str]:
 class Observation:
     """What one computed call reads and draws, from before its first attempt to after its last."""
 
-    __slots__ = ("before", "recorder", "recording")
+    __slots__ = ("before", "recorder", "token")
 
     def __init__(self, declared: Any = (), random_generators: bool = True) -> None:
-        self.recording = file_reads.recording()
-        self.recorder = self.recording.__enter__()
+        self.recorder = recorder = file_reads.Recorder(file_reads.current())
+        self.token = file_reads.start(recorder)
         if declared:
-            file_reads.declare(self.recorder, declared)
+            file_reads.declare(recorder, declared)
         self.before = randomness.states() if random_generators else None
 
     def stop(self) -> None:
-        self.recording.__exit__()
+        file_reads.stop(self.token)
 
     def outcome(self) -> tuple[list[FileRead], list[str], list[Drawn]]:
         """(files read, files written while the call ran, generators drawn from)."""

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
-__all__ = ["FileRead", "Recorder", "changed", "declare", "finish", "recording"]
+__all__ = ["FileRead", "Recorder", "changed", "current", "declare", "finish", "start", "stop"]
 
 # A file modified this close to the moment it was digested may change again within the same mtime tick
 # (1-2 s on some filesystems): such a read is digested again on every check.
@@ -131,8 +131,14 @@ def _install() -> None:
             _installed = True
 
 
+_EVENTS = frozenset({"open", "os.listdir", "os.scandir"})
+
+
 def _hook(event: str, args: tuple[Any, ...]) -> None:
-    # Runs for every audit event of the process from now on: the common case returns at the first test.
+    # Runs for every audit event of the process from now on (id(), attribute reads of code objects...):
+    # the common case returns at the first test.
+    if event not in _EVENTS:
+        return
     if event == "open":
         recorder = _current.get()
         if recorder is None:
@@ -198,22 +204,17 @@ def _stat(path: str, kind: str) -> tuple[str, int, int]:
     return (kind if kind == "file" else "file", info.st_size, info.st_mtime_ns)
 
 
-class recording:
-    """Context manager: a new recorder is current inside (nested in the current one, if any)."""
+def start(recorder: Recorder) -> contextvars.Token[Recorder | None]:
+    """Make ``recorder`` the current one (installing the audit hook on first use); returns the token
+    :func:`stop` takes."""
+    if not _installed:
+        _install()
+    return _current.set(recorder)
 
-    __slots__ = ("recorder", "token")
 
-    def __init__(self) -> None:
-        if not _installed:
-            _install()
-        self.recorder = Recorder(_current.get())
-
-    def __enter__(self) -> Recorder:
-        self.token = _current.set(self.recorder)
-        return self.recorder
-
-    def __exit__(self, *exc: object) -> None:
-        _current.reset(self.token)
+def stop(token: contextvars.Token[Recorder | None]) -> None:
+    """The recorder current before :func:`start` is current again."""
+    _current.reset(token)
 
 
 def declare(recorder: Recorder | None, paths: Iterable[Any]) -> None:

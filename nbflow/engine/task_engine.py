@@ -490,7 +490,7 @@ class TaskRunEngine:
             if type(value) not in _PLAIN:
                 return True
         try:
-            return may_draw(self.task.fn)
+            return may_draw(self.task.fn, self.task_run.key_parts.get("code"))
         except Exception:
             return True
 

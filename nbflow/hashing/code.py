@@ -1556,7 +1556,7 @@ def dependency_parts(fn: Callable[..., Any]) -> dict[str, str]:
     until :func:`code_identity` has run for ``fn``."""
     target = getattr(fn, "__func__", fn)
     snap = _SNAPS.get(id(target))
-    if snap is None or type(target) is not _FunctionType or snap.ref() is not target:
+    if snap is None or not snap.checks or type(target) is not _FunctionType or snap.ref() is not target:
         return {}
     parts: dict[str, str] = {}
     closure_names = iter(target.__code__.co_freevars)
@@ -1590,12 +1590,14 @@ def dependency_parts(fn: Callable[..., Any]) -> dict[str, str]:
 _DRAWS: dict[int, tuple[Any, str, bool]] = {}
 
 
-def may_draw(fn: Callable[..., Any]) -> bool:
+def may_draw(fn: Callable[..., Any], identity: str | None = None) -> bool:
     """Whether ``fn`` may draw from the process's global random generators: its code, or user code it
     refers to, reaches the ``random`` module or a third-party package (NumPy, and anything that may
     call it), or calls a task or callable object. Pure Python that uses only builtins, other standard
-    modules and plain values does not. Remembered per function for as long as its identity holds."""
-    identity = code_identity(fn)
+    modules and plain values does not. Remembered per function for as long as its identity holds
+    (``identity``: its :func:`code_identity`, when the caller has it already)."""
+    if identity is None:
+        identity = code_identity(fn)
     known = _DRAWS.get(id(fn))
     if known is not None and known[0]() is fn and known[1] == identity:
         return known[2]
