@@ -4,7 +4,9 @@
 names of functions and classes it defines. *Outputs* are the names it binds at top level:
 assignments, augmented and annotated assignments, ``for`` and ``with ... as`` targets, ``except ...
 as`` names, walrus targets, ``def``, ``class`` and ``import``. A name whose item or attribute the cell
-assigns (``df["x"] = ...``, ``model.coef = ...``) is both: the cell reads it and changes it.
+assigns (``df["x"] = ...``, ``model.coef = ...``) is an input: the cell changes that value in place, which
+the engine sees by fingerprinting its inputs again after the cell (an input that changed is stored as an
+output); a module whose attribute a cell sets is not a value the cell could store.
 
 The analysis is flow-insensitive inside a statement and ordered across statements, which is what a
 notebook cell needs: ``x = x + 1`` reads ``x`` first; ``x = 1; y = x`` does not.
@@ -27,8 +29,8 @@ class CellAnalysis:
 
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    # Names bound by top-level def / class / import statements: restored by running those statements
-    # again on a cache hit instead of pickling code.
+    # Names bound by top-level def / class / import statements and `name = lambda ...`: restored by
+    # running those statements again on a cache hit instead of pickling code.
     definitions: list[str] = field(default_factory=list)
     definition_nodes: list[ast.stmt] = field(default_factory=list)
     # `with ... as NAME` targets: usually a closed file or a released lock once the block ends.
@@ -120,7 +122,7 @@ def _target_names(target: ast.AST) -> tuple[list[str], list[str]]:
     elif isinstance(target, ast.Starred):
         return _target_names(target.value)
     elif isinstance(target, (ast.Subscript, ast.Attribute)):
-        # `df["x"] = ...` reads df, and changes it: df is an input and an output.
+        # `df["x"] = ...` reads df and changes it in place: an input (see the module docstring).
         base: ast.AST = target
         while isinstance(base, (ast.Subscript, ast.Attribute)):
             if isinstance(base, ast.Subscript):
@@ -131,8 +133,6 @@ def _target_names(target: ast.AST) -> tuple[list[str], list[str]]:
         reads = _Reads()
         reads.visit(base)
         read += reads.names
-        if isinstance(base, ast.Name):
-            bound.append(base.id)
     return bound, read
 
 
@@ -248,5 +248,9 @@ def analyze(tree: ast.Module) -> CellAnalysis:
             if "*" in names:
                 continue
             result.definitions += [name.split(".")[0] for name in names]
+            result.definition_nodes.append(node)
+        elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda)
+              and all(isinstance(target, ast.Name) for target in node.targets)):
+            result.definitions += [target.id for target in node.targets if isinstance(target, ast.Name)]
             result.definition_nodes.append(node)
     return result

@@ -120,15 +120,17 @@ def prepare_cell(shell: Any, source: str, options: CellOptions) -> CellSpec:
 
 def current_inputs(shell: Any, spec: CellSpec) -> dict[str, Any]:
     """The cell's inputs as they are now in the user namespace: builtins and IPython's own names
-    (``In``, ``Out``, ``get_ipython``, ...) are left out unless the user rebound them."""
+    (``get_ipython``, ``exit``, ...) are left out unless the user rebound them. IPython's history (``_``,
+    ``Out``, ``_3``, ``In``) is an input like any value: what the cell reads there is what it computes from."""
     namespace = shell.user_ns
     hidden = getattr(shell, "user_ns_hidden", {})
+    history = set(history_reads(spec))
     found: dict[str, Any] = {}
     for name in spec.inputs:
         if name not in namespace:
             continue
         value = namespace[name]
-        if name in hidden and hidden[name] is value:
+        if name in hidden and hidden[name] is value and name not in history:
             continue
         found[name] = value
     return found
@@ -224,6 +226,10 @@ class _CellEngine(TaskRunEngine):
     def may_draw(self) -> bool:
         return True  # a cell is code at the top level: anything in it may draw random numbers
 
+    def mutated_arguments(self) -> list[str]:
+        history = set(history_reads(self.spec))
+        return [name for name in super().mutated_arguments() if name not in history]
+
     def keep_mutated(self, names: list[str], state: State) -> bool:
         result: CellResult = state.result()
         namespace = self.shell.user_ns
@@ -255,11 +261,19 @@ class _CellEngine(TaskRunEngine):
         return state
 
 
+def cell_number(shell: Any) -> int:
+    """The number of the cell running now (``In[n]``): the execution result's, which IPython sets before
+    the cell runs (some IPython releases count ``shell.execution_count`` up before running it)."""
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    number = getattr(result, "execution_count", None)
+    return number if isinstance(number, int) else shell.execution_count
+
+
 def _compile_cell(shell: Any, spec: CellSpec) -> tuple[Any, Any, str]:
     """(body code, last-expression code or None, filename). The source is put in ``linecache`` under
     that filename, so tracebacks show the lines and functions defined in the cell have a code
     identity."""
-    filename = shell.compile.cache(spec.code, shell.execution_count, raw_code=spec.source)
+    filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
     flags = shell.compile.flags
     statements = list(spec.tree.body)
     last = None
@@ -276,8 +290,8 @@ def _compile_cell(shell: Any, spec: CellSpec) -> tuple[Any, Any, str]:
     return body, last, filename
 
 
-# IPython's history: a cell reading these depends on what ran before it in this kernel, which no key
-# can capture (`Out[3]` is whatever cell 3 showed this time).
+# IPython's history: inputs by their values now (`Out[3]` is whatever cell 3 showed this time). They
+# grow as cells run, which is no change a cell made.
 _HISTORY = frozenset({"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "_exit_code"})
 
 
@@ -293,20 +307,10 @@ def history_reads(spec: CellSpec) -> list[str]:
 
 def _make_task(shell: Any, spec: CellSpec, execute: Any) -> Task[..., Any]:
     options = spec.options
-    no_cache = options.no_cache
-    history = history_reads(spec) if not no_cache else []
-    if history:
-        names = ", ".join(history)
-        warnings.warn(
-            f"cell task {spec.name!r} is not cached: it reads IPython's history ({names}), which depends on "
-            "what ran before it in this kernel. Give the value a name in the cell that makes it and read that.",
-            NbflowWarning, stacklevel=2,
-        )
-        no_cache = True
     task: Task[..., Any] = Task(
         execute, name=spec.name, retries=options.retries, retry_delay_seconds=options.retry_delay,
         timeout_seconds=options.timeout, cache_policy=CellPolicy(shell, spec), refresh_cache=options.refresh,
-        persist_result=not no_cache, tags=("cell", *options.tags), files=options.files,
+        persist_result=not options.no_cache, tags=("cell", *options.tags), files=options.files,
     )
     task.task_key = f"cell:{spec.name}"
     return task
@@ -376,7 +380,7 @@ def _bound(shell: Any, spec: CellSpec) -> dict[str, Any]:
 def _restore(shell: Any, spec: CellSpec, cached: CellResult) -> None:
     """Bind the outputs again: definitions by running their statements, values from the store."""
     if spec.definitions:
-        filename = shell.compile.cache(spec.code, shell.execution_count, raw_code=spec.source)
+        filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
         module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])
         code = compile(module, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
         exec(code, shell.user_global_ns, shell.user_ns)

@@ -11,7 +11,7 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from nbflow.ipython.cells import CellOptions, prepare_cell, run_cell_task
+from nbflow.ipython.cells import CellOptions, cell_number, prepare_cell, run_cell_task
 from nbflow.runs import format_duration
 from nbflow.settings import MAX_SECONDS
 
@@ -113,19 +113,20 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
         # top level) are reported like the parser's, not from inside nbflow.
         compile(spec.tree, "<cell>", "exec", flags=shell.compile.flags, dont_inherit=True)
     except SyntaxError as error:
-        _syntax_error(shell, error)
+        _syntax_error(shell, cell, error)
     return run_cell_task(shell, spec, session)
 
 
-def _syntax_error(shell: Any, error: SyntaxError) -> NoReturn:
-    """Fail as the same cell without ``%%task`` fails: a ``SyntaxError`` (an error for Jupyter, which
-    stops a run unless the cell is tagged ``raises-exception``), with the line numbers of the cell."""
-    if error.lineno is not None:  # line 1 of the body is line 2 of the cell, after the %%task line
-        error.lineno += 1
-        if error.end_lineno is not None:
-            error.end_lineno += 1
-    error.args = (error.msg, (error.filename, error.lineno, error.offset, error.text, error.end_lineno,
-                              error.end_offset))
+def _syntax_error(shell: Any, cell: str, error: SyntaxError) -> NoReturn:
+    """Fail as the same cell without ``%%task`` fails: the ``SyntaxError`` IPython's own compiler gives
+    for the body (same message, line numbers counted from the body's first line, the cell's source shown),
+    an error for Jupyter, which stops a run unless the cell is tagged ``raises-exception``."""
+    try:
+        filename = shell.compile.cache(cell, cell_number(shell), raw_code=cell)
+        tree = shell.compile.ast_parse(shell.transform_cell(cell), filename=filename)
+        compile(tree, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
+    except SyntaxError as plain:
+        error = plain
     raise error.with_traceback(None)
 
 

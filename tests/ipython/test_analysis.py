@@ -29,8 +29,11 @@ def io(source: str) -> tuple[list[str], list[str]]:
         ("class C(Base):\n    size = N\n    def m(self):\n        return other", ["Base", "N", "other"], ["C"]),
         ("ys = [x * k for x in xs]", ["xs", "k"], ["ys"]),
         ("g = lambda v: v + off", ["off"], ["g"]),
-        ("df['c'] = df['a'] + 1", ["df"], ["df"]),
-        ("model.coef = fit(data)", ["fit", "data", "model"], ["model"]),
+        # changed in place: inputs (the engine sees the change after the cell and stores them as outputs)
+        ("df['c'] = df['a'] + 1", ["df"], []),
+        ("model.coef = fit(data)", ["fit", "data", "model"], []),
+        ("plt.rcParams['figure.figsize'] = (6, 4)", ["plt"], []),
+        ("to_celsius = lambda f: (f - 32) * 5 / 9", [], ["to_celsius"]),
         ("if (n := size()) > 3:\n    big = n", ["size"], ["n", "big"]),
         ("try:\n    v = risky()\nexcept Exception as err:\n    v = None", ["risky", "Exception"], ["v", "err"]),
         ("x: int = 3\ny: int", [], ["x"]),
@@ -44,10 +47,11 @@ def test_inputs_and_outputs(source: str, inputs: list[str], outputs: list[str]) 
     assert found_outputs == outputs
 
 
-def test_definitions_are_the_top_level_def_class_and_import_statements() -> None:
-    result = analyze(ast.parse("import os\ndef f(): pass\nclass C: pass\nx = 1\nif x:\n    def g(): pass\n"))
-    assert result.definitions == ["os", "f", "C"]
-    assert len(result.definition_nodes) == 3
+def test_definitions_are_the_top_level_def_class_import_and_lambda_statements() -> None:
+    result = analyze(ast.parse("import os\ndef f(): pass\nclass C: pass\nx = 1\nif x:\n    def g(): pass\n"
+                               "h = k = lambda v: v + x\n"))
+    assert result.definitions == ["os", "f", "C", "h", "k"]
+    assert len(result.definition_nodes) == 4
 
 
 def test_the_normalized_digest_ignores_comments_and_formatting() -> None:

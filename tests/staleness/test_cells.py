@@ -125,10 +125,10 @@ HISTORY_AND_ERRORS = [
 ]
 
 
-def test_history_readers_are_not_cached_and_a_syntax_error_fails_like_a_plain_cell(tmp_path: Path,
+def test_history_readers_see_the_values_of_this_run_and_a_syntax_error_fails_like_a_plain_cell(tmp_path: Path,
                                                                                    nbflow_home: Path) -> None:
-    def run() -> Any:
-        notebook = new_notebook(cells=[new_code_cell(source) for source in HISTORY_AND_ERRORS],
+    def run(cells: list[str] = HISTORY_AND_ERRORS) -> Any:
+        notebook = new_notebook(cells=[new_code_cell(source) for source in cells],
                                 metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                          "language": "python"}})
         notebook.cells[4].metadata["tags"] = ["raises-exception"]
@@ -139,11 +139,13 @@ def test_history_readers_are_not_cached_and_a_syntax_error_fails_like_a_plain_ce
         texts = _texts(notebook)
         assert texts[1:4] == ["42", "43\n", "84\n"]
         assert texts[4] == "SyntaxError" and texts[5] == "after the error\n"
-    cells = second.cells
-    assert any(o.get("metadata", {}).get("nbflow") for o in cells[1].outputs)  # 40 + 2: restored
-    for cell in cells[2:4]:  # readers of _ and Out: computed again, with a warning naming the name
-        assert not any(o.get("metadata", {}).get("nbflow") for o in cell.outputs)
-        assert "reads IPython's history" in "".join(o.get("text", "") for o in cell.outputs)
+    # IPython's history is an input by its value: the same value read, a hit; another, a miss.
+    for cell in second.cells[1:4]:
+        assert any(o.get("metadata", {}).get("nbflow") for o in cell.outputs)
+        assert "Warning" not in "".join(o.get("text", "") for o in cell.outputs)
+    # What the history holds now is what counts: another value in `_` and Out[2] recomputes.
+    edited = run([HISTORY_AND_ERRORS[0], "%%task\n40 + 3", *HISTORY_AND_ERRORS[2:]])
+    assert _texts(edited)[1:4] == ["43", "44\n", "86\n"]
     # Untagged, the syntax error stops the run as it does without %%task.
     notebook = new_notebook(cells=[new_code_cell(s) for s in ("%load_ext nbflow", "%%task\nx = (", "print(1)")],
                             metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
