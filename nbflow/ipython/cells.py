@@ -31,6 +31,7 @@ from nbflow.cache_policies import ArgumentError, CachePolicy, KeyContext, finger
 from nbflow.engine.conditions import restore_in_place
 from nbflow.engine.task_engine import TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
+from nbflow.ipython import settings_effects
 from nbflow.ipython.analysis import analyze, normalized_digest
 from nbflow.ipython.capture import Output, OutputTee, replay
 from nbflow.runs import format_duration
@@ -72,6 +73,9 @@ class CellResult:
     # Inputs the cell changed in place (``df["y"] = ...``, ``a.sort()``): their values after the cell are
     # among ``values``, and a hit changes the objects in the namespace to match rather than rebinding.
     mutated: list[str] = field(default_factory=list)
+    # Process-wide settings the cell changed (display options, rcParams, the working directory): set
+    # again by a hit (see nbflow.ipython.settings_effects).
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,6 +153,7 @@ class CellPolicy(CachePolicy):
 
         parts = context.parts
         parts["cell"] = self.spec.digest
+        parts["settings"] = settings_effects.display_digest()
         code = source_identity(self.spec.code, self.shell.user_ns)
         parts["code"] = code
         values: dict[str, Any] = {}
@@ -175,7 +180,7 @@ class CellPolicy(CachePolicy):
                 stacklevel=2,
             )
             return None
-        return f"{code}|{inputs_digest}"
+        return f"{code}|{inputs_digest}|{parts['settings']}"
 
 
 class _NullSink:
@@ -326,6 +331,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         # lists them and a manual retry can name them.
         started = time.perf_counter()
         result = None
+        before = settings_effects.snapshot()
         with OutputTee(shell) as tee:
             exec(body, shell.user_global_ns, shell.user_ns)
             if last is not None:
@@ -341,7 +347,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         for name in unstorable({n: values[n] for n in spec.with_targets if n in values}):
             del values[name]
         return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started,
-                          last_value=result)
+                          last_value=result, settings=settings_effects.changed_settings(before))
 
     execute.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in current_inputs(shell, spec)]
@@ -378,7 +384,11 @@ def _bound(shell: Any, spec: CellSpec) -> dict[str, Any]:
 
 
 def _restore(shell: Any, spec: CellSpec, cached: CellResult) -> None:
-    """Bind the outputs again: definitions by running their statements, values from the store."""
+    """Set the settings the cell changed, then bind its outputs again: definitions by running their
+    statements, values from the store."""
+    settings = getattr(cached, "settings", None)
+    if settings:
+        settings_effects.replay(settings)
     if spec.definitions:
         filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
         module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])

@@ -208,6 +208,8 @@ def status(session: Session) -> str:
 def _describe_part(part: str) -> str:
     if part == "cell":
         return "the cell's own code"
+    if part == "settings":
+        return "display settings in force (numpy print options, pandas options, matplotlib rcParams)"
     kind, _, name = part.partition(":")
     descriptions = {"input": f"input {name!r}", "code": f"function or class {name!r} (its code)",
                     "module": f"module {name!r} (installed version)", "global": f"global {name}",
