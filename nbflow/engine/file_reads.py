@@ -117,6 +117,12 @@ def _ignored_prefixes() -> tuple[str, ...]:
         roots.add(site.getusersitepackages())
     except Exception:
         pass
+    try:  # the time zone database (read by imports such as pandas'), not the user's data
+        import zoneinfo
+
+        roots.update(zoneinfo.TZPATH)
+    except Exception:
+        pass
     prefixes = {os.path.join(os.path.realpath(root), "") for root in roots if root}
     prefixes.update({"/proc/", "/sys/", "/dev/"})
     return tuple(sorted(prefixes))

@@ -76,6 +76,11 @@ class CellResult:
     # Process-wide settings the cell changed (display options, rcParams, the working directory): set
     # again by a hit (see nbflow.ipython.settings_effects).
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Outputs that are inputs under another name (`alias = rows`): a hit binds them to the input itself.
+    aliases: dict[str, str] = field(default_factory=dict)
+    # Outputs that are part of an input (`row = x2[0]`, a view; `first = rows[0]`): a stored copy would not
+    # be, and a later change through one name would not show through the other, so the cell is not cached.
+    shared: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,12 +220,17 @@ class _CellEngine(TaskRunEngine):
         self.session = session
         self.spec = spec
         self.shell = shell
+        self.defined = False  # the cell's def / class / import statements ran already (see probe)
 
     def begin(self) -> None:
         super().begin()
         self.task_run.upstream = self.session.tracker.cell_upstream(self.parameters, self.task_run.upstream)
 
     def probe(self) -> State | None:
+        if self.key is not None and self.spec.definitions and not self.task.refresh_cache:
+            # Before loading: stored values may be instances of a class this very cell defines.
+            _define(self.shell, self.spec)
+            self.defined = True
         try:
             return super().probe()
         except Exception as error:  # e.g. a stored value of a class this kernel has not defined yet
@@ -245,6 +255,13 @@ class _CellEngine(TaskRunEngine):
         return True
 
     def persist(self, state: State) -> State:
+        shared = state.result().shared
+        if shared and self.key is not None:
+            # Quietly: running such a cell again is what keeps it right (a slice or an element is cheap).
+            listed = ", ".join(f"{name!r} is part of {owner!r}" for name, owner in shared.items())
+            state.persisted = self.task_run.persisted = False
+            state.message = f"not cached: {listed}"
+            return state
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             state = super().persist(state)
@@ -264,6 +281,55 @@ class _CellEngine(TaskRunEngine):
             for warning in caught:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         return state
+
+
+_SCAN_LIMIT = 10_000  # elements of an input container looked through for an output
+
+
+def _aliases(values: dict[str, Any], inputs: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """(outputs that are inputs, outputs that are part of an input): by identity, one level deep (items of
+    lists, tuples, sets and dicts, attributes of objects), and NumPy arrays sharing an input array's memory."""
+    candidates = {id(value): name for name, value in inputs.items()
+                  if type(value) not in _SCALARS and not _is_code(value)}
+    if not candidates:
+        return {}, {}
+    aliases: dict[str, str] = {}
+    shared: dict[str, str] = {}
+    for name, value in values.items():
+        if type(value) in _SCALARS or _is_code(value):
+            continue
+        owner = candidates.get(id(value))
+        if owner is not None:
+            aliases[name] = owner
+            continue
+        for owner, container in inputs.items():
+            if id(container) in candidates and _contains(container, value):
+                shared[name] = owner
+                break
+    return aliases, shared
+
+
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range})
+
+
+def _contains(container: Any, value: Any) -> bool:
+    kind = type(container)
+    items: Any
+    if kind.__name__ == "ndarray" and type(value).__name__ == "ndarray":
+        numpy = __import__("numpy")
+        return bool(numpy.may_share_memory(container, value)) and bool(numpy.shares_memory(container, value))
+    if isinstance(container, dict):
+        items = container.values()
+    elif isinstance(container, (list, tuple, set, frozenset)):
+        items = container
+    else:
+        attributes = getattr(container, "__dict__", None)
+        if not isinstance(attributes, dict):
+            return False
+        items = attributes.values()
+    if len(items) > _SCAN_LIMIT:
+        return False
+    return any(item is value for item in items)
 
 
 def cell_number(shell: Any) -> int:
@@ -346,8 +412,12 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         # the whole cell uncacheable (a hit does not bind it).
         for name in unstorable({n: values[n] for n in spec.with_targets if n in values}):
             del values[name]
+        aliases, shared = _aliases(values, _inputs)
+        for name in aliases:
+            del values[name]
         return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started,
-                          last_value=result, settings=settings_effects.changed_settings(before))
+                          last_value=result, settings=settings_effects.changed_settings(before),
+                          aliases=aliases, shared=shared)
 
     execute.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in current_inputs(shell, spec)]
@@ -360,7 +430,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
     task_run = engine.task_run
     if state.type is StateType.COMPLETED and state.name == "Cached":
         cached: CellResult = state.result()
-        _restore(shell, spec, cached)
+        _restore(shell, spec, cached, engine.defined)
         session.saved[task_run.id] = cached.duration
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
         replay(shell, cached.outputs, cached.last_value)
@@ -383,23 +453,32 @@ def _bound(shell: Any, spec: CellSpec) -> dict[str, Any]:
     return {name: namespace[name] for name in spec.outputs if name in namespace}
 
 
-def _restore(shell: Any, spec: CellSpec, cached: CellResult) -> None:
+def _define(shell: Any, spec: CellSpec) -> None:
+    """Run the cell's def / class / import (and ``name = lambda``) statements: code is restored by running
+    its definition, never unpickled."""
+    filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
+    module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])
+    code = compile(module, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
+    exec(code, shell.user_global_ns, shell.user_ns)
+
+
+def _restore(shell: Any, spec: CellSpec, cached: CellResult, defined: bool = False) -> None:
     """Set the settings the cell changed, then bind its outputs again: definitions by running their
-    statements, values from the store."""
+    statements (unless that happened before the entry was loaded), values from the store."""
     settings = getattr(cached, "settings", None)
     if settings:
         settings_effects.replay(settings)
-    if spec.definitions:
-        filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
-        module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])
-        code = compile(module, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
-        exec(code, shell.user_global_ns, shell.user_ns)
+    if spec.definitions and not defined:
+        _define(shell, spec)
     namespace = shell.user_ns
     mutated = getattr(cached, "mutated", ())
     for name, value in cached.values.items():
         if name in mutated and name in namespace and restore_in_place(namespace[name], value):
             continue  # other names bound to the same object see the change too, as after the cell
         namespace[name] = value
+    for name, source in getattr(cached, "aliases", {}).items():
+        if source in namespace:
+            namespace[name] = namespace[source]
 
 
 
