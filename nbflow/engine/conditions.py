@@ -48,6 +48,8 @@ class Conditional:
         read = file_reads.changed(self.files)
         if read is None:
             return None
+        if read.written:
+            return f"file {read.label!r}, which the call wrote, is missing or changed"
         what = "directory" if read.kind == "dir" else "file"
         return f"{what} {read.label!r} changed" if read.kind != "missing" else f"file {read.label!r} appeared"
 
@@ -78,7 +80,7 @@ class Conditional:
 
 def key_parts(files: list[FileRead], drawn: list[Drawn]) -> dict[str, str]:
     """Parts for ``%nbflow why`` and the graph's details: one per file and per seeded generator."""
-    parts = {f"file:{read.label}": read.digest or read.kind for read in files}
+    parts = {f"{'wrote' if read.written else 'file'}:{read.label}": read.digest or read.kind for read in files}
     parts.update({f"random:{entry.name}": entry.entry for entry in drawn if entry.seeded})
     return parts
 
@@ -101,7 +103,7 @@ class Observation:
     def outcome(self) -> tuple[list[FileRead], list[str], list[Drawn]]:
         """(files read, files written while the call ran, generators drawn from)."""
         recorder = self.recorder
-        files, moved = file_reads.finish(recorder) if recorder.reads or recorder.done else ([], [])
+        files, moved = file_reads.finish(recorder) if recorder.reads or recorder.done or recorder.writes else ([], [])
         drawn = randomness.drawn(self.before) if self.before else []
         return files, moved, drawn
 

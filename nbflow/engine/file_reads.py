@@ -43,18 +43,23 @@ _CHUNK = 1 << 20
 
 
 class FileRead(NamedTuple):
-    """One file or directory a call read: what a later hit compares with."""
+    """One file or directory a call read (or wrote): what a later hit compares with."""
 
-    path: str  # absolute
+    path: str  # as the call named it: a relative path is resolved against the working directory of each check
     kind: str  # "file", "dir" or "missing"
     size: int
     mtime_ns: int
     digest: str  # content (file), sorted entry names (dir), "" (missing)
     digested_ns: int  # when the digest was taken (time.time_ns())
+    # A file the call created or overwrote: a hit needs it as the call left it (it is not stored), so a
+    # later cell that reads it finds it, in this directory or another one.
+    written: bool = False
 
     @property
     def label(self) -> str:
         """The path as the user would write it: relative to the working directory when inside it."""
+        if not os.path.isabs(self.path):
+            return self.path
         try:
             relative = os.path.relpath(self.path)
         except ValueError:
@@ -63,32 +68,42 @@ class FileRead(NamedTuple):
 
 
 class Recorder:
-    """The reads of one running call: absolute path -> (kind, size, mtime_ns) when first seen."""
+    """The reads of one running call: absolute path -> (kind, size, mtime_ns, path as named) when first
+    seen; the files it wrote: absolute path -> path as named."""
 
-    __slots__ = ("done", "parent", "reads")
+    __slots__ = ("done", "parent", "reads", "writes")
 
     def __init__(self, parent: Recorder | None) -> None:
         self.parent = parent
-        self.reads: dict[str, tuple[str, int, int]] = {}
+        self.reads: dict[str, tuple[str, int, int, str]] = {}
+        self.writes: dict[str, str] = {}
         self.done: dict[str, FileRead] = {}  # reads a cache hit inside this call brought, already digested
 
-    def note(self, path: str, kind: str) -> None:
+    def note(self, path: str, kind: str, given: str | None = None) -> None:
         recorder: Recorder | None = self
         seen = None
         while recorder is not None:
-            if path not in recorder.reads and path not in recorder.done:
+            # A file the call wrote before reading it is its own: the written record covers it.
+            if path not in recorder.reads and path not in recorder.done and path not in recorder.writes:
                 if seen is None:
-                    seen = _stat(path, kind)
+                    seen = (*_stat(path, kind), path if given is None else given)
                 recorder.reads[path] = seen
             recorder = recorder.parent
 
+    def wrote(self, path: str, given: str) -> None:
+        recorder: Recorder | None = self
+        while recorder is not None:
+            recorder.writes.setdefault(path, given)
+            recorder = recorder.parent
+
     def adopt(self, reads: Iterable[FileRead]) -> None:
-        """Reads of a cached entry served inside this call: this call depends on them as well."""
+        """Reads (and writes) of a cached entry served inside this call: this call depends on them too."""
         recorder: Recorder | None = self
         while recorder is not None:
             for read in reads:
-                if read.path not in recorder.reads:
-                    recorder.done.setdefault(read.path, read)
+                path = os.path.abspath(read.path)
+                if path not in recorder.reads:
+                    recorder.done.setdefault(path, read)
             recorder = recorder.parent
 
 
@@ -153,12 +168,15 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         if isinstance(path, int):
             return
         if mode is None:  # os.open: relative names may be relative to a directory descriptor
-            if flags is None or flags & os.O_ACCMODE == os.O_WRONLY:
+            if flags is None:
                 return
-        elif ("r" not in mode and "+" not in mode) or "w" in mode:
-            return
-        if not _by_import_system():
-            _seen(recorder, path, "file", mode is None)
+            writes = bool(flags & os.O_TRUNC) or bool(flags & os.O_CREAT and flags & os.O_EXCL)
+            reads = flags & os.O_ACCMODE != os.O_WRONLY and not writes
+        else:
+            writes = "w" in mode or "x" in mode  # the file's content is the call's: 'a' adds to others'
+            reads = ("r" in mode or "+" in mode) and not writes
+        if (reads or writes) and not _by_import_system():
+            _seen(recorder, path, "file" if reads else "wrote", mode is None)
     elif event == "os.listdir" or event == "os.scandir":
         recorder = _current.get()
         if recorder is not None and args and not isinstance(args[0], int) and not _by_import_system():
@@ -180,13 +198,16 @@ def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None
         return
     _local.busy = True
     try:
-        name = os.fsdecode(path)
-        if absolute_only and not os.path.isabs(name):
+        given = os.fsdecode(path)
+        if absolute_only and not os.path.isabs(given):
             return
-        name = os.path.abspath(name)
+        name = os.path.abspath(given)
         if name.startswith(_ignored) or _in_store(name) or name.endswith(".pyc"):
             return
-        recorder.note(name, kind)
+        if kind == "wrote":
+            recorder.wrote(name, given)
+        else:
+            recorder.note(name, kind, given)
     except Exception:
         pass  # never the reason a user's open fails
     finally:
@@ -260,17 +281,18 @@ def _digest_dir(path: str) -> str:
     return xxhash.xxh3_128_hexdigest("\0".join(names).encode("utf-8", "surrogateescape"))
 
 
-def _read_now(path: str, kind: str) -> FileRead:
-    """The read as the file is now (content digested)."""
+def _read_now(path: str, kind: str, written: bool = False) -> FileRead:
+    """The read as the file is now (content digested); ``path`` as the call named it."""
     now = time.time_ns()
-    seen = _stat(path, kind)
+    where = os.path.abspath(path)
+    seen = _stat(where, kind)
     if seen[0] == "missing":
-        return FileRead(path, "missing", -1, 0, "", now)
+        return FileRead(path, "missing", -1, 0, "", now, written)
     try:
-        digest = _digest_dir(path) if seen[0] == "dir" else _digest_file(path)
+        digest = _digest_dir(where) if seen[0] == "dir" else _digest_file(where)
     except OSError:
-        return FileRead(path, "missing", -1, 0, "", now)
-    return FileRead(path, seen[0], seen[1], seen[2], digest, now)
+        return FileRead(path, "missing", -1, 0, "", now, written)
+    return FileRead(path, seen[0], seen[1], seen[2], digest, now, written)
 
 
 def finish(recorder: Recorder) -> tuple[list[FileRead], list[str]]:
@@ -279,13 +301,16 @@ def finish(recorder: Recorder) -> tuple[list[FileRead], list[str]]:
     moved: list[str] = []
     _local.busy = True
     try:
-        for path, (kind, size, mtime_ns) in recorder.reads.items():
-            read = _read_now(path, kind)
-            if read.kind != kind or (kind != "missing" and (read.mtime_ns != mtime_ns or
-                                                            (kind == "file" and read.size != size))):
-                moved.append(read.label)
+        for path, (kind, size, mtime_ns, given) in recorder.reads.items():
+            read = _read_now(given, kind)
+            if path in recorder.writes or read.kind != kind or (
+                    kind != "missing" and (read.mtime_ns != mtime_ns or (kind == "file" and read.size != size))):
+                moved.append(read.label)  # changed since it was read (or read, then written): what it read is gone
                 continue
             reads.append(read)
+        for path, given in recorder.writes.items():
+            if path not in recorder.reads:
+                reads.append(_read_now(given, "file", written=True))
     finally:
         _local.busy = False
     return reads, moved
@@ -294,7 +319,7 @@ def finish(recorder: Recorder) -> tuple[list[FileRead], list[str]]:
 def changed(reads: Iterable[FileRead]) -> FileRead | None:
     """The first recorded read whose file is no longer as it was (None: all unchanged)."""
     for read in reads:
-        seen = _stat(read.path, read.kind)
+        seen = _stat(os.path.abspath(read.path), read.kind)
         if seen[0] != read.kind:
             return read
         if read.kind == "missing":

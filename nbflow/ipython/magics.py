@@ -214,6 +214,7 @@ def _describe_part(part: str) -> str:
     descriptions = {"input": f"input {name!r}", "code": f"function or class {name!r} (its code)",
                     "module": f"module {name!r} (installed version)", "global": f"global {name}",
                     "env": f"environment variable {name}", "file": f"file {name!r}",
+                    "wrote": f"file {name!r} (written by it: missing or changed since)",
                     "random": f"random generator {name} (its state when the call started)"}
     return descriptions.get(kind, part)
 

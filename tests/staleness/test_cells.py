@@ -104,7 +104,8 @@ def test_every_run_shows_what_the_plain_notebook_shows(runs: dict[str, Any]) -> 
     plain = runs["plain"]
     assert _texts(runs["first"])[1:] == plain
     assert _texts(runs["second"])[1:] == plain
-    assert "[3, 1, 2, 4] [3, 1, 2, 4]" in plain[4] and "[  0   1 100   3] [[1, 9], [2], [3]]" in plain[7]  # sanity: the in-place changes are what is compared
+    # sanity: the in-place changes are what is compared
+    assert "[3, 1, 2, 4] [3, 1, 2, 4]" in plain[4] and "[  0   1 100   3] [[1, 9], [2], [3]]" in plain[7]
 
 
 def test_the_second_run_is_served_from_the_cache(runs: dict[str, Any]) -> None:

@@ -191,3 +191,47 @@ def test_reads_inside_a_nested_task_count_for_the_flow_too(tmp_path: Path) -> No
     later = time.time_ns() + 5_000_000_000
     os.utime(tmp_path / "in.txt", ns=(later, later))
     assert lines(run_script(tmp_path, source)) == ["Completed report: b"]
+
+
+WRITER = """
+import nbflow
+import pandas as pd
+
+@nbflow.task
+def export(n):
+    pd.DataFrame({"a": range(n)}).to_csv("table.csv", index=False)   # written, then read back
+    return int(pd.read_csv("table.csv").a.sum())
+
+state = export(4, return_state=True)
+print(state.name, state.result(), open("table.csv").read().count("\\n"))
+"""
+
+
+def test_a_file_the_task_wrote_must_be_there_for_a_hit(tmp_path: Path) -> None:
+    assert lines(run_script(tmp_path, WRITER)) == ["Completed 6 5"]
+    assert lines(run_script(tmp_path, WRITER)) == ["Cached 6 5"]
+    (tmp_path / "table.csv").unlink()   # a hit would leave the next reader without its file
+    assert lines(run_script(tmp_path, WRITER)) == ["Completed 6 5"]
+    (tmp_path / "table.csv").write_text("a\n100\n")   # changed since: the task's output is not there either
+    assert lines(run_script(tmp_path, WRITER)) == ["Completed 6 5"]
+
+
+def test_relative_paths_are_read_in_the_directory_the_call_runs_in(tmp_path: Path) -> None:
+    source = """
+    import nbflow
+
+    @nbflow.task
+    def load():
+        return open("input.txt").read()
+
+    state = load(return_state=True)
+    print(state.name, state.result())
+    """
+    home = {"NBFLOW_HOME": str(tmp_path / "store")}
+    for name, text in (("one", "same"), ("two", "same"), ("three", "other")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "input.txt").write_text(text)
+    assert lines(run_script(tmp_path / "one", source, env=home)) == ["Completed same"]
+    # Another directory with the same content: the same input, a hit; with other content, a miss.
+    assert lines(run_script(tmp_path / "two", source, env=home)) == ["Cached same"]
+    assert lines(run_script(tmp_path / "three", source, env=home)) == ["Completed other"]
