@@ -18,8 +18,9 @@ computes, run 2 is served from the cache, then one constant in an early cell (it
 changed in both variants, the plain one runs again, and run 3 runs the edited tasked notebook. Every run must
 show, cell by cell, what the plain execution of the same source shows: stdout, stderr, the ``text/plain`` and
 ``text/html`` of results and displays (memory addresses masked), error names and messages, and how many images.
-The cache notices and warnings of nbflow are left out; cells tagged ``nondeterministic`` (an unseeded draw, ``%timeit``) are
-not compared. Run 2 must also have restored most cells from the cache, so a tool that never caches fails.
+The cache notices and warnings of nbflow are left out; cells tagged ``nondeterministic`` (an unseeded draw,
+``%timeit``) are not compared. Run 2 must also have restored most cells from the cache, so a tool that never
+caches fails.
 
 A failure lists every differing cell of every run as ``NOTEBOOK run N cell K (restored from the cache | ran)
 `first line```, followed by a unified diff from the plain output (-) to the tasked one (+). A run that hangs is
