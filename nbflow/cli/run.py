@@ -325,7 +325,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
 
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     out = out or sys.stdout
     values = parse_parameters(parameters)
@@ -346,8 +346,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     store_home = resolve_home(home) if home else resolve_home(None, workdir)
     launch_id = uuid.uuid4().hex
     env = {**os.environ, "NBFLOW_HOME": str(store_home), "NBFLOW_LAUNCH_ID": launch_id}
+    # A cell past --timeout is interrupted (KeyboardInterrupt in the kernel, a failed cell), so the run ends
+    # near the limit with that cell named, instead of waiting on a kernel that is still busy.
     client = NotebookClient(
-        notebook, kernel_name=kernel_name, timeout=timeout, allow_errors=False,
+        notebook, kernel_name=kernel_name, timeout=timeout, allow_errors=False, interrupt_on_timeout=True,
         resources={"metadata": {"path": str(workdir)}},
     )
     # With --json, stdout carries the JSON alone; the live lines go to stderr.
@@ -384,9 +386,13 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                     if cell.cell_type == "code":
                         display.cell += 1
                     await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-            except CellExecutionError as error:
-                failed_cell = {"index": index, "error": _cell_error(error),
-                               "ename": getattr(error, "ename", None), "evalue": getattr(error, "evalue", None)}
+            except (CellExecutionError, CellTimeoutError) as error:
+                ename = getattr(error, "ename", None) or type(error).__name__
+                evalue = getattr(error, "evalue", None) or ""
+                if timeout is not None and (ename == "KeyboardInterrupt" or isinstance(error, CellTimeoutError)):
+                    ename, evalue = "CellTimeoutError", f"the cell ran past --timeout {timeout:g} s and was interrupted"
+                failed_cell = {"index": index, "error": f"{ename}: {evalue}".strip(), "ename": ename,
+                               "evalue": evalue}
             finally:
                 # Even after a failed cell, so the kernel's history is on disk before it is read.
                 await client.async_wait_for_reply(client.kc.execute(_FINISH_CODE, silent=True, store_history=False))

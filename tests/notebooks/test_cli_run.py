@@ -236,3 +236,17 @@ def test_a_kernel_that_dies_keeps_the_tasks_of_earlier_cells(tmp_path: Path) -> 
     data = json.loads(done.stdout)
     assert data["failed_cell"]["ename"] == "DeadKernelError"
     assert [(task["task"], task["result"]) for task in data["tasks"]] == [("prepare", "computed")]
+
+
+def test_a_cell_past_the_timeout_is_interrupted_and_named(tmp_path: Path) -> None:
+    import time
+
+    path = write_notebook(tmp_path / "slow.ipynb", "x = 1", "import time\ntime.sleep(120)", "print('never')")
+    started = time.monotonic()
+    result = nbflow_cli("run", str(path), "--timeout", "3", "--json", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = json.loads(result.stdout)["failed_cell"]
+    assert failed["index"] == 1 and failed["ename"] == "CellTimeoutError", failed
+    assert "--timeout 3 s" in failed["evalue"]
+    assert elapsed < 60, elapsed  # interrupted near the limit, not left running for the 120 s it asked for
