@@ -90,15 +90,17 @@ class Observation:
 
     __slots__ = ("before", "recorder", "token")
 
-    def __init__(self, declared: Any = (), random_generators: bool = True) -> None:
+    def __init__(self, declared: Any = (), random_generators: bool = True, watch: bool = True) -> None:
+        """``watch=False``: the attempts run elsewhere (a Dask worker); only ``declared`` files count."""
         self.recorder = recorder = file_reads.Recorder(file_reads.current())
-        self.token = file_reads.start(recorder)
+        self.token = file_reads.start(recorder) if watch else None
         if declared:
             file_reads.declare(recorder, declared)
         self.before = randomness.states() if random_generators else None
 
     def stop(self) -> None:
-        file_reads.stop(self.token)
+        if self.token is not None:
+            file_reads.stop(self.token)
 
     def outcome(self) -> tuple[list[FileRead], list[str], list[Drawn]]:
         """(files read, files written while the call ran, generators drawn from)."""

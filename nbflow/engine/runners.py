@@ -32,6 +32,10 @@ class TaskRunner:
     begins and shut down (after every submitted call ended) when it ends.
     """
 
+    # Attempts run in this process (threads): the files they read and the random numbers they draw are
+    # seen here. A runner that ships them elsewhere sets False; only declared files count for its calls.
+    runs_attempts_here = True
+
     def start(self) -> None:
         """Acquire what the runner needs (threads, a cluster client). Idempotent."""
 

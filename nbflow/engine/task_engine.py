@@ -480,6 +480,10 @@ class TaskRunEngine:
         task = self.task
         if self.key is None and not task.files and current_recorder() is None:
             return
+        runner = getattr(self.attempt, "__self__", None)
+        if runner is not None and not getattr(runner, "runs_attempts_here", True):
+            self.observation = Observation(task.files, random_generators=False, watch=False)
+            return
         self.observation = Observation(task.files, self.key is not None and self.may_draw())
 
     def may_draw(self) -> bool:

@@ -84,6 +84,10 @@ class DaskTaskRunner(TaskRunner):
     decorator gives every run of the flow its own cluster.
     """
 
+    # Attempts run on the cluster's workers: what they read or draw there is not seen here (declare files
+    # with @task(files=...)); what the kernel does meanwhile (starting a cluster) is not the task's.
+    runs_attempts_here = False
+
     #: How long past a task's ``timeout_seconds`` the kernel waits for a running attempt before giving
     #: up on it (the worker's own timeout normally ends it first; this catches a call stuck in C code).
     timeout_grace_seconds: float = 5.0
