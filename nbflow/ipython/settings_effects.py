@@ -59,8 +59,7 @@ def _matplotlib() -> dict[str, Any] | None:
 
 
 def _set_matplotlib(changes: dict[str, Any]) -> None:
-    import matplotlib
-
+    matplotlib: Any = sys.modules["matplotlib"]
     matplotlib.rcParams.update(changes)
 
 
