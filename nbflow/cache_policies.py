@@ -132,6 +132,10 @@ class KeyContext(_Frozen):
 class CachePolicy:
     """Base class: ``compute_key`` returns a string, or None when the call must not be cached."""
 
+    # Whether the key parts "input:NAME" are fingerprint(value) of the arguments (INPUTS's are): the engine
+    # then fingerprints them again after the call to see an argument the call changed in place.
+    fingerprints_inputs = False
+
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         raise NotImplementedError
 
@@ -176,6 +180,8 @@ class Inputs(_Frozen, CachePolicy):
 
     def __init__(self, exclude: frozenset[str] = frozenset()) -> None:
         object.__setattr__(self, "exclude", frozenset(exclude))
+
+    fingerprints_inputs = True
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         return fingerprint_arguments(
@@ -247,6 +253,10 @@ class CompoundCachePolicy(_Frozen, CachePolicy):
 
     def parts(self) -> tuple[CachePolicy, ...]:
         return self.policies
+
+    @property
+    def fingerprints_inputs(self) -> bool:  # type: ignore[override]
+        return any(policy.fingerprints_inputs for policy in self.policies)
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         keys = [policy.compute_key(context, inputs) for policy in self.policies]

@@ -630,6 +630,9 @@ class TaskRunEngine:
         parts = self.task_run.key_parts
         if not parts:
             return []
+        task = self.task
+        if _default_key_exclusions(task) is None and not task.cache_policy.fingerprints_inputs:
+            return []  # the policy's input parts are its own digests (an agent's messages), not fingerprints
         changed = []
         for name, value in self.parameters.items():
             before = parts.get("input:" + name)

@@ -148,6 +148,8 @@ def current_inputs(shell: Any, spec: CellSpec) -> dict[str, Any]:
 class CellPolicy(CachePolicy):
     """The key of a cell task: its code identity plus the fingerprints of its input values."""
 
+    fingerprints_inputs = True
+
     def __init__(self, shell: Any, spec: CellSpec) -> None:
         self.shell = shell
         self.spec = spec

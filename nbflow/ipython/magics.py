@@ -113,21 +113,31 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
         # top level) are reported like the parser's, not from inside nbflow.
         compile(spec.tree, "<cell>", "exec", flags=shell.compile.flags, dont_inherit=True)
     except SyntaxError as error:
-        _syntax_error(shell, cell, error)
+        return _syntax_error(shell, cell, error)
     return run_cell_task(shell, spec, session)
 
 
-def _syntax_error(shell: Any, cell: str, error: SyntaxError) -> NoReturn:
-    """Fail as the same cell without ``%%task`` fails: the ``SyntaxError`` IPython's own compiler gives
-    for the body (same message, line numbers counted from the body's first line, the cell's source shown),
-    an error for Jupyter, which stops a run unless the cell is tagged ``raises-exception``."""
+def _syntax_error(shell: Any, cell: str, error: SyntaxError) -> None:
+    """Fail as the same cell without ``%%task`` fails: IPython's own ``SyntaxError`` for the body (same
+    message, line numbers counted from the body's first line, the cell's source shown), shown the way
+    IPython shows one (no traceback of frames), and the cell's execution marked failed, which stops a run
+    unless the cell is tagged ``raises-exception``."""
     try:
         filename = shell.compile.cache(cell, cell_number(shell), raw_code=cell)
         tree = shell.compile.ast_parse(shell.transform_cell(cell), filename=filename)
         compile(tree, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
     except SyntaxError as plain:
         error = plain
-    raise error.with_traceback(None)
+    error.__context__ = error.__cause__ = None  # raised while nbflow handled the parser's: not part of the story
+    error.__suppress_context__ = True
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    if result is None:  # not inside run_cell: the caller sees the exception
+        raise error.with_traceback(None)
+    try:
+        raise error.with_traceback(None)
+    except SyntaxError:
+        shell.showsyntaxerror()
+    result.error_in_exec = error
 
 
 # -- %nbflow ------------------------------------------------------------------------------------------

@@ -127,23 +127,25 @@ def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path: 
 # -- cells that do not parse -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("body", "line", "what"), [
-    ("x = (\n", 2, "never closed"),
-    ("x = 1\n  y = 2\n", 3, "unexpected indent"),
-    ("def f(:\n    pass\n", 2, "invalid syntax"),
-    ("x = 1\nreturn x\n", 3, "'return' outside function"),
-    ("yield 1\n", 2, "'yield' outside function"),
-    ("nonlocal q\n", 2, "nonlocal declaration not allowed"),
+    ("x = (\n", 1, "incomplete input"),
+    ("x = 1\n  y = 2\n", 2, "unexpected indent"),
+    ("def f(:\n    pass\n", 1, "invalid syntax"),
+    ("x = 1\nreturn x\n", 2, "'return' outside function"),
+    ("yield 1\n", 1, "'yield' outside function"),
+    ("nonlocal q\n", 1, "nonlocal declaration not allowed"),
 ])
-def test_a_cell_that_does_not_parse_is_a_clear_error(shell: Any, body: str, line: int, what: str,
-                                                     capsys: Any) -> None:
-    from IPython.core.error import UsageError
-
+def test_a_cell_that_does_not_parse_fails_as_the_plain_cell_does(shell: Any, body: str, line: int, what: str,
+                                                                  capsys: Any) -> None:
     result = shell.run_cell(f"%%task\n{body}")
-    assert isinstance(result.error_in_exec, UsageError)
+    assert "x" not in shell.user_ns  # nothing of the cell ran
     text = "".join(capsys.readouterr())
-    assert "not valid Python" in text and what in text and f"line {line}" in text
+    plain = shell.run_cell(body)
+    capsys.readouterr()
+    # The same error as the cell without %%task: its type, message and line (counted from the body).
+    assert type(result.error_in_exec) is type(plain.error_before_exec or plain.error_in_exec)
+    assert isinstance(result.error_in_exec, SyntaxError) and result.error_in_exec.lineno == line
+    assert what in text and f"line {line}" in text
     assert "Traceback" not in text and "nbflow" not in text.replace("%%task", "")
-    assert "x" not in shell.user_ns
 
 
 @FAST
