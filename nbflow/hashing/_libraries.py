@@ -1,0 +1,416 @@
+"""Encodings of value types recognised by module and class name: stdlib types (datetime, decimal, paths,
+ordered and default dicts, partials), numpy, pandas and pyarrow. None of these modules is imported here: a
+value of such a type can only exist once its library is imported.
+
+Part of :mod:`nbflow.hashing.values`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from collections.abc import Iterable
+from itertools import chain, islice, repeat
+from typing import Any
+
+from nbflow.hashing._builtins import (
+    _b_int,
+    _enc_object_elements,
+    _h_dict,
+)
+from nbflow.hashing._encoder import (
+    _CHUNK,
+    _OBJ_CHUNK,
+    _abandon,
+    _done,
+    _Enc,
+    _enc,
+    _enc_at,
+    _Fail,
+    _label,
+    _pack_Q,
+    _sb,
+    _visit,
+)
+from nbflow.hashing._objects import _class_id
+
+# -- stdlib types recognised by name ---------------------------------------------------------------
+
+
+def _tz(enc: _Enc, tz: object) -> None:
+    if tz is None:
+        enc.buf += b"n"
+    else:
+        _enc_at(enc, tz, ".tzinfo")
+
+
+def _h_datetime(enc: _Enc, v: Any) -> None:
+    enc.buf += b"D" + struct.pack(
+        "<iBBBBBIB", v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold
+    )
+    _tz(enc, v.tzinfo)
+
+
+def _h_date(enc: _Enc, v: Any) -> None:
+    enc.buf += b"d" + struct.pack("<iBB", v.year, v.month, v.day)
+
+
+def _h_time(enc: _Enc, v: Any) -> None:
+    enc.buf += b"h" + struct.pack("<BBBIB", v.hour, v.minute, v.second, v.microsecond, v.fold)
+    _tz(enc, v.tzinfo)
+
+
+def _h_timedelta(enc: _Enc, v: Any) -> None:
+    enc.buf += b"e" + struct.pack("<qqq", v.days, v.seconds, v.microseconds)
+
+
+def _h_timezone(enc: _Enc, v: Any) -> None:
+    enc.buf += b"z"
+    _enc_at(enc, v.__getinitargs__(), "")
+
+
+def _h_decimal(enc: _Enc, v: Any) -> None:
+    enc.buf += b"x" + _sb(str(v))
+
+
+def _h_fraction(enc: _Enc, v: Any) -> None:
+    enc.buf += b"/" + _b_int(v.numerator) + _b_int(v.denominator)
+
+
+def _h_uuid(enc: _Enc, v: Any) -> None:
+    enc.buf += b"U" + v.bytes
+
+
+def _h_path(enc: _Enc, v: Any) -> None:
+    t = type(v)
+    name = t.__qualname__ if t.__module__.partition(".")[0] == "pathlib" else None
+    enc.buf += b"P" + (_sb(name) if name is not None else _class_id(enc, t)) + _sb(str(v))
+
+
+def _h_pattern(enc: _Enc, v: Any) -> None:
+    enc.buf += b"X" + _b_int(v.flags)
+    _enc(enc, v.pattern)
+
+
+def _h_partial(enc: _Enc, v: Any) -> None:
+    enc.buf += b"~"
+    _enc_at(enc, v.func, ".func")
+    _enc_at(enc, v.args, ".args")
+    _enc_at(enc, v.keywords, ".keywords")
+
+
+def _h_ordereddict(enc: _Enc, v: dict[Any, Any]) -> None:
+    # Order is part of an OrderedDict's value (its == compares it), so keep insertion order.
+    n = _visit(enc, v)
+    if not n:
+        return
+    try:
+        enc.buf += b"o" + _class_id(enc, type(v)) + _pack_Q(len(v))
+        for k, x in list(v.items()):
+            _enc_at(enc, k, f"<key {_label(k)[1:-1]}>")
+            _enc_at(enc, x, _label(k))
+    except BaseException:
+        _abandon(enc, v)
+        raise
+    _done(enc, v, n)
+
+
+def _h_defaultdict(enc: _Enc, v: Any) -> None:
+    enc.buf += b"_" + _class_id(enc, type(v))
+    _enc_at(enc, v.default_factory, ".default_factory")
+    _h_dict(enc, v)
+    enc.buf += b"."
+
+
+# -- numpy -----------------------------------------------------------------------------------------
+
+
+def _dtype_bytes(dt: Any) -> bytes:
+    if dt.names is not None:
+        return _sb(repr(dt.descr))
+    if dt.kind == "T":  # numpy 2 variable-width strings: the NA setting is part of the dtype
+        return _sb(repr(dt))
+    return _sb(dt.str)
+
+
+def _enc_array(enc: _Enc, a: Any, np: Any, tag: bytes) -> None:
+    shape = a.shape
+    enc.buf += tag + _dtype_bytes(a.dtype) + _pack_Q(len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+    _enc_array_data(enc, a, np)
+
+
+def _enc_array_data(enc: _Enc, a: Any, np: Any) -> None:
+    dt = a.dtype
+    if dt.names is not None:
+        # Field by field, so padding bytes between fields (possibly uninitialised) never count.
+        for name in dt.names:
+            try:
+                _enc_array_data(enc, a[name], np)
+            except _Fail as e:
+                e.path.append(f"[{name!r}]")
+                raise
+    elif dt.hasobject or dt.kind == "T":
+        _enc_array_objects(enc, a, np)
+    else:
+        _feed_array(enc, a, np)
+
+
+def _feed_array(enc: _Enc, a: Any, np: Any) -> None:
+    """Hash the logical C-order bytes of a fixed-width array, zero-copy when it is C-contiguous."""
+    if a.flags.c_contiguous:
+        nb = a.nbytes
+        if nb:
+            enc.write(a.reshape(-1).view(np.uint8), nb)
+        return
+    shape = a.shape
+    row = a.itemsize * math.prod(shape[1:])
+    if row == 0:
+        return
+    if row <= _CHUNK:
+        step = max(1, _CHUNK // row)
+        fortran = a.flags.f_contiguous
+        for start in range(0, shape[0], step):
+            block = a[start : start + step]
+            if fortran:
+                # Gathering rows straight out of a column-major array misses the cache on every
+                # element; compacting the block in its own order first, then transposing it while it
+                # is in cache, is about twice as fast. Same bytes either way.
+                block = np.ascontiguousarray(block.T).T
+            block = np.ascontiguousarray(block)
+            enc.write(block.reshape(-1).view(np.uint8), block.nbytes)
+    else:
+        for i in range(shape[0]):
+            _feed_array(enc, a[i], np)
+
+
+def _enc_array_objects(enc: _Enc, a: Any, np: Any) -> None:
+    flat = a.reshape(-1) if a.flags.c_contiguous else None
+    if flat is None:
+        items: Iterable[Any] = a.flat
+        base = 0
+        _enc_object_elements(enc, items, base)
+        return
+    for base in range(0, flat.shape[0], _OBJ_CHUNK):
+        _enc_object_elements(enc, flat[base : base + _OBJ_CHUNK].tolist(), base)
+
+
+def _h_ndarray(enc: _Enc, a: Any) -> None:
+    np = sys.modules["numpy"]
+    t = type(a)
+    if t is not np.ndarray and not issubclass(t, np.memmap):  # a memmap is just where the data lives
+        enc.buf += b"_" + _class_id(enc, t)
+    _enc_array(enc, a, np, b"N")
+
+
+def _h_masked_array(enc: _Enc, a: Any) -> None:
+    np = sys.modules["numpy"]
+    enc.buf += b"_" + _class_id(enc, type(a))
+    _enc_array(enc, np.ma.getdata(a), np, b"N")
+    _enc_array(enc, np.ma.getmaskarray(a), np, b"N")
+    _enc_at(enc, a.fill_value, ".fill_value")
+
+
+def _h_np_scalar(enc: _Enc, v: Any) -> None:
+    np = sys.modules["numpy"]
+    _enc_array(enc, np.asarray(v), np, b"g")
+
+
+def _h_np_dtype(enc: _Enc, v: Any) -> None:
+    enc.buf += b"Nt" + _dtype_bytes(v)
+
+
+# -- pandas ----------------------------------------------------------------------------------------
+
+
+def _pandas_names(t: type) -> set[str]:
+    return {c.__qualname__ for c in t.__mro__ if c.__module__.partition(".")[0] == "pandas"}
+
+
+def _enc_pd_values(enc: _Enc, ea: Any) -> None:
+    """The values of a pandas column or index (an ExtensionArray), with their dtype.
+
+    Fixed-width data (numbers, datetimes, categorical codes, masked arrays) is hashed from its numpy
+    buffer without conversion, at memory bandwidth. Object and string data is walked element by
+    element through the normal recursion, in blocks: a few million short strings a second (runs of
+    plain scalars take a vectorized path), other objects slower. Correctness first.
+    """
+    np = sys.modules["numpy"]
+    enc.buf += b"Pv" + _sb(str(ea.dtype)) + _pack_Q(len(ea))
+    names = _pandas_names(type(ea))
+    if "Categorical" in names:
+        enc.buf += b"c" + (b"T" if ea.ordered else b"F")
+        _enc_pd_index(enc, ea.categories)
+        _enc_array(enc, np.asarray(ea.codes), np, b"N")
+    elif names & {"DatetimeArray", "TimedeltaArray", "PeriodArray"}:
+        enc.buf += b"8"
+        _enc_array(enc, np.asarray(ea.asi8), np, b"N")
+    elif "BaseMaskedArray" in names and hasattr(ea, "_data") and hasattr(ea, "_mask"):
+        data, mask = ea._data, ea._mask  # private, but stable since pandas 1.0; checked above
+        if mask.any():  # the data under the mask is arbitrary: zero it so equal arrays hash equal
+            data = data.copy()
+            data[mask] = 0
+        enc.buf += b"k"
+        _enc_array(enc, data, np, b"N")
+        _enc_array(enc, mask, np, b"N")
+    elif "ArrowExtensionArray" in names and "BaseStringArray" not in names and "pyarrow" in sys.modules:
+        enc.buf += b"a"
+        _enc_arrow_chunks(enc, ea.__arrow_array__(), sys.modules["pyarrow"])
+    elif "NumpyExtensionArray" in names and "BaseStringArray" not in names:
+        enc.buf += b"n"
+        _enc_array(enc, ea.to_numpy(), np, b"N")
+    else:
+        # Strings (whichever their storage, python or arrow: the digest must not depend on whether
+        # pyarrow is installed) and any other extension type: element by element.
+        enc.buf += b"o"
+        # The same bytes as the object array np.asarray(ea, dtype=object), converted a block at a
+        # time so that a long column never exists as Python objects all at once.
+        n = len(ea)
+        enc.buf += b"N" + _sb("|O") + _pack_Q(1) + _pack_Q(n)
+        for start in range(0, n, _OBJ_CHUNK):
+            block = np.asarray(ea[start : start + _OBJ_CHUNK], dtype=object)
+            _enc_object_elements(enc, block.tolist(), start)
+
+
+def _enc_pd_index(enc: _Enc, idx: Any) -> None:
+    names = _pandas_names(type(idx))
+    if "MultiIndex" in names:
+        enc.buf += b"PM" + _pack_Q(idx.nlevels)
+        _enc_at(enc, tuple(idx.names), ".names")
+        for i in range(idx.nlevels):
+            # Materialised level values, not levels + codes: unused levels left over after slicing
+            # must not make two equal indexes differ.
+            _enc_pd_values(enc, idx.get_level_values(i).array)
+    elif "RangeIndex" in names:
+        enc.buf += b"PR" + _b_int(idx.start) + _b_int(idx.stop) + _b_int(idx.step)
+        _enc_at(enc, idx.name, ".name")
+    else:
+        enc.buf += b"PI" + _sb(type(idx).__qualname__)
+        _enc_at(enc, idx.name, ".name")
+        _enc_pd_values(enc, idx.array)
+
+
+def _h_pd_index(enc: _Enc, v: Any) -> None:
+    _enc_pd_index(enc, v)
+
+
+def _h_pd_series(enc: _Enc, v: Any) -> None:
+    enc.buf += b"PS"
+    _enc_at(enc, v.name, ".name")
+    try:
+        _enc_pd_index(enc, v.index)
+    except _Fail as e:
+        e.path.append(".index")
+        raise
+    try:
+        _enc_pd_values(enc, v.array)
+    except _Fail as e:
+        e.path.append(".values")
+        raise
+
+
+def _h_pd_dataframe(enc: _Enc, v: Any) -> None:
+    nrows, ncols = v.shape
+    enc.buf += b"PF" + _pack_Q(nrows) + _pack_Q(ncols)
+    for label, part in ((".index", v.index), (".columns", v.columns)):
+        try:
+            _enc_pd_index(enc, part)
+        except _Fail as e:
+            e.path.append(label)
+            raise
+    columns = v.columns
+    np = sys.modules["numpy"]
+    # The arrays as the frame stores them (pandas' own iteration, private but long-standing): ``iloc`` builds
+    # a Series per column, ~1 ms each once hashing the previous column has pushed pandas out of the CPU's
+    # caches, a tenth of a 1 GB frame's time. A numeric ndarray is what ``.array`` wraps (NumpyExtensionArray)
+    # and is encoded the same; anything else goes through ``.array`` as before.
+    arrays = getattr(v, "_iter_column_arrays", None)
+    stored = islice(chain(arrays() if callable(arrays) else (), repeat(None)), ncols)  # exactly one per column
+    for i, array in enumerate(stored):
+        try:
+            if type(array) is np.ndarray and array.ndim == 1 and array.dtype.kind in "biufc":
+                enc.buf += b"Pv" + _sb(str(array.dtype)) + _pack_Q(len(array)) + b"n"
+                _enc_array(enc, array, np, b"N")
+            else:
+                _enc_pd_values(enc, v.iloc[:, i].array)
+        except _Fail as e:
+            e.path.append(_label(columns[i]))
+            raise
+
+
+def _h_pd_array(enc: _Enc, v: Any) -> None:
+    enc.buf += b"PA"
+    _enc_pd_values(enc, v)
+
+
+def _h_pd_timestamp(enc: _Enc, v: Any) -> None:
+    enc.buf += b"Pt" + _sb(str(v.tz) if v.tz is not None else "")
+    _enc(enc, v.asm8)
+
+
+def _h_pd_timedelta(enc: _Enc, v: Any) -> None:
+    enc.buf += b"Pd"
+    _enc(enc, v.asm8)
+
+
+def _h_pd_period(enc: _Enc, v: Any) -> None:
+    enc.buf += b"Pp" + _sb(v.freqstr) + _b_int(v.ordinal)
+
+
+def _h_pd_nat(enc: _Enc, v: Any) -> None:
+    enc.buf += b"PN"
+
+
+def _h_pd_na(enc: _Enc, v: Any) -> None:
+    enc.buf += b"P?"
+
+
+# -- pyarrow ---------------------------------------------------------------------------------------
+
+
+def _enc_arrow_chunks(enc: _Enc, arr: Any, pa: Any) -> None:
+    """An arrow Array or ChunkedArray; the digest does not depend on how the data is chunked."""
+    chunks = arr.chunks if hasattr(arr, "chunks") else [arr]
+    typ = arr.type
+    enc.buf += _sb(str(typ)) + _pack_Q(len(arr))
+    t = pa.types
+    fixed = (
+        t.is_integer(typ)
+        or t.is_floating(typ)
+        or t.is_timestamp(typ)
+        or t.is_date(typ)
+        or t.is_time(typ)
+        or t.is_duration(typ)
+    )
+    if fixed and arr.null_count == 0:
+        # Null-free fixed-width data: hash the numpy view of each chunk's buffer; the C-order
+        # bytes of consecutive chunks concatenate to the same stream however the data is chunked.
+        np = sys.modules["numpy"]
+        enc.buf += b"r"
+        for c in chunks:
+            _feed_array(enc, c.to_numpy(zero_copy_only=False), np)
+        return
+    enc.buf += b"e"
+    i = 0
+    for c in chunks:
+        for start in range(0, len(c), _OBJ_CHUNK):
+            _enc_object_elements(enc, c.slice(start, _OBJ_CHUNK).to_pylist(), i)
+            i += min(_OBJ_CHUNK, len(c) - start)
+
+
+def _h_arrow_array(enc: _Enc, v: Any) -> None:
+    enc.buf += b"AA"
+    _enc_arrow_chunks(enc, v, sys.modules["pyarrow"])
+
+
+def _h_arrow_table(enc: _Enc, v: Any) -> None:
+    pa = sys.modules["pyarrow"]
+    schema = v.schema
+    enc.buf += b"AT" + _pack_Q(v.num_rows) + _pack_Q(v.num_columns)
+    for i, field in enumerate(schema):
+        enc.buf += _sb(field.name) + _sb(str(field.type)) + (b"T" if field.nullable else b"F")
+        try:
+            _enc_arrow_chunks(enc, v.column(i), pa)
+        except _Fail as e:
+            e.path.append(_label(field.name))
+            raise
