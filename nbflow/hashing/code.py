@@ -1299,6 +1299,7 @@ def _structural_parts(cls: type, names: list[str], sess: _Session, parts: list[b
     """The plain class attributes as they are now (``Scaled.factor = 3`` after the class statement
     changes the class), and for a class without source its annotations as well."""
     members = vars(cls)
+    fields = members.get("__dataclass_fields__") or ()
     annotations = members.get("__annotations__") if with_annotations else None
     if isinstance(annotations, dict):
         for name, ann in annotations.items():
@@ -1314,6 +1315,13 @@ def _structural_parts(cls: type, names: list[str], sess: _Session, parts: list[b
             continue
         attr = members[name]
         if _member_functions(attr) or isinstance(attr, type):
+            continue
+        if not with_annotations and (name.startswith("_") or hasattr(type(attr), "__get__")
+                                     or name in fields or isinstance(attr, cls)):
+            # With source, only public data attributes count at run time: descriptors (slots, properties),
+            # dataclass defaults (baked into __init__ when the class is made) and enum members follow from
+            # the source, and private ones are often caches (an Enum's value map fills as members are
+            # looked up), which would change the identity from one call to the next.
             continue
         parts.append(b"v" + _sb(name))
         _record(attr, sess, parts, snap, _G_SAME, None)

@@ -93,7 +93,8 @@ class Hostile:
 
 
 # -- pinned digests ------------------------------------------------------------------------------------
-# These digests are the on-disk cache keys of format version 1. A change here invalidates every user's
+# These digests are the on-disk cache keys of format version 2 (2 changed only values with a large shared
+# part, none pinned here). A change here invalidates every user's
 # cache: update them only together with a bump of nbflow.hashing.FORMAT_VERSION.
 
 
