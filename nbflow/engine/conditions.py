@@ -17,7 +17,7 @@ from nbflow.engine import file_reads, randomness
 from nbflow.engine.file_reads import FileRead
 from nbflow.engine.randomness import Drawn
 
-__all__ = ["Conditional", "Observation", "is_generator", "key_parts", "restore_in_place"]
+__all__ = ["Conditional", "Observation", "generator_globals", "is_generator", "key_parts", "restore_in_place"]
 
 # From the engine's first use on, nbflow knows when `random` is seeded.
 randomness.watch_seeding()
@@ -64,13 +64,18 @@ class Conditional:
         :func:`~nbflow.engine.randomness.variant`)."""
         return randomness.variant(key, self.drawn, now=True)
 
-    def apply(self, parameters: dict[str, Any] | None = None) -> Any:
-        """The value, after leaving the generators as the computed call did (global ones, and those among
-        ``parameters``, the call's arguments) and telling enclosing calls which files it depends on."""
+    def apply(self, parameters: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> Any:
+        """The value, after leaving the generators as the computed call did (the global ones; those among
+        ``parameters``, the call's arguments; and those its code read from ``namespace``, its globals, stored
+        as ``global:NAME``) and telling enclosing calls which files it depends on."""
         if self.drawn:
             randomness.restore(self.drawn)
         for name, after in self.arguments.items():
-            if parameters is not None and name in parameters:
+            if name.startswith("global:"):
+                target = (namespace or {}).get(name[7:])
+                if target is not None:
+                    restore_in_place(target, after)
+            elif parameters is not None and name in parameters:
                 restore_in_place(parameters[name], after)
         recorder = file_reads.current()
         if recorder is not None and self.files:
@@ -108,6 +113,22 @@ class Observation:
         files, moved = file_reads.finish(recorder) if recorder.reads or recorder.done or recorder.writes else ([], [])
         drawn = randomness.drawn(self.before) if self.before else []
         return files, moved, drawn
+
+
+def generator_globals(fn: Any) -> dict[str, Any]:
+    """The random generator objects ``fn``'s own code reads as globals (``rng = default_rng(42)`` at the
+    top of a notebook, ``rng.normal()`` in the task): their state is in its code identity, and the state
+    the call leaves them in is stored and restored like a generator argument's."""
+    code = getattr(fn, "__code__", None)
+    namespace = getattr(fn, "__globals__", None)
+    if code is None or namespace is None:
+        return {}
+    found = {}
+    for name in code.co_names:
+        value = namespace.get(name)
+        if value is not None and type(value).__module__.startswith(("numpy.random", "random")) and is_generator(value):
+            found[name] = value
+    return found
 
 
 def is_generator(value: Any) -> bool:

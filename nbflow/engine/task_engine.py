@@ -45,7 +45,7 @@ from nbflow.context import (
     current_flow_run,
 )
 from nbflow.engine import randomness, runtime
-from nbflow.engine.conditions import Conditional, Observation, is_generator, key_parts
+from nbflow.engine.conditions import Conditional, Observation, generator_globals, is_generator, key_parts
 from nbflow.engine.file_reads import current as current_recorder
 from nbflow.engine.futures import TaskFuture, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
@@ -386,7 +386,7 @@ class TaskRunEngine:
             value = self.still_valid(value)
             if value is None:
                 return None
-            value = value.apply(self.parameters)
+            value = value.apply(self.parameters, getattr(self.task.fn, "__globals__", None))
         self.task_run.cache_hit = True
         self.task_run.persisted = True
         return Cached(value)
@@ -605,6 +605,8 @@ class TaskRunEngine:
             # hit leaves the caller's generator in it.
             generators = {name: self.parameters[name] for name in mutated if is_generator(self.parameters[name])}
             mutated = [name for name in mutated if name not in generators]
+        if not self.mutated_inputs_are_outputs:
+            generators.update((f"global:{name}", value) for name, value in generator_globals(self.task.fn).items())
         if mutated and not self.keep_mutated(mutated, state):
             return _MISSING
         observation = self.observation

@@ -3,6 +3,7 @@ cache; unseeded draws are cached across processes. Fresh processes, with and wit
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from tests.staleness.helpers import lines, run_script
@@ -113,3 +114,27 @@ print(sorted({task_run.state for task_run in nbflow.runs.list_runs(1)[0].task_ru
 """
     output = lines(run_script(tmp_path, source, "tasks"))
     assert output[:2] == plain and output[2] == "['Cached']"
+
+
+def test_a_generator_a_task_reads_as_a_global_is_left_as_the_computed_call_left_it(tmp_path: Path) -> None:
+    source = """
+    import sys
+    import numpy as np
+    import nbflow
+
+    PLAIN = sys.argv[1] == "plain"
+    task = (lambda fn: fn) if PLAIN else nbflow.task
+    rng = np.random.default_rng(2024)
+
+    @task
+    def noise(n):
+        return rng.normal(size=n).round(6).tolist()
+
+    print(noise(2), noise(2), rng.random())
+    """
+    source = textwrap.dedent(source) + (
+        "import nbflow.runs\nif not PLAIN:\n"
+        "    print(sorted({r.state for r in nbflow.runs.list_runs(1)[0].task_runs}))\n")
+    plain = lines(run_script(tmp_path, source, "plain"))
+    assert lines(run_script(tmp_path, source, "tasks")) == [*plain, "['Completed']"]
+    assert lines(run_script(tmp_path, source, "tasks")) == [*plain, "['Cached']"]
