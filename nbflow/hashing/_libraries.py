@@ -220,6 +220,43 @@ def _h_np_dtype(enc: _Enc, v: Any) -> None:
     enc.buf += b"Nt" + _dtype_bytes(v)
 
 
+# -- random generators --------------------------------------------------------------------------------
+# A generator's fingerprint is its state: a call drawing from it depends on where in its sequence it is.
+# One seeded from the OS (np.random.default_rng(), RandomState()) draws arbitrary numbers: its
+# fingerprint is the same in every process, so such a call is cached as Prefect caches it.
+
+_OS_ENTROPY = 1 << 96  # NumPy draws 128 bits from the OS for an unseeded SeedSequence; user seeds are small
+
+
+def _unseeded(seed_sequence: Any) -> bool:
+    entropy = getattr(seed_sequence, "entropy", None)
+    return isinstance(entropy, int) and entropy >= _OS_ENTROPY and not getattr(seed_sequence, "spawn_key", ())
+
+
+def _h_np_generator(enc: _Enc, v: Any) -> None:
+    bit_generator = v.bit_generator
+    enc.buf += b"Ng" + _sb(type(bit_generator).__qualname__)
+    if _unseeded(getattr(bit_generator, "seed_seq", None)):
+        enc.buf += b"u"
+        return
+    _enc(enc, bit_generator.state)
+
+
+def _h_np_random_state(enc: _Enc, v: Any) -> None:
+    enc.buf += b"Nr"
+    bit_generator = getattr(v, "_bit_generator", None)
+    if _unseeded(getattr(bit_generator, "_seed_seq", None)):  # a legacy seed drops the SeedSequence
+        enc.buf += b"u"
+        return
+    _enc(enc, v.get_state(legacy=False))
+
+
+def _h_random(enc: _Enc, v: Any) -> None:
+    # Python's Random keeps no trace of how it was seeded: always by state.
+    enc.buf += b"Pr"
+    _enc(enc, v.getstate())
+
+
 # -- pandas ----------------------------------------------------------------------------------------
 
 

@@ -138,3 +138,20 @@ def test_a_generator_a_task_reads_as_a_global_is_left_as_the_computed_call_left_
     plain = lines(run_script(tmp_path, source, "plain"))
     assert lines(run_script(tmp_path, source, "tasks")) == [*plain, "['Completed']"]
     assert lines(run_script(tmp_path, source, "tasks")) == [*plain, "['Cached']"]
+
+
+def test_an_unseeded_generator_passed_in_is_cached_across_processes(tmp_path: Path) -> None:
+    source = """
+    import numpy as np
+    import nbflow
+
+    @nbflow.task
+    def sample(rng, n):
+        return rng.random(n).tolist()
+
+    seeded = sample(np.random.default_rng(7), 2, return_state=True).name
+    print(sample(np.random.default_rng(), 2, return_state=True).name, sample(np.random.RandomState(), 2,
+                                                                             return_state=True).name, seeded)
+    """
+    assert lines(run_script(tmp_path, source)) == ["Completed Completed Completed"]
+    assert lines(run_script(tmp_path, source)) == ["Cached Cached Cached"]
