@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from nbflow.engine import file_reads, randomness
-from nbflow.engine.file_reads import FileRead
+from nbflow.engine.file_reads import FileRead, Recorder
+from nbflow.engine.file_reads import current as current_recorder
+from nbflow.engine.file_reads import start as start_recording
 from nbflow.engine.randomness import Drawn
 
 __all__ = ["Conditional", "Observation", "generator_globals", "is_generator", "key_parts", "restore_in_place"]
@@ -97,8 +99,8 @@ class Observation:
 
     def __init__(self, declared: Any = (), random_generators: bool = True, watch: bool = True) -> None:
         """``watch=False``: the attempts run elsewhere (a Dask worker); only ``declared`` files count."""
-        self.recorder = recorder = file_reads.Recorder(file_reads.current())
-        self.token = file_reads.start(recorder) if watch else None
+        self.recorder = recorder = Recorder(current_recorder())
+        self.token = start_recording(recorder) if watch else None
         if declared:
             file_reads.declare(recorder, declared)
         self.before = randomness.states() if random_generators else None
@@ -120,8 +122,10 @@ def generator_globals(fn: Any) -> dict[str, Any]:
     top of a notebook, ``rng.normal()`` in the task): their state is in its code identity, and the state
     the call leaves them in is stored and restored like a generator argument's."""
     code = getattr(fn, "__code__", None)
+    if code is None or not code.co_names:
+        return {}
     namespace = getattr(fn, "__globals__", None)
-    if code is None or namespace is None:
+    if namespace is None:
         return {}
     found = {}
     for name in code.co_names:

@@ -1,9 +1,10 @@
 """The files a task call reads, so that a cache hit can tell whether they changed since.
 
 While a call that may be cached runs, a :class:`Recorder` is current (a context variable, so threads
-started by :meth:`Task.submit` carry the caller's). Python's audit hook sees every ``open`` made through
-Python — ``open()``, ``pathlib``, ``numpy.load``, ``pandas.read_csv`` with a path — and every
-directory listing (``os.listdir``, ``os.scandir``, hence ``glob`` and ``Path.iterdir``). Each one read
+started by :meth:`Task.submit` carry the caller's). Wrappers of ``open`` (``builtins.open`` and
+``io.open``), ``os.open``, ``os.listdir`` and ``os.scandir`` (see :func:`_install`) see every file opened
+through Python — ``open()``, ``pathlib``, ``numpy.load``, ``pandas.read_csv`` with a path — and every
+directory listing (hence ``glob`` and ``Path.iterdir``). Each one read
 by the call is noted with its size and ``mtime_ns`` at that moment, in the call's recorder and in every
 enclosing call's (a flow or a cell that called the task depends on the file too).
 
@@ -144,53 +145,63 @@ def _ignored_prefixes() -> tuple[str, ...]:
 
 
 def _install() -> None:
+    """Wrap the functions through which Python code opens files and lists directories, once.
+
+    Not an audit hook: once a process has one, every audited operation calls it — ``id()``, reading a
+    function's ``__code__`` — at ~0.8 µs each (``copy.deepcopy`` of a large structure, a fingerprint,
+    nbflow's own cache hits would all slow down). The wrappers cost a context-variable read per open,
+    and nothing anywhere else. Code that captured ``open`` before this ran (``tarfile``, the import
+    system, ``tokenize`` reading source for tracebacks) is not seen.
+    """
     global _installed, _ignored
     with _install_lock:
-        if not _installed:
-            _ignored = _ignored_prefixes()
-            sys.addaudithook(_hook)
-            _installed = True
-
-
-_EVENTS = frozenset({"open", "os.listdir", "os.scandir"})
-
-
-def _hook(event: str, args: tuple[Any, ...]) -> None:
-    # Runs for every audit event of the process from now on (id(), attribute reads of code objects...):
-    # the common case returns at the first test.
-    if event not in _EVENTS:
-        return
-    if event == "open":
-        recorder = _current.get()
-        if recorder is None:
+        if _installed:
             return
-        path, mode, flags = args
-        if isinstance(path, int):
-            return
-        if mode is None:  # os.open: relative names may be relative to a directory descriptor
-            if flags is None:
-                return
-            writes = bool(flags & os.O_TRUNC) or bool(flags & os.O_CREAT and flags & os.O_EXCL)
-            reads = flags & os.O_ACCMODE != os.O_WRONLY and not writes
-        else:
-            writes = "w" in mode or "x" in mode  # the file's content is the call's: 'a' adds to others'
-            reads = ("r" in mode or "+" in mode) and not writes
-        if (reads or writes) and not _by_import_system():
-            _seen(recorder, path, "file" if reads else "wrote", mode is None)
-    elif event == "os.listdir" or event == "os.scandir":
-        recorder = _current.get()
-        if recorder is not None and args and not isinstance(args[0], int) and not _by_import_system():
-            _seen(recorder, "." if args[0] is None else args[0], "dir", False)
+        _ignored = _ignored_prefixes()
+        import builtins
+        import io
 
+        original_open = io.open
+        original_os_open, original_listdir, original_scandir = os.open, os.listdir, os.scandir
 
-# Python's own reads of code: the import system (source, bytecode, directory listings of sys.path),
-# and source lines read for tracebacks and code identity. Code counts through code identity instead.
-_CODE_READERS = ("<frozen importlib", os.sep + "linecache.py", os.sep + "tokenize.py")
+        def open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            recorder = _current.get()
+            if recorder is not None and not isinstance(file, int) and isinstance(mode, str):
+                writes = "w" in mode or "x" in mode  # the content is the call's: 'a' adds to others'
+                reads = ("r" in mode or "+" in mode) and not writes
+                if reads or writes:
+                    _seen(recorder, file, "file" if reads else "wrote", False)
+            return original_open(file, mode, *args, **kwargs)
 
+        def os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> Any:
+            recorder = _current.get()
+            if recorder is not None and kwargs.get("dir_fd") is None and isinstance(flags, int):
+                writes = bool(flags & os.O_TRUNC) or bool(flags & os.O_CREAT and flags & os.O_EXCL)
+                reads = flags & os.O_ACCMODE != os.O_WRONLY and not writes
+                if reads or writes:
+                    _seen(recorder, path, "file" if reads else "wrote", False)
+            return original_os_open(path, flags, *args, **kwargs)
 
-def _by_import_system() -> bool:
-    caller = sys._getframe(2).f_code.co_filename
-    return caller.startswith(_CODE_READERS[0]) or caller.endswith(_CODE_READERS[1:])
+        def listdir(path: Any = None) -> Any:
+            recorder = _current.get()
+            if recorder is not None and not isinstance(path, int):
+                _seen(recorder, "." if path is None else path, "dir", False)
+            return original_listdir(path)
+
+        def scandir(path: Any = None) -> Any:
+            recorder = _current.get()
+            if recorder is not None and not isinstance(path, int):
+                _seen(recorder, "." if path is None else path, "dir", False)
+            return original_scandir(path) if path is not None else original_scandir()
+
+        for wrapper, original in ((open, original_open), (os_open, original_os_open), (listdir, original_listdir),
+                                  (scandir, original_scandir)):
+            # No __wrapped__: code identity would then count the C function for every call of open.
+            wrapper.__doc__ = original.__doc__
+            wrapper.__name__ = wrapper.__qualname__ = original.__name__
+        builtins.open = io.open = open
+        os.open, os.listdir, os.scandir = os_open, listdir, scandir
+        _installed = True
 
 
 def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None:
@@ -232,7 +243,7 @@ def _stat(path: str, kind: str) -> tuple[str, int, int]:
 
 
 def start(recorder: Recorder) -> contextvars.Token[Recorder | None]:
-    """Make ``recorder`` the current one (installing the audit hook on first use); returns the token
+    """Make ``recorder`` the current one (wrapping ``open`` and the rest on first use); returns the token
     :func:`stop` takes."""
     if not _installed:
         _install()

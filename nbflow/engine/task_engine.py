@@ -421,7 +421,6 @@ class TaskRunEngine:
     # -- 5. call with retries and timeout ---------------------------------------------------------
     def call(self) -> State:
         task = self.task
-        self.explain()
         self.observe()
         token = self._enter_task_context()
         try:
@@ -446,7 +445,6 @@ class TaskRunEngine:
         import asyncio
 
         task = self.task
-        self.explain()
         self.observe()
         token = self._enter_task_context()
         try:
@@ -467,17 +465,17 @@ class TaskRunEngine:
             if self.observation is not None:
                 self.observation.stop()
 
-    def explain(self) -> None:
-        """Before a computed call: the parts its code identity is made of, so that ``%nbflow why`` and the
-        graph can name what changed (``code:clean``, ``global:FACTOR``) when the next miss comes."""
+    def observe(self) -> None:
+        """Before the first attempt of a call that may be cached (or runs inside one that may): the parts
+        its code identity is made of, so that ``%nbflow why`` and the graph can name what changed
+        (``code:clean``, ``global:FACTOR``) at the next miss; then note the files it reads and, when it may
+        draw from them, the states of the global random generators."""
+        task = self.task
         parts = self.task_run.key_parts
         if parts and "code" in parts:
-            parts.update(dependency_parts(self.task.fn))
-
-    def observe(self) -> None:
-        """Before the first attempt of a call that may be cached (or runs inside one that may): note the
-        files it reads and, when it may draw from them, the states of the global random generators."""
-        task = self.task
+            dependencies = dependency_parts(task.fn)
+            if dependencies:
+                parts.update(dependencies)
         if self.key is None and not task.files and current_recorder() is None:
             return
         runner = getattr(self.attempt, "__self__", None)
@@ -490,13 +488,19 @@ class TaskRunEngine:
         """Whether the call may draw from the global random generators: its code reaches ``random`` or a
         library, or an argument is more than a plain value. Pure Python on plain values never does, and
         such calls (the quickest ones) skip the states' copies."""
-        for value in self.parameters.values():
-            if type(value) not in _PLAIN:
-                return True
+        if not self._plain_arguments():
+            return True
         try:
             return may_draw(self.task.fn, self.task_run.key_parts.get("code"))
         except Exception:
             return True
+
+    def _plain_arguments(self) -> bool:
+        """Whether every argument is a plain value (a number, a string...): nothing to change in place."""
+        for value in self.parameters.values():  # noqa: SIM110 (a loop: no generator object per call)
+            if type(value) not in _PLAIN:
+                return False
+        return True
 
     def _enter_task_context(self) -> Any:
         """Make this task run the current one (capturing prints when it logs them); returns the token."""
@@ -630,7 +634,7 @@ class TaskRunEngine:
     def mutated_arguments(self) -> list[str]:
         """The arguments whose fingerprint changed while the call ran (changed in place)."""
         parts = self.task_run.key_parts
-        if not parts:
+        if not parts or self._plain_arguments():
             return []
         task = self.task
         if _default_key_exclusions(task) is None and not task.cache_policy.fingerprints_inputs:
