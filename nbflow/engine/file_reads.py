@@ -194,14 +194,47 @@ def _install() -> None:
                 _seen(recorder, "." if path is None else path, "dir", False)
             return original_scandir(path) if path is not None else original_scandir()
 
-        for wrapper, original in ((open, original_open), (os_open, original_os_open), (listdir, original_listdir),
-                                  (scandir, original_scandir)):
-            # No __wrapped__: code identity would then count the C function for every call of open.
+        replacements = {}
+        for wrapper, original, module in ((open, original_open, "builtins"), (os_open, original_os_open, "os"),
+                                          (listdir, original_listdir, "os"), (scandir, original_scandir, "os")):
+            # No __wrapped__: code identity would then count the C function for every call of open. The
+            # module and name are where pickle finds the wrapper again (a pickled reference to open).
             wrapper.__doc__ = original.__doc__
             wrapper.__name__ = wrapper.__qualname__ = original.__name__
+            wrapper.__module__ = module
+            replacements[id(original)] = (original, wrapper)
         builtins.open = io.open = open
         os.open, os.listdir, os.scandir = os_open, listdir, scandir
+        _rebind(replacements)
         _installed = True
+
+
+# Modules whose own references to open stay as they are: reading source code is not reading data.
+_KEEP = ("tokenize", "linecache", "importlib", "nbflow", "io", "_io", "os", "posix", "builtins")
+
+
+def _rebind(replacements: dict[int, tuple[Any, Any]]) -> None:
+    """Point module-level references to the original functions taken before now (``from io import open as
+    io_open`` in IPython, whose ``open`` in a notebook calls it; ``tarfile``'s ``bltn_open``) at the
+    wrappers, so those reads are seen too."""
+    for name, module in list(sys.modules.items()):
+        if module is None or name.partition(".")[0] in _KEEP:
+            continue
+        try:
+            namespace = vars(module)
+        except TypeError:
+            continue
+        try:
+            items = list(namespace.items())
+        except Exception:
+            continue
+        for key, value in items:
+            found = replacements.get(id(value))
+            if found is not None and found[0] is value:
+                try:
+                    namespace[key] = found[1]
+                except Exception:
+                    pass
 
 
 def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None:

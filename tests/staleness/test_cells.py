@@ -34,6 +34,8 @@ CELLS = [
     "more = np.random.normal(size=2).round(6)\nmore",
     "print(np.random.rand(), random.random())",
     # a file written by the notebook, read by a later cell
+    # a file read with the notebook's own open() (IPython puts its own open in the namespace)
+    "print(open('notes.txt').read())",
     "print(pd.read_csv('data.csv').a.sum())\nprint(pd.read_csv('data.csv').a / 3, np.array([2 / 3]))",
 ]
 
@@ -81,12 +83,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     os.environ["NBFLOW_HOME"] = str(home)
     try:
         (workdir / "data.csv").write_text("a\n1\n2\n")
+        (workdir / "notes.txt").write_text("first notes")
         plain = _texts(_execute(_notebook(CELLS, False), workdir))
         first = _execute(_notebook(CELLS, True), workdir)
         second = _execute(_notebook(CELLS, True), workdir)
         (workdir / "data.csv").write_text("a\n10\n20\n")
+        (workdir / "notes.txt").write_text("later notes")
         later = time.time_ns() + 5_000_000_000
         os.utime(workdir / "data.csv", ns=(later, later))
+        os.utime(workdir / "notes.txt", ns=(later, later))
         plain_changed = _texts(_execute(_notebook(CELLS, False), workdir))
         third = _notebook(CELLS, True)
         third.cells.append(new_code_cell(f"%nbflow why c{len(CELLS) - 1}"))
@@ -122,6 +127,7 @@ def test_a_changed_file_recomputes_the_cell_that_read_it(runs: dict[str, Any]) -
     assert "[0.67]" in texts[-2]
     assert not any(o.get("metadata", {}).get("nbflow") for o in third.cells[-2].outputs)
     assert "file 'data.csv' changed" in texts[-1]
+    assert texts[-3] == "later notes\n"
 
 
 HISTORY_AND_ERRORS = [
