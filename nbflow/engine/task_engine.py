@@ -471,6 +471,8 @@ class TaskRunEngine:
         (``code:clean``, ``global:FACTOR``) at the next miss; then note the files it reads and, when it may
         draw from them, the states of the global random generators."""
         task = self.task
+        if not task.files and _self_contained(task) and self._plain_arguments() and current_recorder() is None:
+            return  # it can read no file, draw no number and change no argument: nothing to note
         parts = self.task_run.key_parts
         if parts and "code" in parts:
             dependencies = dependency_parts(task.fn)
@@ -602,6 +604,9 @@ class TaskRunEngine:
         generators it drew from when there are any; ``_MISSING`` when the call must not be cached (it
         changed an argument in place, or a file it read changed while it ran)."""
         result = state.result()
+        if self.observation is None and not self.mutated_inputs_are_outputs and self._plain_arguments() and (
+                _self_contained(self.task)):
+            return result  # nothing it could have read, drawn or changed (see observe)
         mutated = self.mutated_arguments()
         generators: dict[str, Any] = {}
         if mutated and not self.mutated_inputs_are_outputs:
@@ -819,6 +824,35 @@ class TaskRunEngine:
         if self.task.is_async:
             return run_coroutine(self.run_begun_async())
         return self.run_begun()
+
+
+# Builtins that reach outside the call's own values (files, the namespace, arbitrary code): a function using
+# any of them is not self-contained.
+_REACHING = frozenset({"open", "eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "globals",
+                       "locals", "vars", "input", "breakpoint", "help", "memoryview"})
+_SAFE_NAMES = frozenset(name for name in dir(__import__("builtins")) if name not in _REACHING)
+
+
+def _self_contained(task: Task[..., Any]) -> bool:
+    """Whether the task's function uses nothing but its arguments and harmless builtins (``x + 1``,
+    ``len(rows)``): no global, no closure, no attribute, no import. Given plain arguments such a call
+    reads no file and draws no random number, so a miss skips noting them (the quickest calls, whose
+    bookkeeping would be a tenth of their cost). Remembered on the task per code object."""
+    fn = task.fn
+    code = getattr(fn, "__code__", None)
+    known = task.__dict__.get("_self_contained")
+    if known is not None and known[0] is code:
+        return bool(known[1])
+    answer = False
+    if code is not None and not getattr(fn, "__closure__", None) and type(fn).__name__ == "function":
+        answer = True
+        todo = [code]
+        while todo and answer:
+            current = todo.pop()
+            answer = all(name in _SAFE_NAMES for name in current.co_names) and not current.co_freevars
+            todo += [const for const in current.co_consts if hasattr(const, "co_names")]
+    task.__dict__["_self_contained"] = (code, answer)
+    return answer
 
 
 def _default_key_exclusions(task: Task[..., Any]) -> frozenset[str] | None:
