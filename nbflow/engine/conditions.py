@@ -11,7 +11,7 @@ stored as it is, so calls that read no file and draw no number pay nothing for t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbflow.engine import file_reads, randomness
 from nbflow.engine.file_reads import FileRead, Recorder
@@ -66,7 +66,19 @@ class Conditional:
         :func:`~nbflow.engine.randomness.variant`)."""
         return randomness.variant(key, self.drawn, now=True)
 
-    def apply(self, parameters: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None) -> Any:
+    def encoded(self, serializer: Any, task_name: str) -> Conditional:
+        """This result with its value encoded by ``serializer`` (a task's ``result_serializer`` other than
+        pickle, e.g. JSON): the conditions are Python objects only pickle can store, so the whole is then
+        stored with pickle and the value is decoded by its own serializer on load (see :meth:`apply`)."""
+        from nbflow.store.serializers import get_serializer, serialize
+
+        chosen = get_serializer(serializer)
+        stream, views = serialize(chosen, self.value, task_name)
+        return Conditional(Encoded(chosen.name, stream, [bytes(view) for view in views]), self.files, self.drawn,
+                           self.arguments)
+
+    def apply(self, parameters: dict[str, Any] | None = None, namespace: dict[str, Any] | None = None,
+              type_hint: Any = None) -> Any:
         """The value, after leaving the generators as the computed call did (the global ones; those among
         ``parameters``, the call's arguments; and those its code read from ``namespace``, its globals, stored
         as ``global:NAME``) and telling enclosing calls which files it depends on."""
@@ -82,7 +94,25 @@ class Conditional:
         recorder = file_reads.current()
         if recorder is not None and self.files:
             recorder.adopt(self.files)
-        return self.value
+        return self.decoded(type_hint)
+
+    def decoded(self, type_hint: Any = None) -> Any:
+        """The value itself (decoded by its own serializer if it was stored encoded)."""
+        value = self.value
+        if type(value) is Encoded:
+            from nbflow.store.serializers import get_serializer
+
+            buffers: list[Any] = [bytearray(buffer) for buffer in value.buffers]
+            return get_serializer(value.serializer).loads(value.stream, buffers, type_hint)
+        return value
+
+
+class Encoded(NamedTuple):
+    """A value as its task's own serializer wrote it, inside a pickled :class:`Conditional`."""
+
+    serializer: str
+    stream: bytes
+    buffers: list[bytes]
 
 
 def key_parts(files: list[FileRead], drawn: list[Drawn]) -> dict[str, str]:

@@ -304,7 +304,7 @@ class TaskRunEngine:
                 _store_trouble(error)
                 return None
         if type(value) is Conditional:
-            value = value.value
+            value = value.decoded(self._type_hint())
         state = Cached(value, message="reused from an earlier attempt of this flow run")
         self.task_run.cache_hit = True
         if previous.key is not None:  # still the store's: a later attempt can read it back again
@@ -386,7 +386,7 @@ class TaskRunEngine:
             value = self.still_valid(value)
             if value is None:
                 return None
-            value = value.apply(self.parameters, getattr(self.task.fn, "__globals__", None))
+            value = value.apply(self.parameters, getattr(self.task.fn, "__globals__", None), self._type_hint())
         self.task_run.cache_hit = True
         self.task_run.persisted = True
         return Cached(value)
@@ -562,6 +562,16 @@ class TaskRunEngine:
             state.persisted = False
             self.task_run.persisted = False
             return state
+        serializer = task.result_serializer
+        if type(value) is Conditional and not (serializer == "pickle" or getattr(serializer, "name", "") == "pickle"):
+            try:
+                value, serializer = value.encoded(serializer, task.name), "pickle"
+            except SerializationError as error:
+                warnings.warn(f"{error} — the task's result was returned but not persisted.", NbflowWarning,
+                              stacklevel=5)
+                state.persisted = self.task_run.persisted = False
+                state.message = f"not persisted: {error}"
+                return state
         expires = None
         if task.cache_expiration is not None:
             expires = time.time() + task.cache_expiration.total_seconds()
@@ -570,7 +580,7 @@ class TaskRunEngine:
             # Visible in the store only when the outermost transaction commits (then persisted=True).
             transaction.stage_result(
                 key, value, self.task_run, self.run, state, task_name=task.name, run_id=self.run.id,
-                serializer=task.result_serializer, expires=expires,
+                serializer=serializer, expires=expires,
             )
             state.persisted = False
             self.task_run.persisted = False
@@ -582,10 +592,10 @@ class TaskRunEngine:
             variant = randomness.variant(key, value.drawn) if type(value) is Conditional else None
             if variant is not None:  # the entry for the states its seeded generators started from
                 store.save(variant, value, task_name=task.name, run_id=self.run.id,
-                           serializer=task.result_serializer, expires=expires, defer=quick)
+                           serializer=serializer, expires=expires, defer=quick)
             store.save(
                 key, value, task_name=task.name, run_id=self.run.id,
-                serializer=task.result_serializer, expires=expires, defer=quick,
+                serializer=serializer, expires=expires, defer=quick,
                 on_lost=self._on_lost(state) if quick else None,
             )
         except (SerializationError, PersistError) as error:

@@ -235,3 +235,22 @@ def test_relative_paths_are_read_in_the_directory_the_call_runs_in(tmp_path: Pat
     # Another directory with the same content: the same input, a hit; with other content, a miss.
     assert lines(run_script(tmp_path / "two", source, env=home)) == ["Cached same"]
     assert lines(run_script(tmp_path / "three", source, env=home)) == ["Completed other"]
+
+
+def test_a_json_serialized_task_that_reads_a_file_is_cached_and_checked(tmp_path: Path) -> None:
+    source = """
+    import json
+    import nbflow
+
+    @nbflow.task(result_serializer="json")
+    def settings(path) -> dict:
+        return json.load(open(path))
+
+    state = settings("conf.json", return_state=True)
+    print(state.name, state.result())
+    """
+    (tmp_path / "conf.json").write_text('{"a": 1}')
+    assert lines(run_script(tmp_path, source)) == ["Completed {'a': 1}"]
+    assert lines(run_script(tmp_path, source)) == ["Cached {'a': 1}"]
+    (tmp_path / "conf.json").write_text('{"a": 2}')
+    assert lines(run_script(tmp_path, source)) == ["Completed {'a': 2}"]
