@@ -167,3 +167,41 @@ def test_history_readers_see_the_values_of_this_run_and_a_syntax_error_fails_lik
                                                      "language": "python"}})
     with pytest.raises(CellExecutionError, match="SyntaxError"):
         _execute(notebook, tmp_path)
+
+
+DECLARED_ENV_AND_CLASS = [
+    "%load_ext nbflow",
+    "import os\nclass Scaled:\n    factor = 2\n    def __init__(self, value):\n        self.value = value\n"
+    "    def scaled(self):\n        return self.value * self.factor",
+    "Scaled.factor = int(os.environ['FACTOR'])",  # a plain cell changes the class after its statement
+    "%%task --files data.bin\nimport subprocess\nblob = subprocess.run(['cat', 'data.bin'], capture_output=True, "
+    "text=True).stdout\nprint(blob)",
+    "%%task\nregion = os.environ.get('REGION', 'eu')\nprint(region)",
+    "%%task\nprint(Scaled(5).scaled())",
+]
+
+
+def test_declared_files_environment_variables_and_class_attributes_in_cells(tmp_path: Path,
+                                                                            nbflow_home: Path) -> None:
+    def run(data: str, **env: str) -> Any:
+        (tmp_path / "data.bin").write_text(data)
+        later = time.time_ns() + 5_000_000_000
+        os.utime(tmp_path / "data.bin", ns=(later, later))
+        notebook = new_notebook(cells=[new_code_cell(source) for source in DECLARED_ENV_AND_CLASS],
+                                metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                         "language": "python"}})
+        client = NotebookClient(notebook, kernel_name="python3", timeout=120, allow_errors=False,
+                                resources={"metadata": {"path": str(tmp_path)}})
+        client.execute(env={**os.environ, **env})
+        return notebook
+
+    def restored(notebook: Any) -> list[bool]:
+        return [any(o.get("metadata", {}).get("nbflow") for o in cell.outputs) for cell in notebook.cells[3:]]
+
+    first = run("one", REGION="us", FACTOR="2")
+    assert _texts(first)[3:] == ["one\n", "us\n", "10\n"]
+    # An unrelated variable and the same file content (touched): every cell restores.
+    second = run("one", REGION="us", FACTOR="2", UNRELATED="1")
+    assert _texts(second)[3:] == ["one\n", "us\n", "10\n"] and restored(second) == [True, True, True]
+    third = run("two", REGION="ap", FACTOR="3")
+    assert _texts(third)[3:] == ["two\n", "ap\n", "15\n"] and restored(third) == [False, False, False]
