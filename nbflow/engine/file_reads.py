@@ -306,22 +306,24 @@ def declare(recorder: Recorder | None, paths: Iterable[Any]) -> None:
 
 def _digest_file(path: str) -> str:
     hasher = xxhash.xxh3_128()
-    with open(path, "rb", buffering=0) as handle:
-        _local.busy = True
-        try:
+    previous = getattr(_local, "busy", False)
+    _local.busy = True  # nbflow's own read: not one of the calls around it
+    try:
+        with open(path, "rb", buffering=0) as handle:
             while chunk := handle.read(_CHUNK):
                 hasher.update(chunk)
-        finally:
-            _local.busy = False
+    finally:
+        _local.busy = previous
     return hasher.hexdigest()
 
 
 def _digest_dir(path: str) -> str:
+    previous = getattr(_local, "busy", False)
     _local.busy = True
     try:
         names = sorted(os.listdir(path))
     finally:
-        _local.busy = False
+        _local.busy = previous
     return xxhash.xxh3_128_hexdigest("\0".join(names).encode("utf-8", "surrogateescape"))
 
 
