@@ -91,12 +91,17 @@ def drawn(before: list[tuple[str, Any, Any, bool]]) -> list[Drawn]:
 
 
 def check(recorded: list[Drawn]) -> Drawn | None:
-    """The first seeded generator that is not in the state the cached call started from (None: all are)."""
+    """The first generator not in the state the cached call started from (None: all are): a seeded one in
+    another state, or one the call drew from unseeded that is seeded now."""
     current = dict(_generators())
     for entry in recorded:
-        if not entry.seeded:
-            continue
         generator = current.get(entry.name)
+        if not entry.seeded:
+            # An arbitrary draw stands for any unseeded state, not for a seeded one: a plain run seeded
+            # beforehand would draw the seeded numbers.
+            if generator is not None and _seeded(entry.name, generator):
+                return entry
+            continue
         if generator is None or not _seeded(entry.name, generator):
             return entry
         if _digest(entry.name, _get(entry.name, generator)) != entry.entry:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from tests.staleness.helpers import lines, run_script
 
 SEEDED = """
@@ -155,3 +157,24 @@ def test_an_unseeded_generator_passed_in_is_cached_across_processes(tmp_path: Pa
     """
     assert lines(run_script(tmp_path, source)) == ["Completed Completed Completed"]
     assert lines(run_script(tmp_path, source)) == ["Cached Cached Cached"]
+
+
+def test_an_unseeded_entry_does_not_stand_for_a_seeded_run(tmp_path: Path) -> None:
+    source = """
+    import sys
+    import numpy as np
+    import nbflow
+
+    @nbflow.task
+    def sample(n):
+        return np.random.rand(n).round(6).tolist()
+
+    if sys.argv[1] == "seeded":
+        np.random.seed(5)
+    state = sample(2, return_state=True)
+    print(state.name, state.result())
+    """
+    assert lines(run_script(tmp_path, source, "unseeded"))[0].startswith("Completed")
+    seeded = lines(run_script(tmp_path, source, "seeded"))[0]
+    assert seeded == f"Completed {np.round(np.random.RandomState(5).rand(2), 6).tolist()}"
+    assert lines(run_script(tmp_path, source, "seeded"))[0] == seeded.replace("Completed", "Cached")
