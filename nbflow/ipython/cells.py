@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbflow.cache_policies import ArgumentError, CachePolicy, KeyContext, fingerprint_arguments
 from nbflow.engine.conditions import restore_in_place
-from nbflow.engine.task_engine import TaskRunEngine, user_traceback
+from nbflow.engine.task_engine import _PLAIN, TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
 from nbflow.ipython import settings_effects
 from nbflow.ipython.analysis import analyze, normalized_digest
@@ -292,13 +292,13 @@ def _aliases(values: dict[str, Any], inputs: dict[str, Any]) -> tuple[dict[str, 
     """(outputs that are inputs, outputs that are part of an input): by identity, one level deep (items of
     lists, tuples, sets and dicts, attributes of objects), and NumPy arrays sharing an input array's memory."""
     candidates = {id(value): name for name, value in inputs.items()
-                  if type(value) not in _SCALARS and not _is_code(value)}
+                  if type(value) not in _PLAIN and not _is_code(value)}
     if not candidates:
         return {}, {}
     aliases: dict[str, str] = {}
     shared: dict[str, str] = {}
     for name, value in values.items():
-        if type(value) in _SCALARS or _is_code(value):
+        if type(value) in _PLAIN or _is_code(value):
             continue
         owner = candidates.get(id(value))
         if owner is not None:
@@ -309,9 +309,6 @@ def _aliases(values: dict[str, Any], inputs: dict[str, Any]) -> tuple[dict[str, 
                 shared[name] = owner
                 break
     return aliases, shared
-
-
-_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None), range})
 
 
 def _contains(container: Any, value: Any) -> bool:
