@@ -8,6 +8,7 @@ a fresh process should not wait for pydantic to import.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 from pathlib import Path
@@ -46,6 +47,16 @@ def _default_secret_file() -> Path:
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def _seconds(name: str, value: Any) -> float:
+    try:
+        seconds = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
+        raise ConfigurationError(f"setting {name}={value!r} must be a number of seconds from 0 to {MAX_SECONDS:g}")
+    return seconds
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -89,6 +100,11 @@ class Settings:
     - ``strict_buffers``: also authenticate raw array buffers with a keyed MAC (slower), not only a
       checksum.
     - ``display``: show task graphs automatically in notebooks.
+    - ``auto``: auto mode — every notebook cell runs as a cell task (see :mod:`nbflow.ipython.auto`); with
+      ``NBFLOW_AUTO=1`` it starts with ``%load_ext nbflow``.
+    - ``auto_min_seconds``: in auto mode, a cell that runs quicker than this is run, not stored (default
+      0.001: a hit on a trivial cell costs about 0.5 ms over running it, so storing quicker cells would
+      not save time, only fill the store).
     """
 
     home: Path = Path(".nbflow")
@@ -96,6 +112,8 @@ class Settings:
     secret_file: Path = dataclasses.field(default_factory=_default_secret_file)
     strict_buffers: bool = False
     display: bool = True
+    auto: bool = False
+    auto_min_seconds: float = 0.001
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: values are checked and normalized once, here
@@ -104,6 +122,8 @@ class Settings:
         set_field(self, "size_limit", _size(self.size_limit))
         set_field(self, "strict_buffers", _flag("strict_buffers", self.strict_buffers))
         set_field(self, "display", _flag("display", self.display))
+        set_field(self, "auto", _flag("auto", self.auto))
+        set_field(self, "auto_min_seconds", _seconds("auto_min_seconds", self.auto_min_seconds))
 
     def model_dump(self) -> dict[str, Any]:
         """The settings as a dict."""
@@ -158,6 +178,10 @@ def configure(**overrides: Any) -> Settings:
         _settings = dataclasses.replace(base, **overrides)
         new = _settings
     _notify(new)
+    if "auto" in overrides:
+        from nbflow.ipython.auto import apply_setting
+
+        apply_setting(new.auto)
     return new
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["auto_mode", "load_ipython_extension", "unload_ipython_extension"]
 
 _ATTRIBUTE = "_nbflow_session"
 
@@ -42,6 +42,25 @@ def load_ipython_extension(shell: Any) -> None:
     setattr(shell, _ATTRIBUTE, session)
     runtime.session_tracker = session.tracker
     runtime.session_run()
+    from nbflow.settings import get_settings
+
+    if get_settings().auto:
+        mode = auto_mode(shell, create=True)
+        assert mode is not None
+        mode.enable()
+
+
+def auto_mode(shell: Any, create: bool = False) -> Any:
+    """The :class:`~nbflow.ipython.auto.AutoMode` of ``shell`` (None before the extension is loaded, or before
+    auto mode was first turned on unless ``create``)."""
+    session = getattr(shell, _ATTRIBUTE, None)
+    if session is None:
+        return None
+    if session.auto is None and create:
+        from nbflow.ipython.auto import AutoMode
+
+        session.auto = AutoMode(shell, session)
+    return session.auto
 
 
 def unload_ipython_extension(shell: Any) -> None:
@@ -51,6 +70,8 @@ def unload_ipython_extension(shell: Any) -> None:
         return
     from nbflow.engine import runtime
 
+    if session.auto is not None:
+        session.auto.disable()
     magics = shell.magics_manager.magics
     magics["cell"].pop("task", None)
     magics["line"].pop("nbflow", None)

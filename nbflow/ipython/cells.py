@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nbflow.cache_policies import ArgumentError, CachePolicy, KeyContext, fingerprint_arguments
-from nbflow.engine.conditions import restore_in_place
+from nbflow.engine.conditions import Conditional, restore_in_place
+from nbflow.engine.file_reads import FileRead
 from nbflow.engine.task_engine import _PLAIN, TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
 from nbflow.ipython import settings_effects
@@ -41,7 +42,7 @@ from nbflow.tasks import Task
 if TYPE_CHECKING:
     from nbflow.ipython.session import Session
 
-__all__ = ["CellOptions", "CellResult", "CellSpec", "prepare_cell", "run_cell_task"]
+__all__ = ["CellOptions", "CellOutcome", "CellResult", "CellSpec", "prepare_cell", "run_cell_task"]
 
 
 @dataclass
@@ -81,6 +82,22 @@ class CellResult:
     # Outputs that are part of an input (`row = x2[0]`, a view; `first = rows[0]`): a stored copy would not
     # be, and a later change through one name would not show through the other, so the cell is not cached.
     shared: dict[str, str] = field(default_factory=dict)
+    # Names the cell deleted (`del tmp`): a hit deletes them too.
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CellOutcome:
+    """How one run of a cell task went, for the status line auto mode shows and ``%nbflow status``."""
+
+    state: str  # "cached", "computed" (and stored), "quick" (ran, not worth storing), "uncached", "failed"
+    reason: str = ""  # why a cell that ran was not stored
+    duration: float = 0.0  # seconds the run (or the restore) took
+    saved: float = 0.0  # seconds a hit saved
+    task_run: Any = None
+    # Names the cell bound, rebound, changed in place or deleted: what later cells may have read.
+    changed: list[str] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)  # the FileReads it depends on (absolute paths)
 
 
 @dataclass
@@ -150,9 +167,11 @@ class CellPolicy(CachePolicy):
 
     fingerprints_inputs = True
 
-    def __init__(self, shell: Any, spec: CellSpec) -> None:
+    def __init__(self, shell: Any, spec: CellSpec, quiet: bool = False) -> None:
         self.shell = shell
         self.spec = spec
+        self.quiet = quiet  # auto mode: why the cell runs uncached goes in its status line, not a warning
+        self.reason = ""
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         from nbflow.hashing import code_identity, source_identity
@@ -179,6 +198,9 @@ class CellPolicy(CachePolicy):
         try:
             inputs_digest = fingerprint_arguments(values, parts)
         except ArgumentError as error:
+            self.reason = f"input {error.argument!r} cannot be fingerprinted ({error.__cause__})"
+            if self.quiet:
+                return None
             warnings.warn(
                 f"cell task {self.spec.name!r} runs uncached: input {error.argument!r} cannot be fingerprinted "
                 f"({error.__cause__}). Leave it out of the key with --inputs, or register a fingerprint with "
@@ -217,12 +239,28 @@ class _CellEngine(TaskRunEngine):
     mutated_inputs_are_outputs = True
 
     def __init__(self, task: Task[..., Any], inputs: dict[str, Any], session: Session, spec: CellSpec,
-                 shell: Any) -> None:
+                 shell: Any, min_seconds: float = 0.0) -> None:
         super().__init__(task, (), inputs)
         self.session = session
         self.spec = spec
         self.shell = shell
         self.defined = False  # the cell's def / class / import statements ran already (see probe)
+        self.min_seconds = min_seconds  # a run quicker than this is not stored (auto mode's threshold)
+        self.files: list[FileRead] = []  # the files the result depends on (read, or written by it)
+        self.quick = False
+        self.quiet = isinstance(task.cache_policy, CellPolicy) and task.cache_policy.quiet
+
+    def still_valid(self, value: Conditional) -> Conditional | None:
+        valid = super().still_valid(value)
+        if valid is not None:
+            self.files = list(valid.files)
+        return valid
+
+    def conditioned(self, state: State) -> Any:
+        value = super().conditioned(state)
+        if type(value) is Conditional:
+            self.files = list(value.files)
+        return value
 
     def begin(self) -> None:
         super().begin()
@@ -257,12 +295,21 @@ class _CellEngine(TaskRunEngine):
         return True
 
     def persist(self, state: State) -> State:
-        shared = state.result().shared
-        if shared and self.key is not None:
+        result: CellResult = state.result()
+        reason = ""
+        if self.key is not None and result.shared:
             # Quietly: running such a cell again is what keeps it right (a slice or an element is cheap).
-            listed = ", ".join(f"{name!r} is part of {owner!r}" for name, owner in shared.items())
+            reason = ", ".join(f"{name!r} is part of {owner!r}" for name, owner in result.shared.items())
+        elif self.key is not None and _shows_widget(result.outputs):
+            reason = "it shows a widget, which a replay could not bring back to life"
+        elif self.key is not None and result.duration < self.min_seconds:
+            self.quick = True
+            reason = (f"it ran in {format_duration(result.duration)}, quicker than a restore "
+                      f"(auto mode stores cells that take {format_duration(self.min_seconds)} or more)")
+            self.conditioned(state)  # the files it read, for stale marks
+        if reason:
             state.persisted = self.task_run.persisted = False
-            state.message = f"not cached: {listed}"
+            state.message = f"not cached: {reason}"
             return state
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -272,17 +319,26 @@ class _CellEngine(TaskRunEngine):
         if bad:
             names = ", ".join(repr(name) for name in bad)
             reasons = "; ".join(f"{name}: {reason}" for name, reason in bad.items())
+            state.message = f"not cached: {names} cannot be stored"
+            if self.quiet:
+                return state
             warnings.warn(
                 f"cell task {self.spec.name!r}: variable(s) {names} cannot be stored ({reasons}). The cell ran "
                 "and bound them, but it is not cached: it runs again next time.",
                 NbflowWarning,
                 stacklevel=2,
             )
-            state.message = f"not persisted: {names} cannot be stored"
         else:
             for warning in caught:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         return state
+
+
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _shows_widget(outputs: list[Output]) -> bool:
+    return any(output[0] in ("display", "execute_result") and _WIDGET_VIEW in output[1] for output in outputs)
 
 
 _SCAN_LIMIT = 10_000  # elements of an input container looked through for an output
@@ -375,38 +431,67 @@ def history_reads(spec: CellSpec) -> list[str]:
     return found
 
 
-def _make_task(shell: Any, spec: CellSpec, execute: Any) -> Task[..., Any]:
+def _make_task(shell: Any, spec: CellSpec, execute: Any, quiet: bool = False) -> Task[..., Any]:
     options = spec.options
     task: Task[..., Any] = Task(
         execute, name=spec.name, retries=options.retries, retry_delay_seconds=options.retry_delay,
-        timeout_seconds=options.timeout, cache_policy=CellPolicy(shell, spec), refresh_cache=options.refresh,
+        timeout_seconds=options.timeout, cache_policy=CellPolicy(shell, spec, quiet), refresh_cache=options.refresh,
         persist_result=not options.no_cache, tags=("cell", *options.tags), files=options.files,
     )
     task.task_key = f"cell:{spec.name}"
     return task
 
 
-def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
-    """Run (or restore) one cell task; raise the user's error when it fails."""
+def _is_history(name: str) -> bool:
+    """IPython's own names for its history (``_``, ``_3``, ``_i3``, ``_ii``...): it sets them around every cell."""
+    if name in _HISTORY:
+        return True
+    rest = name[2:] if name.startswith("_i") else name[1:] if name.startswith("_") else ""
+    return rest.isdigit()
+
+
+def _namespace_changes(namespace: dict[str, Any], before: dict[str, int], known: set[str]) -> tuple[
+        list[str], list[str]]:
+    """(names bound or rebound, names deleted) since ``before`` (name -> id) that the analysis of the cell
+    did not list: bound through ``exec``, ``globals()[...]``, a function's ``global`` statement, a ``del``
+    under an ``if``. Found by identity, so an object rebound to itself counts as unchanged."""
+    bound = [name for name, value in namespace.items()
+             if before.get(name) != id(value) and name not in known and not _is_history(name)]
+    deleted = [name for name in before if name not in namespace and not _is_history(name)]
+    return bound, deleted
+
+
+def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = False,
+                  min_seconds: float = 0.0) -> CellOutcome:
+    """Run (or restore) one cell task; raise the user's error when it fails.
+
+    ``auto``: the cell runs in auto mode — why it is not cached is said in the outcome (auto mode shows it
+    in the cell's status line) rather than in a warning, and a run quicker than ``min_seconds`` is not
+    stored. Without it, a hit shows one line saying how much time the cache saved.
+    """
     body, last, _ = _compile_cell(shell, spec)
     value_names = [name for name in spec.outputs if name not in spec.definitions]
+    known = set(spec.outputs)
 
     def execute(**_inputs: Any) -> CellResult:
         # The inputs are already in the user namespace; they are parameters so that the run record
         # lists them and a manual retry can name them.
         started = time.perf_counter()
         result = None
+        namespace = shell.user_ns
+        ids = {name: id(value) for name, value in namespace.items()} if spec.options.outputs is None else None
         before = settings_effects.snapshot()
         with OutputTee(shell) as tee:
-            exec(body, shell.user_global_ns, shell.user_ns)
+            exec(body, shell.user_global_ns, namespace)
             if last is not None:
-                result = eval(last, shell.user_global_ns, shell.user_ns)
+                result = eval(last, shell.user_global_ns, namespace)
                 if result is not None:
                     shell.displayhook(result)
         if result is not None and unstorable({"_": result}):
             result = None
-        namespace = shell.user_ns
-        values = {name: namespace[name] for name in value_names if name in namespace}
+        # With --outputs the user said what the cell binds; else what the analysis missed counts too.
+        extra, deleted = _namespace_changes(namespace, ids, known) if ids is not None else ([], [])
+        values = {name: namespace[name] for name in [*value_names, *extra] if name in namespace}
         # `with open(...) as f` leaves a closed file behind: leave such a target out rather than make
         # the whole cell uncacheable (a hit does not bind it).
         for name in unstorable({n: values[n] for n in spec.with_targets if n in values}):
@@ -416,17 +501,19 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
             del values[name]
         return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started,
                           last_value=result, settings=settings_effects.changed_settings(before),
-                          aliases=aliases, shared=shared)
+                          aliases=aliases, shared=shared, deleted=deleted)
 
+    inputs = current_inputs(shell, spec)
     execute.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in current_inputs(shell, spec)]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in inputs]
     )
-    task = _make_task(shell, spec, execute)
-    engine = _CellEngine(task, current_inputs(shell, spec), session, spec, shell)
+    task = _make_task(shell, spec, execute, quiet=auto)
+    engine = _CellEngine(task, inputs, session, spec, shell, min_seconds=min_seconds)
     session.remember_cell(spec)
     started = time.perf_counter()
     state = engine.run_to_state()
     task_run = engine.task_run
+    files = [read._replace(path=os.path.abspath(read.path)) for read in engine.files]
     if state.type is StateType.COMPLETED and state.name == "Cached":
         cached: CellResult = state.result()
         _restore(shell, spec, cached, engine.defined)
@@ -434,17 +521,46 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session) -> Any:
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
         replay(shell, cached.outputs, cached.last_value)
         elapsed = time.perf_counter() - started
-        _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {format_duration(elapsed)} "
-                       f"(saved {format_duration(max(cached.duration - elapsed, 0.0))})")
-        return None
+        saved = max(cached.duration - elapsed, 0.0)
+        if not auto:
+            _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {format_duration(elapsed)} "
+                           f"(saved {format_duration(saved)})")
+        return CellOutcome("cached", duration=elapsed, saved=saved, task_run=task_run, files=files,
+                           changed=_changed(spec, cached))
     if state.is_completed():
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
-        return None
+        computed: CellResult = state.result()
+        elapsed = time.perf_counter() - started
+        changed = _changed(spec, computed)
+        # What the notebook's own code took (the run took `elapsed` with nbflow's share).
+        duration = computed.duration if isinstance(computed, CellResult) else elapsed
+        if state.persisted:
+            return CellOutcome("computed", duration=duration, task_run=task_run, files=files, changed=changed)
+        reason = _reason(state.message or "", task.cache_policy, spec)
+        return CellOutcome("quick" if engine.quick else "uncached", reason=reason, duration=duration,
+                           task_run=task_run, files=files, changed=changed)
     error = state.result(raise_on_failure=False)
     if isinstance(error, BaseException):
         _show_user_traceback(shell, error)
         raise error
     raise RuntimeError(f"cell task {spec.name!r} ended {state.name}")  # pragma: no cover - no such state
+
+
+def _changed(spec: CellSpec, result: CellResult) -> list[str]:
+    names = dict.fromkeys([*spec.outputs, *result.values, *result.aliases, *result.mutated, *result.deleted])
+    return list(names)
+
+
+def _reason(message: str, policy: Any, spec: CellSpec) -> str:
+    """Why a cell that completed was not stored, in words for its status line."""
+    for prefix in ("not cached: ", "not persisted: "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    if getattr(policy, "reason", ""):
+        return str(policy.reason)
+    if spec.options.no_cache:
+        return "--no-cache"
+    return message or "its cache key could not be computed"
 
 
 def _bound(shell: Any, spec: CellSpec) -> dict[str, Any]:
@@ -478,6 +594,8 @@ def _restore(shell: Any, spec: CellSpec, cached: CellResult, defined: bool = Fal
     for name, source in getattr(cached, "aliases", {}).items():
         if source in namespace:
             namespace[name] = namespace[source]
+    for name in getattr(cached, "deleted", ()):
+        namespace.pop(name, None)
 
 
 

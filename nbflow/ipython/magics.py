@@ -26,7 +26,8 @@ TASK_USAGE = (
     "              [--inputs a,b] [--outputs x,y] [--tags t1,t2]"
 )
 NBFLOW_USAGE = (
-    "usage: %nbflow status | why NAME | runs | graph | cache info | cache clear [NAME] | retry NAME | retry --failed"
+    "usage: %nbflow status | why NAME | runs | graph | cache info | cache clear [NAME] | retry NAME | retry --failed\n"
+    "              | auto [on|off] | run-stale"
 )
 
 
@@ -114,7 +115,11 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
         compile(spec.tree, "<cell>", "exec", flags=shell.compile.flags, dont_inherit=True)
     except SyntaxError as error:
         return _syntax_error(shell, cell, error)
-    return run_cell_task(shell, spec, session)
+    if session.auto is not None and session.auto.claims_magic(cell):
+        session.auto.run_task_cell(spec)  # auto mode's status line and stale marks; the options as given
+    else:
+        run_cell_task(shell, spec, session)
+    return None
 
 
 def _syntax_error(shell: Any, cell: str, error: SyntaxError) -> None:
@@ -372,13 +377,37 @@ def retry(shell: Any, session: Session, name: str) -> None:
 
 
 def nbflow_magic(shell: Any, session: Session, line: str) -> Any:
-    """``%nbflow status | why NAME | runs | graph | cache info | cache clear [NAME] | retry NAME | retry --failed``."""
+    """``%nbflow status | why NAME | runs | graph | cache info | cache clear [NAME] | retry NAME | retry --failed |
+    auto [on|off] | run-stale``.
+
+    ``auto`` turns auto mode on (every cell runs as a cell task; see :mod:`nbflow.ipython.auto`), ``auto off``
+    turns it off; ``run-stale`` runs the cells auto mode marked stale again, in notebook order."""
     words = line.split()
     if not words:
         _usage("%nbflow: which command?", NBFLOW_USAGE)
     command, args = words[0], words[1:]
-    if command == "status" and not args:
-        print(status(session))
+    auto = session.auto if session.auto is not None and session.auto.enabled else None
+    if command == "auto" and len(args) <= 1 and args in ([], ["on"], ["off"]):
+        from nbflow.ipython import auto_mode
+
+        mode = auto_mode(shell, create=True)
+        if args == ["off"]:
+            mode.disable()
+            print("[nbflow] auto mode is off: cells run as written")
+        else:
+            mode.enable()
+            print("[nbflow] auto mode is on: every cell runs as a cell task (cached, restored on a hit); "
+                  "%nbflow status says what each cell did")
+    elif command == "run-stale" and not args:
+        if session.auto is None:
+            _usage("%nbflow run-stale: stale cells are marked in auto mode; turn it on with %nbflow auto",
+                   NBFLOW_USAGE)
+        session.auto.run_stale()
+    elif command == "status" and not args:
+        if auto is not None:
+            print(auto.status())
+        else:
+            print(status(session))
     elif command == "why" and len(args) == 1:
         print(why(args[0]))
     elif command == "runs" and not args:

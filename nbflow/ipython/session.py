@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from nbflow.context import Matcher, ResultIdentities, identity_matcher
 
 if TYPE_CHECKING:
+    from nbflow.ipython.auto import AutoMode
     from nbflow.ipython.cells import CellSpec
 
 __all__ = ["Session", "SessionTracker"]
@@ -83,6 +84,7 @@ class Session:
         self.tracker = SessionTracker()
         self.cells: dict[str, CellSpec] = {}  # the latest cell run under each name, for retries
         self.saved: dict[str, float] = {}  # task run id -> seconds a cache hit saved (cell tasks)
+        self.auto: AutoMode | None = None  # auto mode (every cell a cell task), once it has been turned on
 
     def remember_cell(self, spec: CellSpec) -> None:
         self.cells[spec.name] = spec

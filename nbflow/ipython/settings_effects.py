@@ -79,13 +79,47 @@ def _set_import_path(changes: dict[str, Any]) -> None:
     sys.path[:] = changes["sys.path"]
 
 
+def _environment() -> dict[str, Any]:
+    # The encoded mapping behind os.environ: copied in C, 20x quicker than decoding every variable.
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else dict(os.environ)
+
+
+def _set_environment(changes: dict[str, Any]) -> None:
+    for key, value in changes.items():
+        name = os.fsdecode(key) if isinstance(key, bytes) else key
+        if value is None:  # the cell removed it
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _warning_filters() -> dict[str, Any]:
+    import warnings
+
+    return {"filters": tuple(warnings.filters)}
+
+
+def _set_warning_filters(changes: dict[str, Any]) -> None:
+    import warnings
+
+    warnings.filters[:] = list(changes["filters"])  # type: ignore[index]
+    mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings() calls after a change
+    if mutated is not None:
+        mutated()
+
+
 _SETTINGS: dict[str, tuple[Callable[[], dict[str, Any] | None], Callable[[dict[str, Any]], None]]] = {
     "numpy print options": (_numpy, _set_numpy),
     "pandas options": (_pandas, _set_pandas),
     "matplotlib rcParams": (_matplotlib, _set_matplotlib),
     "working directory": (_working_directory, _set_working_directory),
     "import path": (_import_path, _set_import_path),
+    "environment variables": (_environment, _set_environment),
+    "warning filters": (_warning_filters, _set_warning_filters),
 }
+# Groups whose keys a cell may remove (a removed key is recorded as None).
+_REMOVABLE = frozenset({"environment variables"})
 
 
 def snapshot() -> dict[str, dict[str, Any]]:
@@ -106,20 +140,53 @@ def snapshot() -> dict[str, dict[str, Any]]:
 _IN_KEY = ("numpy print options", "pandas options", "matplotlib rcParams")
 
 
+# The last digest, with the settings it was computed from: (keys, values, copies of list values, digest).
+# The values are held, so an unchanged identity means an unchanged value (lists are compared by content).
+_last_digest: tuple[list[Any], list[Any], list[Any], str] | None = None
+
+
 def display_digest() -> str:
-    """A digest of the settings in force that change what cells show (see ``_IN_KEY``)."""
+    """A digest of the settings in force that change what cells show (see ``_IN_KEY``).
+
+    Computed again only when a setting is another object than last time: a setter stores a new value,
+    so identity tells a change in ~40 µs where the digest of rcParams' 339 values takes ~0.6 ms."""
+    global _last_digest
     import xxhash
 
-    found = snapshot()
-    pieces = []
+    keys: list[Any] = []
+    values: list[Any] = []
     for group in _IN_KEY:
-        values = found.get(group)
-        if values is None:
+        try:
+            found = _SETTINGS[group][0]()
+        except Exception:
             continue
-        values.pop("backend", None)  # how figures are shown, not what they show
+        if found is None:
+            continue
+        found.pop("backend", None)  # how figures are shown, not what they show
+        keys.append(group)
+        values.append(None)
+        keys += found.keys()
+        values += found.values()
+    lists = [list(value) for value in values if type(value) is list]
+    last = _last_digest
+    if (last is not None and last[0] == keys and len(last[1]) == len(values)
+            and all(a is b for a, b in zip(last[1], values)) and last[2] == lists):
+        return last[3]
+    pieces = []
+    group_values: dict[str, Any] = {}
+    current = ""
+    for key, value in zip(keys, values):
+        if value is None and key in _IN_KEY:
+            current = key
+            group_values[current] = {}
+        else:
+            group_values[current][key] = value
+    for group, found in group_values.items():
         pieces.append(group)
-        pieces += [f"{key}={_text(value)}" for key, value in sorted(values.items())]
-    return xxhash.xxh3_128_hexdigest("\0".join(pieces).encode("utf-8", "surrogatepass"))
+        pieces += [f"{key}={_text(value)}" for key, value in sorted(found.items())]
+    digest = xxhash.xxh3_128_hexdigest("\0".join(pieces).encode("utf-8", "surrogatepass"))
+    _last_digest = (keys, values, lists, digest)
+    return digest
 
 
 def _text(value: Any) -> str:
@@ -156,6 +223,8 @@ def changed_settings(before: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
                 same = key in earlier and earlier[key] is value
             if not same:
                 delta[key] = value
+        if group in _REMOVABLE:
+            delta.update((key, None) for key in earlier if key not in values)
         if delta:
             changes[group] = delta
     return changes

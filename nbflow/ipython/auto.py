@@ -1,0 +1,705 @@
+"""Auto mode: every code cell runs as a cell task, with no edit to the notebook.
+
+``%nbflow auto`` (or ``nbflow.configure(auto=True)``, ``NBFLOW_AUTO=1`` before ``%load_ext nbflow``, or
+``nbflow run --auto``) turns it on. Each code cell then runs as it would under ``%%task`` with no options:
+the same key, the same restore and replay rules (see :mod:`nbflow.ipython.cells`). A cell that already
+has a ``%%task`` line keeps its options.
+
+A cell runs normally (uncached) when a hit could not stand for it: it runs a shell command or a line
+magic, has another cell magic, uses top-level ``await``, reads the keyboard, or changes process-wide
+state that a hit would not set again (see :func:`static_reason`). Settings a hit does set again
+(display options, rcParams, the working directory, ``sys.path``, environment variables, warning filters)
+do not stop a cell from being cached. A cell that runs quicker than ``auto_min_seconds`` is run, not
+stored: restoring it would not be quicker.
+
+Every cell shows one status line (a display with an id, so it can change later): cached, computed,
+quick, or not cached and why. When a cell runs again and changes a value that cells after it (in the
+order cells were first run) read or bound, or a file they read changes, their status lines turn into
+stale marks saying what changed where; ``%nbflow status`` lists them and ``%nbflow run-stale`` runs
+them again in order.
+
+How: a pre-run hook notes the cell's text, and an AST transformer of the shell replaces the parsed cell
+with one call of :func:`run_pending`, which runs the cell as a cell task. ``In`` keeps the cell as typed.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nbflow.context import identity_matcher
+from nbflow.engine import file_reads
+from nbflow.runs import format_duration
+
+if TYPE_CHECKING:
+    from nbflow.engine.file_reads import FileRead
+    from nbflow.ipython.cells import CellOutcome, CellSpec
+    from nbflow.ipython.session import Session
+
+__all__ = ["AutoMode", "CellRecord", "run_pending", "static_reason"]
+
+_active: AutoMode | None = None  # the auto mode of the shell whose cell is running (one shell per kernel)
+_ids = itertools.count(1)
+
+# Calls that change process-wide state a hit would not set again (settings_effects replays the others).
+_UNREPLAYED = {
+    "logging.basicConfig": "configures logging",
+    "logging.config.dictConfig": "configures logging",
+    "logging.config.fileConfig": "configures logging",
+    "sys.setrecursionlimit": "sets the recursion limit",
+    "np.seterr": "sets NumPy's error handling", "numpy.seterr": "sets NumPy's error handling",
+    "locale.setlocale": "sets the locale",
+    "importlib.reload": "reloads a module",
+    "os.umask": "sets the file mode mask",
+    "os.putenv": "sets an environment variable behind os.environ's back",
+    "os.unsetenv": "unsets an environment variable behind os.environ's back",
+    "sklearn.set_config": "sets scikit-learn's global configuration",
+    "torch.manual_seed": "seeds torch's global generator", "torch.set_default_dtype": "sets torch's default dtype",
+    "tf.random.set_seed": "seeds TensorFlow's global generator",
+    "signal.signal": "installs a signal handler", "atexit.register": "registers an exit handler",
+    "sys.settrace": "installs a trace function", "sys.setprofile": "installs a profile function",
+    "faulthandler.enable": "enables faulthandler",
+}
+# The same, by what follows the module's name (whatever the notebook imported it as).
+_UNREPLAYED_TAILS = {name.split(".", 1)[1]: what for name, what in _UNREPLAYED.items()}
+_KEYBOARD = {"input": "reads the keyboard (input())", "getpass": "reads a password",
+             "getpass.getpass": "reads a password", "breakpoint": "starts the debugger"}
+_NBFLOW_MAGICS = frozenset({"nbflow", "load_ext", "reload_ext", "unload_ext"})
+
+
+def _dotted(node: ast.AST) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+def _ipython_call(node: ast.Call) -> tuple[str, str] | None:
+    """``get_ipython().METHOD('ARG', ...)`` -> (METHOD, ARG): how IPython writes magics and ``!`` commands."""
+    func = node.func
+    if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call) and isinstance(func.value.func, ast.Name)
+            and func.value.func.id == "get_ipython"):
+        first = node.args[0] if node.args else None
+        argument = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
+        return func.attr, argument
+    return None
+
+
+def _has_top_level_await(tree: ast.Module) -> bool:
+    def visit(node: ast.AST) -> bool:
+        if isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            return False
+        return any(visit(child) for child in ast.iter_child_nodes(node))
+
+    return any(visit(statement) for statement in tree.body)
+
+
+def only_nbflow_magics(tree: ast.Module) -> bool:
+    """The cell is nothing but ``%nbflow ...`` / ``%load_ext nbflow`` lines: nbflow's own, not the notebook's."""
+    if not tree.body:
+        return False
+    for statement in tree.body:
+        call = statement.value if isinstance(statement, ast.Expr) else None
+        found = _ipython_call(call) if isinstance(call, ast.Call) else None
+        if found is None or found[0] != "run_line_magic" or found[1] not in _NBFLOW_MAGICS:
+            return False
+    return True
+
+
+def static_reason(tree: ast.Module, namespace: dict[str, Any]) -> str:
+    """Why the cell (as IPython parsed it) must run normally; "" when it can run as a cell task."""
+    import types
+
+    imported = {alias.asname or alias.name.split(".")[0] for statement in tree.body
+                if isinstance(statement, ast.Import) for alias in statement.names}
+
+    def is_module(name: str) -> bool:
+        return name in imported or isinstance(namespace.get(name), types.ModuleType)
+
+    if _has_top_level_await(tree):
+        return "it uses top-level await"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            found = _ipython_call(node)
+            if found is not None:
+                method, argument = found
+                if method in ("system", "getoutput"):
+                    return "it runs a shell command (!)"
+                if method == "run_line_magic":
+                    return f"it runs the magic %{argument}"
+                if method == "run_cell_magic":
+                    return f"it runs the cell magic %%{argument}"
+                return "it calls get_ipython()"
+            name = _dotted(node.func)
+            if not name:
+                continue
+            if name in _KEYBOARD:
+                return f"it {_KEYBOARD[name]}"
+            what = _UNREPLAYED.get(name)
+            if what is None and "." in name:  # `np.seterr` for `numpy.seterr`, `pl.reload`...
+                root, rest = name.split(".", 1)
+                what = _UNREPLAYED_TAILS.get(rest)
+                if what is not None and not is_module(root):
+                    what = None
+            if what is not None:
+                return f"it {what} ({name}()), which a cache hit would not do again"
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                        and is_module(target.value.id)):
+                    return (f"it sets {target.value.id}.{target.attr}, a module attribute a cache hit would not "
+                            "set again")
+    return ""
+
+
+@dataclass
+class CellRecord:
+    """What auto mode knows of one notebook cell: its latest run, what it read and bound, and whether it is
+    stale."""
+
+    key: str  # the front-end's cell id, or "#N" without one
+    order: int  # when the cell was first run: the notebook's order when it is run top to bottom
+    number: int  # its latest execution count (In[number])
+    source: str
+    state: str = ""  # cached, computed, quick, uncached, failed
+    reason: str = ""
+    duration: float = 0.0
+    saved: float = 0.0
+    task_name: str = ""
+    task_run_id: str = ""
+    # name -> ("part", kind, digest) when the value's fingerprint is known, else ("same", matcher)
+    reads: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # names it bound or changed -> matcher of the value it left
+    writes: dict[str, Any] = field(default_factory=dict)
+    maybe_changed: list[str] = field(default_factory=list)  # inputs it may have changed in place (uncached)
+    files: list[FileRead] = field(default_factory=list)
+    upstream: list[str] = field(default_factory=list)  # keys of the cells whose values it read
+    display_id: str = ""
+    stale: dict[str, str] = field(default_factory=dict)  # why -> words ("df": "`df` changed in cell [5]")
+    shown: str = ""  # the status text on screen now
+    override: str = ""  # the status text to show while not stale, in place of the usual one
+
+    @property
+    def first_line(self) -> str:
+        for line in self.source.splitlines():
+            if line.strip():
+                return line.strip()
+        return ""
+
+    @property
+    def label(self) -> str:
+        line = self.first_line
+        return f"[{self.number}] " + (line if len(line) <= 40 else line[:39] + "…")
+
+
+@dataclass
+class _Pending:
+    raw: str
+    cell_id: str | None
+    number: int
+    reason: str = ""  # why it runs normally ("" for a cell task)
+    ids: dict[str, int] = field(default_factory=dict)  # namespace before a normal run (name -> id)
+    reads: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    handled: bool = False  # recorded already (a cell task), nothing left for the post-run hook
+    quiet: bool = False  # nbflow's own magics: no record, no status line
+
+
+class _Transformer(ast.NodeTransformer):
+    def __init__(self, mode: AutoMode) -> None:
+        self.mode = mode
+
+    def visit(self, node: ast.AST) -> Any:
+        if isinstance(node, ast.Module):
+            try:
+                return self.mode.transform(node)
+            except Exception:  # IPython drops a transformer that raises; run the cell as it is instead
+                return node
+        return node
+
+
+class AutoMode:
+    """Auto mode of one shell (see the module docstring)."""
+
+    def __init__(self, shell: Any, session: Session) -> None:
+        self.shell = shell
+        self.session = session
+        self.enabled = False
+        self.cells: dict[str, CellRecord] = {}
+        self.producers: dict[str, str] = {}  # variable -> key of the cell that last bound or changed it
+        self._pending: _Pending | None = None
+        self._current: _Pending | None = None
+        self._transformer = _Transformer(self)
+        self._rerun: CellRecord | None = None  # the stale cell %nbflow run-stale is running again
+        self._users: dict[str, set[str]] = {}  # variable -> keys of the cells that read or bound it
+        self._with_files: set[str] = set()  # keys of the cells that read files
+        self._stale_keys: set[str] = set()
+
+    # -- on and off -----------------------------------------------------------------------------------
+    def enable(self) -> None:
+        global _active
+        if self.enabled:
+            return
+        events = self.shell.events
+        events.register("pre_run_cell", self._pre_run_cell)
+        events.register("post_run_cell", self._post_run_cell)
+        self.shell.ast_transformers.append(self._transformer)
+        self.enabled = True
+        _active = self
+
+    def disable(self) -> None:
+        global _active
+        if not self.enabled:
+            return
+        events = self.shell.events
+        for name, callback in (("pre_run_cell", self._pre_run_cell), ("post_run_cell", self._post_run_cell)):
+            try:
+                events.unregister(name, callback)
+            except ValueError:
+                pass
+        if self._transformer in self.shell.ast_transformers:
+            self.shell.ast_transformers.remove(self._transformer)
+        self.enabled = False
+        self._pending = self._current = None
+        if _active is self:
+            _active = None
+
+    @property
+    def min_seconds(self) -> float:
+        from nbflow.settings import get_settings
+
+        return get_settings().auto_min_seconds
+
+    # -- before and around a cell ---------------------------------------------------------------------
+    def _pre_run_cell(self, info: Any) -> None:
+        if getattr(info, "silent", False) or not isinstance(getattr(info, "raw_cell", None), str):
+            return
+        from nbflow.ipython.cells import cell_number
+
+        cell_id = getattr(info, "cell_id", None)
+        self._pending = _Pending(info.raw_cell, cell_id if isinstance(cell_id, str) and cell_id else None,
+                                 cell_number(self.shell))
+
+    def transform(self, tree: ast.Module) -> ast.Module:
+        """Called by IPython with the parsed cell: the cell task call, or the cell as it is."""
+        pending, self._pending = self._pending, None
+        if pending is None:  # an inner parse (%time, %timeit) or a silent execution
+            return tree
+        self._current = pending
+        raw = pending.raw.lstrip()
+        if raw.startswith("%%"):
+            magic = raw[2:].split(None, 1)[0] if raw[2:].strip() else ""
+            if magic != "task":
+                pending.reason = f"it runs the cell magic %%{magic}"
+                self._prepare_normal(pending, None)
+            return tree  # a %%task cell runs its magic, which calls run_task_cell
+        if only_nbflow_magics(tree):
+            pending.quiet = True
+            return tree
+        if not tree.body:
+            pending.quiet = True
+            return tree
+        pending.reason = static_reason(tree, self.shell.user_ns)
+        if pending.reason:
+            self._prepare_normal(pending, tree)
+            return tree
+        call = ast.Expr(ast.Call(
+            func=ast.Attribute(
+                value=ast.Call(func=ast.Name("__import__", ast.Load()),
+                               args=[ast.Constant("nbflow.ipython.auto")],
+                               keywords=[ast.keyword("fromlist", ast.Constant("*"))]),
+                attr="run_pending", ctx=ast.Load()),
+            args=[], keywords=[]))
+        module = ast.Module(body=[call], type_ignores=[])
+        return ast.fix_missing_locations(module)
+
+    def _prepare_normal(self, pending: _Pending, tree: ast.Module | None) -> None:
+        """Before a cell that runs normally: what it reads, and the namespace to compare with after."""
+        namespace = self.shell.user_ns
+        pending.ids = {name: id(value) for name, value in namespace.items()}
+        if tree is not None:
+            from nbflow.ipython.analysis import analyze
+
+            pending.inputs = [name for name in analyze(tree).inputs if name in namespace]
+            pending.reads = {name: _same(namespace[name]) for name in pending.inputs}
+
+    def claims_magic(self, body: str) -> bool:
+        """Whether the ``%%task`` cell running now is an auto-mode cell (so its run is recorded here)."""
+        current = self._current
+        return current is not None and not current.handled and current.raw.lstrip().startswith("%%task")
+
+    def _post_run_cell(self, result: Any) -> None:
+        current, self._current = self._current, None
+        self._pending = None
+        if current is None or current.handled or current.quiet:
+            return
+        if not current.reason:
+            return  # a cell task that failed before it ran (its error is shown)
+        from nbflow.ipython.cells import _namespace_changes
+
+        namespace = self.shell.user_ns
+        bound, deleted = _namespace_changes(namespace, current.ids, set())
+        maybe = [name for name in current.inputs if name in namespace and _mutable(namespace[name])]
+        failed = getattr(result, "error_in_exec", None) is not None or getattr(result, "error_before_exec", None)
+        self._record(current, state="failed" if failed else "uncached", reason=current.reason,
+                     changed=[*bound, *deleted], maybe_changed=maybe, reads=current.reads)
+
+    # -- cell tasks -------------------------------------------------------------------------------------
+    def run_current(self) -> None:
+        """Run the cell noted by the pre-run hook as a cell task (see :func:`run_pending`)."""
+        from nbflow.ipython.cells import CellOptions, prepare_cell
+
+        current = self._current
+        if current is None:
+            return
+        spec = prepare_cell(self.shell, current.raw, CellOptions())
+        self.run_task_cell(spec)
+
+    def run_task_cell(self, spec: CellSpec) -> None:
+        """Run ``spec`` as the current cell's cell task and record how it went; raise the user's error."""
+        from nbflow.ipython.cells import current_inputs, run_cell_task
+
+        current = self._current
+        assert current is not None
+        current.handled = True
+        inputs = current_inputs(self.shell, spec)
+        reads = {name: _same(value) for name, value in inputs.items()}
+        auto_options = not current.raw.lstrip().startswith("%%task")
+        try:
+            outcome = run_cell_task(self.shell, spec, self.session, auto=True,
+                                    min_seconds=self.min_seconds if auto_options else 0.0)
+        except BaseException:
+            namespace = self.shell.user_ns
+            self._record(current, state="failed", reason="it raised an error", reads=reads,
+                         changed=[name for name in spec.outputs if name in namespace],
+                         maybe_changed=[name for name in inputs if _mutable(inputs[name])])
+            raise
+        self._record(current, outcome=outcome, reads=reads, task_spec=spec)
+
+    # -- records and stale marks ------------------------------------------------------------------------
+    def _record(self, current: _Pending, *, state: str = "", reason: str = "", outcome: CellOutcome | None = None,
+                reads: dict[str, tuple[Any, ...]], changed: list[str] | None = None,
+                maybe_changed: list[str] | None = None, task_spec: CellSpec | None = None) -> None:
+        rerun = self._rerun
+        key = rerun.key if rerun is not None else current.cell_id or f"#{current.number}"
+        previous = self.cells.get(key)
+        number = rerun.number if rerun is not None else current.number
+        record = CellRecord(key=key, order=previous.order if previous is not None else len(self.cells),
+                            number=number, source=current.raw)
+        if outcome is not None:
+            record.state, record.reason = outcome.state, outcome.reason
+            record.duration, record.saved = outcome.duration, outcome.saved
+            changed = outcome.changed
+            record.files = [read for read in outcome.files if not read.written]
+            task_run = outcome.task_run
+            if task_run is not None:
+                record.task_name, record.task_run_id = task_run.task_name, task_run.id
+                parts = task_run.key_parts or {}
+                for name in reads:
+                    for kind in ("input:", "code:", "module:"):
+                        part = parts.get(kind + name)
+                        if part is not None:
+                            reads[name] = ("part", kind, part)
+                            break
+        else:
+            record.state, record.reason = state, reason
+        record.reads = reads
+        record.maybe_changed = list(maybe_changed or [])
+        namespace = self.shell.user_ns
+        record.upstream = list(dict.fromkeys(
+            self.producers[name] for name in reads if name in self.producers and self.producers[name] != key))
+        changed = list(dict.fromkeys(changed or []))
+        record.writes = {name: _same(namespace[name])[1] if name in namespace else None for name in changed}
+        if previous is not None:
+            record.display_id = previous.display_id
+            self._unindex(previous)
+        self.cells[key] = record  # a cell run again keeps its place (its first run's)
+        self._index(record)
+        for name in [*changed, *record.maybe_changed]:
+            self.producers[name] = key
+        if rerun is None:
+            record.display_id = f"nbflow-cell-{os.getpid()}-{next(_ids)}"
+            self._show(record, new=True)
+        self._refresh_stale(record, [*changed, *record.maybe_changed])
+
+    def _index(self, record: CellRecord) -> None:
+        for name in (*record.reads, *record.writes):
+            self._users.setdefault(name, set()).add(record.key)
+        if record.files:
+            self._with_files.add(record.key)
+
+    def _unindex(self, record: CellRecord) -> None:
+        for name in (*record.reads, *record.writes):
+            users = self._users.get(name)
+            if users is not None:
+                users.discard(record.key)
+        self._with_files.discard(record.key)
+
+    def _refresh_stale(self, changer: CellRecord, names: list[str]) -> None:
+        """After ``changer`` ran: which later cells read or bound a value it changed, now different from what
+        they saw or left; which cells read a file that changed; and which read from a stale cell. Only the
+        cells that use a changed name or read files are looked at (a notebook may have hundreds of cells)."""
+        namespace = self.shell.user_ns
+        cells = self.cells
+        parts: dict[tuple[str, str], Any] = {}  # (kind, name) -> the value's part now (computed once)
+        touched: set[str] = set(self._with_files)
+        for name in dict.fromkeys(names):
+            for key in self._users.get(name, ()):
+                record = cells[key]
+                if key == changer.key or record.order < changer.order:
+                    continue
+                touched.add(key)
+                if name in record.reads:
+                    words = _read_changed(name, record.reads[name], namespace, parts,
+                                          name in changer.maybe_changed or name in changer.writes)
+                    _note(record, name, words and f"`{name}` {words} in cell [{changer.number}]")
+                if name in record.writes and not record.stale.get(name):
+                    matcher = record.writes[name]
+                    if name not in namespace:
+                        words = "was deleted"
+                    elif matcher is None or not matcher(namespace[name]):
+                        words = "was replaced"
+                    else:
+                        words = "was changed" if name in changer.writes else ""
+                    _note(record, f"wrote:{name}", words and f"its `{name}` {words} by cell [{changer.number}]")
+        for key in self._with_files:
+            record = cells[key]
+            moved = file_reads.changed(record.files)
+            _note(record, "file", moved is not None and f"file {moved.label!r} changed")
+        if self._stale_keys or any(cells[key].stale for key in touched):
+            touched.update(self._propagate())
+        for key in touched:
+            self._show(cells[key])
+
+    def _propagate(self) -> set[str]:
+        """Mark the readers of what a stale cell bound stale too, in notebook order; the keys of every cell
+        whose marks changed."""
+        changed: set[str] = set()
+        stale_writes: dict[str, CellRecord] = {}
+        self._stale_keys = set()
+        for record in self.cells.values():
+            before = dict(record.stale)
+            direct = {key: words for key, words in record.stale.items() if not key.startswith("via:")}
+            found: dict[str, str] = {}
+            for name in record.reads:
+                source = stale_writes.get(name)
+                if source is not None and source.key != record.key and name in source.writes:
+                    found.setdefault(f"via:{source.key}", f"it reads `{name}` from stale cell [{source.number}]")
+            record.stale = {**direct, **found}
+            if record.stale != before:
+                changed.add(record.key)
+            if record.stale:
+                self._stale_keys.add(record.key)
+            for name in record.writes:
+                if record.stale:
+                    stale_writes[name] = record
+                else:
+                    stale_writes.pop(name, None)
+        return changed
+
+    # -- the status line ----------------------------------------------------------------------------------
+    def _status_text(self, record: CellRecord) -> tuple[str, str]:
+        if record.stale:
+            reasons = list(record.stale.values())
+            more = f" (and {len(reasons) - 2} more)" if len(reasons) > 2 else ""
+            return "stale", (f"[nbflow] stale: {'; '.join(reasons[:2])}{more} — run this cell again, "
+                             "or %nbflow run-stale")
+        if record.override:
+            return "rerun", record.override
+        duration = format_duration(record.duration)
+        if record.state == "cached":
+            return "cached", (f"[nbflow] restored from the cache in {duration} "
+                              f"(saved {format_duration(record.saved)})")
+        if record.state == "computed":
+            return "computed", f"[nbflow] computed in {duration}, stored"
+        if record.state == "quick":
+            return "quick", f"[nbflow] ran in {duration}: quicker to run than to restore, not stored"
+        if record.state == "failed":
+            return "failed", ""
+        return "uncached", f"[nbflow] not cached: {record.reason}"
+
+    def _show(self, record: CellRecord, new: bool = False) -> None:
+        kind, text = self._status_text(record)
+        if not text or (text == record.shown and not new):
+            return
+        from IPython.display import display, update_display
+
+        color = "var(--jp-warn-color0, #b35c00)" if kind == "stale" else "var(--jp-ui-font-color2, #777)"
+        bundle = {"text/plain": text,
+                  "text/html": f'<div style="font-size: 11px; color: {color}">{html.escape(text)}</div>'}
+        metadata = {"nbflow": {"cell_status": {"state": kind, "cell_state": record.state, "reason": record.reason,
+                                               "duration": record.duration, "saved": record.saved,
+                                               "stale": list(record.stale.values()), "task": record.task_name}}}
+        if new:
+            display(bundle, raw=True, metadata=metadata, display_id=record.display_id)
+        elif record.shown:
+            update_display(bundle, raw=True, metadata=metadata, display_id=record.display_id)
+        else:
+            return
+        record.shown = text
+
+    # -- what %nbflow shows and does ----------------------------------------------------------------------
+    def stale_cells(self) -> list[CellRecord]:
+        """The stale cells, in notebook order."""
+        return [record for record in self.cells.values() if record.stale]
+
+    def status(self) -> str:
+        """One row per cell in notebook order: its state, why it was not cached, and stale marks."""
+        from nbflow.ipython.magics import _table
+
+        if not self.cells:
+            return "auto mode is on; no cell has run in it yet"
+        rows = []
+        for record in self.cells.values():
+            state = record.state if record.state != "uncached" else "not cached"
+            note = record.reason if record.state in ("uncached", "quick") else ""
+            if record.stale:
+                note = "STALE: " + "; ".join(record.stale.values())
+            rows.append((f"[{record.number}]", _short(record.first_line, 36), state,
+                         format_duration(record.duration),
+                         format_duration(record.saved) if record.state == "cached" else "-", note))
+        lines = [_table(("cell", "first line", "state", "took", "saved", "note"), rows)]
+        stale = self.stale_cells()
+        if stale:
+            lines.append("\nstale cells, in notebook order: " + ", ".join(f"[{r.number}]" for r in stale)
+                         + " — %nbflow run-stale runs them again")
+        saved = sum(record.saved for record in self.cells.values() if record.state == "cached")
+        if saved:
+            lines.append(f"\ntime saved by the cache: {format_duration(saved)}")
+        return "\n".join(lines)
+
+    def run_stale(self) -> None:
+        """Run the stale cells again, in notebook order (each served from the cache where it can be)."""
+        done: set[str] = set()
+        while True:
+            stale = [record for record in self.stale_cells() if record.key not in done]
+            if not stale:
+                break
+            record = stale[0]
+            done.add(record.key)
+            print(f"[nbflow] running cell {record.label} again")
+            self._rerun = record
+            try:
+                result = self.shell.run_cell(record.source, store_history=False)
+            finally:
+                self._rerun = None
+            fresh = self.cells.get(record.key)
+            if fresh is not None and fresh is not record:
+                fresh.shown = record.shown
+                fresh.override = (f"[nbflow] run again by %nbflow run-stale ({fresh.state}); its new output is "
+                                  "shown there")
+                self._show(fresh)
+            if not getattr(result, "success", True):
+                print(f"[nbflow] stopped: cell [{record.number}] failed")
+                return
+        if not done:
+            print("[nbflow] no stale cells")
+
+    def graph_cells(self) -> list[dict[str, Any]]:
+        """The cells as graph nodes, in notebook order: label, state (or "Stale"), upstream cell keys."""
+        return [{"key": record.key, "label": record.label, "number": record.number, "state": record.state,
+                 "stale": list(record.stale.values()),
+                 "upstream": [key for key in record.upstream if key in self.cells],
+                 "duration": record.duration, "saved": record.saved, "reason": record.reason,
+                 "task_run_id": record.task_run_id, "task": record.task_name}
+                for record in self.cells.values()]
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _mutable(value: Any) -> bool:
+    import types
+
+    from nbflow.engine.task_engine import _PLAIN
+
+    return type(value) not in _PLAIN and not isinstance(value, (types.ModuleType, type, types.FunctionType))
+
+
+def _same(value: Any) -> tuple[Any, ...]:
+    matcher, _ = identity_matcher(value)
+    return ("same", matcher)
+
+
+def _read_changed(name: str, token: tuple[Any, ...], namespace: dict[str, Any], parts: dict[tuple[str, str], Any],
+                  maybe_mutated: bool) -> str:
+    """How the value of ``name`` differs from what a cell read ("" when it is the same)."""
+    if name not in namespace:
+        return "was deleted"
+    value = namespace[name]
+    if token[0] == "part":
+        kind = token[1]
+        key = (kind, name)
+        if key not in parts:
+            parts[key] = _part(kind, value)
+        return "" if parts[key] == token[2] else "changed"
+    matcher = token[1]
+    if matcher is None or not matcher(value):
+        return "changed"
+    return "may have changed in place" if maybe_mutated else ""
+
+
+def _part(kind: str, value: Any) -> Any:
+    """The key part of ``value`` as a cell task records it (see CellPolicy.compute_key)."""
+    try:
+        if kind == "module:":
+            from nbflow.hashing.code import module_version
+
+            return f"{value.__name__} {module_version(value.__name__)}".strip()
+        if kind == "code:":
+            from nbflow.hashing import code_identity
+
+            return code_identity(value)
+        from nbflow.hashing import fingerprint
+
+        return fingerprint(value)
+    except Exception:
+        return object()  # not comparable: counts as changed
+
+
+def _note(record: CellRecord, reason: str, words: Any) -> None:
+    if words:
+        record.stale[reason] = str(words)
+    else:
+        record.stale.pop(reason, None)
+
+
+def run_pending() -> None:
+    """What an auto-mode cell runs instead of its own code: the cell, as a cell task."""
+    mode = _active
+    if mode is None:  # pragma: no cover - the transformer is only installed while a mode is active
+        return
+    mode.run_current()
+
+
+def apply_setting(enabled: bool) -> None:
+    """``nbflow.configure(auto=...)``: turn auto mode on or off in the running IPython shell, if any."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    from nbflow.ipython import auto_mode, load_ipython_extension
+
+    if enabled:
+        load_ipython_extension(shell)
+    mode = auto_mode(shell)
+    if mode is not None:
+        mode.enable() if enabled else mode.disable()
+
