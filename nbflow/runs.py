@@ -640,7 +640,7 @@ def format_duration(seconds: float | None) -> str:
         return "-"
     if seconds < 0.001:
         return "<1 ms"
-    if seconds < 1:
+    if seconds < 0.9995:  # (0.9996 s would read "1000 ms")
         return f"{seconds * 1000:.0f} ms"
     return f"{seconds:.2f} s"
 

@@ -102,9 +102,11 @@ class Settings:
     - ``display``: show task graphs automatically in notebooks.
     - ``auto``: auto mode — every notebook cell runs as a cell task (see :mod:`nbflow.ipython.auto`); with
       ``NBFLOW_AUTO=1`` it starts with ``%load_ext nbflow``.
-    - ``auto_min_seconds``: in auto mode, a cell that runs quicker than this is run, not stored (default
-      0.001: a hit on a trivial cell costs about 0.5 ms over running it, so storing quicker cells would
-      not save time, only fill the store).
+    - ``auto_min_seconds``: in auto mode, a cell that runs quicker than this is run, not stored (default 0:
+      every cacheable cell is stored). A hit on a trivial cell costs about 0.5 ms more than running it,
+      but a threshold makes a cell whose time is near it stored on one run and not on the next (measured:
+      ``print(y.mean())`` took 0.8 ms, then 2 ms), so which cells a rerun serves from the cache could not
+      be predicted. Set it (e.g. 0.01) to keep quick cells out of the store.
     """
 
     home: Path = Path(".nbflow")
@@ -113,7 +115,7 @@ class Settings:
     strict_buffers: bool = False
     display: bool = True
     auto: bool = False
-    auto_min_seconds: float = 0.001
+    auto_min_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         set_field = object.__setattr__  # frozen: values are checked and normalized once, here

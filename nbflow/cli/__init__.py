@@ -2,7 +2,7 @@
 
 ::
 
-    nbflow run NOTEBOOK [-p NAME=VALUE]... [-o OUTPUT] [--kernel NAME] [--cwd DIR] [--timeout S] [--json]
+    nbflow run NOTEBOOK [-p NAME=VALUE]... [-o OUTPUT] [--kernel NAME] [--cwd DIR] [--timeout S] [--auto] [--json]
     nbflow runs [--limit N] [--json]          recent runs, newest first
     nbflow runs show RUN_ID [--json]          one run's task table, with errors
     nbflow runs prune --older-than AGE [--json]  delete runs that ended longer ago than AGE
@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="seconds a single cell may run (default: no limit)")
     run.add_argument("--home", default=None, metavar="DIR",
                      help="store directory (default: $NBFLOW_HOME, else .nbflow in the kernel's directory)")
+    run.add_argument("--auto", action="store_true",
+                     help="auto mode: run every code cell as a cached cell task, with no edit to the notebook; "
+                     "the summary says per cell: cached, computed, or not cached and why")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON (live lines go to stderr)")
 
     runs = commands.add_parser(
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_notebook(
                 Path(args.notebook), output=args.output, kernel=args.kernel, cwd=args.cwd, timeout=args.timeout,
-                parameters=args.parameters, as_json=args.json, home=args.home, out=out,
+                parameters=args.parameters, as_json=args.json, home=args.home, out=out, auto=args.auto,
             )
         if args.command == "runs":
             return _runs_command(args, out)

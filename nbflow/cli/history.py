@@ -166,6 +166,7 @@ def task_row(task_run: TaskRunRecord, run: RunRecord | None = None) -> dict[str,
         "duration": task_run.duration,
         "cache_key": task_run.cache_key,
         "error": task_run.error,
+        "cell": task_run.task_key.startswith("cell:"),
     }
     if run is not None:
         row["flow"] = run.flow_name if run.kind == "flow" else None

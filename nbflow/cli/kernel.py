@@ -26,9 +26,9 @@ def _flush_history(*_: Any) -> None:
         pass
 
 
-def setup(notebook: str, parameters: dict[str, str] | None = None) -> None:
+def setup(notebook: str, parameters: dict[str, str] | None = None, auto: bool = False) -> None:
     """Load the IPython extension, name the session run after ``notebook`` (with the ``-p`` parameters),
-    and record task starts."""
+    and record task starts; with ``auto``, turn auto mode on (every cell a cell task)."""
     global _unsubscribe
     from nbflow import events
     from nbflow.engine import runtime
@@ -46,6 +46,10 @@ def setup(notebook: str, parameters: dict[str, str] | None = None) -> None:
         from nbflow.ipython import load_ipython_extension
 
         load_ipython_extension(shell)
+        if auto:
+            from nbflow.ipython import auto_mode
+
+            auto_mode(shell, create=True).enable()
         if _flush_history not in shell.events.callbacks["post_run_cell"]:
             shell.events.register("post_run_cell", _flush_history)
     # `nbflow runs` names a session run by its source; in a kernel there is no __main__ file to use.

@@ -205,9 +205,32 @@ def unresolved_failures(runs: list[RunRecord]) -> list[TaskRunRecord]:
     return failed
 
 
+def cell_statuses(notebook: Any) -> list[dict[str, Any]]:
+    """Auto mode: one row per code cell, from the status line each cell shows (its latest version)."""
+    rows = []
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or INJECTED_TAG in _tags(cell):
+            continue
+        status: dict[str, Any] | None = None
+        for output in cell.get("outputs", []):
+            found = output.get("metadata", {}).get("nbflow", {}).get("cell_status")
+            if found is not None:
+                status = found
+        failed = any(output.get("output_type") == "error" for output in cell.get("outputs", []))
+        first = next((line.strip() for line in cell.source.splitlines() if line.strip()), "")
+        row = {"index": index, "execution_count": cell.get("execution_count"), "first_line": first[:60],
+               "state": "failed" if failed else "not run" if status is None else status.get("cell_state", "?"),
+               "reason": (status or {}).get("reason", ""), "duration": (status or {}).get("duration"),
+               "saved": (status or {}).get("saved", 0.0)}
+        if status is None and not failed and cell.get("execution_count") is not None:
+            row["state"] = "nbflow"  # nbflow's own magics (%load_ext nbflow, %nbflow ...): no status line
+        rows.append(row)
+    return rows
+
+
 def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, launch_id: str,
                   parameters: dict[str, Any], started: float, elapsed: float, runs: list[RunRecord],
-                  failed_cell: dict[str, Any] | None) -> dict[str, Any]:
+                  failed_cell: dict[str, Any] | None, cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The run summary: what ``--json`` prints and the output notebook keeps in its metadata."""
     counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
     tasks = []
@@ -236,6 +259,9 @@ def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, la
         "failed_tasks": [{"task": tr.task_name, "state": tr.state, "error": tr.error, "id": tr.id}
                          for tr in failures],
         "failed_cell": failed_cell,
+        # Auto mode (nbflow run --auto): a row per code cell, and how much time the cache saved.
+        "cells": cells,
+        "saved": sum(cell["saved"] or 0.0 for cell in cells) if cells else None,
     }
 
 
@@ -246,6 +272,11 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     print(f"\n{total} task run(s): {counts['cached']} cached, {counts['computed']} computed, "
           f"{counts['failed']} failed" + (f" ({retried} then retried successfully)" if retried else ""), file=out)
     names = {run["id"]: run["name"] if run["kind"] == "flow" else "(notebook)" for run in summary["runs"]}
+    cells = summary.get("cells")
+    if cells is not None:
+        _print_cells(cells, summary.get("saved") or 0.0, out)
+        # The cells' own tasks are in the cell table; the table below lists the task calls in them.
+        summary = {**summary, "tasks": [task for task in summary["tasks"] if not task.get("cell")]}
     if summary["tasks"]:
         rows = [(task["task"], names.get(task["run_id"], "?"), task["state"],
                  task["result"] if task["result"] != "other" else "-", str(task["attempts"]),
@@ -259,6 +290,26 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         print(f"\nA cell failed: {cell['error']}{where}", file=out)
     status = "FAILED" if summary["exit_code"] else "OK"
     print(f"\n{status} in {summary['duration']:.1f} s", file=out)
+
+
+_CELL_WORDS = {"cached": "cached", "computed": "computed", "quick": "ran (quick)", "uncached": "not cacheable",
+               "failed": "failed", "not run": "not run", "nbflow": "nbflow"}
+
+
+def _print_cells(cells: list[dict[str, Any]], saved: float, out: TextIO) -> None:
+    counts: dict[str, int] = {}
+    for cell in cells:
+        counts[cell["state"]] = counts.get(cell["state"], 0) + 1
+    rows = []
+    for cell in cells:
+        note = cell["reason"] if cell["state"] in ("uncached", "quick") else ""
+        rows.append((str(cell["index"] + 1), cell["first_line"][:40], _CELL_WORDS.get(cell["state"], cell["state"]),
+                     format_duration(cell["duration"]) if cell["duration"] is not None else "-",
+                     format_duration(cell["saved"]) if cell["state"] == "cached" else "-", note))
+    table(("cell", "first line", "result", "took", "saved", "why not cached"), rows, out)
+    order = ("cached", "computed", "quick", "uncached", "failed", "not run")
+    said = ", ".join(f"{counts[state]} {_CELL_WORDS[state]}" for state in order if counts.get(state))
+    print(f"cells: {said}; the cache saved {format_duration(saved)}", file=out)
 
 
 # -- the output notebook ------------------------------------------------------------------------------
@@ -306,10 +357,10 @@ def finish_output_notebook(notebook: Any, summary: dict[str, Any], runs: list[Ru
 
 # -- the command ----------------------------------------------------------------------------------------
 
-def _setup_code(path: Path, parameters: dict[str, Any]) -> str:
+def _setup_code(path: Path, parameters: dict[str, Any], auto: bool = False) -> str:
     return (
         "import nbflow.cli.kernel as _nbflow_cli_kernel\n"
-        f"_nbflow_cli_kernel.setup({str(path)!r}, {({k: repr(v) for k, v in parameters.items()})!r})\n"
+        f"_nbflow_cli_kernel.setup({str(path)!r}, {({k: repr(v) for k, v in parameters.items()})!r}, auto={auto!r})\n"
         "del _nbflow_cli_kernel\n"
     )
 
@@ -319,8 +370,9 @@ _FINISH_CODE = "import nbflow.cli.kernel as _nbflow_cli_kernel\n_nbflow_cli_kern
 
 def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = None, cwd: str | None = None,
                  timeout: float | None = None, parameters: Sequence[str] = (), as_json: bool = False,
-                 home: str | None = None, out: TextIO | None = None) -> int:
-    """Execute the notebook at ``path``, showing tasks live, then print the summary; return the exit code."""
+                 home: str | None = None, out: TextIO | None = None, auto: bool = False) -> int:
+    """Execute the notebook at ``path``, showing tasks live, then print the summary; return the exit code.
+    ``auto``: every code cell runs as a cell task (auto mode), and the summary has a row per cell."""
     import asyncio
 
     import nbformat
@@ -373,7 +425,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
         async with client.async_setup_kernel(env=env, stderr=subprocess.DEVNULL):
             assert client.kc is not None
             reply = await client.async_wait_for_reply(
-                client.kc.execute(_setup_code(path.resolve(), values), silent=True, store_history=False))
+                client.kc.execute(_setup_code(path.resolve(), values, auto), silent=True, store_history=False))
             if reply is not None and reply["content"].get("status") != "ok":
                 content = reply["content"]
                 print(f"nbflow: warning: nbflow could not be set up in kernel {kernel_name!r} "
@@ -418,7 +470,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
 
     summary = build_summary(path=path, output=output, kernel=kernel_name, home=store_home, launch_id=launch_id,
                             parameters=values, started=started, elapsed=elapsed, runs=runs,
-                            failed_cell=failed_cell)
+                            failed_cell=failed_cell, cells=cell_statuses(notebook) if auto else None)
     if output:
         finish_output_notebook(notebook, summary, runs)
         output_path = Path(output)
