@@ -1,0 +1,187 @@
+"""Auto mode in a real IPython shell: every cell a cell task, status lines, stale marks, run-stale."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def auto(shell: Any, tmp_path: Path) -> Any:
+    shell.user_ns["log"] = str(tmp_path / "log")
+    shell.run_line_magic("nbflow", "auto")
+    yield shell
+    shell.run_line_magic("nbflow", "auto off")
+
+
+def cell(shell: Any, source: str, cell_id: str) -> list[dict[str, Any]]:
+    """Run ``source`` as the cell ``cell_id``; the display messages it sent (status lines and updates)."""
+    shell.display_pub.outputs.clear()
+    result = shell.run_cell(source, store_history=True, cell_id=cell_id)
+    assert result.success, result.error_in_exec or result.error_before_exec
+    return list(shell.display_pub.outputs)
+
+
+def statuses(messages: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """(display id, text, is an update) of the nbflow status lines among ``messages``."""
+    found = []
+    for message in messages:
+        if "cell_status" in (message.get("metadata") or {}).get("nbflow", {}):
+            found.append(((message.get("transient") or {}).get("display_id", ""), message["data"]["text/plain"],
+                          bool(message.get("update"))))
+    return found
+
+
+def calls(shell: Any) -> list[str]:
+    path = Path(shell.user_ns["log"])
+    return path.read_text().split() if path.exists() else []
+
+
+def test_every_cell_is_a_cell_task_stored_then_restored(auto: Any) -> None:
+    source = "open(log, 'a').write('a ')\nvalue = 21 * 2\nprint('value is', value)\nvalue"
+    first = statuses(cell(auto, source, "a"))
+    assert len(first) == 1 and "computed in" in first[0][1] and "stored" in first[0][1]
+    del auto.user_ns["value"]
+    messages = cell(auto, source, "a")
+    second = statuses(messages)
+    assert len(second) == 1 and "restored from the cache" in second[0][1]
+    assert auto.user_ns["value"] == 42 and calls(auto) == ["a"]  # the body did not run again
+    assert auto.user_ns["_"] == 42  # the replayed result is Out[n] again
+    assert first[0][0] != second[0][0]  # each run's status line is a display of its own
+
+
+def test_cells_that_cannot_be_cached_run_normally_and_say_why(auto: Any, capsys: Any) -> None:
+    cases = {
+        "!echo hi": "it runs a shell command",
+        "%time x = 1": "it runs the magic %time",
+        "import logging\nlogging.basicConfig(level=logging.INFO)": "configures logging",
+        "import os as system\nsystem.sep2 = '/'": "it sets system.sep2, a module attribute",
+        "async def f():\n    return 1\nr = await f()": "it uses top-level await",
+    }
+    for number, (source, reason) in enumerate(cases.items()):
+        for _ in range(2):  # run twice: never served from the cache
+            found = statuses(cell(auto, source, f"n{number}"))
+            assert len(found) == 1 and found[0][1].startswith("[nbflow] not cached: ") and reason in found[0][1], (
+                source, found)
+    capsys.readouterr()
+    auto.run_line_magic("nbflow", "status")
+    table = capsys.readouterr().out
+    assert "it runs a shell command" in table and "configures logging" in table
+    assert "not cached" in table
+
+
+def test_nbflow_s_own_magics_get_no_status_line(auto: Any) -> None:
+    assert statuses(cell(auto, "%nbflow status", "s")) == []
+
+
+def test_a_rerun_that_changes_a_value_marks_the_later_readers_stale_in_place(auto: Any) -> None:
+    cell(auto, "x = 1", "a")
+    b = statuses(cell(auto, "y = x * 2", "b"))[0][0]
+    c = statuses(cell(auto, "z = y + 1\nprint(z)", "c"))[0][0]
+    unrelated = statuses(cell(auto, "w = 5", "d"))[0][0]
+    messages = cell(auto, "x = 2", "a")
+    updates = {display_id: text for display_id, text, update in statuses(messages) if update}
+    number = max(n for n, text in enumerate(auto.user_ns["In"]) if text.strip() == "x = 2")  # In[number]
+    assert "stale: `x` changed in cell" in updates[b] and f"[{number}]" in updates[b]
+    assert "stale: it reads `y` from stale cell" in updates[c]
+    assert unrelated not in updates
+    assert [record.key for record in auto_mode(auto).stale_cells()] == ["b", "c"]
+
+
+def test_a_rerun_that_gives_the_same_value_marks_nothing(auto: Any) -> None:
+    cell(auto, "x = 1", "a")
+    cell(auto, "y = x * 2", "b")
+    messages = cell(auto, "x = 1", "a")  # a hit: an equal value, another object
+    assert [text for _, text, update in statuses(messages) if update] == []
+    assert auto_mode(auto).stale_cells() == []
+
+
+def test_a_value_a_later_cell_changed_in_place_marks_that_cell_stale_when_replaced(auto: Any) -> None:
+    cell(auto, "items = [1, 2]", "a")
+    cell(auto, "items.append(3)", "b")
+    cell(auto, "n = len(items)", "c")
+    cell(auto, "items = [1, 2]", "a")  # the list b changed is gone: b's change must be made again
+    stale = {record.key: " ".join(record.stale.values()) for record in auto_mode(auto).stale_cells()}
+    assert set(stale) == {"b", "c"}
+    assert "items" in stale["b"]
+
+
+def test_run_stale_runs_them_again_in_order_from_the_cache_where_inputs_match(auto: Any, capsys: Any) -> None:
+    cell(auto, "x = 1", "a")
+    cell(auto, "open(log, 'a').write('b ')\ny = x * 2", "b")
+    cell(auto, "open(log, 'a').write('c ')\nz = y + 1", "c")
+    cell(auto, "x = 2", "a")
+    auto.run_line_magic("nbflow", "run-stale")
+    assert (auto.user_ns["y"], auto.user_ns["z"]) == (4, 5)
+    assert calls(auto) == ["b", "c", "b", "c"]
+    assert auto_mode(auto).stale_cells() == []
+    cell(auto, "x = 1", "a")  # back to the first value: b and c are stale again...
+    auto.run_line_magic("nbflow", "run-stale")
+    assert (auto.user_ns["y"], auto.user_ns["z"]) == (2, 3)
+    assert calls(auto) == ["b", "c", "b", "c"]  # ...and served from the cache
+    assert "running cell" in capsys.readouterr().out
+
+
+def test_a_changed_file_marks_its_readers_stale(auto: Any, tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    data.write_text("1")
+    auto.user_ns["path"] = str(data)
+    cell(auto, "text = open(path).read()", "a")
+    data.write_text("2")
+    cell(auto, "other = 1", "b")  # any cell run notices it
+    stale = auto_mode(auto).stale_cells()
+    assert [record.key for record in stale] == ["a"] and "data.txt" in " ".join(stale[0].stale.values())
+
+
+def test_a_task_cell_keeps_its_options(auto: Any) -> None:
+    cell(auto, "%%task named --no-cache\nopen(log, 'a').write('t ')\nq = 1", "t")
+    cell(auto, "%%task named --no-cache\nopen(log, 'a').write('t ')\nq = 1", "t")
+    assert calls(auto) == ["t", "t"]  # --no-cache held
+    record = auto_mode(auto).cells["t"]
+    assert record.task_name == "named" and record.state == "uncached" and "--no-cache" in record.reason
+
+
+def test_names_bound_where_the_analysis_cannot_see_are_restored(auto: Any) -> None:
+    cell(auto, "def setup():\n    global g\n    g = 7\n", "def")
+    source = "open(log, 'a').write('s ')\nsetup()\nexec('h = 8')"
+    cell(auto, source, "s")
+    del auto.user_ns["g"], auto.user_ns["h"]
+    cell(auto, source, "s")
+    assert calls(auto) == ["s"] and (auto.user_ns["g"], auto.user_ns["h"]) == (7, 8)
+
+
+def test_a_deletion_and_an_environment_variable_are_made_again_by_a_hit(auto: Any) -> None:
+    cell(auto, "tmp = 1", "a")
+    source = "open(log, 'a').write('d ')\nimport os\nos.environ['NBFLOW_TEST_AUTO'] = 'yes'\ndel tmp"
+    try:
+        cell(auto, source, "d")
+        cell(auto, "tmp = 1", "a")
+        del os.environ["NBFLOW_TEST_AUTO"]
+        cell(auto, source, "d")
+        assert calls(auto) == ["d"]
+        assert "tmp" not in auto.user_ns and os.environ.get("NBFLOW_TEST_AUTO") == "yes"
+    finally:
+        os.environ.pop("NBFLOW_TEST_AUTO", None)
+
+
+def test_auto_off_and_configure(shell: Any) -> None:
+    import nbflow
+
+    shell.run_line_magic("nbflow", "auto")
+    shell.run_line_magic("nbflow", "auto off")
+    assert statuses(cell(shell, "k = 1", "k")) == []
+    nbflow.configure(auto=True)
+    try:
+        assert len(statuses(cell(shell, "k = 1", "k"))) == 1
+    finally:
+        nbflow.configure(auto=False)
+    assert statuses(cell(shell, "k = 1", "k")) == []
+
+
+def auto_mode(shell: Any) -> Any:
+    from nbflow.ipython import auto_mode as find
+
+    return find(shell)
