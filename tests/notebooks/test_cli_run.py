@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -250,3 +251,43 @@ def test_a_cell_past_the_timeout_is_interrupted_and_named(tmp_path: Path) -> Non
     assert failed["index"] == 1 and failed["ename"] == "CellTimeoutError", failed
     assert "--timeout 3 s" in failed["evalue"]
     assert elapsed < 60, elapsed  # interrupted near the limit, not left running for the 120 s it asked for
+
+
+def test_auto_runs_every_cell_as_a_cell_task_and_says_what_each_cell_did(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "auto.ipynb",
+        "import time\nopen('log.txt', 'a').write('a ')\ntime.sleep(0.2)\nx = 21",
+        "y = x * 2\nprint(y)",
+        "!echo shell",
+        "y + 1",
+    )
+    runs = []
+    for _ in range(2):
+        done = nbflow_cli("run", "--auto", "--json", str(path), cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs.append(json.loads(done.stdout))
+    first, second = ([(cell["state"], cell["reason"]) for cell in run["cells"]] for run in runs)
+    assert [state for state, _ in first] == ["computed", "computed", "uncached", "computed"]
+    assert [state for state, _ in second] == ["cached", "cached", "uncached", "cached"]
+    assert "shell command" in second[2][1]
+    assert (tmp_path / "log.txt").read_text() == "a "  # the first cell's body ran once
+    assert runs[1]["saved"] > 0.15
+    table = nbflow_cli("run", "--auto", str(path), cwd=tmp_path).stdout
+    assert "not cacheable" in table and "it runs a shell command" in table and "the cache saved" in table
+
+
+def test_auto_output_notebook_equals_a_plain_run_but_for_the_status_lines(tmp_path: Path) -> None:
+    sources = ("import numpy as np\nrng = np.random.default_rng(0)", "v = rng.normal(size=3)\nprint(v.round(3))",
+               "v.sum().round(3)")
+    path = write_notebook(tmp_path / "same.ipynb", *sources)
+    plain, auto = tmp_path / "plain.ipynb", tmp_path / "auto.ipynb"
+    assert nbflow_cli("run", str(path), "-o", str(plain), cwd=tmp_path).returncode == 0
+    for _ in range(2):  # computed, then restored: both show what the plain run shows
+        assert nbflow_cli("run", "--auto", str(path), "-o", str(auto), cwd=tmp_path).returncode == 0
+
+        def shown(notebook: Path) -> list[list[Any]]:
+            cells = nbformat.read(str(notebook), as_version=4).cells[: len(sources)]
+            return [[(output.get("text"), output.get("data", {}).get("text/plain")) for output in cell.outputs
+                     if "nbflow" not in output.get("metadata", {})] for cell in cells]
+
+        assert shown(auto) == shown(plain)
