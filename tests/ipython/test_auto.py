@@ -185,3 +185,18 @@ def auto_mode(shell: Any) -> Any:
     from nbflow.ipython import auto_mode as find
 
     return find(shell)
+
+
+def test_nbflow_auto_in_the_environment_turns_it_on_at_load(shell: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbflow import settings
+
+    shell.run_line_magic("unload_ext", "nbflow")
+    monkeypatch.setenv("NBFLOW_AUTO", "1")
+    settings.reset()
+    try:
+        shell.run_line_magic("load_ext", "nbflow")
+        assert len(statuses(cell(shell, "e = 1", "e"))) == 1
+    finally:
+        monkeypatch.delenv("NBFLOW_AUTO")
+        settings.reset()
+        shell.run_line_magic("nbflow", "auto off")
