@@ -28,6 +28,7 @@ import ast
 import html
 import itertools
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AutoMode", "CellRecord", "run_pending"]
 
+# Cell magics whose body is Python run in the notebook's namespace.
+_PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
 _active: AutoMode | None = None  # the auto mode of the shell whose cell is running (one shell per kernel)
 _ids = itertools.count(1)
 
@@ -95,6 +98,7 @@ class _Pending:
     ids: dict[str, int] = field(default_factory=dict)  # namespace before a normal run (name -> id)
     reads: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    started: float = 0.0  # perf_counter() when it started running
     handled: bool = False  # recorded already (a cell task), nothing left for the post-run hook
     quiet: bool = False  # nbflow's own magics: no record, no status line
 
@@ -128,6 +132,7 @@ class AutoMode:
         self._users: dict[str, set[str]] = {}  # variable -> keys of the cells that read or bound it
         self._with_files: set[str] = set()  # keys of the cells that read files
         self._stale_keys: set[str] = set()
+        self._ignored = 0  # nested runs under way that belong to the cell running them
 
     # -- on and off -----------------------------------------------------------------------------------
     def enable(self) -> None:
@@ -168,6 +173,14 @@ class AutoMode:
     def _pre_run_cell(self, info: Any) -> None:
         if getattr(info, "silent", False) or not isinstance(getattr(info, "raw_cell", None), str):
             return
+        # IPython holds the running cell's result while it executes: a cell run from inside another one
+        # (%%capture and %%time run their body so) is part of that cell, unless run-stale runs it.
+        nested = getattr(getattr(self.shell, "displayhook", None), "exec_result", None) is not None
+        if nested and self._rerun is None:
+            self._ignored += 1
+            return
+        if not nested:
+            self._ignored = 0  # a nested run that failed to parse sends no post-run event: start afresh
         cell_id = getattr(info, "cell_id", None)
         # The cell's number is known once it runs (IPython sets it after the AST transformers ran).
         self._pending = _Pending(info.raw_cell, cell_id if isinstance(cell_id, str) and cell_id else None, 0)
@@ -178,12 +191,13 @@ class AutoMode:
         if pending is None:  # an inner parse (%time, %timeit) or a silent execution
             return tree
         self._current = pending
+        pending.started = time.perf_counter()
         raw = pending.raw.lstrip()
         if raw.startswith("%%"):
             magic = raw[2:].split(None, 1)[0] if raw[2:].strip() else ""
             if magic != "task":
                 pending.reason = f"it runs the cell magic %%{magic}"
-                self._prepare_normal(pending, None)
+                self._prepare_normal(pending, self._python_body(magic, raw))
             return tree  # a %%task cell runs its magic, which calls run_task_cell
         if only_nbflow_magics(tree):
             pending.quiet = True
@@ -205,6 +219,16 @@ class AutoMode:
         module = ast.Module(body=[call], type_ignores=[])
         return ast.fix_missing_locations(module)
 
+    def _python_body(self, magic: str, raw: str) -> ast.Module | None:
+        """The body of a cell magic that runs it as Python (``%%time``, ``%%capture``...), parsed: what it reads
+        counts for stale marks. None for other magics (``%%bash``) or a body that does not parse."""
+        if magic not in _PYTHON_CELL_MAGICS:
+            return None
+        try:
+            return ast.parse(self.shell.transform_cell(raw.split("\n", 1)[1] if "\n" in raw else ""))
+        except (SyntaxError, ValueError):
+            return None
+
     def _prepare_normal(self, pending: _Pending, tree: ast.Module | None) -> None:
         """Before a cell that runs normally: what it reads, and the namespace to compare with after."""
         namespace = self.shell.user_ns
@@ -221,6 +245,9 @@ class AutoMode:
         return current is not None and not current.handled and current.raw.lstrip().startswith("%%task")
 
     def _post_run_cell(self, result: Any) -> None:
+        if self._ignored:
+            self._ignored -= 1
+            return
         current, self._current = self._current, None
         self._pending = None
         if current is None or current.handled or current.quiet:
@@ -236,7 +263,8 @@ class AutoMode:
         maybe = [name for name in current.inputs if name in namespace and _mutable(namespace[name])]
         failed = getattr(result, "error_in_exec", None) is not None or getattr(result, "error_before_exec", None)
         self._record(current, state="failed" if failed else "uncached", reason=current.reason,
-                     changed=[*bound, *deleted], maybe_changed=maybe, reads=current.reads)
+                     changed=[*bound, *deleted], maybe_changed=maybe, reads=current.reads,
+                     duration=time.perf_counter() - current.started)
 
     # -- cell tasks -------------------------------------------------------------------------------------
     def run_current(self) -> None:
@@ -269,12 +297,12 @@ class AutoMode:
                          changed=[name for name in spec.outputs if name in namespace],
                          maybe_changed=[name for name in inputs if _mutable(inputs[name])])
             raise
-        self._record(current, outcome=outcome, reads=reads, task_spec=spec)
+        self._record(current, outcome=outcome, reads=reads)
 
     # -- records and stale marks ------------------------------------------------------------------------
     def _record(self, current: _Pending, *, state: str = "", reason: str = "", outcome: CellOutcome | None = None,
                 reads: dict[str, tuple[Any, ...]], changed: list[str] | None = None,
-                maybe_changed: list[str] | None = None, task_spec: CellSpec | None = None) -> None:
+                maybe_changed: list[str] | None = None, duration: float = 0.0) -> None:
         rerun = self._rerun
         key = rerun.key if rerun is not None else current.cell_id or f"#{current.number}"
         previous = self.cells.get(key)
@@ -297,7 +325,7 @@ class AutoMode:
                             reads[name] = ("part", kind, part)
                             break
         else:
-            record.state, record.reason = state, reason
+            record.state, record.reason, record.duration = state, reason, duration
         record.reads = reads
         record.maybe_changed = list(maybe_changed or [])
         namespace = self.shell.user_ns
@@ -473,11 +501,11 @@ class AutoMode:
             record = stale[0]
             done.add(record.key)
             print(f"[nbflow] running cell {record.label} again")
-            self._rerun = record
+            self._rerun, outer = record, self._current
             try:
                 result = self.shell.run_cell(record.source, store_history=False)
             finally:
-                self._rerun = None
+                self._rerun, self._current = None, outer
             fresh = self.cells.get(record.key)
             if fresh is not None and fresh is not record:
                 fresh.shown = record.shown

@@ -200,3 +200,11 @@ def test_nbflow_auto_in_the_environment_turns_it_on_at_load(shell: Any, monkeypa
         monkeypatch.delenv("NBFLOW_AUTO")
         settings.reset()
         shell.run_line_magic("nbflow", "auto off")
+
+
+def test_a_python_cell_magic_runs_normally_but_its_reads_count_for_stale_marks(auto: Any) -> None:
+    cell(auto, "x = 1", "a")
+    found = statuses(cell(auto, "%%capture captured\ny = x + 1\nprint(y)", "b"))
+    assert "not cached: it runs the cell magic %%capture" in found[0][1]
+    cell(auto, "x = 2", "a")
+    assert [record.key for record in auto_mode(auto).stale_cells()] == ["b"]
