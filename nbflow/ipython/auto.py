@@ -291,6 +291,15 @@ class AutoMode:
         try:
             outcome = run_cell_task(self.shell, spec, self.session, auto=True,
                                     min_seconds=self.min_seconds if auto_options else 0.0)
+        except SyntaxError as error:
+            if not _from_compiling(error):
+                raise
+            # An error only the compiler finds (`return` at the top level): shown as IPython shows it.
+            from nbflow.ipython.magics import _syntax_error
+
+            current.quiet = True
+            _syntax_error(self.shell, spec.source, error)
+            return
         except BaseException:
             namespace = self.shell.user_ns
             self._record(current, state="failed", reason="it raised an error", reads=reads,
@@ -526,6 +535,18 @@ class AutoMode:
                  "duration": record.duration, "saved": record.saved, "reason": record.reason,
                  "task_run_id": record.task_run_id, "task": record.task_name}
                 for record in self.cells.values()]
+
+
+def _from_compiling(error: SyntaxError) -> bool:
+    """Whether ``error`` was raised compiling the cell (not by its code running, e.g. ``eval("1 +")``)."""
+    from nbflow.ipython.cells import _compile_cell
+
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _compile_cell.__code__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _short(text: str, width: int) -> str:

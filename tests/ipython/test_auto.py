@@ -208,3 +208,13 @@ def test_a_python_cell_magic_runs_normally_but_its_reads_count_for_stale_marks(a
     assert "not cached: it runs the cell magic %%capture" in found[0][1]
     cell(auto, "x = 2", "a")
     assert [record.key for record in auto_mode(auto).stale_cells()] == ["b"]
+
+
+def test_an_error_only_the_compiler_finds_is_shown_as_ipython_shows_it(auto: Any, capsys: Any) -> None:
+    capsys.readouterr()
+    result = auto.run_cell("x = 1\nreturn x", store_history=True, cell_id="r")
+    assert isinstance(result.error_in_exec, SyntaxError) and "outside function" in str(result.error_in_exec)
+    shown = capsys.readouterr()
+    assert "SyntaxError" in shown.out + shown.err and "nbflow" not in shown.out + shown.err
+    result = auto.run_cell("value = eval('1 +')", store_history=True, cell_id="e")
+    assert isinstance(result.error_in_exec, SyntaxError)  # raised by the cell's code: the user's error
