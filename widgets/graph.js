@@ -31,8 +31,9 @@ function short(text, n = 20) {
 
 const UNSUCCESSFUL = ["failed", "timedout", "cancelled", "crashed"];
 
-// The same text as nbflow/ui/svg.py status_text (the static picture).
+// The same text as nbflow/ui/svg.py status_text (the static picture); a notebook cell brings its own.
 function statusText(node) {
+  if (node.status !== undefined) return node.status;
   let text = node.state;
   if (node.total !== undefined) {
     text += ` ${node.count ?? 0}/${node.total}`;
@@ -42,6 +43,19 @@ function statusText(node) {
   }
   if (node.attempts > 1) text += ` · ${node.attempts} attempts`;
   return text;
+}
+
+// A stale notebook cell's badge, out of the top right corner (as nbflow/ui/svg.py STALE_BADGE draws it).
+function staleBadge(g, node) {
+  const badge = g.querySelector("g.stale-badge");
+  if (node.state !== "stale") {
+    if (badge) badge.remove();
+    return;
+  }
+  if (badge) return;
+  const b = svg("g", { class: "stale-badge", transform: `translate(${NODE_W - 44},-7)` }, g);
+  svg("rect", { width: 38, height: 13, rx: 6 }, b);
+  svg("text", { x: 19, y: 10, "text-anchor": "middle" }, b).textContent = "STALE";
 }
 
 function progressWidth(node) {
@@ -118,6 +132,7 @@ function render({ model, el }) {
       event.stopPropagation();
       send({ type: "retry", id: node.id });
     });
+    staleBadge(g, node);
     g.addEventListener("click", (event) => {
       event.stopPropagation();
       select(node.id);
@@ -136,6 +151,7 @@ function render({ model, el }) {
     g.querySelector("text.label").textContent = short(node.label, node.retryable ? 14 : 20);
     const bar = g.querySelector("rect.progress");
     if (bar) bar.setAttribute("width", progressWidth(node));
+    staleBadge(g, node);
   }
 
   function drawGraph() {
@@ -244,6 +260,11 @@ function render({ model, el }) {
       for (const g of viewport.querySelectorAll("g.node.selected")) g.classList.remove("selected");
       details.hidden = true;
     });
+    if (d.stale && d.stale.length) {
+      html("div", { class: "nbflow-section" }, details, "stale because");
+      const reasons = html("ul", { class: "nbflow-stale-reasons" }, details);
+      for (const reason of d.stale) html("li", {}, reasons, reason);
+    }
     const dl = html("dl", {}, details);
     if (d.group) {
       row(dl, d.group === "map" ? "mapped" : "calls", `${d.calls} of ${d.total}`);

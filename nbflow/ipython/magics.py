@@ -415,9 +415,11 @@ def nbflow_magic(shell: Any, session: Session, line: str) -> Any:
     elif command == "graph" and not args:
         from nbflow.ui import session_graph
         from nbflow.ui.auto import remember_shown
+        from nbflow.ui.cells import cell_graph
 
         # Returned, so the cell shows it as its result (the widget, or its static SVG without a widget manager).
-        graph = session_graph()
+        # In auto mode: the notebook's cells, producer -> reader, stale ones marked.
+        graph = cell_graph(auto) if auto is not None else session_graph()
         remember_shown(graph)  # running the cell again closes it: it would go on drawing every call
         return graph
     elif command == "cache" and args == ["info"]:

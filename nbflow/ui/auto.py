@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nbflow.runs import RunRecord
+    from nbflow.ui.cells import CellGraph
     from nbflow.ui.widget import TaskGraph
 
 __all__ = ["in_notebook", "on_flow_start", "remember_shown"]
 
-_shown: dict[str, list[TaskGraph]] = {}  # cell id -> the graphs its latest run showed
+_shown: dict[str, list[TaskGraph | CellGraph]] = {}  # cell id -> the graphs its latest run showed
 _watching: Any = None  # the shell whose cell runs close graphs (the hook is registered once)
 
 
@@ -49,7 +50,7 @@ def on_flow_start(run: RunRecord) -> None:
     remember_shown(graph)
 
 
-def remember_shown(graph: TaskGraph) -> None:
+def remember_shown(graph: TaskGraph | CellGraph) -> None:
     """Note ``graph`` as shown by the cell running now, so that running that cell again closes it."""
     global _watching
     from IPython import get_ipython

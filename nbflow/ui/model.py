@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 NodeState = Literal[
-    "pending", "running", "retrying", "completed", "cached", "failed", "timedout", "cancelled", "crashed"
+    "pending", "running", "retrying", "completed", "cached", "failed", "timedout", "cancelled", "crashed",
+    "stale", "uncached",  # a notebook cell's (auto mode's cell graph, nbflow.ui.cells)
 ]
 
 _BY_NAME: dict[str, NodeState] = {
@@ -111,6 +112,7 @@ class NodeData(TypedDict):
     count: NotRequired[int]
     total: NotRequired[int]
     counts: NotRequired[dict[str, int]]
+    status: NotRequired[str]  # the second line, in place of the one made from the state (a cell's)
 
 
 class EdgeData(TypedDict):
@@ -207,6 +209,7 @@ class DetailsData(TypedDict):
     counts: NotRequired[dict[str, int]]
     total: NotRequired[int]
     failed_members: NotRequired[list[MemberData]]
+    stale: NotRequired[list[str]]  # why a notebook cell is stale (auto mode's cell graph)
 
 
 class Command(TypedDict, total=False):

@@ -12,7 +12,7 @@ from html import escape
 from nbflow.ui.layout import NODE_HEIGHT, NODE_WIDTH
 from nbflow.ui.model import GraphPayload, NodeData, NodeState
 
-__all__ = ["STATE_COLORS", "render_html", "render_svg", "status_text"]
+__all__ = ["STALE_BADGE", "STATE_COLORS", "render_html", "render_svg", "status_text"]
 
 # (fill, stroke, dashed): widgets/graph.css uses the same colours (a test keeps them in step).
 STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
@@ -25,7 +25,14 @@ STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
     "timedout": ("#fdba74", "#c2410c", False),
     "cancelled": ("#e4e4e7", "#52525b", True),
     "crashed": ("#f87171", "#7f1d1d", False),
+    # Notebook cells (auto mode): "stale" is also dotted, thicker and badged, so it does not rest on colour.
+    "stale": ("#fef3c7", "#b45309", True),
+    "uncached": ("#ffffff", "#6b7280", False),
 }
+# A stale cell's badge, sticking out of the top right corner of its box (graph.js draws the same).
+STALE_BADGE = (f'<g class="stale-badge" transform="translate({NODE_WIDTH - 44},-7)"><rect width="38" height="13" '
+               'rx="6" fill="#b45309"/><text x="19" y="10" text-anchor="middle" fill="#ffffff" font-size="9" '
+               'font-weight="bold">STALE</text></g>')
 _LABEL_CHARS = 20
 # Above this many nodes the static picture is a summary: a multi-megabyte SVG helps nobody on GitHub and
 # costs the kernel time at the end of every huge flow.
@@ -40,7 +47,10 @@ _UNSUCCESSFUL = ("failed", "timedout", "cancelled", "crashed")
 
 
 def status_text(node: NodeData) -> str:
-    """The second line of a node: its state, a group's progress and failures (as graph.js writes it)."""
+    """The second line of a node: its state, a group's progress and failures (as graph.js writes it), or
+    the node's own ``status`` (a notebook cell's)."""
+    if "status" in node:
+        return node["status"]
     text: str = node["state"]
     if "total" in node:
         text += f' {node.get("count", 0)}/{node["total"]}'
@@ -73,11 +83,12 @@ def render_svg(graph: GraphPayload) -> str:
         )
     for node in graph["nodes"]:
         fill, stroke, dashed = STATE_COLORS.get(node["state"], STATE_COLORS["pending"])
-        dash = ' stroke-dasharray="5 3"' if dashed else ""
+        stale = node["state"] == "stale"
+        dash = f' stroke-dasharray="{"2 2" if stale else "5 3"}"' if dashed else ""
         status = status_text(node)
         group = node.get("group")
         box = (f'width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="{fill}" stroke="{stroke}" '
-               f'stroke-width="1.5"{dash}')
+               f'stroke-width="{"2.5" if stale else "1.5"}"{dash}')
         # A group is drawn as a stack of boxes, with a bar for the share of its calls done.
         stack = (f'<rect class="stack" x="4" y="-4" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6" fill="#fff" '
                  f'stroke="#9ca3af"/>') if group else ""
@@ -93,7 +104,8 @@ def render_svg(graph: GraphPayload) -> str:
             f"<title>{escape(node['label'])}: {escape(status)}</title>{stack}"
             f'<rect class="box" {box}/>{bar}'
             f'<text x="8" y="15" fill="#111827">{escape(_short(node["label"]))}</text>'
-            f'<text x="8" y="29" fill="#374151" font-size="10">{escape(status)}</text></g>'
+            f'<text x="8" y="29" fill="#374151" font-size="10">{escape(status)}</text>'
+            + (STALE_BADGE if stale else "") + "</g>"
         )
     parts.append("</svg>")
     return "".join(parts)
