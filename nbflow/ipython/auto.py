@@ -28,6 +28,7 @@ import ast
 import html
 import itertools
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -353,6 +354,9 @@ class AutoMode:
             record.display_id = f"nbflow-cell-{os.getpid()}-{next(_ids)}"
             self._show(record, new=True)
         self._refresh_stale(record, [*changed, *record.maybe_changed])
+        graph = sys.modules.get("nbflow.ui.cells")
+        if graph is not None:  # a cell graph may be open: redraw it (never imports the UI, ~150 ms)
+            graph.cells_changed(self)
 
     def _index(self, record: CellRecord) -> None:
         for name in (*record.reads, *record.writes):

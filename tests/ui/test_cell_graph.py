@@ -190,8 +190,6 @@ def test_cells_changed_redraws_the_open_cell_graphs_of_its_auto_mode(shell: Any,
     assert graph.graph["rev"] == rev + 2
 
 
-@pytest.mark.xfail(strict=True, reason="nbflow/ipython/auto.py does not call nbflow.ui.cells.cells_changed yet: "
-                                       "once it does, this passes; drop this mark")
 def test_running_a_cell_redraws_an_open_cell_graph(shell: Any, graphs: list[Any]) -> None:
     cell(shell, "load", "a = 1")
     graph = show_graph(shell, graphs)
