@@ -36,6 +36,29 @@ def test_overhead_benchmark_runs_and_prints_every_section(tmp_path: Path) -> Non
     assert {"import nbflow <= 100 ms", "submit overhead per task <= 100 µs"} <= names
 
 
+def test_auto_mode_benchmark_runs_and_prints_every_section(tmp_path: Path) -> None:
+    """`bench_auto.py --quick`: a trivial cell's cost in a shell and a real kernel, and a cached re-run of a
+    notebook of slow cells. Exit status 3 is a missed target (a timing, not checked here); 1 a broken section."""
+    figures = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_auto.py"), "--quick", "--json", str(figures)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode in (0, 3), done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for heading in ("auto mode, a trivial cell", "nbflow run --auto", "targets (auto mode)"):
+        assert heading in out, f"section {heading!r} missing from:\n{out}"
+    for row in ("in-process shell", "more names", "kernel round trip", "busy to idle", "first run", "second run",
+                "empty notebook", "bare kernel"):
+        assert row in out, f"row {row!r} missing from:\n{out}"
+    marks = [line for line in out.splitlines() if line.strip().startswith(("PASS", "MISS"))]
+    assert len(marks) == 5, out
+    assert (done.returncode == 3) == any(line.strip().startswith("MISS") for line in marks)
+    saved = json.loads(figures.read_text())
+    assert saved["results"]["cells"]["kernel round trip (127.0.0.1)"]["best_ms"]["hit"] > 0
+    assert saved["results"]["notebook"]["first"] > 0
+
+
 def test_prefect_benchmark_explains_how_to_install_prefect() -> None:
     """Prefect is optional (`make bench-prefect`); without it the comparison says how to get it."""
     import importlib.util
