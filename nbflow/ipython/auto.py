@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from nbflow.context import identity_matcher
 from nbflow.engine import file_reads
 from nbflow.ipython.auto_rules import only_nbflow_magics, static_reason
+from nbflow.ipython.capture import publish_quietly
 from nbflow.runs import format_duration
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AutoMode", "CellRecord", "run_pending"]
 
+# What an auto-mode cell runs instead of its code (parsed anew for each cell: IPython may hand the tree to
+# other transformers, which may change it).
+_CALL = "__import__('nbflow.ipython.auto', fromlist=['*']).run_pending()"
 # Cell magics whose body is Python run in the notebook's namespace.
 _PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
 _active: AutoMode | None = None  # the auto mode of the shell whose cell is running (one shell per kernel)
@@ -100,6 +104,8 @@ class _Pending:
     reads: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     started: float = 0.0  # perf_counter() when it started running
+    tree: ast.Module | None = None  # the cell as IPython parsed it, and the Python code it parsed
+    code: str | None = None
     handled: bool = False  # recorded already (a cell task), nothing left for the post-run hook
     quiet: bool = False  # nbflow's own magics: no record, no status line
 
@@ -210,15 +216,14 @@ class AutoMode:
         if pending.reason:
             self._prepare_normal(pending, tree)
             return tree
-        call = ast.Expr(ast.Call(
-            func=ast.Attribute(
-                value=ast.Call(func=ast.Name("__import__", ast.Load()),
-                               args=[ast.Constant("nbflow.ipython.auto")],
-                               keywords=[ast.keyword("fromlist", ast.Constant("*"))]),
-                attr="run_pending", ctx=ast.Load()),
-            args=[], keywords=[]))
-        module = ast.Module(body=[call], type_ignores=[])
-        return ast.fix_missing_locations(module)
+        pending.tree = tree
+        history = getattr(self.shell, "history_manager", None)
+        try:  # the cell as IPython turned it into Python, stored in the history before this step
+            if history is not None and history.input_hist_raw[-1] == pending.raw:
+                pending.code = history.input_hist_parsed[-1]
+        except (AttributeError, IndexError, TypeError):
+            pass
+        return ast.parse(_CALL)
 
     def _python_body(self, magic: str, raw: str) -> ast.Module | None:
         """The body of a cell magic that runs it as Python (``%%time``, ``%%capture``...), parsed: what it reads
@@ -275,7 +280,8 @@ class AutoMode:
         current = self._current
         if current is None:
             return
-        spec = prepare_cell(self.shell, current.raw, CellOptions())
+        spec = prepare_cell(self.shell, current.raw, CellOptions(), code=current.code,
+                            tree=current.tree if current.code is not None else None)
         self.run_task_cell(spec)
 
     def run_task_cell(self, spec: CellSpec) -> None:
@@ -458,20 +464,15 @@ class AutoMode:
         kind, text = self._status_text(record)
         if not text or (text == record.shown and not new):
             return
-        from IPython.display import display, update_display
-
         color = "var(--jp-warn-color0, #b35c00)" if kind == "stale" else "var(--jp-ui-font-color2, #777)"
         bundle = {"text/plain": text,
                   "text/html": f'<div style="font-size: 11px; color: {color}">{html.escape(text)}</div>'}
         metadata = {"nbflow": {"cell_status": {"state": kind, "cell_state": record.state, "reason": record.reason,
                                                "duration": record.duration, "saved": record.saved,
                                                "stale": list(record.stale.values()), "task": record.task_name}}}
-        if new:
-            display(bundle, raw=True, metadata=metadata, display_id=record.display_id)
-        elif record.shown:
-            update_display(bundle, raw=True, metadata=metadata, display_id=record.display_id)
-        else:
+        if not new and not record.shown:
             return
+        publish_quietly(self.shell, bundle, metadata, record.display_id, update=not new)
         record.shown = text
 
     # -- what %nbflow shows and does ----------------------------------------------------------------------

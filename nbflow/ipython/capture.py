@@ -123,11 +123,7 @@ class OutputTee:
 
     def __exit__(self, *exc: object) -> None:
         _flush_inline_figures()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        _flush()
         if isinstance(sys.stdout, _TeeStream):
             sys.stdout = sys.stdout._target
         if isinstance(sys.stderr, _TeeStream):
@@ -194,8 +190,49 @@ def replay(shell: Any, outputs: list[Output], last_value: Any = None) -> None:
 
 
 def _flush() -> None:
+    """Send what the streams hold. A kernel's flush waits for its I/O thread (~90 µs each, even with nothing
+    written), so a stream known to hold nothing is left alone."""
     for stream in (sys.stdout, sys.stderr):
+        if not pending(stream):
+            continue
         try:
             stream.flush()
         except Exception:
             pass
+
+
+def pending(stream: Any) -> bool:
+    """Whether ``stream`` may hold text not sent yet (False only when that is known: ipykernel's streams)."""
+    stream = getattr(stream, "_target", stream)  # through a tee
+    buffers = getattr(stream, "_buffers", None)
+    if not isinstance(buffers, dict):
+        return True
+    try:
+        return any(buffer.tell() for buffer in list(buffers.values()))
+    except Exception:
+        return True
+
+
+def publish_quietly(shell: Any, data: dict[str, Any], metadata: dict[str, Any], display_id: str,
+                    update: bool = False) -> None:
+    """Publish a display with an id, without the kernel's flush of empty streams before it (see ``_flush``)."""
+    _flush()
+    publisher = shell.display_pub
+    kwargs: dict[str, Any] = {"transient": {"display_id": display_id}}
+    if update:
+        kwargs["update"] = True
+    quiet = hasattr(publisher, "_flush_streams") and not any(pending(s) for s in (sys.stdout, sys.stderr))
+    if quiet:
+        publisher._flush_streams = _nothing  # an instance attribute, deleted again below
+    try:
+        publisher.publish(data, metadata, **kwargs)
+    finally:
+        if quiet:
+            try:
+                del publisher._flush_streams
+            except AttributeError:
+                pass
+
+
+def _nothing() -> None:
+    return None

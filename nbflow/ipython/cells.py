@@ -125,10 +125,14 @@ def _is_code(value: Any) -> bool:
     )
 
 
-def prepare_cell(shell: Any, source: str, options: CellOptions) -> CellSpec:
-    """Parse and analyze a cell body. Raises SyntaxError for a body that is not Python."""
-    code = shell.transform_cell(source)
-    tree = ast.parse(code)
+def prepare_cell(shell: Any, source: str, options: CellOptions, code: str | None = None,
+                 tree: ast.Module | None = None) -> CellSpec:
+    """Parse and analyze a cell body. Raises SyntaxError for a body that is not Python. ``code`` and
+    ``tree``: the body already turned into Python and parsed (by IPython), when known."""
+    if code is None:
+        code = shell.transform_cell(source)
+    if tree is None:
+        tree = ast.parse(code)
     analysis = analyze(tree)
     outputs = options.outputs if options.outputs is not None else analysis.outputs
     digest = normalized_digest(tree)
