@@ -161,6 +161,8 @@ def _install() -> None:
         import builtins
         import io
 
+        from nbflow.hashing.code import stand_in
+
         original_open = io.open
         original_os_open, original_listdir, original_scandir = os.open, os.listdir, os.scandir
 
@@ -203,6 +205,7 @@ def _install() -> None:
             wrapper.__name__ = wrapper.__qualname__ = original.__name__
             wrapper.__module__ = module
             replacements[id(original)] = (original, wrapper)
+            stand_in(wrapper, original)
         builtins.open = io.open = open
         os.open, os.listdir, os.scandir = os_open, listdir, scandir
         _rebind(replacements)

@@ -1134,10 +1134,23 @@ def _ext_name(module: object, qualname: object, kind: str, top: str) -> bytes:
     return _h(b"x", _sb(str(module)), _sb(str(qualname)), _sb(top), _sb(version))
 
 
+# Python functions that stand in for a C function (nbflow's file-read wrappers of open, os.listdir...): their
+# identity is the C function's, so a key does not depend on whether the wrappers were installed yet.
+_STAND_INS: dict[int, tuple[object, object]] = {}
+
+
+def stand_in(wrapper: Callable[..., Any], original: Callable[..., Any]) -> None:
+    """Give ``wrapper`` the code identity of ``original`` wherever code refers to it."""
+    _STAND_INS[id(wrapper)] = (wrapper, original)
+
+
 def _fn_node(fn: types.FunctionType, sess: _Session) -> bytes:
     e = _EXT.get(id(fn))
     if e is not None and e[0] is fn:
         return e[1]
+    standing = _STAND_INS.get(id(fn))
+    if standing is not None and standing[0] is fn:
+        return _dep(standing[1], sess)
     kind, top = _path_kind(fn.__code__.co_filename)
     if kind == "user":
         return _node(fn, _compute_function, sess)

@@ -15,6 +15,7 @@ notebook cell needs: ``x = x + 1`` reads ``x`` first; ``x = 1; y = x`` does not.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["CellAnalysis", "analyze", "normalized_digest"]
@@ -228,9 +229,20 @@ class _Cell:
             reads = _Reads()
             reads.visit(node)
             self.read(reads.names)
-            stores = [sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store)]
-            stores += [sub.name for sub in ast.walk(node) if isinstance(sub, ast.MatchAs | ast.MatchStar) and sub.name]
+            here = list(_walk_here(node))
+            stores = [sub.id for sub in here if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store)]
+            stores += [sub.name for sub in here if isinstance(sub, ast.MatchAs | ast.MatchStar) and sub.name]
             self.bind(reads.walrus + stores)
+
+
+def _walk_here(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk`` without entering nested scopes: a comprehension's or lambda's variables are its own
+    (``[n for n in xs]`` binds no ``n`` in the notebook)."""
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        yield current
+        pending.extend(child for child in ast.iter_child_nodes(current) if not isinstance(child, _SCOPES))
 
 
 def analyze(tree: ast.Module) -> CellAnalysis:

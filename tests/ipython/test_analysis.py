@@ -39,6 +39,9 @@ def io(source: str) -> tuple[list[str], list[str]]:
         ("x: int = 3\ny: int", [], ["x"]),
         ("a, *rest = seq", ["seq"], ["a", "rest"]),
         ("def f():\n    return f()\nf()", [], ["f"]),
+        # a comprehension's and a lambda's variables are their own, in an expression statement too
+        ("print([name.upper() for name in names])", ["print", "names"], []),
+        ("sorted(n for n in xs)\nf(lambda q: q)", ["sorted", "xs", "f"], []),
     ],
 )
 def test_inputs_and_outputs(source: str, inputs: list[str], outputs: list[str]) -> None:

@@ -254,3 +254,25 @@ def test_a_json_serialized_task_that_reads_a_file_is_cached_and_checked(tmp_path
     assert lines(run_script(tmp_path, source)) == ["Cached {'a': 1}"]
     (tmp_path / "conf.json").write_text('{"a": 2}')
     assert lines(run_script(tmp_path, source)) == ["Completed {'a': 2}"]
+
+
+def test_a_task_listing_a_directory_keeps_its_key_whether_or_not_the_readers_are_watched_yet(tmp_path: Path) -> None:
+    # The first computed call installs nbflow's wrappers of open / os.listdir / os.scandir: a function that
+    # refers to them must have the same code identity before (a run where every call is a hit) and after.
+    source = """
+    import os
+    from nbflow.engine import file_reads
+    from nbflow.hashing import code_identity
+
+    def names():
+        return sorted(os.listdir(".")), open, os.scandir, os.open
+
+    before = code_identity(names)
+    file_reads._install()
+
+    def names():
+        return sorted(os.listdir(".")), open, os.scandir, os.open
+
+    print(before == code_identity(names), type(os.listdir).__name__)
+    """
+    assert lines(run_script(tmp_path, source)) == ["True function"]
