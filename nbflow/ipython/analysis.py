@@ -18,6 +18,8 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from nbflow.ipython.dynamic_reads import query_names
+
 __all__ = ["CellAnalysis", "analyze", "normalized_digest"]
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.GeneratorExp, ast.ListComp,
@@ -55,6 +57,10 @@ class _Reads(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
             self.names.append(node.id)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        self.names.extend(query_names(node))  # df.query("a > @limit") reads limit
+        self.generic_visit(node)
 
     def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
         self.visit(node.value)

@@ -35,6 +35,7 @@ from nbflow.exceptions import NbflowWarning
 from nbflow.ipython import settings_effects
 from nbflow.ipython.analysis import analyze, normalized_digest
 from nbflow.ipython.capture import Output, OutputTee, replay
+from nbflow.ipython.dynamic_reads import dynamic_reads
 from nbflow.runs import format_duration
 from nbflow.states import State, StateType
 from nbflow.tasks import Task
@@ -199,6 +200,16 @@ class CellPolicy(CachePolicy):
                     parts["code:" + name] = code_identity(value)
                 except Exception:
                     pass
+        by_name, reads_cwd = dynamic_reads(self.spec.tree, inputs, self.spec.digest)
+        if by_name:
+            self.reason = (f"it reads variables by name at run time ({by_name}): which ones is known only when "
+                           "it runs")
+            if not self.quiet:
+                warnings.warn(f"cell task {self.spec.name!r} runs uncached: {self.reason}. Give them with --inputs "
+                              "to cache it.", NbflowWarning, stacklevel=2)
+            return None
+        if reads_cwd:  # it computes from the working directory (os.getcwd(), Path.resolve()...)
+            parts["cwd"] = os.getcwd()
         try:
             inputs_digest = fingerprint_arguments(values, parts)
         except ArgumentError as error:
@@ -213,7 +224,7 @@ class CellPolicy(CachePolicy):
                 stacklevel=2,
             )
             return None
-        return f"{code}|{inputs_digest}|{parts['settings']}"
+        return f"{code}|{inputs_digest}|{parts['settings']}" + (f"|{parts['cwd']}" if reads_cwd else "")
 
 
 class _NullSink:

@@ -146,11 +146,54 @@ def test_a_task_cell_keeps_its_options(auto: Any) -> None:
 
 def test_names_bound_where_the_analysis_cannot_see_are_restored(auto: Any) -> None:
     cell(auto, "def setup():\n    global g\n    g = 7\n", "def")
-    source = "open(log, 'a').write('s ')\nsetup()\nexec('h = 8')"
+    source = "open(log, 'a').write('s ')\nsetup()"
     cell(auto, source, "s")
-    del auto.user_ns["g"], auto.user_ns["h"]
+    del auto.user_ns["g"]
     cell(auto, source, "s")
-    assert calls(auto) == ["s"] and (auto.user_ns["g"], auto.user_ns["h"]) == (7, 8)
+    assert calls(auto) == ["s"] and auto.user_ns["g"] == 7
+
+
+@pytest.mark.parametrize("reader", [
+    "eval('a * 10')",
+    "globals()['a'] + 100",
+    "show('a')",  # a notebook function that evaluates the name it is given
+    "str(Shown('a'))",  # a notebook class whose method does
+])
+def test_a_cell_reading_variables_by_name_at_run_time_is_never_served_stale(auto: Any, reader: str) -> None:
+    cell(auto, "def show(name):\n    return eval(name)\n"
+               "class Shown:\n    def __init__(self, name):\n        self.name = name\n"
+               "    def __str__(self):\n        return str(eval(self.name))", "defs")
+    for value in (1, 2):
+        cell(auto, f"a = {value}", "a")
+        cell(auto, f"result = {reader}", "r")
+        assert auto.user_ns["result"] in (value, str(value), value * 10, value + 100)
+    status = auto_mode(auto).cells["r"]
+    assert status.state == "uncached" and "reads variables by name at run time" in status.reason
+
+
+def test_a_pandas_query_s_at_variables_are_inputs(auto: Any) -> None:
+    import pandas as pd
+
+    auto.user_ns["frame"] = pd.DataFrame({"x": [1, 2, 3, 4]})
+    for limit, expected in ((2, 2), (3, 1), (2, 2)):
+        cell(auto, f"limit = {limit}", "a")
+        cell(auto, "n = len(frame.query('x > @limit'))", "q")
+        assert auto.user_ns["n"] == expected
+    assert auto_mode(auto).cells["q"].state == "cached"  # the third run: limit is 2 again
+
+
+def test_a_cell_computing_from_the_working_directory_is_keyed_by_it(auto: Any, tmp_path: Path) -> None:
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir(), second.mkdir()
+    source = "import os\nwhere = os.path.join(os.getcwd(), 'out.txt')\nopen(where, 'w').write('x')"
+    cwd = os.getcwd()
+    try:
+        for directory in (first, second):
+            os.chdir(directory)
+            cell(auto, source, "w")
+            assert auto.user_ns["where"] == str(directory / "out.txt") and (directory / "out.txt").exists()
+    finally:
+        os.chdir(cwd)
 
 
 def test_a_deletion_and_an_environment_variable_are_made_again_by_a_hit(auto: Any) -> None:
