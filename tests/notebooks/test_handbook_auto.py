@@ -61,14 +61,9 @@ NOT_CACHEABLE = ("uncached", "failed")
 # Product bugs this test finds today: notebook -> (the start of the problem line each one causes, the bug).
 # While they show, and nothing else does, the test xfails; once one no longer shows the test fails, so that
 # its entry goes with the fix.
-KNOWN_BUGS: dict[str, list[tuple[str, str]]] = {
-    "pandas-tables": [(
-        "pandas-tables run 2 cell 42 (computed)",
-        "a cell that calls os.listdir (or io.open, os.scandir, os.open) is recomputed in a run where no cell "
-        "was computed before it: its code identity takes in os.listdir, which is nbflow's file-read wrapper "
-        "once some cell task has computed in the kernel, and the builtin before",
-    )],
-}
+# Bugs this test found that are not fixed yet, by notebook: (the start of the problem line, what it is). A run
+# that no longer shows one fails, so that the entry is removed.
+KNOWN_BUGS: dict[str, list[tuple[str, str]]] = {}
 NO_STATUS = ("nbflow", "not run")  # no status line: nbflow's own cells (or a comment), or a cell never run
 
 
