@@ -222,7 +222,10 @@ def cell_statuses(notebook: Any) -> list[dict[str, Any]]:
                "state": "failed" if failed else "not run" if status is None else status.get("cell_state", "?"),
                "reason": (status or {}).get("reason", ""), "duration": (status or {}).get("duration"),
                "saved": (status or {}).get("saved", 0.0)}
-        if status is None and not failed and cell.get("execution_count") is not None:
+        if status is None and not failed and all(not line.strip() or line.lstrip().startswith("#")
+                                                 for line in cell.source.splitlines()):
+            row["state"] = "no code"  # empty, or only comments
+        elif status is None and not failed and cell.get("execution_count") is not None:
             row["state"] = "nbflow"  # nbflow's own magics (%load_ext nbflow, %nbflow ...): no status line
         rows.append(row)
     return rows
@@ -293,7 +296,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 
 _CELL_WORDS = {"cached": "cached", "computed": "computed", "quick": "ran (quick)", "uncached": "not cacheable",
-               "failed": "failed", "not run": "not run", "nbflow": "nbflow"}
+               "failed": "failed", "not run": "not run", "nbflow": "nbflow", "no code": "no code"}
 
 
 def _print_cells(cells: list[dict[str, Any]], saved: float, out: TextIO) -> None:
@@ -303,6 +306,8 @@ def _print_cells(cells: list[dict[str, Any]], saved: float, out: TextIO) -> None
     rows = []
     for cell in cells:
         note = cell["reason"] if cell["state"] in ("uncached", "quick") else ""
+        if len(note) > 70:  # the whole reason is in --json and in %nbflow status
+            note = note[:69] + "…"
         rows.append((str(cell["index"] + 1), cell["first_line"][:40], _CELL_WORDS.get(cell["state"], cell["state"]),
                      format_duration(cell["duration"]) if cell["duration"] is not None else "-",
                      format_duration(cell["saved"]) if cell["state"] == "cached" else "-", note))

@@ -64,7 +64,7 @@ NOT_CACHEABLE = ("uncached", "failed")
 # Bugs this test found that are not fixed yet, by notebook: (the start of the problem line, what it is). A run
 # that no longer shows one fails, so that the entry is removed.
 KNOWN_BUGS: dict[str, list[tuple[str, str]]] = {}
-NO_STATUS = ("nbflow", "not run")  # no status line: nbflow's own cells (or a comment), or a cell never run
+NO_STATUS = ("nbflow", "not run", "no code")  # no status line: nbflow's own cells, a cell never run, no code
 
 
 # --------------------------------------------------------------------------------------------- execution
