@@ -72,12 +72,15 @@ class Recorder:
     """The reads of one running call: absolute path -> (kind, size, mtime_ns, path as named) when first
     seen; the files it wrote: absolute path -> path as named."""
 
-    __slots__ = ("done", "parent", "reads", "writes")
+    __slots__ = ("appends", "done", "parent", "reads", "writes")
 
     def __init__(self, parent: Recorder | None) -> None:
         self.parent = parent
         self.reads: dict[str, tuple[str, int, int, str]] = {}
         self.writes: dict[str, str] = {}
+        # Files opened for appending: not a condition of a hit (a log others add to would make every call
+        # miss), but a cell in auto mode that appends is not cached, since a hit would not add its lines.
+        self.appends: dict[str, str] = {}
         self.done: dict[str, FileRead] = {}  # reads a cache hit inside this call brought, already digested
 
     def note(self, path: str, kind: str, given: str | None = None) -> None:
@@ -95,6 +98,12 @@ class Recorder:
         recorder: Recorder | None = self
         while recorder is not None:
             recorder.writes.setdefault(path, given)
+            recorder = recorder.parent
+
+    def appended(self, path: str, given: str) -> None:
+        recorder: Recorder | None = self
+        while recorder is not None:
+            recorder.appends.setdefault(path, given)
             recorder = recorder.parent
 
     def adopt(self, reads: Iterable[FileRead]) -> None:
@@ -173,6 +182,8 @@ def _install() -> None:
                 reads = ("r" in mode or "+" in mode) and not writes
                 if reads or writes:
                     _seen(recorder, file, "file" if reads else "wrote", False)
+                if "a" in mode:
+                    _seen(recorder, file, "appended", False)
             return original_open(file, mode, *args, **kwargs)
 
         def os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> Any:
@@ -182,6 +193,8 @@ def _install() -> None:
                 reads = flags & os.O_ACCMODE != os.O_WRONLY and not writes
                 if reads or writes:
                     _seen(recorder, path, "file" if reads else "wrote", False)
+                if flags & os.O_APPEND:
+                    _seen(recorder, path, "appended", False)
             return original_os_open(path, flags, *args, **kwargs)
 
         def listdir(path: Any = None) -> Any:
@@ -253,6 +266,8 @@ def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None
             return
         if kind == "wrote":
             recorder.wrote(name, given)
+        elif kind == "appended":
+            recorder.appended(name, given)
         else:
             recorder.note(name, kind, given)
     except Exception:

@@ -265,6 +265,12 @@ class _CellEngine(TaskRunEngine):
         self.quick = False
         self.quiet = isinstance(task.cache_policy, CellPolicy) and task.cache_policy.quiet
 
+    def _appended(self) -> str:
+        """The first file the cell opened for appending, as it named it ("" when none)."""
+        observation = self.observation
+        appends = observation.recorder.appends if observation is not None else None
+        return next(iter(appends.values()), "") if appends else ""
+
     def still_valid(self, value: Conditional) -> Conditional | None:
         valid = super().still_valid(value)
         if valid is not None:
@@ -317,6 +323,9 @@ class _CellEngine(TaskRunEngine):
             reason = ", ".join(f"{name!r} is part of {owner!r}" for name, owner in result.shared.items())
         elif self.key is not None and _shows_widget(result.outputs):
             reason = "it shows a widget, which a replay could not bring back to life"
+        elif self.key is not None and self.quiet and self._appended():
+            # Auto mode caches cells nobody marked: one that adds to a file must add to it on every run.
+            reason = f"it appends to file {self._appended()!r}, which a cache hit would not do"
         elif self.key is not None and result.duration < self.min_seconds:
             self.quick = True
             reason = (f"it ran in {format_duration(result.duration)}, quicker than a restore "

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+NOTES = ""  # the directory note() writes to (set per test: a constant while the test runs)
+
+
+def note(tag: str) -> None:
+    """What the cells call to say they ran: a new file per call (appending to a log would make a cell uncached
+    in auto mode, and a list the function reads would be part of its code identity)."""
+    open(os.path.join(NOTES, f"{time.perf_counter_ns()}.{tag}"), "x").close()
+
 
 @pytest.fixture
 def auto(shell: Any, tmp_path: Path) -> Any:
-    shell.user_ns["log"] = str(tmp_path / "log")
+    global NOTES
+    NOTES = str(tmp_path / "notes")
+    os.mkdir(NOTES)
+    shell.user_ns["note"] = note
     shell.run_line_magic("nbflow", "auto")
     yield shell
     shell.run_line_magic("nbflow", "auto off")
@@ -36,12 +48,11 @@ def statuses(messages: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
 
 
 def calls(shell: Any) -> list[str]:
-    path = Path(shell.user_ns["log"])
-    return path.read_text().split() if path.exists() else []
+    return [name.split(".", 1)[1] for name in sorted(os.listdir(NOTES), key=lambda name: int(name.split(".")[0]))]
 
 
 def test_every_cell_is_a_cell_task_stored_then_restored(auto: Any) -> None:
-    source = "open(log, 'a').write('a ')\nvalue = 21 * 2\nprint('value is', value)\nvalue"
+    source = "note('a')\nvalue = 21 * 2\nprint('value is', value)\nvalue"
     first = statuses(cell(auto, source, "a"))
     assert len(first) == 1 and "computed in" in first[0][1] and "stored" in first[0][1]
     del auto.user_ns["value"]
@@ -111,8 +122,8 @@ def test_a_value_a_later_cell_changed_in_place_marks_that_cell_stale_when_replac
 
 def test_run_stale_runs_them_again_in_order_from_the_cache_where_inputs_match(auto: Any, capsys: Any) -> None:
     cell(auto, "x = 1", "a")
-    cell(auto, "open(log, 'a').write('b ')\ny = x * 2", "b")
-    cell(auto, "open(log, 'a').write('c ')\nz = y + 1", "c")
+    cell(auto, "note('b')\ny = x * 2", "b")
+    cell(auto, "note('c')\nz = y + 1", "c")
     cell(auto, "x = 2", "a")
     auto.run_line_magic("nbflow", "run-stale")
     assert (auto.user_ns["y"], auto.user_ns["z"]) == (4, 5)
@@ -137,8 +148,8 @@ def test_a_changed_file_marks_its_readers_stale(auto: Any, tmp_path: Path) -> No
 
 
 def test_a_task_cell_keeps_its_options(auto: Any) -> None:
-    cell(auto, "%%task named --no-cache\nopen(log, 'a').write('t ')\nq = 1", "t")
-    cell(auto, "%%task named --no-cache\nopen(log, 'a').write('t ')\nq = 1", "t")
+    cell(auto, "%%task named --no-cache\nnote('t')\nq = 1", "t")
+    cell(auto, "%%task named --no-cache\nnote('t')\nq = 1", "t")
     assert calls(auto) == ["t", "t"]  # --no-cache held
     record = auto_mode(auto).cells["t"]
     assert record.task_name == "named" and record.state == "uncached" and "--no-cache" in record.reason
@@ -146,7 +157,7 @@ def test_a_task_cell_keeps_its_options(auto: Any) -> None:
 
 def test_names_bound_where_the_analysis_cannot_see_are_restored(auto: Any) -> None:
     cell(auto, "def setup():\n    global g\n    g = 7\n", "def")
-    source = "open(log, 'a').write('s ')\nsetup()"
+    source = "note('s')\nsetup()"
     cell(auto, source, "s")
     del auto.user_ns["g"]
     cell(auto, source, "s")
@@ -198,7 +209,7 @@ def test_a_cell_computing_from_the_working_directory_is_keyed_by_it(auto: Any, t
 
 def test_a_deletion_and_an_environment_variable_are_made_again_by_a_hit(auto: Any) -> None:
     cell(auto, "tmp = 1", "a")
-    source = "open(log, 'a').write('d ')\nimport os\nos.environ['NBFLOW_TEST_AUTO'] = 'yes'\ndel tmp"
+    source = "note('d')\nimport os\nos.environ['NBFLOW_TEST_AUTO'] = 'yes'\ndel tmp"
     try:
         cell(auto, source, "d")
         cell(auto, "tmp = 1", "a")
@@ -261,3 +272,11 @@ def test_an_error_only_the_compiler_finds_is_shown_as_ipython_shows_it(auto: Any
     assert "SyntaxError" in shown.out + shown.err and "nbflow" not in shown.out + shown.err
     result = auto.run_cell("value = eval('1 +')", store_history=True, cell_id="e")
     assert isinstance(result.error_in_exec, SyntaxError)  # raised by the cell's code: the user's error
+
+
+def test_a_cell_that_appends_to_a_file_runs_every_time(auto: Any, tmp_path: Path) -> None:
+    auto.user_ns["log"] = str(tmp_path / "log.txt")
+    for _ in range(2):
+        found = statuses(cell(auto, "with open(log, 'a') as f:\n    f.write('line\\n')\ndone = True", "w"))
+        assert "not cached: it appends to file" in found[0][1] and "log.txt" in found[0][1]
+    assert (tmp_path / "log.txt").read_text() == "line\nline\n"
