@@ -54,6 +54,7 @@ _PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
 _active: AutoMode | None = None  # the auto mode of the shell whose cell is running (one shell per kernel)
 _ids = itertools.count(1)
 
+
 @dataclass
 class CellRecord:
     """What auto mode knows of one notebook cell: its latest run, what it read and bound, and whether it is
