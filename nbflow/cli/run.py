@@ -188,7 +188,9 @@ def _watch(watcher: LaunchWatcher, display: LiveDisplay | None, stop: threading.
 
 def unresolved_failures(runs: list[RunRecord]) -> list[TaskRunRecord]:
     """Failed task runs not followed by a successful run of the same call (same task and inputs in the
-    same run): a task retried by hand (``%nbflow retry``) or by its flow's retry is not a failure."""
+    same run): a task retried by hand (``%nbflow retry``) or by its flow's retry is not a failure. A cell
+    task's failure is its cell's error, which the run judges as it judges any cell's (a cell tagged
+    ``raises-exception`` may fail)."""
     failed: list[TaskRunRecord] = []
     for run in runs:
         succeeded: dict[tuple[str, str], int] = {}
@@ -197,7 +199,7 @@ def unresolved_failures(runs: list[RunRecord]) -> list[TaskRunRecord]:
                 call = (task_run.task_key, repr(sorted(task_run.inputs.items())))
                 succeeded[call] = max(succeeded.get(call, -1), task_run.seq)
         for task_run in run.task_runs:
-            if outcome(task_run.state, task_run.state_type) != "failed":
+            if outcome(task_run.state, task_run.state_type) != "failed" or task_run.task_key.startswith("cell:"):
                 continue
             call = (task_run.task_key, repr(sorted(task_run.inputs.items())))
             if succeeded.get(call, -1) < task_run.seq:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from nbflow.ipython.dynamic_reads import query_names
 
-__all__ = ["CellAnalysis", "analyze", "normalized_digest"]
+__all__ = ["CellAnalysis", "analyze", "entangled_definition", "normalized_digest"]
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.GeneratorExp, ast.ListComp,
            ast.SetComp, ast.DictComp)
@@ -272,3 +272,35 @@ def analyze(tree: ast.Module) -> CellAnalysis:
             result.definitions += [target.id for target in node.targets if isinstance(target, ast.Name)]
             result.definition_nodes.append(node)
     return result
+
+
+def entangled_definition(tree: ast.Module, definitions: list[ast.stmt]) -> str:
+    """A ``def`` / ``class`` whose decorators, bases or defaults use a value the same cell computed before it
+    (``agent = Agent(...)`` then ``@agent.tool def capital``), as words ("capital uses agent"); "" when none.
+
+    A hit restores code by running the definitions (before the stored values load: they may be instances of
+    a class the cell defines), so such a definition cannot run on a hit without the value it needs, and the
+    cell is not cached."""
+    if not definitions:
+        return ""
+    ids = {id(node) for node in definitions}
+    computed: set[str] = set()
+    for node in tree.body:
+        if id(node) in ids:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                reads = _Reads()
+                parts: list[ast.AST] = list(node.decorator_list)
+                if isinstance(node, ast.ClassDef):
+                    parts += [*node.bases, *(keyword.value for keyword in node.keywords)]
+                else:
+                    parts += [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]
+                for part in parts:
+                    reads.visit(part)
+                used = [name for name in reads.names if name in computed]
+                if used:
+                    return f"{node.name} uses {used[0]}"
+            continue
+        cell = _Cell()
+        cell.statement(node)
+        computed.update(cell.outputs)
+    return ""

@@ -33,7 +33,7 @@ from nbflow.engine.file_reads import FileRead
 from nbflow.engine.task_engine import _PLAIN, TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
 from nbflow.ipython import settings_effects
-from nbflow.ipython.analysis import analyze, normalized_digest
+from nbflow.ipython.analysis import analyze, entangled_definition, normalized_digest
 from nbflow.ipython.capture import Output, OutputTee, replay
 from nbflow.ipython.dynamic_reads import dynamic_reads
 from nbflow.runs import format_duration
@@ -116,6 +116,7 @@ class CellSpec:
     definitions: list[str]
     definition_nodes: list[ast.stmt]
     with_targets: list[str] = field(default_factory=list)
+    entangled: str = ""  # a definition that uses a value the cell computes ("capital uses agent")
 
 
 def _is_code(value: Any) -> bool:
@@ -146,6 +147,7 @@ def prepare_cell(shell: Any, source: str, options: CellOptions, code: str | None
         outputs=list(outputs),
         definitions=[n for n in analysis.definitions if n in outputs],
         definition_nodes=analysis.definition_nodes, with_targets=analysis.with_targets,
+        entangled=entangled_definition(tree, analysis.definition_nodes),
     )
 
 
@@ -200,6 +202,13 @@ class CellPolicy(CachePolicy):
                     parts["code:" + name] = code_identity(value)
                 except Exception:
                     pass
+        if self.spec.entangled:
+            self.reason = (f"its definition {self.spec.entangled}, a value the cell computes: a cache hit, which "
+                           "runs the definitions before it restores the values, could not run it")
+            if not self.quiet:
+                warnings.warn(f"cell task {self.spec.name!r} runs uncached: {self.reason}. Move the definition to "
+                              "a cell of its own to cache it.", NbflowWarning, stacklevel=2)
+            return None
         by_name, reads_cwd = dynamic_reads(self.spec.tree, inputs, self.spec.digest)
         if by_name:
             self.reason = (f"it reads variables by name at run time ({by_name}): which ones is known only when "
@@ -288,9 +297,18 @@ class _CellEngine(TaskRunEngine):
         self.task_run.upstream = self.session.tracker.cell_upstream(self.parameters, self.task_run.upstream)
 
     def probe(self) -> State | None:
-        if self.key is not None and self.spec.definitions and not self.task.refresh_cache:
-            # Before loading: stored values may be instances of a class this very cell defines.
-            _define(self.shell, self.spec)
+        if self.key is not None and self.spec.definitions and not self.task.refresh_cache and self._stored():
+            # Before loading: stored values may be instances of a class this very cell defines. Only when
+            # there is an entry: on a miss the cell runs them itself, and running a decorated definition
+            # twice would register it twice (`@app.route`, `@agent.tool`).
+            try:
+                _define(self.shell, self.spec)
+            except Exception as error:
+                if not self.quiet:
+                    warnings.warn(f"cell task {self.spec.name!r}: its definitions could not run before its cache "
+                                  f"entry was loaded ({type(error).__name__}: {error}); running the cell",
+                                  NbflowWarning, stacklevel=2)
+                return None
             self.defined = True
         try:
             return super().probe()
@@ -298,6 +316,16 @@ class _CellEngine(TaskRunEngine):
             warnings.warn(f"cell task {self.spec.name!r}: its cache entry could not be loaded ({error}); "
                           "running the cell", NbflowWarning, stacklevel=2)
             return None
+
+    def _stored(self) -> bool:
+        """Whether the store has an entry under the key (its metadata only: no payload is read)."""
+        from nbflow.engine.runtime import get_store
+
+        assert self.key is not None
+        try:
+            return get_store().probe(self.key) is not None
+        except Exception:  # the load that follows says what is wrong with the store
+            return True
 
     def may_draw(self) -> bool:
         return True  # a cell is code at the top level: anything in it may draw random numbers

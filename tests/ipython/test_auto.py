@@ -280,3 +280,17 @@ def test_a_cell_that_appends_to_a_file_runs_every_time(auto: Any, tmp_path: Path
         found = statuses(cell(auto, "with open(log, 'a') as f:\n    f.write('line\\n')\ndone = True", "w"))
         assert "not cached: it appends to file" in found[0][1] and "log.txt" in found[0][1]
     assert (tmp_path / "log.txt").read_text() == "line\nline\n"
+
+
+def test_a_decorated_definition_runs_once_on_a_miss_and_one_using_a_value_of_its_cell_is_not_cached(
+        auto: Any) -> None:
+    cell(auto, "class Registry:\n    def __init__(self):\n        self.names = []\n"
+               "    def add(self, fn):\n        if fn.__name__ in self.names:\n"
+               "            raise ValueError(f'{fn.__name__} is registered already')\n"
+               "        self.names.append(fn.__name__)\n        return fn", "defs")
+    cell(auto, "app = Registry()", "app")
+    cell(auto, "@app.add\ndef index():\n    return 'hi'", "route")  # a miss: defined once, no error
+    assert auto.user_ns["app"].names == ["index"]
+    found = statuses(cell(auto, "tools = Registry()\n@tools.add\ndef capital():\n    return 'Paris'", "tools"))
+    assert "not cached: its definition capital uses tools" in found[0][1]
+    assert auto.user_ns["tools"].names == ["capital"]

@@ -291,3 +291,18 @@ def test_auto_output_notebook_equals_a_plain_run_but_for_the_status_lines(tmp_pa
                      if "nbflow" not in output.get("metadata", {})] for cell in cells]
 
         assert shown(auto) == shown(plain)
+
+
+def test_a_cell_allowed_to_fail_does_not_fail_an_auto_run(tmp_path: Path) -> None:
+    notebook = new_notebook(cells=[new_code_cell("x = 1"),
+                                   new_code_cell("raise ValueError('shown on purpose')",
+                                                 metadata={"tags": ["raises-exception"]}),
+                                   new_code_cell("y = x + 1")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "allowed.ipynb"
+    nbformat.write(notebook, str(path))
+    done = nbflow_cli("run", "--auto", "--json", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [cell["state"] for cell in json.loads(done.stdout)["cells"]] == ["computed", "failed", "computed"]
+    unallowed = write_notebook(tmp_path / "unallowed.ipynb", "x = 1", "raise ValueError('a real failure')")
+    assert nbflow_cli("run", "--auto", str(unallowed), cwd=tmp_path).returncode == 1
