@@ -123,6 +123,15 @@ def _h_defaultdict(enc: _Enc, v: Any) -> None:
     enc.buf += b"."
 
 
+def _h_sklearn_bunch(enc: _Enc, v: Any) -> None:
+    # scikit-learn's Bunch (what load_digits() returns) keeps a private table of deprecation warnings in its
+    # __dict__ that its __setstate__ drops: the same Bunch loaded from the store would fingerprint as another
+    # value, and every cell reading it would miss. Its items are its value.
+    enc.buf += b"_" + _class_id(enc, type(v))
+    _h_dict(enc, v)
+    enc.buf += b"."
+
+
 # -- numpy -----------------------------------------------------------------------------------------
 
 

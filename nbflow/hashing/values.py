@@ -133,6 +133,7 @@ from nbflow.hashing._libraries import (
     _h_pd_timedelta,
     _h_pd_timestamp,
     _h_random,
+    _h_sklearn_bunch,
     _h_time,
     _h_timedelta,
     _h_timezone,
@@ -351,6 +352,7 @@ _BY_NAME: dict[tuple[str, str], _Handler] = {
     ("pyarrow", "Table"): _h_arrow_table,
     ("pyarrow", "RecordBatch"): _h_arrow_table,
     ("pydantic", "BaseModel"): _h_pydantic,
+    ("sklearn", "Bunch"): _h_sklearn_bunch,
 }
 
 # Top-level fast path for scalars (no encoder object): _FAST_LEAF (in _builtins, which shares it with

@@ -122,7 +122,10 @@ class OutputTee:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _flush_inline_figures()
+        if exc[0] is None:
+            # Shown now, while recorded. Not after an error: nothing is stored then, and IPython shows the
+            # figure after the traceback, as for the cell without nbflow.
+            _flush_inline_figures()
         _flush()
         if isinstance(sys.stdout, _TeeStream):
             sys.stdout = sys.stdout._target
@@ -164,6 +167,12 @@ def replay(shell: Any, outputs: list[Output], last_value: Any = None) -> None:
         if kind == "stream":
             stream = sys.stdout if output[1] == "stdout" else sys.stderr
             stream.write(output[2])
+            # Consecutive writes to one stream are one record: the next record is another stream or a
+            # display, which must not overtake this text (the kernel sends each stream when it is flushed).
+            try:
+                stream.flush()
+            except Exception:
+                pass
         elif kind == "display":
             _flush()
             kwargs: dict[str, Any] = {}

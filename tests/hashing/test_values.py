@@ -860,3 +860,27 @@ _PLAIN = st.recursive(
 def test_fast_path_matches_full_encoder_on_random_values(value: Any) -> None:
     # fingerprint() takes the fast path where it can; the streaming Fingerprinter always runs the full one.
     assert Fingerprinter().update(value).hexdigest() == fingerprint(value)
+
+
+def test_a_scikit_learn_bunch_fingerprints_by_its_items_as_loaded_from_the_store() -> None:
+    # sklearn.utils.Bunch (what load_digits() returns) keeps a private table in __dict__ that its __setstate__
+    # drops. Stand-in with its module and name (scikit-learn is not among the test dependencies).
+
+    from nbflow.hashing import fingerprint
+
+    class Bunch(dict):  # type: ignore[type-arg]
+        def __init__(self, **items: object) -> None:
+            super().__init__(items)
+            self.__dict__["_deprecated_key_to_warnings"] = {}
+
+        def __setstate__(self, state: object) -> None:
+            pass
+
+    Bunch.__module__ = "sklearn.utils._bunch"
+    Bunch.__qualname__ = "Bunch"
+    fresh = Bunch(data=[1, 2, 3], target=[0, 1])
+    restored = dict.__new__(Bunch)
+    restored.update(fresh)  # what unpickling builds: the items, and no __dict__
+    assert restored.__dict__ == {} and fresh.__dict__
+    assert fingerprint(restored) == fingerprint(fresh)
+    assert fingerprint(Bunch(data=[1, 2, 4], target=[0, 1])) != fingerprint(fresh)

@@ -306,3 +306,29 @@ def test_a_cell_allowed_to_fail_does_not_fail_an_auto_run(tmp_path: Path) -> Non
     assert [cell["state"] for cell in json.loads(done.stdout)["cells"]] == ["computed", "failed", "computed"]
     unallowed = write_notebook(tmp_path / "unallowed.ipynb", "x = 1", "raise ValueError('a real failure')")
     assert nbflow_cli("run", "--auto", str(unallowed), cwd=tmp_path).returncode == 1
+
+
+def test_auto_shows_outputs_in_the_order_a_plain_run_does(tmp_path: Path) -> None:
+    notebook = new_notebook(cells=[
+        # (a kernel sends what a stream holds every 0.2 s: after 0.5 s stderr has gone out, stdout not yet)
+        new_code_cell("import sys, time\nsys.stderr.write('first: stderr\\n')\ntime.sleep(0.5)\n"
+                      "print('second: stdout')"),
+        new_code_cell("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nundefined_name",
+                      metadata={"tags": ["raises-exception"]}),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "order.ipynb"
+    nbformat.write(notebook, str(path))
+
+    def kinds(output: Path) -> list[list[str]]:
+        cells = nbformat.read(str(output), as_version=4).cells[:2]
+        return [[output.get("name") or output.output_type for output in cell.outputs
+                 if "nbflow" not in output.get("metadata", {})] for cell in cells]
+
+    plain = tmp_path / "plain.ipynb"
+    nbflow_cli("run", str(path), "-o", str(plain), cwd=tmp_path)
+    assert kinds(plain) == [["stderr", "stdout"], ["error", "display_data"]]
+    for run in (1, 2):  # computed, then the first cell restored from the cache
+        auto = tmp_path / f"auto{run}.ipynb"
+        nbflow_cli("run", "--auto", str(path), "-o", str(auto), cwd=tmp_path)
+        assert kinds(auto) == kinds(plain), run
