@@ -246,7 +246,7 @@ class AutoMode:
             pending.inputs = [name for name in analyze(tree).inputs if name in namespace]
             pending.reads = {name: _same(namespace[name]) for name in pending.inputs}
 
-    def claims_magic(self, body: str) -> bool:
+    def claims_magic(self) -> bool:
         """Whether the ``%%task`` cell running now is an auto-mode cell (so its run is recorded here)."""
         current = self._current
         return current is not None and not current.handled and current.raw.lstrip().startswith("%%task")

@@ -180,6 +180,14 @@ class CellPolicy(CachePolicy):
         self.quiet = quiet  # auto mode: why the cell runs uncached goes in its status line, not a warning
         self.reason = ""
 
+    def _uncached(self, reason: str, hint: str) -> str | None:
+        """No key (None): the cell runs uncached. Why goes in ``reason`` (auto mode's status line), else a
+        warning."""
+        self.reason = reason
+        if not self.quiet:
+            warnings.warn(f"cell task {self.spec.name!r} runs uncached: {reason}. {hint}", NbflowWarning, stacklevel=3)
+        return None
+
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         from nbflow.hashing import code_identity, source_identity
         from nbflow.hashing.code import module_version
@@ -203,36 +211,21 @@ class CellPolicy(CachePolicy):
                 except Exception:
                     pass
         if self.spec.entangled:
-            self.reason = (f"its definition {self.spec.entangled}, a value the cell computes: a cache hit, which "
-                           "runs the definitions before it restores the values, could not run it")
-            if not self.quiet:
-                warnings.warn(f"cell task {self.spec.name!r} runs uncached: {self.reason}. Move the definition to "
-                              "a cell of its own to cache it.", NbflowWarning, stacklevel=2)
-            return None
+            return self._uncached(f"its definition {self.spec.entangled}, a value the cell computes: a cache hit, "
+                                  "which runs the definitions before it restores the values, could not run it",
+                                  "Move the definition to a cell of its own to cache it.")
         by_name, reads_cwd = dynamic_reads(self.spec.tree, inputs, self.spec.digest)
         if by_name:
-            self.reason = (f"it reads variables by name at run time ({by_name}): which ones is known only when "
-                           "it runs")
-            if not self.quiet:
-                warnings.warn(f"cell task {self.spec.name!r} runs uncached: {self.reason}. Give them with --inputs "
-                              "to cache it.", NbflowWarning, stacklevel=2)
-            return None
+            return self._uncached(f"it reads variables by name at run time ({by_name}): which ones is known only "
+                                  "when it runs", "Give them with --inputs to cache it.")
         if reads_cwd:  # it computes from the working directory (os.getcwd(), Path.resolve()...)
             parts["cwd"] = os.getcwd()
         try:
             inputs_digest = fingerprint_arguments(values, parts)
         except ArgumentError as error:
-            self.reason = f"input {error.argument!r} cannot be fingerprinted ({error.__cause__})"
-            if self.quiet:
-                return None
-            warnings.warn(
-                f"cell task {self.spec.name!r} runs uncached: input {error.argument!r} cannot be fingerprinted "
-                f"({error.__cause__}). Leave it out of the key with --inputs, or register a fingerprint with "
-                "nbflow.hashing.register(type, fn).",
-                NbflowWarning,
-                stacklevel=2,
-            )
-            return None
+            return self._uncached(f"input {error.argument!r} cannot be fingerprinted ({error.__cause__})",
+                                  "Leave it out of the key with --inputs, or register a fingerprint with "
+                                  "nbflow.hashing.register(type, fn).")
         return f"{code}|{inputs_digest}|{parts['settings']}" + (f"|{parts['cwd']}" if reads_cwd else "")
 
 

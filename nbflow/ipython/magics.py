@@ -115,7 +115,7 @@ def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
         compile(spec.tree, "<cell>", "exec", flags=shell.compile.flags, dont_inherit=True)
     except SyntaxError as error:
         return _syntax_error(shell, cell, error)
-    if session.auto is not None and session.auto.claims_magic(cell):
+    if session.auto is not None and session.auto.claims_magic():
         session.auto.run_task_cell(spec)  # auto mode's status line and stale marks; the options as given
     else:
         run_cell_task(shell, spec, session)

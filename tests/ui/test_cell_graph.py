@@ -12,29 +12,15 @@ import pytest
 
 from nbflow.ui.cells import CellGraph, cells_changed
 from nbflow.ui.widget import TaskGraph
+from tests.ipython.conftest import shell as ipython_shell  # noqa: F401 (a fixture)
 from tests.ui.conftest import browser_command
 
 
 @pytest.fixture
-def shell() -> Iterator[Any]:
-    """The in-process IPython shell with nbflow loaded and auto mode on (as tests/ipython/conftest.py does)."""
-    from IPython.core.displaypub import CapturingDisplayPublisher
-    from IPython.testing.globalipapp import get_ipython
-
-    ip = get_ipython()
-    ip.reset(new_session=False)
-    saved_publisher = ip.display_pub
-    ip.display_pub = CapturingDisplayPublisher()
-    saved_types = ip.display_formatter.active_types
-    ip.display_formatter.active_types = ["text/plain", "text/html", "image/png"]
-    ip.run_line_magic("load_ext", "nbflow")
-    ip.run_line_magic("nbflow", "auto")
-    yield ip
-    if "nbflow" in ip.extension_manager.loaded:
-        ip.run_line_magic("unload_ext", "nbflow")  # turns auto mode off too
-    ip.display_pub = saved_publisher
-    ip.display_formatter.active_types = saved_types
-    ip.reset(new_session=False)
+def shell(ipython_shell: Any) -> Iterator[Any]:  # noqa: F811 (the imported fixture, with auto mode on)
+    """The in-process IPython shell with nbflow loaded (tests/ipython/conftest.py) and auto mode on."""
+    ipython_shell.run_line_magic("nbflow", "auto")
+    yield ipython_shell  # unloading the extension afterwards turns auto mode off too
 
 
 @pytest.fixture
