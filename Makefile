@@ -1,7 +1,8 @@
-# The README's two commands: `make demo` and `make test`. Everything they need is installed here.
+# The README's two commands: `make demo` and `make test`.
 #
-# `make test` installs from constraints.txt, a lock of every package the suite uses (the package's own
-# dependency ranges stay ranges: users install nbflow into environments of their own). A new upstream
+# `make demo` installs only what the demo needs (nbflow and its kernel), printing each step. `make test`
+# installs everything the suite uses from constraints.txt, a lock of every package it uses (the package's
+# own dependency ranges stay ranges: users install nbflow into environments of their own). A new upstream
 # release therefore never turns a fresh clone red. To move to newer releases: `make test-latest` runs the
 # suite against today's newest releases in a separate venv; when it passes, `make upgrade` rewrites the
 # lock and `make test` confirms it.
@@ -12,16 +13,19 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 DEMO_HOME := $(CURDIR)/.nbflow-demo
 LOCK := constraints.txt
-EXTRAS := test,dev,ai,dask
+EXTRAS := test,dev,ai,dask,docs
 LATEST := .venv-latest
-# What the Makefile itself installs besides the project: the build backend (the editable install runs
-# without build isolation, so it is locked too), the installer, and uv, which writes the lock.
-TOOLS := pip hatchling editables uv
+# What the Makefile itself installs besides the project: the build backend and its readme plugin (the
+# editable install runs without build isolation, so they are locked too), the installer, and uv, which
+# writes the lock.
+BUILD_TOOLS := pip hatchling hatch-fancy-pypi-readme editables
+TOOLS := $(BUILD_TOOLS) uv
+DEMO_STAMP := $(VENV)/.demo-installed
 # The oldest pydantic-ai the `ai` extra admits; the agent tests run against it too (tests/integrations).
 AI_OLDEST := $(shell sed -n 's/.*"pydantic-ai-slim>=\([0-9.]*\).*/\1/p' pyproject.toml)
 AI_OLDEST_DIR := pydantic-ai-oldest/site-packages
 
-.PHONY: demo test test-latest lint lock upgrade bench bench-prefect install clean system-deps
+.PHONY: demo docs test test-latest lint lock upgrade bench bench-prefect install clean system-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,30 +52,59 @@ $(STAMP): pyproject.toml $(LOCK) | $(PY)
 
 install: $(STAMP)
 
-# Runs notebooks/quickstart.ipynb headless twice against a fresh demo store: the first run computes,
-# the second is served from the cache.
-demo: install
+# The demo needs nbflow and a kernel, nothing else: not the test, dev, docs or browser tools `make test`
+# installs (about 60 MB against 950). pip is not quiet here: its lines are the progress of a first run.
+$(DEMO_STAMP): pyproject.toml $(LOCK) | $(PY)
+	@echo "=== installing the build tools (pip, hatchling) into $(VENV) ==="
+	$(PY) -m pip --disable-pip-version-check install --progress-bar off -c $(LOCK) $(BUILD_TOOLS)
+	@echo "=== installing nbflow and its dependencies (IPython, ipykernel, nbclient, pydantic, diskcache...) ==="
+	$(PY) -m pip --disable-pip-version-check install --progress-bar off --no-build-isolation -c $(LOCK) -e .
+	@echo "=== registering the venv's Python as the kernel \"Python 3 (nbflow)\" ==="
+	$(call install_kernel,$(VENV))
+	touch $(DEMO_STAMP)
+
+# Runs notebooks/quickstart.ipynb headless twice against a fresh demo store. The notebook's flow computes
+# its three tasks on the first run; its last cell calls the same tasks again, so even the first run
+# ends with three cached rows. The second run, in a new kernel, is served from the cache throughout.
+demo: $(DEMO_STAMP)
 	rm -rf $(DEMO_HOME)
-	@echo "=== first run: computes every task ==="
+	@echo
+	@echo "=== first run, an empty store: the flow computes its 3 tasks (the last cell calls them again: cached) ==="
 	NBFLOW_HOME=$(DEMO_HOME) $(VENV)/bin/nbflow run notebooks/quickstart.ipynb
 	@echo
-	@echo "=== second run, a fresh kernel: served from the cache ==="
+	@echo "=== second run, a fresh kernel: every task served from the cache ==="
 	NBFLOW_HOME=$(DEMO_HOME) $(VENV)/bin/nbflow run notebooks/quickstart.ipynb
 
 # System packages the suite needs (Chromium for the widget tests), installed when missing. The browser
 # tests use this /usr/bin/chromium through Playwright (never `playwright install`) and fail without it.
+# Without root, nothing is installed: the message says what to install, and make stops.
 system-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make test needs Chromium at /usr/bin/chromium for the widget's browser tests (tests/browser)," >&2; \
+			echo "and installing it needs root. Install it, then run make test again:" >&2; \
+			echo "    sudo apt-get install chromium      (Debian, Ubuntu: the package is chromium)" >&2; \
+			echo "or run this step as root: sudo make system-deps" >&2; \
+			exit 1; \
+		fi; \
 		echo "installing chromium (apt)"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# pytest includes tests/test_docs.py: a strict build of the docs (warnings are errors; broken internal
+# links and anchors fail through mkdocs.yml's `validation:`; external links are not checked, as the
+# machines that run the suite reach no site but the package index), and every code block of README.md
+# and docs/ run as written.
 define suite
 	$(1)/bin/ruff check nbflow tests benchmarks
 	$(1)/bin/mypy
 	$(1)/bin/pytest -q
 endef
+
+# The documentation site, into site/ (`mkdocs serve` from the venv previews it while you edit).
+docs: install
+	$(VENV)/bin/mkdocs build --strict
 
 test: install system-deps
 	$(call suite,$(VENV))
@@ -95,7 +128,7 @@ lint: install
 # newest release. uv resolves for all platforms and Pythons at once, which pip-compile cannot (it locks
 # for the interpreter it runs on).
 LOCK_COMMAND = printf '%s\n' $(TOOLS) | $(VENV)/bin/uv pip compile pyproject.toml - --quiet \
-	--extra test --extra dev --extra ai --extra dask --extra bench --universal --python-version 3.11 \
+	--extra test --extra dev --extra ai --extra dask --extra bench --extra docs --universal --python-version 3.11 \
 	--custom-compile-command "make lock" -o $(LOCK)
 
 lock: | $(PY)
@@ -126,4 +159,4 @@ bench-prefect: install $(VENV)/.bench-installed
 	$(PY) benchmarks/bench_prefect.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(DEMO_HOME) site .pytest_cache .mypy_cache .ruff_cache
