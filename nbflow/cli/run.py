@@ -291,8 +291,10 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         print(f"failed task {task['task']}: {task['error']}", file=out)
     cell = summary["failed_cell"]
     if cell is not None:
-        where = f" (cell {cell['index'] + 1})" if cell.get("index") is not None else ""
-        print(f"\nA cell failed: {cell['error']}{where}", file=out)
+        where = ""
+        if cell.get("index") is not None:
+            where = f" (cell {cell['index'] + 1}" + (f": {cell['first_line']}" if cell.get("first_line") else "") + ")"
+        print(f"\nA cell failed{where}: {cell['error']}", file=out)
     status = "FAILED" if summary["exit_code"] else "OK"
     print(f"\n{status} in {summary['duration']:.1f} s", file=out)
 
@@ -439,29 +441,43 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                       f"({content.get('ename')}: {content.get('evalue')}); its tasks will not be shown",
                       file=sys.stderr)
             poller.start()
-            index = 0
+            busy = False  # the kernel is still running a cell that ignored the interrupt
             try:
                 for index, cell in enumerate(notebook.cells):
                     if cell.cell_type == "code":
                         display.cell += 1
-                    await client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+                    current.update(index=index, first_line=_first_line(cell.source))
+                    if not await _execute_within(client, cell, index, timeout):
+                        busy = True
+                        failed_cell = _timeout_failure(current, timeout, interrupted=False)
+                        break
             except (CellExecutionError, CellTimeoutError) as error:
                 ename = getattr(error, "ename", None) or type(error).__name__
                 evalue = getattr(error, "evalue", None) or ""
                 if timeout is not None and (ename == "KeyboardInterrupt" or isinstance(error, CellTimeoutError)):
-                    ename, evalue = "CellTimeoutError", f"the cell ran past --timeout {timeout:g} s and was interrupted"
-                failed_cell = {"index": index, "error": f"{ename}: {evalue}".strip(), "ename": ename,
-                               "evalue": evalue}
+                    failed_cell = _timeout_failure(current, timeout, interrupted=True)
+                else:
+                    failed_cell = {**current, "error": f"{ename}: {evalue}".strip(), "ename": ename,
+                                   "evalue": evalue}
             finally:
-                # Even after a failed cell, so the kernel's history is on disk before it is read.
-                await client.async_wait_for_reply(client.kc.execute(_FINISH_CODE, silent=True, store_history=False))
-            client.set_widgets_metadata()
+                if busy:
+                    # The finishing step would wait behind the busy cell (and its error hide the
+                    # timeout): stop the kernel at once instead. Its task runs of earlier cells are
+                    # already in the history (written after every cell).
+                    client.shutdown_kernel = "immediate"
+                else:
+                    # Even after a failed cell, so the kernel's history is on disk before it is read.
+                    await client.async_wait_for_reply(
+                        client.kc.execute(_FINISH_CODE, silent=True, store_history=False))
+            if not busy:
+                client.set_widgets_metadata()
 
+    current: dict[str, Any] = {"index": None, "first_line": None}
     try:
         asyncio.run(execute())
     except Exception as error:
         if failed_cell is None:
-            failed_cell = {"index": None, "error": f"{type(error).__name__}: {error}", "ename": type(error).__name__,
+            failed_cell = {**current, "error": f"{type(error).__name__}: {error}", "ename": type(error).__name__,
                            "evalue": str(error)}
     finally:
         stop.set()
@@ -493,6 +509,42 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     else:
         print_summary(summary, out)
     return int(summary["exit_code"])
+
+
+# After --timeout, nbclient interrupts the cell; a cell that ignores the interrupt (a signal handler, a
+# long call into C code) gets this many more seconds before the run gives up on it and stops the kernel.
+_INTERRUPT_GRACE = 5.0
+
+
+async def _execute_within(client: Any, cell: Any, index: int, timeout: float | None) -> bool:
+    """Execute one cell; False if it was still running ``_INTERRUPT_GRACE`` s after it was interrupted at
+    ``timeout`` (it is then abandoned: nbclient would wait for it for ever, interrupting it again and again)."""
+    import asyncio
+
+    work = asyncio.ensure_future(
+        client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1))
+    done, _ = await asyncio.wait({work}, timeout=None if timeout is None else timeout + _INTERRUPT_GRACE)
+    if done:
+        work.result()  # the cell's error, if any
+        return True
+    work.cancel()
+    try:
+        await work
+    except BaseException:  # nbclient turns the cancellation into DeadKernelError: the cell is abandoned
+        pass
+    return False
+
+
+def _first_line(source: str) -> str:
+    line = next((line.strip() for line in source.splitlines() if line.strip()), "")
+    return line if len(line) <= 60 else line[:59] + "…"
+
+
+def _timeout_failure(current: dict[str, Any], timeout: float, *, interrupted: bool) -> dict[str, Any]:
+    """The ``failed_cell`` of a cell that ran past ``--timeout``."""
+    evalue = (f"the cell ran past --timeout {timeout:g} s and was interrupted" if interrupted else
+              f"the cell ran past --timeout {timeout:g} s and did not stop when interrupted; the kernel was stopped")
+    return {**current, "error": f"CellTimeoutError: {evalue}", "ename": "CellTimeoutError", "evalue": evalue}
 
 
 def _cell_error(error: Exception) -> str:

@@ -249,8 +249,37 @@ def test_a_cell_past_the_timeout_is_interrupted_and_named(tmp_path: Path) -> Non
     assert result.returncode == 1, result.stdout + result.stderr
     failed = json.loads(result.stdout)["failed_cell"]
     assert failed["index"] == 1 and failed["ename"] == "CellTimeoutError", failed
-    assert "--timeout 3 s" in failed["evalue"]
+    assert failed["first_line"] == "import time" and "--timeout 3 s" in failed["evalue"]
     assert elapsed < 60, elapsed  # interrupted near the limit, not left running for the 120 s it asked for
+
+
+def test_a_cell_that_ignores_the_interrupt_is_abandoned_named_and_its_kernel_stopped(tmp_path: Path) -> None:
+    import time
+
+    hang = ("import os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "open('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(45)")
+    path = write_notebook(tmp_path / "hangs.ipynb", "x = 1", hang, "print('never')")
+    started = time.monotonic()
+    result = nbflow_cli("run", str(path), "--timeout", "2", "--json", cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = json.loads(result.stdout)["failed_cell"]
+    assert failed["ename"] == "CellTimeoutError" and failed["index"] == 1, failed
+    assert failed["first_line"] == "import os, signal, time"
+    assert "did not stop when interrupted" in failed["evalue"] and "AssertionError" not in result.stdout
+    assert elapsed < 30, elapsed  # not the 45 s the cell asked for
+    pid = int((tmp_path / "kernel.pid").read_text())
+    for _ in range(50):  # the kernel was stopped, not left sleeping
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the kernel of the abandoned cell is still running")
+    text = nbflow_cli("run", str(path), "--timeout", "2", cwd=tmp_path).stdout
+    assert "A cell failed (cell 2: import os, signal, time): CellTimeoutError: the cell ran past --timeout 2 s" in text
 
 
 def test_auto_runs_every_cell_as_a_cell_task_and_says_what_each_cell_did(tmp_path: Path) -> None:
