@@ -16,7 +16,7 @@ from typing import Any
 
 from nbflow.exceptions import ConfigurationError
 
-__all__ = ["MAX_SECONDS", "Settings", "configure", "get_settings", "parse_size"]
+__all__ = ["MAX_SECONDS", "Settings", "configure", "find_home", "get_settings", "parse_size"]
 
 #: The longest timeout or retry delay nbflow accepts (about 31 years): longer ones overflow the clocks and
 #: timers they are handed to, so they fail up front, naming the option, rather than in the middle of a run.
@@ -38,6 +38,39 @@ def parse_size(value: int | str) -> int:
             f"cannot read {value!r} as a size; write a number of bytes or e.g. '10GiB', '500MB'"
         )
     return int(float(number) * _UNITS[unit])
+
+
+#: Files or directories that mark a project's root directory, where a new store goes.
+PROJECT_MARKERS = (".git", "pyproject.toml")
+
+
+def find_home(start: str | os.PathLike[str] | None = None) -> Path:
+    """The store directory used when ``NBFLOW_HOME`` is not set, seen from ``start`` (default: the
+    current directory — a kernel's is its notebook's directory, the CLI's the shell's).
+
+    Walking up from ``start``: the first ``.nbflow`` store found; else ``.nbflow`` in the nearest
+    directory holding ``.git`` or ``pyproject.toml`` (a project's root); else ``.nbflow`` in ``start``
+    itself. The walk stops below the user's home directory (which counts only when it is ``start``) and
+    at the filesystem root, so a store or a dotfiles repository in the home directory does not capture
+    every notebook under it. A few stat calls, made once per process (settings are read once).
+    """
+    here = Path(start if start is not None else os.getcwd()).expanduser().absolute()
+    try:
+        user_home = Path.home().absolute()
+    except (KeyError, RuntimeError):  # no HOME and no passwd entry
+        user_home = None
+    chain = [here]
+    for parent in here.parents:
+        if parent == user_home:
+            break
+        chain.append(parent)
+    for directory in chain:
+        if (directory / ".nbflow").is_dir():
+            return directory / ".nbflow"
+    for directory in chain:
+        if any((directory / marker).exists() for marker in PROJECT_MARKERS):
+            return directory / ".nbflow"
+    return here / ".nbflow"
 
 
 def _default_secret_file() -> Path:
@@ -92,7 +125,10 @@ class Settings:
     Each field can be set with an environment variable ``NBFLOW_<FIELD>`` (e.g. ``NBFLOW_HOME``,
     ``NBFLOW_SIZE_LIMIT=5GiB``) or in code with ``nbflow.configure(field=value)``:
 
-    - ``home``: directory of the result store and run history (default ``.nbflow``).
+    - ``home``: directory of the result store and run history. Default: the nearest ``.nbflow`` store
+      found walking up from the current directory, else ``.nbflow`` at the project's root (the nearest
+      directory with ``.git`` or ``pyproject.toml``), else ``.nbflow`` in the current directory (see
+      :func:`find_home`).
     - ``size_limit``: store size limit in bytes (``"10GiB"`` works); least recently used entries are
       evicted beyond it.
     - ``secret_file``: the per-user secret key authenticating stored payloads (created on first use,
@@ -109,7 +145,7 @@ class Settings:
       be predicted. Set it (e.g. 0.01) to keep quick cells out of the store.
     """
 
-    home: Path = Path(".nbflow")
+    home: Path = dataclasses.field(default_factory=find_home)
     size_limit: int = 10 * 1024**3
     secret_file: Path = dataclasses.field(default_factory=_default_secret_file)
     strict_buffers: bool = False

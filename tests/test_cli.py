@@ -55,9 +55,13 @@ def run_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> None:
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Exit code, stdout without its header line (the store, tested below), stderr."""
     code = main(list(args))
     captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    out = captured.out
+    if out.startswith("store "):
+        out = out.split("\n", 1)[1]
+    return code, out, captured.err
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:

@@ -11,9 +11,11 @@
     nbflow cache clear [--task NAME] [--older-than AGE] [--json]
     nbflow cache prune [--json]               apply expirations and the size limit now
 
-Every command works on the store and run history of ``NBFLOW_HOME`` (default ``./.nbflow``), the same
-ones notebooks use, and accepts ``--home DIR`` instead. Exit codes: 0 success, 1 a cell or task failed
-(``run``), 2 bad usage.
+Every command works on the store and run history of ``NBFLOW_HOME``, the same ones notebooks use, and
+accepts ``--home DIR`` instead. Without either, the store is the nearest ``.nbflow`` found walking up
+from the current directory, else ``.nbflow`` at the project's root (the nearest directory with ``.git``
+or ``pyproject.toml``), else ``./.nbflow``; every command prints the store it uses first. Exit codes:
+0 success, 1 a cell or task failed (``run``), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbflow.cli.common import EXIT_OK, EXIT_USAGE, Usage, resolve_home
+from nbflow.cli.common import EXIT_OK, EXIT_USAGE, Usage, print_header, resolve_home
 
 __all__ = ["main"]
 
-_HOME_HELP = "store directory (default: $NBFLOW_HOME, else ./.nbflow)"
+_HOME_HELP = ("store directory (default: $NBFLOW_HOME, else the nearest .nbflow walking up from here, else "
+              ".nbflow at the project root: the nearest directory with .git or pyproject.toml)")
 _JSON_HELP = "print JSON instead of a table"
 
 
@@ -61,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, metavar="S",
                      help="seconds a single cell may run (default: no limit)")
     run.add_argument("--home", default=None, metavar="DIR",
-                     help="store directory (default: $NBFLOW_HOME, else .nbflow in the kernel's directory)")
+                     help=_HOME_HELP + "; passed to the kernel")
     run.add_argument("--auto", action="store_true",
                      help="auto mode: run every code cell as a cached cell task, with no edit to the notebook; "
                      "the summary says per cell: cached, computed, or not cached and why")
@@ -135,6 +138,8 @@ def _runs_command(args: argparse.Namespace, out: TextIO) -> int:
     from nbflow.runs import set_aside_if_damaged
 
     home = resolve_home(args.home)
+    if not args.json:
+        print_header(home, out)
     try:
         return _run_history_command(history, args, home, out)
     except sqlite3.DatabaseError as error:
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.cache_command is None:
                 raise Usage("`nbflow cache` needs a subcommand: info, ls, clear or prune (see nbflow cache --help)")
             home = resolve_home(args.home)
+            if not args.json:
+                print_header(home, out)
             if args.cache_command == "info":
                 return cache.info_command(home, as_json=args.json, out=out)
             if args.cache_command == "ls":

@@ -92,8 +92,9 @@ def info_command(home: Path, *, as_json: bool, out: TextIO) -> int:
     if as_json:
         print_json(info, out)
         return EXIT_OK
-    print(f"store:      {info['store']}" + ("" if store is not None else " (empty: nothing stored yet)"), file=out)
-    print(f"entries:    {info['entries']} ({info['expired']} expired)", file=out)
+    # (the store's directory is the header line, printed by the command)
+    print(f"entries:    {info['entries']} ({info['expired']} expired)"
+          + ("" if store is not None else " (empty: nothing stored yet)"), file=out)
     print(f"size:       {format_size(info['size'])} of results, {format_size(info['disk_usage'])} on disk, "
           f"limit {format_size(info['size_limit'])}", file=out)
     print(f"hits:       {info['hits']}", file=out)

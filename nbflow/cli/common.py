@@ -19,6 +19,7 @@ __all__ = [
     "format_size",
     "format_time",
     "parse_age",
+    "print_header",
     "print_json",
     "resolve_home",
     "table",
@@ -34,13 +35,25 @@ class Usage(Exception):
 
 
 def resolve_home(option: str | None, base: Path | None = None) -> Path:
-    """The store directory: ``--home``, else ``NBFLOW_HOME``, else ``./.nbflow``; a relative path is taken
-    relative to ``base`` (default: the current directory), the way a kernel started there resolves it."""
-    text = option or os.environ.get("NBFLOW_HOME") or ".nbflow"
+    """The store directory: ``--home``, else ``NBFLOW_HOME``, else the store :func:`nbflow.settings.find_home`
+    finds walking up from ``base`` (default: the current directory). A relative path is taken relative to
+    ``base``. Every command resolves it from the shell's directory, ``nbflow run`` included (which hands
+    the result to its kernel), so all of them agree on the store."""
+    from nbflow.settings import find_home
+
+    base = base or Path.cwd()
+    text = option or os.environ.get("NBFLOW_HOME")
+    if not text:
+        return find_home(base)
     home = Path(text).expanduser()
     if not home.is_absolute():
-        home = (base or Path.cwd()) / home
+        home = base / home
     return home.absolute()
+
+
+def print_header(home: Path, out: TextIO) -> None:
+    """The first line of a command's table output: which store it read."""
+    print(f"store {home}", file=out)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:

@@ -402,9 +402,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     check_kernel(kernel_name)
     inject_parameters(notebook, values)
 
-    # The kernel must use the store this process reads: --home as given here, else NBFLOW_HOME resolved
-    # the way the kernel would (relative to its working directory); passed down explicitly.
-    store_home = resolve_home(home) if home else resolve_home(None, workdir)
+    # The store is resolved here, from the shell's directory, as `nbflow runs` and `nbflow cache` resolve it,
+    # and handed to the kernel explicitly: a kernel resolving it from its own directory (the notebook's)
+    # could pick another store than the one those commands show.
+    store_home = resolve_home(home)
     launch_id = uuid.uuid4().hex
     env = {**os.environ, "NBFLOW_HOME": str(store_home), "NBFLOW_LAUNCH_ID": launch_id}
     # A cell past --timeout is interrupted (KeyboardInterrupt in the kernel, a failed cell), so the run ends
@@ -448,6 +449,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                         display.cell += 1
                     current.update(index=index, first_line=_first_line(cell.source))
                     if not await _execute_within(client, cell, index, timeout):
+                        assert timeout is not None  # only a cell past the timeout is abandoned
                         busy = True
                         failed_cell = _timeout_failure(current, timeout, interrupted=False)
                         break

@@ -119,6 +119,31 @@ def test_cli_and_notebook_share_the_store_and_history(tmp_path: Path) -> None:
     assert count == 2 and first_task == "square"
 
 
+def test_run_from_the_project_root_uses_the_store_the_other_commands_see_there(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / "notebooks" / ".nbflow").mkdir(parents=True)  # an older store next to the notebook
+    (root / "pyproject.toml").write_text("")
+    write_notebook(
+        root / "notebooks" / "x.ipynb",
+        "import nbflow\n@nbflow.task\ndef one():\n    return 1\none()",
+        "print('home', nbflow.settings.get_settings().home)",
+    )
+    env = {key: value for key, value in os.environ.items() if key != "NBFLOW_HOME"}
+    env["HOME"] = str(tmp_path)  # the walk stops below it: no store outside the test is found
+    output = tmp_path / "out.ipynb"
+    done = nbflow_cli("run", "notebooks/x.ipynb", "-o", str(output), cwd=root, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"store {root / '.nbflow'})" in done.stdout.splitlines()[0]
+    printed = nbformat.read(str(output), as_version=4).cells[1].outputs[0]["text"]
+    assert printed.strip() == f"home {root / '.nbflow'}"  # the kernel was handed the CLI's store
+    listed = nbflow_cli("runs", "--json", cwd=root, env=env)
+    assert [run["name"] for run in json.loads(listed.stdout)["runs"]] == ["x.ipynb"]
+    assert not list((root / "notebooks" / ".nbflow").iterdir())  # the older store was not written
+    # From the notebook's directory, the older store is the nearest one: what a kernel started there uses.
+    assert nbflow_cli("runs", cwd=root / "notebooks", env=env).stdout.splitlines()[0] == (
+        f"store {root / 'notebooks' / '.nbflow'}")
+
+
 def parameterized_notebook(path: Path) -> Path:
     notebook = new_notebook(cells=[
         new_code_cell("import time\nimport nbflow"),
