@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from itertools import chain, islice, repeat
 from typing import Any
@@ -411,6 +412,12 @@ def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
     some element is not a plain scalar.
     """
     kinds = set(map(type, items))
+    if kinds == _STR_ONLY and len(items) >= 256 and "numpy" in sys.modules:
+        data = _str_run(items, sys.modules["numpy"])
+        if data is None:
+            return False
+        enc.write(data, data.nbytes)
+        return True
     if kinds == _STR_ONLY:
         # The run is joined into one bytes object: only for modest sizes; long strings go through
         # the element loop, which streams each one to the hasher.
@@ -433,6 +440,41 @@ def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
 
 
 _STR_ONLY = {str}
+
+
+def _str_run(items: list[str], np: Any) -> Any:
+    """The encoding of a run of strings (``s`` + 8-byte length + UTF-8 bytes each), as a uint8 array, built
+    with numpy: the same bytes as the element-by-element encoding at about half the cost (no bytes object
+    per header, no Python-level join of 2 n pieces). None when the run is too long or some string cannot
+    be encoded strictly (the element loop then handles it)."""
+    joined = "".join(items)
+    if len(joined) > _RUN_CHARS:
+        return None
+    n = len(items)
+    if joined.isascii():  # one byte per character: the lengths are the strings' own
+        data = joined.encode()
+        lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)
+    else:
+        try:
+            encoded = list(map(str.encode, items))
+        except UnicodeEncodeError:
+            return None
+        data = b"".join(encoded)
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+    heads = np.arange(0, 9 * n, 9, dtype=np.int64)  # where each element's 9-byte header starts
+    heads[1:] += np.cumsum(lengths[:-1])
+    header = np.empty(n, dtype=[("t", "u1"), ("n", "<u8")])  # packed: 9 bytes, as _pack_cQ writes
+    header["t"] = ord("s")
+    header["n"] = lengths
+    out = np.empty(9 * n + len(data), dtype=np.uint8)
+    in_header = (heads[:, None] + np.arange(9)).ravel()
+    is_data = np.ones(len(out), dtype=bool)
+    is_data[in_header] = False
+    out[in_header] = header.view(np.uint8)
+    out[is_data] = np.frombuffer(data, dtype=np.uint8)
+    return out
+
+
 _RUN_KINDS = frozenset({int, float, bool, str, type(None)})  # bytes stay with the streaming loop
 _RUN_CHARS = 1 << 22
 _is_str: Callable[[Any], bool] = str.__instancecheck__

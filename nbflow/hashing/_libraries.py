@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import struct
 import sys
+import weakref
 from collections.abc import Iterable
+from functools import partial
 from itertools import chain, islice, repeat
 from typing import Any
 
@@ -31,7 +33,9 @@ from nbflow.hashing._encoder import (
     _label,
     _pack_Q,
     _sb,
+    _utf8,
     _visit,
+    _xxh3,
 )
 from nbflow.hashing._objects import _class_id
 
@@ -299,7 +303,16 @@ def _enc_pd_values(enc: _Enc, ea: Any) -> None:
         enc.buf += b"k"
         _enc_array(enc, data, np, b"N")
         _enc_array(enc, mask, np, b"N")
-    elif "ArrowExtensionArray" in names and "BaseStringArray" not in names and "pyarrow" in sys.modules:
+    elif "BaseStringArray" in names:
+        # pandas' string dtypes, whichever the storage: one encoding (see _StringStreams), from the arrow
+        # buffers when there are some, else from the Python strings.
+        stored = getattr(ea, "_pa_array", None)  # ArrowStringArray's ChunkedArray (private, checked)
+        pa = sys.modules.get("pyarrow")
+        if stored is not None and pa is not None and _is_arrow_strings(stored.type, pa):
+            enc.buf += _arrow_strings_memo(stored, pa, np, True)
+        else:
+            enc.buf += _python_strings_encoding(ea, np)
+    elif "ArrowExtensionArray" in names and "pyarrow" in sys.modules:
         enc.buf += b"a"
         _enc_arrow_chunks(enc, ea.__arrow_array__(), sys.modules["pyarrow"])
     elif "NumpyExtensionArray" in names and "BaseStringArray" not in names:
@@ -411,6 +424,174 @@ def _h_pd_na(enc: _Enc, v: Any) -> None:
     enc.buf += b"P?"
 
 
+# -- string columns: offsets, data and validity ------------------------------------------------------------
+# A column of strings (or bytes) is written as arrow lays it out: where each value ends (the offsets), the
+# values' bytes one after the other (the data) and which slots hold a value (the validity). Each of the three
+# is its own xxh3 stream, fed chunk by chunk, and the column writes the three digests: a stream fed in pieces
+# digests like the same bytes fed at once, so however a chunked array is cut, equal values give equal keys.
+# The three streams are canonical: offsets count from the column's first value (a slice's offset into its
+# buffers, a chunk's start in the shared data buffer never count), the data stream holds only the referenced
+# bytes, and a null slot contributes a zero length and no bytes whatever its buffers hold underneath.
+
+
+class _StringStreams:
+    """The three streams of one string column (see above), fed chunk by chunk."""
+
+    __slots__ = ("data", "end", "n", "nulls", "offsets", "valid", "wide")
+
+    def __init__(self, wide: bool) -> None:
+        self.wide = wide  # 8-byte offsets (else 4): part of the key, with the type that decided it
+        self.offsets = _xxh3()
+        self.data = _xxh3()
+        self.valid: Any = None  # created at the first null: a column without any has no validity stream
+        self.n = 0  # values fed so far
+        self.end = 0  # data bytes fed so far
+        self.nulls = 0
+
+    def feed(self, offsets: Any, data: Any, valid: Any, np: Any) -> None:
+        """One chunk: ``offsets`` (n + 1 integers into ``data``, null slots of zero length), ``data`` (a
+        buffer), ``valid`` (n bools, or None when the chunk has no null)."""
+        count = len(offsets) - 1
+        if count <= 0:
+            return
+        first, last = int(offsets[0]), int(offsets[-1])
+        ends = offsets[1:]
+        dtype = np.int64 if self.wide else np.int32
+        if first != self.end or ends.dtype != dtype:
+            # Rebased onto the column's running end: a slice, a later chunk, or 4-byte offsets written as 8.
+            ends = ends.astype(dtype) + (self.end - first)
+        self.offsets.update(ends)
+        if last > first:
+            self.data.update(memoryview(data)[first:last])
+        if valid is not None or self.valid is not None:
+            if self.valid is None:
+                self.valid = _xxh3()
+                if self.n:  # the chunks before the first null were all valid
+                    self.valid.update(np.ones(self.n, dtype=np.uint8))
+            self.valid.update(valid.view(np.uint8) if valid is not None else np.ones(count, dtype=np.uint8))
+            if valid is not None:
+                self.nulls += count - int(np.count_nonzero(valid))
+        self.n += count
+        self.end += last - first
+
+    def encoding(self) -> bytes:
+        valid = self.valid.digest() if self.valid is not None else b""
+        return (
+            b"q" + (b"8" if self.wide else b"4") + _pack_Q(self.n) + _pack_Q(self.nulls)
+            + self.offsets.digest() + self.data.digest() + valid
+        )
+
+
+def _is_arrow_strings(typ: Any, pa: Any) -> bool:
+    t = pa.types
+    return bool(t.is_string(typ) or t.is_large_string(typ) or t.is_binary(typ) or t.is_large_binary(typ))
+
+
+def _arrow_string_chunk(c: Any, pa: Any, np: Any) -> tuple[Any, Any, Any]:
+    """Offsets (n + 1), data buffer and validity (None without nulls) of one arrow string/binary array."""
+    n = len(c)
+    large = pa.types.is_large_string(c.type) or pa.types.is_large_binary(c.type)
+    valid = None
+    if c.null_count:
+        valid = c.is_valid().to_numpy(zero_copy_only=False)
+    bufs = c.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32)[c.offset : c.offset + n + 1]
+    if valid is not None:
+        null_slots = ~valid
+        if np.any(offsets[1:][null_slots] != offsets[:-1][null_slots]):
+            # Bytes under a null slot (legal in arrow, arbitrary): the same values with empty null slots.
+            c = pa.compute.if_else(c.is_valid(), c, pa.scalar(b"" if pa.types.is_binary(c.type)
+                                                                or pa.types.is_large_binary(c.type) else "",
+                                                                c.type))
+            bufs = c.buffers()
+            offsets = np.frombuffer(bufs[1], dtype=np.int64 if large else np.int32)[c.offset : c.offset + n + 1]
+    data = bufs[2] if bufs[2] is not None else b""
+    return offsets, data, valid
+
+
+def _arrow_strings_encoding(arr: Any, pa: Any, np: Any, wide: bool | None) -> bytes:
+    """The encoding of an arrow string/binary Array or ChunkedArray: see :class:`_StringStreams`.
+
+    ``wide``: None writes the type's own offset width (4 bytes for ``string``/``binary``, 8 for the large
+    types; 8 when a 4-byte column's data passes 2 GiB, which only a chunked one can: a property of the
+    values, not of the chunking); True writes 8-byte offsets whatever the type (pandas' string dtype, whose
+    digest does not depend on its storage).
+    """
+    chunks = [_arrow_string_chunk(c, pa, np) for c in (arr.chunks if hasattr(arr, "chunks") else [arr])]
+    if wide is None:
+        large = pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+        wide = large or sum(int(o[-1]) - int(o[0]) for o, _, _ in chunks if len(o)) >= 1 << 31
+    streams = _StringStreams(wide)
+    for offsets, data, valid in chunks:
+        streams.feed(offsets, data, valid, np)
+    return streams.encoding()
+
+
+# Encodings of large arrow string columns already computed, by the identity of the array object (kept only
+# while it lives: a weak reference; its id() alone could be a new array's). Why this is never stale: arrow
+# arrays are immutable (pyarrow offers no way to change one in place; pandas replaces a column's array on
+# every assignment, it never writes into one), and a string/binary array's buffers are always built by arrow
+# itself when it converts Python strings, pandas columns or files, never borrowed from memory someone else
+# can write. Numeric arrow arrays are never remembered: pyarrow wraps a numpy array without copying it, and
+# writing into that numpy array changes the arrow array. The one way around the rule is to build a string
+# array by hand over writable memory (``pa.Array.from_buffers`` on a ``py_buffer`` of a bytearray) and then
+# write into that memory: arrow's own contract calls that undefined, and nbflow's documentation says so.
+_STRINGS_MEMO: dict[tuple[int, bool | None], tuple[weakref.ref[Any], bytes]] = {}
+_MEMO_MIN_VALUES = 1 << 12  # smaller columns are hashed again: microseconds, not worth an entry
+_MEMO_MAX_ENTRIES = 1 << 12
+
+
+def _arrow_strings_memo(arr: Any, pa: Any, np: Any, wide: bool | None) -> bytes:
+    """:func:`_arrow_strings_encoding`, computed once per array object while that object lives."""
+    if len(arr) < _MEMO_MIN_VALUES:
+        return _arrow_strings_encoding(arr, pa, np, wide)
+    key = (id(arr), wide)
+    known = _STRINGS_MEMO.get(key)
+    if known is not None and known[0]() is arr:
+        return known[1]
+    encoding = _arrow_strings_encoding(arr, pa, np, wide)
+    try:
+        ref = weakref.ref(arr, partial(_forget_strings, key))
+    except TypeError:  # not weakly referenceable: never remembered
+        return encoding
+    if len(_STRINGS_MEMO) >= _MEMO_MAX_ENTRIES:
+        _STRINGS_MEMO.clear()
+    _STRINGS_MEMO[key] = (ref, encoding)
+    return encoding
+
+
+def _forget_strings(key: tuple[int, bool | None], gone: weakref.ref[Any]) -> None:
+    known = _STRINGS_MEMO.get(key)
+    if known is not None and known[0] is gone:  # not a later array that took over the same id
+        del _STRINGS_MEMO[key]
+
+
+def _python_strings_encoding(ea: Any, np: Any) -> bytes:
+    """The same encoding as :func:`_arrow_strings_encoding` (8-byte offsets) for pandas strings held as
+    Python objects (``string[python]``, or ``str`` without pyarrow): the digest does not depend on the
+    storage. Missing values (NA, or NaN for ``str``) are the nulls."""
+    streams = _StringStreams(True)
+    n = len(ea)
+    missing = np.asarray(ea.isna(), dtype=bool)
+    for start in range(0, n, _OBJ_CHUNK):
+        block = np.asarray(ea[start : start + _OBJ_CHUNK], dtype=object)
+        nulls = missing[start : start + _OBJ_CHUNK]
+        valid = None
+        if nulls.any():
+            block = np.where(nulls, "", block)  # a new array: `block` may be the column's own storage
+            valid = ~nulls
+        items = block.tolist()
+        try:
+            encoded = list(map(str.encode, items))
+        except UnicodeEncodeError:  # lone surrogates (arrow cannot hold them): kept distinct, never failing
+            encoded = [_utf8(s) for s in items]
+        offsets = np.empty(len(encoded) + 1, dtype=np.int64)
+        offsets[0] = 0
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+        streams.feed(offsets, b"".join(encoded), valid, np)
+    return streams.encoding()
+
+
 # -- pyarrow ---------------------------------------------------------------------------------------
 
 
@@ -428,6 +609,9 @@ def _enc_arrow_chunks(enc: _Enc, arr: Any, pa: Any) -> None:
         or t.is_time(typ)
         or t.is_duration(typ)
     )
+    if _is_arrow_strings(typ, pa):
+        enc.buf += _arrow_strings_memo(arr, pa, sys.modules["numpy"], None)
+        return
     if fixed and arr.null_count == 0:
         # Null-free fixed-width data: hash the numpy view of each chunk's buffer; the C-order
         # bytes of consecutive chunks concatenate to the same stream however the data is chunked.

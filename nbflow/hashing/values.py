@@ -185,7 +185,10 @@ __all__ = [
 #: 2: a shared container, record or object holding more than SHARED_INLINE others is written once, then
 #: referenced (version 1 wrote it again at every occurrence: exponentially often in a graph of shared
 #: objects); the digest of every other value is the same as in version 1.
-FORMAT_VERSION: Final = 2
+#: 3: columns of strings (pandas' string dtypes, whichever the storage; arrow string and binary arrays) are
+#: written as their offsets, data and validity (three digests: _libraries._StringStreams) instead of value
+#: by value; every other digest is the same as in version 2.
+FORMAT_VERSION: Final = 3
 
 #: The budget of one value (see the module docstring): containers, records and objects entered, references
 #: to ones met before included; leaves (numbers, strings, buffers) do not count. Ten million is a few
