@@ -39,7 +39,8 @@ from nbflow._recovery import warn_once as _warn_once
 if TYPE_CHECKING:
     import datetime
 
-__all__ = ["RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs", "prune"]
+__all__ = ["RunList", "RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs",
+           "prune"]
 
 # Row formats. Runs: 1 = the JSON of ``RunRecord.header()``. Task runs: 1 = the JSON of ``to_dict()``
 # (written by earlier versions; still read), 2 = compact JSON (see ``_task_run_json``).
@@ -131,6 +132,13 @@ class TaskRunRecord:
         if self.start_time is None or self.end_time is None:
             return None
         return self.end_time - self.start_time
+
+    def __repr__(self) -> str:
+        # One line: the full record (history, key parts, traceback) is kilobytes, and lists print many.
+        attempts = f", {self.attempts} attempts" if self.attempts > 1 else ""
+        # (`#seq`, not the id: task-run ids begin with their creation time, so their heads look alike)
+        took = format_duration(self.duration)
+        return f"<TaskRunRecord #{self.seq} {self.task_name!r} {self.state}, {took}{attempts}>"
 
     def to_dict(self) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies and costs ~10x more, on every task call.
@@ -248,9 +256,30 @@ class RunRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds from the start to the end (None while it runs)."""
         if self.end_time is None:
             return None
         return self.end_time - self.start_time
+
+    @property
+    def name(self) -> str:
+        """The flow's name; for a session run, the notebook or script it ran (``session`` if unknown)."""
+        if self.kind == "session":
+            return os.path.basename(self.source) if self.source else "session"
+        return self.flow_name
+
+    def __repr__(self) -> str:
+        # One line (kind, name, state, start, duration, task counts): the dataclass repr of a run with its
+        # task runs is kilobytes, and list_runs() shows many.
+        return (f"<RunRecord {self.kind} {self.name!r} {self.state}, started {_clock(self.start_time)}, "
+                f"{format_duration(self.duration)}, {self._counts_text()}, id {self.id[:12]}>")
+
+    def _counts_text(self) -> str:
+        if not self.task_runs and self.task_run_count:  # listed without its task runs
+            return f"{self.task_run_count} task runs"
+        counts = self.counts()
+        other = f", {counts['other']} other" if counts["other"] else ""
+        return f"{counts['cached']} cached, {counts['computed']} computed, {counts['failed']} failed{other}"
 
     def add_task_run(self, task_run: TaskRunRecord) -> None:
         """Append a task run, numbering it. A session run keeps only its latest task runs in memory
@@ -855,13 +884,47 @@ def _flush_all() -> None:
             pass
 
 
-def list_runs(limit: int | None = None) -> list[RunRecord]:
-    """Recorded runs, newest first, each with its task runs (state, attempts, duration, cache key, ...)."""
+def _clock(timestamp: float | None) -> str:
+    """A local date and time as run listings show it."""
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+class RunList(list[RunRecord]):
+    """The runs :func:`list_runs` returns: a plain list, shown as one line per run (and as a table in a
+    notebook) instead of every field of every task run."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "RunList([])"
+        return "\n".join([f"RunList of {len(self)} run{'' if len(self) == 1 else 's'}:"]
+                         + [f"  {run!r}" for run in self])
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = []
+        for run in self:
+            parameters = ", ".join(f"{name}={value}" for name, value in run.parameters.items())
+            cells = (run.id[:12], run.kind, run.name, run.state, _clock(run.start_time),
+                     format_duration(run.duration), parameters, run._counts_text())
+            rows.append("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in cells) + "</tr>")
+        header = "".join(f"<th>{name}</th>" for name in
+                         ("run", "kind", "name", "state", "started", "duration", "parameters", "tasks"))
+        return (f'<table class="nbflow-runs"><thead><tr>{header}</tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def list_runs(limit: int | None = None) -> RunList:
+    """Recorded runs, newest first, each with its task runs (state, attempts, duration, cache key, ...).
+
+    A list (a :class:`RunList`) that prints one line per run and shows as a table in a notebook."""
     if limit is not None and limit <= 0:
         from nbflow.exceptions import ConfigurationError
 
         raise ConfigurationError(f"list_runs(limit={limit!r}): limit must be a positive number or None")
-    return history().list_runs(limit)
+    return RunList(history().list_runs(limit))
 
 
 def prune(older_than: float | datetime.timedelta) -> tuple[int, int]:

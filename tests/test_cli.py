@@ -411,3 +411,50 @@ def test_the_launch_watcher_reads_only_what_changed(tmp_path: Path) -> None:
     finally:
         watcher.close()
         history.close()
+
+
+def test_runs_lists_a_processs_flows_under_its_session_run_with_parameters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = textwrap.dedent(
+        """
+        import nbflow
+
+        @nbflow.task
+        def square(x):
+            return x * x
+
+        @nbflow.flow
+        def inner(k):
+            return square(k)
+
+        @nbflow.flow
+        def pipeline(n, name="a", sizes=(1, 2), opts={"lr": 0.1}, flag=None):
+            return [square(i) for i in range(n)] + [inner(5)]
+
+        pipeline(3)
+        square(9)
+        """
+    )
+    run_python(code, tmp_path)
+    run_python(code, tmp_path)  # a second process: its runs are not mixed up with the first's
+    data = cli_json(capsys, "runs")["runs"]
+    by_id = {run["id"]: run for run in data}
+    sessions = [run for run in data if run["kind"] == "session"]
+    assert len(sessions) == 2
+    for session in sessions:
+        flows = [run for run in data if run["parent"] == session["id"]]
+        assert [run["name"] for run in flows] == ["pipeline"] and flows[0]["pid"] == session["pid"]
+        [inner] = [run for run in data if run["parent"] == flows[0]["id"]]
+        assert inner["name"] == "inner" and inner["parameters"] == {"k": 5}
+    pipeline = next(run for run in data if run["name"] == "pipeline")
+    # JSON values where the recorded value is JSON-able; the recorded text otherwise.
+    assert pipeline["parameters"] == {"n": 3, "name": "a", "sizes": "tuple[2]", "opts": "dict[1]", "flag": None}
+    assert by_id[pipeline["parent"]]["kind"] == "session"
+
+    _, text, _ = cli(capsys, "runs")
+    lines = text.splitlines()
+    assert "parameters" in lines[0]
+    names = [line[14:].strip().split("  ")[0] for line in lines[2:]]  # after the 12-character run id
+    assert names == ["session", "└ pipeline", "└ inner"] * 2, text
+    assert "n=3, name='a', sizes=tuple[2]" in text

@@ -368,3 +368,32 @@ def test_the_history_file_is_private_even_in_a_home_others_can_read(nbflow_home:
     for path in nbflow_home.glob("runs.sqlite*"):
         assert path.stat().st_mode & 0o777 == 0o600, path
     history.close()
+
+
+def test_list_runs_prints_one_line_per_run_and_a_table_in_a_notebook(nbflow_home: Path) -> None:
+    @nbflow.task
+    def square(x: int) -> int:
+        return x * x
+
+    @nbflow.flow
+    def pipeline(n: int, label: str = "a <b>") -> list[int]:
+        return [square(i) for i in range(n)]
+
+    pipeline(3)
+    pipeline(3)
+    square(9)
+    listed = runs.list_runs()
+    assert isinstance(listed, list) and len(listed) == 3
+    text = repr(listed)
+    assert len(text) < 600, text  # was kilobytes of nested dataclass fields
+    lines = text.splitlines()
+    assert lines[0] == "RunList of 3 runs:" and len(lines) == 4
+    assert all(line.startswith("  <RunRecord ") and line.endswith(">") for line in lines[1:])
+    flow_lines = [line for line in lines if "'pipeline'" in line]
+    assert "flow 'pipeline' Completed, started " in flow_lines[0] and "3 cached, 0 computed, 0 failed" in flow_lines[0]
+    assert "0 cached, 3 computed, 0 failed" in flow_lines[1]
+    assert repr(listed[0].task_runs[0]).startswith("<TaskRunRecord #0 'square' Completed, ")
+    html = listed._repr_html_()
+    assert html.startswith("<table") and html.count("<tr>") == 4
+    assert "label=&#x27;a &lt;b&gt;&#x27;" in html  # parameters shown, escaped
+    assert repr(runs.RunList()) == "RunList([])"

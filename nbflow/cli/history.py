@@ -67,13 +67,75 @@ def _duration(run: RunRecord) -> float | None:
 
 
 def _run_name(run: RunRecord) -> str:
-    if run.kind == "session":
-        return Path(run.source).name if run.source else "session"
-    return run.flow_name
+    return run.name
 
 
-def run_summary(run: RunRecord, counts: dict[str, int]) -> dict[str, Any]:
-    """One run as ``nbflow runs --json`` lists it."""
+def json_parameters(parameters: dict[str, str]) -> dict[str, Any]:
+    """Recorded parameters (short reprs) as JSON values where the repr is a JSON-able literal (``3``,
+    ``'a'``, ``[1, 2]``, ``None``), else the repr itself (``list[1000]``, ``<DataFrame ...>``)."""
+    import ast
+
+    values: dict[str, Any] = {}
+    for name, text in parameters.items():
+        try:
+            value = ast.literal_eval(text)
+            # Round-trips through JSON unchanged (no tuples, sets, bytes, NaN, non-string keys).
+            if json.loads(json.dumps(value, allow_nan=False)) != value:
+                raise ValueError(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = text
+        values[name] = value
+    return values
+
+
+def parents(runs: list[RunRecord]) -> dict[str, str]:
+    """The run each listed run was made in, by id: a subflow's parent flow; a top-level flow's session
+    run (the notebook, headless run or script that called it). The session run of a process starts at its
+    first task call outside a flow (a kernel's, at once), so a top-level flow belongs to the earliest
+    session run of its process (same pid and launch) that had not ended when the flow started."""
+    sessions = sorted((run for run in runs if run.kind == "session"), key=lambda run: run.start_time)
+    found: dict[str, str] = {}
+    for run in runs:
+        if run.parent_run_id is not None:
+            found[run.id] = run.parent_run_id
+        elif run.kind == "flow":
+            for session in sessions:
+                if (session.pid == run.pid and session.launch_id == run.launch_id
+                        and (session.end_time is None or run.start_time <= session.end_time)):
+                    found[run.id] = session.id
+                    break
+    return found
+
+
+def _nested(runs: list[RunRecord], parent_of: dict[str, str]) -> list[tuple[int, RunRecord]]:
+    """The runs in listing order (newest first), each run's children right under it, with their depth; a
+    run whose parent is not listed (beyond --limit) is listed at the top level."""
+    listed = {run.id for run in runs}
+    children: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        parent = parent_of.get(run.id)
+        if parent in listed:
+            children.setdefault(parent, []).append(run)
+    ordered: list[tuple[int, RunRecord]] = []
+
+    def visit(run: RunRecord, depth: int) -> None:
+        ordered.append((depth, run))
+        for child in children.get(run.id, ()):
+            visit(child, depth + 1)
+
+    for run in runs:
+        if parent_of.get(run.id) not in listed:
+            visit(run, 0)
+    return ordered
+
+
+def _parameters_text(parameters: dict[str, str], width: int = 40) -> str:
+    text = ", ".join(f"{name}={value}" for name, value in parameters.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_summary(run: RunRecord, counts: dict[str, int], parent: str | None = None) -> dict[str, Any]:
+    """One run as ``nbflow runs --json`` lists it: ``parent`` is the run it was made in (see :func:`parents`)."""
     return {
         "id": run.id,
         "name": _run_name(run),
@@ -86,9 +148,10 @@ def run_summary(run: RunRecord, counts: dict[str, int]) -> dict[str, Any]:
         "end_time": run.end_time,
         "duration": _duration(run),
         "parent_run_id": run.parent_run_id,
+        "parent": parent or run.parent_run_id,
         "launch_id": run.launch_id,
         "pid": run.pid,
-        "parameters": run.parameters,
+        "parameters": json_parameters(run.parameters),
         "tasks": counts,
     }
 
@@ -107,23 +170,25 @@ def list_command(home: Path, *, limit: int, as_json: bool, out: TextIO) -> int:
             counts = task_counts(connection, [run.id for run in runs])
         finally:
             connection.close()
-    summaries = [run_summary(run, counts[run.id]) for run in runs]
+    parent_of = parents(runs)
     if as_json:
+        summaries = [run_summary(run, counts[run.id], parent_of.get(run.id)) for run in runs]
         print_json({"home": str(home), "runs": summaries}, out)
         return EXIT_OK
     if not runs:
         print(f"no runs recorded in {home}", file=out)
         return EXIT_OK
     rows_out = []
-    for item in summaries:
-        tasks = item["tasks"]
+    # A run's flows (and a flow's subflows) are listed under it, indented.
+    for depth, run in _nested(runs, parent_of):
+        tasks = counts[run.id]
         running = f", {tasks['other']} other" if tasks["other"] else ""
         rows_out.append((
-            item["id"][:12], item["name"], item["kind"], item["state"], format_time(item["start_time"]),
-            format_duration(item["duration"]),
+            run.id[:12], "  " * depth + ("└ " if depth else "") + run.name, run.kind, run.state,
+            format_time(run.start_time), format_duration(run.duration), _parameters_text(run.parameters) or "-",
             f"{tasks['cached']} cached, {tasks['computed']} computed, {tasks['failed']} failed{running}",
         ))
-    table(("run", "notebook/flow", "kind", "state", "started", "duration", "tasks"), rows_out, out)
+    table(("run", "notebook/flow", "kind", "state", "started", "duration", "parameters", "tasks"), rows_out, out)
     return EXIT_OK
 
 
