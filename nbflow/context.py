@@ -41,8 +41,12 @@ _HELD_BYTES = 64 * 1024 * 1024
 _HELD_ONE = 8 * 1024 * 1024  # a larger result of plain values is not held: no edge from it
 _ITEMS_LOOKED_AT = 64
 _ITEM_REFS = 8
-# Interned and shared: an identity match would be a false edge.
-_SHARED = (bool, int, float, str, bytes, type(None))
+# Plain values told apart by identity while held (see ResultIdentities.remember); a task returning one of
+# those CPython shares (small ints, one-character strings, True/False/None) gets no edge: any other use of
+# the same value would be the same object, a false edge (Prefect draws none from them either).
+_SCALARS = frozenset({int, float, complex, str, bytes})
+_SCALARS_KEPT = 4096  # the newest scalar results kept for edges (each holds its value: a few dozen bytes)
+_SCALAR_LENGTH = 4096  # a longer str/bytes result is held with the other results' byte budget
 _TINY = frozenset({bool, int, float, complex, type(None)})  # held as they are: smaller than a reference
 _NO_WEAKREF = frozenset({str, bytes, tuple, list, dict, set, frozenset})
 
@@ -152,12 +156,31 @@ class ResultIdentities:
         # id -> (matcher, task run id, bytes held); oldest first.
         self.by_id: OrderedDict[int, tuple[Matcher, str, int]] = OrderedDict()
         self.held = 0
+        # Scalar results (numbers, short strings): id -> (the value, held so that its id stays its own, task
+        # run id); the newest _SCALARS_KEPT only.
+        self.scalars: OrderedDict[int, tuple[Any, str]] = OrderedDict()
         # Reentrant: a weak reference's callback can run inside, when a collection happens there.
         self._lock = threading.RLock()
 
     def remember(self, value: Any, task_run_id: str) -> None:
         """``value`` was produced by task run ``task_run_id``."""
-        if isinstance(value, _SHARED):
+        kind = type(value)
+        if kind in _SCALARS:
+            if kind is int:
+                if -5 <= value <= 256:
+                    return  # shared by CPython
+            elif (kind is str or kind is bytes) and len(value) <= 1:
+                return  # shared by CPython
+            # A long str/bytes is held within the byte budget below, with the other results.
+            if not (kind is str or kind is bytes) or len(value) <= _SCALAR_LENGTH:
+                with self._lock:
+                    scalars = self.scalars
+                    scalars[id(value)] = (value, task_run_id)
+                    scalars.move_to_end(id(value))
+                    if len(scalars) > _SCALARS_KEPT:
+                        scalars.popitem(last=False)
+                return
+        elif value is None or kind is bool:
             return
         key = id(value)
         matcher, held = identity_matcher(value, lambda dead: self._forget(key, dead))
@@ -179,6 +202,7 @@ class ResultIdentities:
         """Forget every result."""
         with self._lock:
             self.by_id.clear()
+            self.scalars.clear()
             self.held = 0
 
     def _forget(self, key: int, matcher: Matcher) -> None:
@@ -191,11 +215,14 @@ class ResultIdentities:
     def producer(self, value: Any) -> str | None:
         """The task run that produced ``value``, if remembered."""
         entry = self.by_id.get(id(value))
-        return entry[1] if entry is not None and entry[0](value) else None
+        if entry is not None and entry[0](value):
+            return entry[1]
+        scalar = self.scalars.get(id(value))
+        return scalar[1] if scalar is not None and scalar[0] is value else None
 
     def upstream_of(self, arguments: dict[str, Any]) -> list[str]:
         """Task runs whose results appear among ``arguments`` (one container level deep)."""
-        if not self.by_id:
+        if not self.by_id and not self.scalars:
             return []
         return producers_among(arguments, self.producer)
 

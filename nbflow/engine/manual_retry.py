@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nbflow.context import WeakValues
@@ -29,6 +31,8 @@ __all__ = [
     "failed_call_inputs",
     "failed_flow_runs",
     "failed_task_runs",
+    "RetryOutcome",
+    "retry_and_resume",
     "retry_flow_run",
     "retry_task_run",
 ]
@@ -80,6 +84,15 @@ _failed_tasks: OrderedDict[str, _FailedCall] = OrderedDict()
 _failed_flows: OrderedDict[str, FlowRunEngine] = OrderedDict()
 _latest: dict[str, str] = {}  # task key -> its latest failed task run (the one whose inputs are held)
 _latest_flow: dict[str, str] = {}  # flow name -> its latest failed flow run (the one whose parameters are held)
+# (flow run id, dynamic key) -> the failed task run of that call in the flow run, so that a later attempt of
+# the same call that completes (the flow's own retry) makes the failure history rather than an action.
+_by_call: dict[tuple[str, tuple[str, int]], str] = {}
+
+
+def _call_of(call: _FailedCall) -> tuple[str, tuple[str, int]] | None:
+    if call.flow_context is None or call.dynamic_key is None:
+        return None
+    return (call.flow_context.run.id, call.dynamic_key)
 
 
 def _remember(registry: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -87,16 +100,38 @@ def _remember(registry: OrderedDict[str, Any], key: str, value: Any) -> None:
         registry[key] = value
         registry.move_to_end(key)
         while len(registry) > _LIMIT:
-            registry.popitem(last=False)
+            _, dropped = registry.popitem(last=False)
+            if isinstance(dropped, _FailedCall):
+                place = _call_of(dropped)
+                if place is not None:
+                    _by_call.pop(place, None)
 
 
 def remember_failed_task(task_run_id: str, call: _FailedCall) -> None:
     with _lock:
         previous = _failed_tasks.get(_latest.get(call.task.task_key, ""))
         _latest[call.task.task_key] = task_run_id
+        place = _call_of(call)
+        if place is not None:
+            superseded = _by_call.get(place)
+            if superseded is not None:  # the same call failed again: the older failure is history
+                _failed_tasks.pop(superseded, None)
+            _by_call[place] = task_run_id
     if previous is not None:
         previous.demote()
     _remember(_failed_tasks, task_run_id, call)
+
+
+def call_completed(flow_run_id: str, dynamic_key: tuple[str, int]) -> None:
+    """A call of a flow run completed (a later attempt of the flow, or a retry): an earlier failure of the
+    same call is no longer something to retry. Called by the engine for every completed call in a flow,
+    so it returns at once while no call of any flow has failed."""
+    if not _by_call:
+        return
+    with _lock:
+        task_run_id = _by_call.pop((flow_run_id, dynamic_key), None)
+        if task_run_id is not None:
+            _failed_tasks.pop(task_run_id, None)
 
 
 def remember_failed_flow(run_id: str, engine: FlowRunEngine) -> None:
@@ -170,6 +205,9 @@ def retry_task_run(task_run_id: str) -> State:
     if state.is_completed():
         with _lock:
             _failed_tasks.pop(task_run_id, None)
+            place = _call_of(call)
+            if place is not None and _by_call.get(place) == task_run_id:
+                del _by_call[place]
     return state
 
 
@@ -187,3 +225,38 @@ def retry_flow_run(run_id: str) -> State:
         with _lock:
             _failed_flows.pop(run_id, None)
     return state
+
+
+@dataclass
+class RetryOutcome:
+    """What :func:`retry_and_resume` did: each retried call's new state (in order), and the new state of each
+    flow run it resumed."""
+
+    states: list[State]
+    resumed: dict[str, State] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        """Every retried call and every resumed flow run completed."""
+        return all(state.is_completed() for state in [*self.states, *self.resumed.values()])
+
+
+def retry_and_resume(task_run_ids: Sequence[str]) -> RetryOutcome:
+    """Retry failed calls (:func:`retry_task_run`), then resume each failed flow run whose retried calls
+    all completed (:func:`retry_flow_run`), so that what depends on them runs too — what the graph's Retry
+    and ``%nbflow retry`` both do."""
+    outcome = RetryOutcome([])
+    by_run: dict[str, list[State]] = {}
+    for task_run_id in task_run_ids:
+        with _lock:
+            call = _failed_tasks.get(task_run_id)
+        state = retry_task_run(task_run_id)
+        outcome.states.append(state)
+        if call is not None and call.flow_context is not None:
+            by_run.setdefault(call.flow_context.run.id, []).append(state)
+    failed_runs = set(failed_flow_runs())
+    for run_id, states in by_run.items():
+        if run_id in failed_runs and all(state.is_completed() for state in states):
+            # The rest of the flow never ran: carry on from here (completed calls are reused).
+            outcome.resumed[run_id] = retry_flow_run(run_id)
+    return outcome

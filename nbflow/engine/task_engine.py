@@ -48,7 +48,7 @@ from nbflow.engine import randomness, runtime
 from nbflow.engine.conditions import Conditional, Observation, generator_globals, is_generator, key_parts
 from nbflow.engine.file_reads import current as current_recorder
 from nbflow.engine.futures import TaskFuture, futures_in, resolve
-from nbflow.engine.manual_retry import _FailedCall, remember_failed_task
+from nbflow.engine.manual_retry import _FailedCall, call_completed, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
 from nbflow.engine.runtime import get_store, session_run, summarize
 from nbflow.exceptions import (
@@ -712,6 +712,7 @@ class TaskRunEngine:
                     # Not held when the store has it (see CompletedCall): a flow keeps no result alive.
                     stored = self.key if task_run.persisted else None
                     self.flow_context.completed[self.dynamic_key] = CompletedCall(result, stored)
+                    call_completed(self.flow_context.run.id, self.dynamic_key)
                 self.flow_context.remember_result(result, task_run.id)
             elif runtime.session_tracker is not None:
                 runtime.session_tracker.remember_result(result, task_run.id)
@@ -722,6 +723,9 @@ class TaskRunEngine:
                 task_run.traceback = user_traceback(error)
             if state.is_final():
                 self.run.failed_task_runs += 1
+            # A call that never ran (its upstream failed) is not retried by itself: retrying the failure
+            # upstream and resuming the flow runs it.
+            if state.is_final() and state.name != "UpstreamFailed":
                 remember_failed_task(
                     task_run.id,
                     _FailedCall(task, self.args, self.kwargs, self.flow_context, self.dynamic_key),

@@ -333,15 +333,19 @@ def cache_clear(name: str | None) -> str:
 
 
 def retry(shell: Any, session: Session, name: str) -> None:
-    """Run the failed task run(s) again: ``NAME`` (its latest run), or every failed one (``--failed``)."""
-    from nbflow.engine.manual_retry import NotRetryable, failed_call_inputs, retry_task_run
+    """Run the failed task run(s) again: ``NAME`` (its latest run), or every failed one (``--failed``); then
+    resume each failed flow run whose retried calls completed, as the graph's Retry does."""
+    from nbflow.engine.manual_retry import NotRetryable, failed_call_inputs, retry_and_resume
 
     pairs = _session_task_runs()
+    run_names = {run.id: run.flow_name for run, _ in pairs}
     latest: dict[str, TaskRunRecord] = {}
     for _, task_run in pairs:
         latest[task_run.task_name] = task_run
+    failed = ("FAILED", "CRASHED", "CANCELLED")
     if name == "--failed":
-        targets = [t for t in latest.values() if t.state_type in ("FAILED", "CRASHED", "CANCELLED")]
+        # A call that never ran because its upstream failed reruns when the flow resumes.
+        targets = [t for t in latest.values() if t.state_type in failed and t.state != "UpstreamFailed"]
         if not targets:
             print("nothing to retry: no task has failed")
             return
@@ -349,31 +353,45 @@ def retry(shell: Any, session: Session, name: str) -> None:
         target = latest.get(name)
         if target is None:
             _usage(f"%nbflow retry: no task or cell task named {name!r} has run in this session", NBFLOW_USAGE)
-        if target.state_type not in ("FAILED", "CRASHED", "CANCELLED"):
+        if target.state_type not in failed:
             _usage(f"%nbflow retry: {name!r} did not fail (its latest run is {target.state})", NBFLOW_USAGE)
+        if target.state == "UpstreamFailed":
+            _usage(f"%nbflow retry: {name!r} did not run because a task it depends on failed; retry that task "
+                   f"(its flow then resumes and runs {name!r})", NBFLOW_USAGE)
         targets = [target]
+    calls = []
     for target in targets:
+        if not target.task_key.startswith("cell:"):
+            calls.append(target)
+            continue
         print(f"retrying {target.task_name} ...")
-        if target.task_key.startswith("cell:"):
-            spec = session.cells.get(target.task_name)
-            if spec is None:
-                _usage(f"%nbflow retry: the cell of {target.task_name!r} is unknown", NBFLOW_USAGE)
-            # Rerun with the data the failed run saw (rebound in the namespace), not whatever the
-            # variables hold now; functions, classes and modules stay current, so a fixed helper counts.
-            original = failed_call_inputs(target.id) or {}
-            shell.user_ns.update({
-                name: value for name, value in original.items()
-                if not (callable(value) or isinstance(value, types.ModuleType))
-            })
-            run_cell_task(shell, spec, session)
-        else:
-            try:
-                state = retry_task_run(target.id)
-            except NotRetryable as error:
-                _usage(f"%nbflow retry: {error}", NBFLOW_USAGE)
-            print(f"{target.task_name}: {state.name}")
-            if not state.is_completed():
-                state.result()  # raises the task's error
+        spec = session.cells.get(target.task_name)
+        if spec is None:
+            _usage(f"%nbflow retry: the cell of {target.task_name!r} is unknown", NBFLOW_USAGE)
+        # Rerun with the data the failed run saw (rebound in the namespace), not whatever the
+        # variables hold now; functions, classes and modules stay current, so a fixed helper counts.
+        original = failed_call_inputs(target.id) or {}
+        shell.user_ns.update({
+            name: value for name, value in original.items()
+            if not (callable(value) or isinstance(value, types.ModuleType))
+        })
+        run_cell_task(shell, spec, session)
+    if not calls:
+        return
+    print(f"retrying {', '.join(target.task_name for target in calls)} ...")
+    try:
+        # All at once: a flow resumes once, after every failed call of it was retried.
+        outcome = retry_and_resume([target.id for target in calls])
+    except NotRetryable as error:
+        _usage(f"%nbflow retry: {error}", NBFLOW_USAGE)
+    for target, state in zip(calls, outcome.states, strict=True):
+        print(f"{target.task_name}: {state.name}")
+    for run_id, state in outcome.resumed.items():
+        print(f"flow run {run_names.get(run_id, run_id[:8])!r} resumed: {state.name}"
+              + (f" ({state.message})" if state.message and not state.is_completed() else ""))
+    for state in [*outcome.states, *outcome.resumed.values()]:
+        if not state.is_completed():
+            state.result()  # raises the error
 
 
 def nbflow_magic(shell: Any, session: Session, line: str) -> Any:

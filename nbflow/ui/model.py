@@ -51,6 +51,7 @@ __all__ = [
 
 NodeState = Literal[
     "pending", "running", "retrying", "completed", "cached", "failed", "timedout", "cancelled", "crashed",
+    "upstream",  # did not run: a call it depends on failed (never retried by itself)
     "stale", "uncached",  # a notebook cell's (auto mode's cell graph, nbflow.ui.cells)
 ]
 
@@ -66,6 +67,7 @@ _BY_NAME: dict[str, NodeState] = {
     "TimedOut": "timedout",
     "Cancelled": "cancelled",
     "Crashed": "crashed",
+    "UpstreamFailed": "upstream",
 }
 _BY_TYPE: dict[str, NodeState] = {
     "PENDING": "pending",
@@ -113,6 +115,16 @@ class NodeData(TypedDict):
     total: NotRequired[int]
     counts: NotRequired[dict[str, int]]
     status: NotRequired[str]  # the second line, in place of the one made from the state (a cell's)
+    duration: NotRequired[float | None]  # seconds the call's computed run took (None: running, cached, group)
+    saved: NotRequired[float | None]  # a cached call: seconds its original run took, when this graph knows
+    start: NotRequired[float | None]  # epoch seconds: the call's first Running (a group's earliest)
+    end: NotRequired[float | None]  # epoch seconds: its final state (a group's latest; None while under way)
+    spans: NotRequired[list[Span]]  # a call's timeline (see _spans)
+
+
+# One bar of a call's timeline: [start, end (None while open), state] — an attempt's run ending in the state
+# it ended in ("running" while open), a wait before a retry ("waiting"), a cache hit (a zero-length "cached").
+Span = list[float | str | None]
 
 
 class EdgeData(TypedDict):
@@ -132,6 +144,8 @@ class RunData(TypedDict):
     state: str
     retryable: bool
     parent: str | None
+    start: NotRequired[float]
+    end: NotRequired[float | None]
 
 
 class GraphPayload(TypedDict):
@@ -155,6 +169,11 @@ class NodePatch(TypedDict):
     count: NotRequired[int]
     total: NotRequired[int]
     counts: NotRequired[dict[str, int]]
+    duration: NotRequired[float | None]
+    saved: NotRequired[float | None]
+    start: NotRequired[float | None]
+    end: NotRequired[float | None]
+    spans: NotRequired[list[Span]]
 
 
 class StatePatch(TypedDict):
@@ -210,6 +229,7 @@ class DetailsData(TypedDict):
     total: NotRequired[int]
     failed_members: NotRequired[list[MemberData]]
     stale: NotRequired[list[str]]  # why a notebook cell is stale (auto mode's cell graph)
+    saved: NotRequired[float | None]  # a cached call: seconds its original run took, when known
 
 
 class Command(TypedDict, total=False):
@@ -264,6 +284,23 @@ class _Node:
         self.last = task_run
 
 
+def _attempt_at(marks: list[tuple[float, str, str]], task_run: TaskRunRecord) -> tuple[int, bool]:
+    """The attempt of its flow run a recorded task run was made in, and whether the run had ended then (a
+    manual retry of a call): what a live graph captures as each task run is first seen, read back from the
+    run's history, so that a graph built from the history (``%nbflow graph``) places a flow retry's calls
+    on the calls they retried."""
+    began = task_run.history[0].timestamp if task_run.history else task_run.start_time
+    attempt, final = 0, False
+    for timestamp, name, state_type in marks:
+        if began is not None and timestamp > began:
+            break
+        if name in ("Running", "Retrying"):
+            attempt, final = attempt + 1, False
+        elif state_type in _FINAL_TYPES:
+            final = True
+    return max(attempt, 1), final
+
+
 _NO_COUNTS: dict[str, int] = {}  # shared by calls, never written (only groups count)
 _NO_RECORDS: list[TaskRunRecord] = []
 _NO_FAILED: dict[str, _Node] = {}
@@ -288,12 +325,17 @@ class GraphModel:
         # object kept per call is one more for the garbage collector to walk).
         self._by_call: dict[tuple[str, str], list[str]] = {}
         self._calls: dict[tuple[str, int, str], int] = {}  # (run id, attempt, task key) -> calls seen
-        self._own: dict[tuple[str, str], list[_Node]] = {}  # calls drawn on their own, per (run, task)
-        self._folds: dict[tuple[str, str], _Node] = {}  # (run id, task key) -> its repeat group
+        # Calls drawn on their own, and repeat groups, per (run id, task key, task name): tasks made by one
+        # factory share a function (and task key) but are different tasks, folded apart.
+        self._own: dict[tuple[str, str, str], list[_Node]] = {}
+        self._folds: dict[tuple[str, str, str], _Node] = {}
         self._maps: dict[str, _Node] = {}  # map id -> its group
         self._unsuccessful: dict[tuple[str, str], dict[str, _Node]] = {}  # (run, task) -> failed calls
         self._active: dict[str, _Node] = {}  # calls whose last record was not final when last looked at
         self._next_fold_check = FOLD_AT
+        # Cache key -> seconds the run that computed it took, from the computed calls this graph saw: what a
+        # later hit of the key saved.
+        self._computed: dict[str, float] = {}
         self.structure_rev = 0
         self._layout: Layout[str] | None = None
         self._layout_rev = -1
@@ -307,9 +349,10 @@ class GraphModel:
             return False
         self.runs[run.id] = run
         self.structure_rev += 1
-        attempt = 1
+        marks = [(entry.timestamp, entry.name, entry.type) for entry in list(run.history)]
         for task_run in list(run.task_runs):
-            self.add_task_run(run, task_run, attempt, run_final=False)
+            attempt, final = _attempt_at(marks, task_run)
+            self.add_task_run(run, task_run, attempt, run_final=final)
         return True
 
     def add_task_run(self, run: RunRecord, task_run: TaskRunRecord, attempt: int, run_final: bool) -> str:
@@ -375,7 +418,7 @@ class GraphModel:
         """The group an existing map or fold has for a new call of ``task_run``'s task, if any."""
         if task_run.map_id is not None:
             return self._maps.get(task_run.map_id)
-        return self._folds.get((run_id, task_run.task_key))
+        return self._folds.get((run_id, task_run.task_key, task_run.task_name))
 
     def _add_light(self, group: _Node, task_run: TaskRunRecord) -> str:
         """A new call of a group that has already completed: counted, its task run kept, no node of its own.
@@ -398,7 +441,7 @@ class GraphModel:
     def _new_call(self, run_id: str, task_run: TaskRunRecord) -> _Node:
         call = _Node(task_run.id, run_id, task_run)
         self.calls[call.id] = call
-        key = (run_id, task_run.task_key)
+        key = (run_id, task_run.task_key, task_run.task_name)
         if task_run.map_id is not None:
             group = self._maps.get(task_run.map_id)
             if group is None:
@@ -479,6 +522,10 @@ class GraphModel:
         call.seen_record = last
         if last.state_type in _FINAL_TYPES:
             self._active.pop(call.id, None)
+            if not last.cache_hit and last.cache_key is not None and last.state_type == "COMPLETED":
+                duration = last.duration
+                if duration is not None:
+                    self._computed[last.cache_key] = duration
         else:
             self._active[call.id] = call
         if call.earlier is None:  # the common case, inline: one task run, its own state
@@ -569,7 +616,28 @@ class GraphModel:
         }
         if node.members is not None:
             _group_fields(node, patch)
+        self._timing(node, patch)
         return patch
+
+    def _timing(self, node: _Node, data: NodeData | NodePatch) -> None:
+        """Times of a node: a call's duration (or what a hit saved), start, end and timeline spans; a group's
+        start and end."""
+        if node.members is not None:
+            runs = [r for call in node.members for r in call.records] + node.light
+            starts = [r.start_time for r in runs if r.start_time is not None]
+            ends = [r.end_time for r in runs if r.end_time is not None]
+            data["start"] = min(starts) if starts else None
+            data["end"] = max(ends) if ends and not self._group_running(node) else None
+            return
+        _, shown = self.node_state(node)
+        record = shown or node.last
+        records = node.records
+        hit = record.cache_hit
+        data["duration"] = None if hit or record.end_time is None else record.duration
+        data["saved"] = self._computed.get(record.cache_key) if hit and record.cache_key else None
+        data["start"] = next((r.start_time for r in records if r.start_time is not None), None)
+        data["end"] = node.last.end_time
+        data["spans"] = _spans(records)
 
     def run_data(self, run: RunRecord, retryable_runs: set[str]) -> RunData:
         return {
@@ -583,6 +651,8 @@ class GraphModel:
                 run.kind == "flow" and run.end_time is not None and run.state_type in _UNSUCCESSFUL
             ),
             "parent": run.parent_run_id,
+            "start": run.start_time,
+            "end": run.end_time,
         }
 
     # -- layout and payload -------------------------------------------------------------------------
@@ -613,6 +683,7 @@ class GraphModel:
             }
             if node.members is not None:
                 _group_fields(node, data)
+            self._timing(node, data)
             nodes.append(data)
         edges: list[EdgeData] = [
             {"source": source, "target": target, "points": [[round(x, 1), round(y, 1)] for x, y in points]}
@@ -673,6 +744,7 @@ class GraphModel:
             "logs": logs,
             "history": history,
             "retryable": last.id in ids,
+            "saved": _saved(keyed, known, earlier) if keyed.cache_hit else None,
         }
 
     def _group_details(self, group: _Node, ids: set[str]) -> DetailsData:
@@ -784,7 +856,7 @@ def _group_state(group: _Node) -> NodeState:
     waiting = counts.get("pending", 0) + total - members
     if waiting:
         return "running" if waiting < total else "pending"
-    worst: tuple[NodeState, ...] = ("crashed", "failed", "timedout", "cancelled")
+    worst: tuple[NodeState, ...] = ("crashed", "failed", "timedout", "cancelled", "upstream")
     for state in worst:
         if counts.get(state):
             return state
@@ -799,6 +871,55 @@ def _group_fields(group: _Node, data: NodeData | NodePatch) -> None:
     data["count"] = counts.get("completed", 0) + counts.get("cached", 0)
     data["total"] = max(group.total or 0, _size(group))
     data["counts"] = {name: count for name, count in counts.items() if count}
+
+
+def _spans(records: list[TaskRunRecord]) -> list[Span]:
+    """A call's timeline from its task runs' histories: each attempt's run ``[start, end, state it ended
+    in]`` (end None and "running" while it runs), each wait before a retry ``[start, end, "waiting"]``, a
+    cache hit (or a reuse) as ``[t, t, "cached"]``, a call that never ran (upstream failed) as ``[t, t,
+    state]``."""
+    spans: list[Span] = []
+    for record in records:
+        running: float | None = None
+        waiting: float | None = None
+        for entry in record.history:
+            at = entry.timestamp
+            if entry.type == "RUNNING":
+                if waiting is not None:
+                    spans.append([waiting, at, "waiting"])
+                    waiting = None
+                if running is None:
+                    running = at
+            elif entry.name == "AwaitingRetry":
+                if running is not None:
+                    spans.append([running, at, "failed"])
+                    running = None
+                waiting = at
+            elif entry.type in _FINAL_TYPES:
+                state = css_state(entry.name, entry.type)
+                if running is not None:
+                    spans.append([running, at, state])
+                elif waiting is not None:
+                    spans.append([waiting, at, "waiting"])
+                else:
+                    spans.append([at, at, state])
+                running = waiting = None
+        if running is not None:
+            spans.append([running, None, "running"])
+        elif waiting is not None:
+            spans.append([waiting, None, "waiting"])
+    return spans
+
+
+def _saved(record: TaskRunRecord, known: list[TaskRunRecord], earlier: Iterable[TaskRunRecord]) -> float | None:
+    """What a cache hit saved: the duration of the latest computed run of the same key that is known."""
+    best: TaskRunRecord | None = None
+    for candidate in (*known, *earlier):
+        if (candidate.cache_key == record.cache_key and not candidate.cache_hit and candidate.end_time is not None
+                and candidate.state_type == "COMPLETED"
+                and (best is None or (best.end_time or 0) < candidate.end_time)):
+            best = candidate
+    return best.duration if best is not None else None
 
 
 def _is_reuse(record: TaskRunRecord) -> bool:

@@ -25,6 +25,8 @@ STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
     "timedout": ("#fdba74", "#c2410c", False),
     "cancelled": ("#e4e4e7", "#52525b", True),
     "crashed": ("#f87171", "#7f1d1d", False),
+    # Did not run (a call it depends on failed): pale, dashed red, never a Retry — not a failure of its own.
+    "upstream": ("#f3f4f6", "#b91c1c", True),
     # Notebook cells (auto mode): "stale" is also dotted, thicker and badged, so it does not rest on colour.
     "stale": ("#fef3c7", "#b45309", True),
     "uncached": ("#ffffff", "#6b7280", False),

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from IPython.display import DisplayHandle
 
     from nbflow.runs import RunRecord, TaskRunRecord
-    from nbflow.states import State
 
 __all__ = ["TaskGraph", "session_graph"]
 
@@ -255,7 +254,9 @@ class TaskGraph(anywidget.AnyWidget):
         text = to_json(payload).decode()
         with self.hold_sync():
             self.graph_json = text
-            self.patch = cast(dict, self._pending_patch)
+            # A copy, never the queued patch itself: the next patch is queued by changing that dict in
+            # place, and traitlets would find the trait already equal to it and send nothing.
+            self.patch = {"rev": self._rev, "nodes": {}, "runs": {}}
         self._sent()
         self._last_full = time.monotonic()
         self._full_cost = self._last_full - started
@@ -359,26 +360,21 @@ class TaskGraph(anywidget.AnyWidget):
             retryable = set(manual_retry.failed_task_runs())
             targets = [task_run_id for task_run_id in model.retry_targets(node_id)
                        if node.members is None or task_run_id in retryable]
-            run_id = node.run_id
         if not targets:
             raise manual_retry.NotRetryable(f"{node.task_name}: no failed call this process can retry")
         label = node.task_name if len(targets) == 1 else f"{len(targets)} failed calls of {node.task_name}"
         self._running(f"retrying {label}…")
-        states: list[State] = []
         try:
-            for task_run_id in targets:
-                states.append(manual_retry.retry_task_run(task_run_id))
-            if all(state.is_completed() for state in states) and run_id in manual_retry.failed_flow_runs():
-                # The rest of the flow never ran: carry on from here (completed tasks are reused).
-                states = [manual_retry.retry_flow_run(run_id)]
+            outcome = manual_retry.retry_and_resume(targets)
         finally:
             self._done()
-        if len(states) == 1:
-            state = states[0]
+        shown = list(outcome.resumed.values()) or outcome.states  # a resumed flow's state says the most
+        if len(shown) == 1:
+            state = shown[0]
             self.notice = f"retry: {state.name}" + (f" ({state.message})" if state.message else "")
         else:
-            failed = sum(not state.is_completed() for state in states)
-            self.notice = f"retry: {len(states) - failed} of {len(states)} Completed"
+            failed = sum(not state.is_completed() for state in shown)
+            self.notice = f"retry: {len(shown) - failed} of {len(shown)} Completed"
 
     def _retry_flow(self, run_id: str) -> None:
         self._running("retrying failed tasks…")
@@ -473,7 +469,12 @@ def _earlier_runs_of(model: GraphModel, node_id: str) -> list[TaskRunRecord]:
     node = model.calls.get(node_id)
     if node is None:
         return []
-    if any(n.task_key == node.task_key and n.id != node.id for n in model.calls.values()):
+    last = node.last
+    if last.cache_hit and last.cache_key is not None:
+        # A hit: the run that computed its key (what it saved) is usually an earlier session's.
+        if last.cache_key in model._computed:
+            return []
+    elif any(n.task_key == node.task_key and n.id != node.id for n in model.calls.values()):
         return []
     from nbflow.runs import history
 

@@ -312,6 +312,26 @@ def test_retry_failed_reruns_failed_cells_and_task_calls(shell: Any) -> None:
     assert task_runs("cellfail")[-1].state == "Completed" and shell.user_ns["z"] == 3
 
 
+def test_nbflow_retry_resumes_the_flow_like_the_graphs_retry(shell: Any) -> None:
+    result = shell.run_cell(
+        "import nbflow\nfrom nbflow.cache_policies import INPUTS, NONE\nbroken = True\nran = []\n"
+        "@nbflow.task(cache_policy=NONE)\ndef load():\n    ran.append('load')\n"
+        "    if broken:\n        raise ConnectionError('db down')\n    return 3\n"
+        "@nbflow.task(cache_policy=NONE)\ndef report(n):\n    ran.append('report')\n    return f'total={n}'\n"
+        "@nbflow.flow\ndef etl():\n    return report(load())\n"
+        "state = etl(return_state=True)\n"
+    )
+    assert result.success and shell.user_ns["state"].is_failed()
+    shell.run_cell("broken = False")
+    assert shell.run_cell("%nbflow retry load").success
+    assert shell.user_ns["ran"] == ["load", "load", "report"]
+    from nbflow.runs import list_runs
+
+    (run,) = [run for run in list_runs(5) if run.flow_name == "etl"]
+    assert run.state == "Completed"
+    assert [(t.task_name, t.state) for t in run.task_runs][-1] == ("report", "Completed")
+
+
 def test_retries_option_runs_the_cell_again(shell: Any, tmp_path: Path) -> None:
     shell.user_ns["log"] = str(tmp_path / "log")
     cell = ("%%task flaky --retries 2\nopen(log, 'a').write('try ')\n"
