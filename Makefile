@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(PY)
 install: $(STAMP)
 
 # The demo needs nbflow and a kernel, nothing else: not the test, dev, docs or browser tools `make test`
-# installs (about 60 MB against 950). pip is not quiet here: its lines are the progress of a first run.
+# installs (about 160 MB against 950). pip is not quiet here: its lines are the progress of a first run.
 $(DEMO_STAMP): pyproject.toml $(LOCK) | $(PY)
 	@echo "=== installing the build tools (pip, hatchling) into $(VENV) ==="
 	$(PY) -m pip --disable-pip-version-check install --progress-bar off -c $(LOCK) $(BUILD_TOOLS)
