@@ -458,3 +458,15 @@ def test_runs_lists_a_processs_flows_under_its_session_run_with_parameters(
     names = [line[14:].strip().split("  ")[0] for line in lines[2:]]  # after the 12-character run id
     assert names == ["session", "└ pipeline", "└ inner"] * 2, text
     assert "n=3, name='a', sizes=tuple[2]" in text
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(workload: None, tmp_path: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `nbflow runs | head` after head has exited: every write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "nbflow.cli", "runs"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=tmp_path)
+    finally:
+        os.close(write)
+    assert done.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored"
+    assert done.returncode == 141

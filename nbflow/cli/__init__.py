@@ -15,7 +15,8 @@ Every command works on the store and run history of ``NBFLOW_HOME``, the same on
 accepts ``--home DIR`` instead. Without either, the store is the nearest ``.nbflow`` found walking up
 from the current directory, else ``.nbflow`` at the project's root (the nearest directory with ``.git``
 or ``pyproject.toml``), else ``./.nbflow``; every command prints the store it uses first. Exit codes:
-0 success, 1 a cell or task failed (``run``), 2 bad usage.
+0 success, 1 a cell or task failed (``run``), 2 bad usage, 130 interrupted, 141 the reader of the output left
+(``nbflow runs | head``: the command stops quietly).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbflow.cli.common import EXIT_OK, EXIT_USAGE, Usage, print_header, resolve_home
+from nbflow.cli.common import EXIT_USAGE, Usage, print_header, resolve_home
+
+#: The exit status when the reader of the output left (``nbflow run ... | head``): a shell's for SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + 13
 
 __all__ = ["main"]
 
@@ -169,39 +173,50 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     out = sys.stdout
     try:
-        if args.command == "run":
-            from nbflow.cli.run import run_notebook
-
-            return run_notebook(
-                Path(args.notebook), output=args.output, kernel=args.kernel, cwd=args.cwd, timeout=args.timeout,
-                parameters=args.parameters, as_json=args.json, home=args.home, out=out, auto=args.auto,
-            )
-        if args.command == "runs":
-            return _runs_command(args, out)
-        if args.command == "cache":
-            from nbflow.cli import cache
-
-            if args.cache_command is None:
-                raise Usage("`nbflow cache` needs a subcommand: info, ls, clear or prune (see nbflow cache --help)")
-            home = resolve_home(args.home)
-            if not args.json:
-                print_header(home, out)
-            if args.cache_command == "info":
-                return cache.info_command(home, as_json=args.json, out=out)
-            if args.cache_command == "ls":
-                return cache.ls_command(home, task=args.task, limit=args.limit, as_json=args.json, out=out)
-            if args.cache_command == "clear":
-                return cache.clear_command(home, task=args.task, older_than=args.older_than, as_json=args.json,
-                                           out=out)
-            return cache.prune_command(home, as_json=args.json, out=out)
+        code = _dispatch(args, out)
+        # Written out here, inside the try: a reader that left shows up as BrokenPipeError now, not as
+        # "Exception ignored" when the interpreter flushes at exit.
+        out.flush()
+        return code
     except Usage as error:
         print(f"nbflow: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nbflow: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `nbflow runs | head`: the reader left; say nothing more
+    except BrokenPipeError:
+        # `nbflow runs | head`: the reader left. Say nothing more; stdout goes to devnull so that the
+        # interpreter's last flush fails quietly too (the recipe of Python's signal docs), and exit with
+        # the status a shell gives a program killed by SIGPIPE.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO) -> int:
+    if args.command == "run":
+        from nbflow.cli.run import run_notebook
+
+        return run_notebook(
+            Path(args.notebook), output=args.output, kernel=args.kernel, cwd=args.cwd, timeout=args.timeout,
+            parameters=args.parameters, as_json=args.json, home=args.home, out=out, auto=args.auto,
+        )
+    if args.command == "runs":
+        return _runs_command(args, out)
+    if args.command == "cache":
+        from nbflow.cli import cache
+
+        if args.cache_command is None:
+            raise Usage("`nbflow cache` needs a subcommand: info, ls, clear or prune (see nbflow cache --help)")
+        home = resolve_home(args.home)
+        if not args.json:
+            print_header(home, out)
+        if args.cache_command == "info":
+            return cache.info_command(home, as_json=args.json, out=out)
+        if args.cache_command == "ls":
+            return cache.ls_command(home, task=args.task, limit=args.limit, as_json=args.json, out=out)
+        if args.cache_command == "clear":
+            return cache.clear_command(home, task=args.task, older_than=args.older_than, as_json=args.json,
+                                       out=out)
+        return cache.prune_command(home, as_json=args.json, out=out)
     return EXIT_USAGE

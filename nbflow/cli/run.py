@@ -181,7 +181,12 @@ def _watch(watcher: LaunchWatcher, display: LiveDisplay | None, stop: threading.
         except Exception:  # the history is busy or being created: the next poll will see it
             continue
         if display is not None and changes:
-            display.show(changes)
+            try:
+                display.show(changes)
+            except BrokenPipeError:
+                # The reader left (`nbflow run ... | head`): no more live lines. The run goes on to its end
+                # (its results are stored) and then exits quietly, when the summary meets the same pipe.
+                display = None
 
 
 # -- outcome --------------------------------------------------------------------------------------------

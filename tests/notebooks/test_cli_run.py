@@ -307,6 +307,23 @@ def test_a_cell_that_ignores_the_interrupt_is_abandoned_named_and_its_kernel_sto
     assert "A cell failed (cell 2: import os, signal, time): CellTimeoutError: the cell ran past --timeout 2 s" in text
 
 
+def test_run_piped_into_a_reader_that_leaves_stops_printing_quietly(tmp_path: Path) -> None:
+    cells = ["import time, nbflow\n@nbflow.task\ndef square(x):\n    return x * x"]
+    cells += [f"time.sleep(0.4)\n[square(i) for i in range({k * 3}, {k * 3 + 3})]" for k in range(4)]
+    path = write_notebook(tmp_path / "lines.ipynb", *cells)
+    process = subprocess.Popen([sys.executable, "-m", "nbflow.cli", "run", str(path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith("nbflow run ")  # `| head -1`: the header, then the reader leaves
+    process.stdout.close()
+    errors = process.stderr.read()
+    assert process.wait(timeout=300) == 141
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
+    listed = nbflow_cli("runs", "--json", cwd=tmp_path)
+    [run] = json.loads(listed.stdout)["runs"]
+    assert run["tasks"]["computed"] == 12  # the run went on to its end: its results are stored
+
+
 def test_auto_runs_every_cell_as_a_cell_task_and_says_what_each_cell_did(tmp_path: Path) -> None:
     path = write_notebook(
         tmp_path / "auto.ipynb",
