@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import linecache
 import os
 import time
 import warnings
@@ -440,11 +441,33 @@ def cell_number(shell: Any) -> int:
     return number if isinstance(number, int) else shell.execution_count
 
 
+def _cell_filename(shell: Any, spec: CellSpec) -> str:
+    """The filename the cell's code is compiled under, its source put in ``linecache`` there (so that
+    tracebacks show its lines and functions defined in it have a code identity).
+
+    A Jupyter kernel names cells like files (``/tmp/ipykernel_7/123.py``) that do not exist until its
+    debugger writes them. IPython then formats a frame of such a "file" by a shortcut that takes the
+    lines of a comprehension's frame from the cell's top, so a failure inside ``[... for x in xs]`` shows
+    the cell's first lines. Under a name that does not end in ``.py`` (the same cell label, ``Cell
+    In[n]``) IPython reads the lines the usual way and shows the right one. A file the debugger wrote
+    keeps its name, so breakpoints in it still hold."""
+    number = cell_number(shell)
+    filename: str = shell.compile.cache(spec.code, number, raw_code=spec.source)
+    if not filename.endswith(".py") or os.path.exists(filename):
+        return filename
+    alias = filename[:-3] + ".ipy"
+    entry = linecache.cache.get(filename)
+    if entry is not None:
+        linecache.cache[alias] = (*entry[:3], alias)
+    names = getattr(shell.compile, "_filename_map", None)
+    if isinstance(names, dict):
+        names[alias] = number  # labelled "Cell In[n]" like the cell itself
+    return alias
+
+
 def _compile_cell(shell: Any, spec: CellSpec) -> tuple[Any, Any, str]:
-    """(body code, last-expression code or None, filename). The source is put in ``linecache`` under
-    that filename, so tracebacks show the lines and functions defined in the cell have a code
-    identity."""
-    filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
+    """(body code, last-expression code or None, filename): see :func:`_cell_filename`."""
+    filename = _cell_filename(shell, spec)
     flags = shell.compile.flags
     statements = list(spec.tree.body)
     last = None
@@ -562,11 +585,11 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
     if state.type is StateType.COMPLETED and state.name == "Cached":
         cached: CellResult = state.result()
         _restore(shell, spec, cached, engine.defined)
-        session.saved[task_run.id] = cached.duration
         session.tracker.remember_outputs(_bound(shell, spec), task_run.id)
         replay(shell, cached.outputs, cached.last_value)
         elapsed = time.perf_counter() - started
-        saved = max(cached.duration - elapsed, 0.0)
+        saved = time_saved(cached.duration, elapsed)
+        session.saved[task_run.id] = saved  # what `%nbflow status` adds up: the number this line shows
         if not auto:
             _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {format_duration(elapsed)} "
                            f"(saved {format_duration(saved)})")
@@ -589,6 +612,12 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
         _show_user_traceback(shell, error)
         raise error
     raise RuntimeError(f"cell task {spec.name!r} ended {state.name}")  # pragma: no cover - no such state
+
+
+def time_saved(computed: float, restored: float) -> float:
+    """Seconds a cache hit saved: what the computation took, less what the hit took (never below 0).
+    The hit line of a cell and ``%nbflow status`` both use this."""
+    return max(computed - restored, 0.0)
 
 
 def _changed(spec: CellSpec, result: CellResult) -> list[str]:
@@ -616,7 +645,7 @@ def _bound(shell: Any, spec: CellSpec) -> dict[str, Any]:
 def _define(shell: Any, spec: CellSpec) -> None:
     """Run the cell's def / class / import (and ``name = lambda``) statements: code is restored by running
     its definition, never unpickled."""
-    filename = shell.compile.cache(spec.code, cell_number(shell), raw_code=spec.source)
+    filename = _cell_filename(shell, spec)
     module = ast.Module(body=list(spec.definition_nodes), type_ignores=[])
     code = compile(module, filename, "exec", flags=shell.compile.flags, dont_inherit=True)
     exec(code, shell.user_global_ns, shell.user_ns)

@@ -11,7 +11,7 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from nbflow.ipython.cells import CellOptions, cell_number, prepare_cell, run_cell_task
+from nbflow.ipython.cells import CellOptions, cell_number, prepare_cell, run_cell_task, time_saved
 from nbflow.runs import format_duration
 from nbflow.settings import MAX_SECONDS
 
@@ -199,13 +199,17 @@ def status(session: Session) -> str:
         latest[name] = (run, task_run)
         counts[name] = counts.get(name, 0) + 1
         if task_run.state == "Cached":
+            # A cell's hit line said how much it saved; a task's hit is measured the same way, from the
+            # run that computed the entry.
             seconds = session.saved.get(task_run.id)
             if seconds is None and task_run.cache_key:
                 if durations is None:
                     durations = _computed_durations()
-                seconds = durations.get(task_run.cache_key)
+                computed = durations.get(task_run.cache_key)
+                if computed is not None:
+                    seconds = time_saved(computed, task_run.duration or 0.0)
             if seconds is not None:
-                saved[name] = saved.get(name, 0.0) + max(seconds - (task_run.duration or 0.0), 0.0)
+                saved[name] = saved.get(name, 0.0) + seconds
     rows = []
     for name, (run, task_run) in latest.items():
         kind = "cell" if task_run.task_key.startswith("cell:") else (

@@ -1,0 +1,53 @@
+"""What a failing task shows in IPython: the user's frames and lines, not nbflow's; warnings at the user's line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+@pytest.fixture
+def kernel_names(shell: Any) -> Iterator[Any]:
+    """The shell naming cells as a Jupyter kernel does (``/tmp/ipykernel_<pid>/<hash>.py``, a file that does
+    not exist), with IPython's context traceback mode (a kernel's default)."""
+    from ipykernel.compiler import XCachingCompiler
+
+    saved, mode = shell.compile, shell.InteractiveTB.mode
+    shell.compile = XCachingCompiler()
+    shell.InteractiveTB.set_mode("Context")
+    yield shell
+    shell.compile = saved
+    shell.InteractiveTB.set_mode(mode)
+
+
+def test_a_failure_inside_a_comprehension_shows_the_failing_line(kernel_names: Any, capsys: Any) -> None:
+    shell = kernel_names
+    result = shell.run_cell("%%task\nimport math\nws = {k: 1 / k for k in range(-1, 2)}\n", store_history=True)
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    text = _plain(capsys.readouterr().out)
+    frames = text.split("\n\n")
+    comprehension = next(frame for frame in frames if "in <dictcomp>" in frame)
+    assert "----> 2 ws = {k: 1 / k for k in range(-1, 2)}" in comprehension, text
+    assert "import math" not in comprehension.split("---->")[1]
+
+
+def test_a_hits_saved_time_is_the_same_on_its_line_and_in_status(shell: Any, capsys: Any) -> None:
+    cell = "%%task slow\nimport time\ntime.sleep(0.3)\nslow = 1\n"
+    for _ in range(2):
+        assert shell.run_cell(cell).success
+    notices = [o["data"]["text/plain"] for o in shell.display_pub.outputs
+               if o["metadata"].get("nbflow", {}).get("cache_notice")]
+    [said] = re.findall(r"\(saved ([^)]+)\)", notices[-1])
+    capsys.readouterr()
+    assert shell.run_cell("%nbflow status").success
+    status = capsys.readouterr().out
+    row = next(line for line in status.splitlines() if line.startswith("slow "))
+    assert said in row, (said, row)
+    assert status.rstrip().endswith(f"time saved by the cache in this session: {said}"), status
