@@ -405,20 +405,21 @@ _call: Callable[[Callable[[Any], bytes], Any], bytes] = getattr(operator, "call"
 _FAST_LEAF: dict[type, Callable[[Any], bytes]] = {}
 
 
-def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
+def _enc_leaf_run(enc: _Enc, items: list[Any]) -> int:
     """Encode a list made only of plain scalars in one go (C-level maps instead of a Python loop).
 
-    Writes exactly what the element-by-element encoding would; returns False, writing nothing, when
-    some element is not a plain scalar.
+    Writes exactly what the element-by-element encoding would; returns False (0), writing nothing, when
+    some element is not a plain scalar; else :data:`_STR_RUN` (2) when every element is exactly a ``str``,
+    1 otherwise.
     """
     kinds = set(map(type, items))
-    if kinds == _STR_ONLY and len(items) >= 256 and "numpy" in sys.modules:
+    if kinds == _STR_ONLY and str in _FAST_LEAF and len(items) >= 256 and "numpy" in sys.modules:
         data = _str_run(items, sys.modules["numpy"])
         if data is None:
             return False
         enc.write(data, data.nbytes)
-        return True
-    if kinds == _STR_ONLY:
+        return _STR_RUN
+    if kinds == _STR_ONLY and str in _FAST_LEAF:
         # The run is joined into one bytes object: only for modest sizes; long strings go through
         # the element loop, which streams each one to the hasher.
         if sum(map(len, items)) > _RUN_CHARS:
@@ -429,6 +430,8 @@ def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
             return False
         heads = map(_pack_cQ, repeat(b"s"), map(len, encoded))
         data = b"".join(chain.from_iterable(zip(heads, encoded)))
+        enc.write(data, len(data))
+        return _STR_RUN
     elif kinds <= _RUN_KINDS and kinds <= _FAST_LEAF.keys():
         if str in kinds and sum(map(len, filter(_is_str, items))) > _RUN_CHARS:
             return False
@@ -440,6 +443,7 @@ def _enc_leaf_run(enc: _Enc, items: list[Any]) -> bool:
 
 
 _STR_ONLY = {str}
+_STR_RUN = 2
 
 
 def _str_run(items: list[str], np: Any) -> Any:
@@ -480,9 +484,13 @@ _RUN_CHARS = 1 << 22
 _is_str: Callable[[Any], bool] = str.__instancecheck__
 
 
-def _enc_object_elements(enc: _Enc, items: Iterable[Any], base: int) -> None:
-    if type(items) is list and len(items) > 16 and _enc_leaf_run(enc, items):
-        return
+def _enc_object_elements(enc: _Enc, items: Iterable[Any], base: int) -> bool:
+    """Encode the elements of an object array (or list) one after the other. True when they were all exactly
+    ``str`` and went as one run (an encoding that depends on nothing but the strings)."""
+    if type(items) is list and len(items) > 16:
+        run = _enc_leaf_run(enc, items)
+        if run:
+            return run == _STR_RUN
     i = base
     for x in items:
         try:
@@ -496,3 +504,4 @@ def _enc_object_elements(enc: _Enc, items: Iterable[Any], base: int) -> None:
         i += 1
         if len(enc.buf) > _FLUSH:
             enc.feed(b"")
+    return False

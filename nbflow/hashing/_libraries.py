@@ -198,14 +198,109 @@ def _feed_array(enc: _Enc, a: Any, np: Any) -> None:
 
 
 def _enc_array_objects(enc: _Enc, a: Any, np: Any) -> None:
-    flat = a.reshape(-1) if a.flags.c_contiguous else None
-    if flat is None:
-        items: Iterable[Any] = a.flat
-        base = 0
-        _enc_object_elements(enc, items, base)
+    """The elements of an object (or numpy variable-width string) array, in C order.
+
+    They go to a stream of their own, and the array writes its digest (``<`` + 16 bytes): so that an array
+    of strings can be remembered (:func:`_remembered_strings`). References to objects met before (shared
+    objects, cycles) work across it as anywhere else.
+    """
+    memo = _ObjectsMemo.lookup(a, np) if a.dtype.hasobject else None
+    if memo is not None and memo.digest is not None:
+        enc.buf += b"<" + memo.digest
         return
-    for base in range(0, flat.shape[0], _OBJ_CHUNK):
-        _enc_object_elements(enc, flat[base : base + _OBJ_CHUNK].tolist(), base)
+    outer, h, flushes = enc.buf, enc.h, enc.flushes
+    enc.buf = bytearray()
+    enc.h = None
+    try:
+        flat = a.reshape(-1) if a.flags.c_contiguous else None
+        if flat is None:
+            items: Iterable[Any] = a.flat
+            all_str = _enc_object_elements(enc, items, 0)
+        else:
+            all_str = flat.shape[0] > 0
+            for base in range(0, flat.shape[0], _OBJ_CHUNK):
+                all_str = _enc_object_elements(enc, flat[base : base + _OBJ_CHUNK].tolist(), base) and all_str
+        digest = enc.digest()
+    finally:
+        # The elements' bytes never reached the outer stream: a pickle fallback around this array is still
+        # possible whatever was flushed in here.
+        enc.buf, enc.h, enc.flushes = outer, h, flushes
+    if memo is not None and all_str:
+        memo.remember(digest)
+    enc.buf += b"<" + digest
+
+
+class _ObjectsMemo:
+    """The element digest of a large object array of strings, remembered while provably unchanged.
+
+    An object array is mutable, and pandas' object columns are written in place (``df.loc[i, "name"] = ...``),
+    so neither the array's identity nor its address says its elements are the same. Its slots do: they are
+    pointers to the element objects. The digest of an array whose elements were all exactly ``str`` (immutable)
+    is remembered with a copy of the array (``keep``), which holds a reference to every one of those strings,
+    so none of them can be freed and its address taken by another object. Later, an array at the same address
+    and of the same size whose slots hold exactly the pointers ``keep`` holds (a memory comparison, ~1 ms per
+    million elements) holds the very same strings: the same digest, whoever wrote the slots and however
+    often they were rewritten in between. Any other array, any changed slot, and the digest is computed again
+    (and remembered anew). An entry is dropped when the array's memory is freed (a weak reference to the array
+    owning it), so ``keep`` never holds strings longer than the column does, apart from ones a slot
+    assignment replaced, until the next fingerprint of the column; and the table is bounded.
+    """
+
+    __slots__ = ("digest", "keep", "key", "owner")
+    table: dict[tuple[int, int], _ObjectsMemo] = {}
+    MAX_ENTRIES = 256
+
+    def __init__(self, key: tuple[int, int], a: Any) -> None:
+        self.key = key
+        self.keep = a
+        self.owner: Any = None
+        self.digest: bytes | None = None
+
+    @classmethod
+    def lookup(cls, a: Any, np: Any) -> _ObjectsMemo | None:
+        """The entry of ``a``: with a digest when ``a`` holds the remembered strings, else a new one to fill
+        (None when ``a`` is small or not laid out in one block)."""
+        n = a.size
+        if n < _MEMO_MIN_VALUES or not a.flags.c_contiguous:
+            return None
+        key = (a.ctypes.data, n)
+        known = cls.table.get(key)
+        if known is not None and known.owner() is not None and _same_slots(a, known.keep, np):
+            return known
+        return cls(key, a)
+
+    def remember(self, digest: bytes) -> None:
+        owner = self.keep
+        while isinstance(owner.base, type(owner)):  # the array owning the memory (a column is often a view)
+            owner = owner.base
+        try:
+            self.owner = weakref.ref(owner, partial(_ObjectsMemo.forget, self.key))
+        except TypeError:
+            return
+        self.keep = self.keep.copy()  # a reference to every element (see the class docstring)
+        self.digest = digest
+        table = _ObjectsMemo.table
+        if len(table) >= self.MAX_ENTRIES:
+            table.clear()
+        table[self.key] = self
+
+    @staticmethod
+    def forget(key: tuple[int, int], gone: Any) -> None:
+        known = _ObjectsMemo.table.get(key)
+        if known is not None and known.owner is gone:
+            del _ObjectsMemo.table[key]
+
+
+def _same_slots(a: Any, b: Any, np: Any) -> bool:
+    """Whether two C-contiguous object arrays of one size hold the same pointers (the same objects)."""
+    import ctypes  # stdlib; only when an object array of strings is fingerprinted a second time
+
+    n = a.size
+    if b.size != n or not b.flags.c_contiguous:
+        return False
+    slots = ctypes.c_size_t * n
+    return bool(np.array_equal(np.ctypeslib.as_array(slots.from_address(a.ctypes.data)),
+                               np.ctypeslib.as_array(slots.from_address(b.ctypes.data))))
 
 
 def _h_ndarray(enc: _Enc, a: Any) -> None:
@@ -326,9 +421,17 @@ def _enc_pd_values(enc: _Enc, ea: Any) -> None:
         # time so that a long column never exists as Python objects all at once.
         n = len(ea)
         enc.buf += b"N" + _sb("|O") + _pack_Q(1) + _pack_Q(n)
-        for start in range(0, n, _OBJ_CHUNK):
-            block = np.asarray(ea[start : start + _OBJ_CHUNK], dtype=object)
-            _enc_object_elements(enc, block.tolist(), start)
+        outer, h, flushes = enc.buf, enc.h, enc.flushes
+        enc.buf = bytearray()
+        enc.h = None
+        try:
+            for start in range(0, n, _OBJ_CHUNK):
+                block = np.asarray(ea[start : start + _OBJ_CHUNK], dtype=object)
+                _enc_object_elements(enc, block.tolist(), start)
+            digest = enc.digest()
+        finally:
+            enc.buf, enc.h, enc.flushes = outer, h, flushes
+        enc.buf += b"<" + digest
 
 
 def _enc_pd_index(enc: _Enc, idx: Any) -> None:

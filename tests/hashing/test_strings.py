@@ -191,3 +191,78 @@ def test_string_runs_leave_what_they_cannot_encode_to_the_element_loop() -> None
     assert fingerprint(np.array(["a", "\ud800"] * 200, dtype=object)) != fingerprint(
         np.array(["a", "\ud801"] * 200, dtype=object)
     )
+
+
+def test_object_string_columns_changed_in_place_are_never_served_from_the_memo() -> None:
+    frame = pd.DataFrame({"s": pd.Series([f"v{i}" for i in range(10_000)], dtype=object), "n": range(10_000)})
+    first = fingerprint(frame)
+    assert fingerprint(frame) == first
+    frame.loc[5_000, "s"] = "changed"
+    changed = fingerprint(frame)
+    assert changed != first
+    frame.loc[5_000, "s"] = "".join(["v", "5000"])  # an equal string, another object: equal again
+    assert fingerprint(frame) == first
+    # Written through another view of the same memory.
+    array = np.array([f"w{i}" for i in range(10_000)], dtype=object)
+    key = fingerprint(array)
+    view = array[:]
+    view[9_999] = "other"
+    assert fingerprint(array) != key
+    view[9_999] = "w9999"
+    assert fingerprint(array) == key
+    # A slot that stops holding a string: the digest of the mixed array, then never remembered.
+    array[0] = 1
+    mixed = fingerprint(array)
+    _libraries._ObjectsMemo.table.clear()
+    assert fingerprint(array) == mixed
+
+
+def test_object_string_memo_agrees_with_a_fresh_digest() -> None:
+    rng = random.Random(3)
+    for _ in range(20):
+        n = rng.choice([4_096, 5_000, 40_000])
+        array = np.array([rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(n)], dtype=object)
+        remembered = [fingerprint(array), fingerprint(array)]
+        _libraries._ObjectsMemo.table.clear()
+        assert remembered == [fingerprint(array)] * 2
+        del array  # the next array may well take its address: never its digest
+        gc.collect()
+
+
+def test_object_string_memo_is_dropped_with_the_array() -> None:
+    _libraries._ObjectsMemo.table.clear()
+    array = np.array([f"x{i}" for i in range(10_000)], dtype=object)
+    frame = pd.DataFrame({"s": pd.Series(array, dtype=object)})
+    fingerprint(frame)
+    fingerprint(array)
+    assert len(_libraries._ObjectsMemo.table) >= 1
+    del array, frame
+    gc.collect()
+    assert not _libraries._ObjectsMemo.table
+
+
+# -- pinned digests (nbflow.hashing.FORMAT_VERSION 3; see tests/hashing/test_values.py) -------------------------
+
+
+def _pinned() -> dict[str, object]:
+    return {
+        "arrow strings": pa.array(["a", None, "ccc", ""]),
+        "arrow large strings, chunked": pa.chunked_array([["a", None], ["ccc", ""]], type=pa.large_string()),
+        "pandas str": pd.Series(["x", None, "東京"], dtype="str"),
+        "object strings": np.array([f"s{i}" for i in range(300)], dtype=object),
+        "object mixed": np.array(["ab", None, 1, 2.5], dtype=object),
+    }
+
+
+PINNED = {
+    "arrow strings": "4ad7fc747e4f21ff36e498349c90f7bd",
+    "arrow large strings, chunked": "70a722e74a64aff3881b358e6e1441da",
+    "pandas str": "6239109bfdaaf1c0de05eb8f8b96d0e9",
+    "object strings": "5af932b2252a836334caeb409076de7e",
+    "object mixed": "92c68157e7b3147f4a9f4da8c4fa3bab",
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_pinned_string_digests(name: str) -> None:
+    assert fingerprint(_pinned()[name]) == PINNED[name]
