@@ -191,11 +191,12 @@ def _watch(watcher: LaunchWatcher, display: LiveDisplay | None, stop: threading.
 
 # -- outcome --------------------------------------------------------------------------------------------
 
-def unresolved_failures(runs: list[RunRecord]) -> list[TaskRunRecord]:
+def unresolved_failures(runs: list[RunRecord], allowed: Sequence[tuple[float, float]] = ()) -> list[TaskRunRecord]:
     """Failed task runs not followed by a successful run of the same call (same task and inputs in the
     same run): a task retried by hand (``%nbflow retry``) or by its flow's retry is not a failure. A cell
     task's failure is its cell's error, which the run judges as it judges any cell's (a cell tagged
-    ``raises-exception`` may fail)."""
+    ``raises-exception`` may fail); so is a task failure while such a cell ran: ``allowed`` holds the
+    (start, end) times of those cells."""
     failed: list[TaskRunRecord] = []
     for run in runs:
         succeeded: dict[tuple[str, str], int] = {}
@@ -206,10 +207,23 @@ def unresolved_failures(runs: list[RunRecord]) -> list[TaskRunRecord]:
         for task_run in run.task_runs:
             if outcome(task_run.state, task_run.state_type) != "failed" or task_run.task_key.startswith("cell:"):
                 continue
+            if in_allowed_cell(task_run, allowed):
+                continue
             call = (task_run.task_key, repr(sorted(task_run.inputs.items())))
             if succeeded.get(call, -1) < task_run.seq:
                 failed.append(task_run)
     return failed
+
+
+def in_allowed_cell(task_run: TaskRunRecord, allowed: Sequence[tuple[float, float]]) -> bool:
+    """Whether ``task_run`` ended while a cell tagged ``raises-exception`` ran (its times and the
+    kernel's are read from the same clock: the kernel runs on this machine)."""
+    moments = [entry.timestamp for entry in task_run.history] + [
+        moment for moment in (task_run.start_time, task_run.end_time) if moment is not None]
+    if not moments:
+        return False
+    ended = max(moments)
+    return any(start <= ended <= end for start, end in allowed)
 
 
 def cell_statuses(notebook: Any) -> list[dict[str, Any]]:
@@ -240,15 +254,20 @@ def cell_statuses(notebook: Any) -> list[dict[str, Any]]:
 
 def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, launch_id: str,
                   parameters: dict[str, Any], started: float, elapsed: float, runs: list[RunRecord],
-                  failed_cell: dict[str, Any] | None, cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The run summary: what ``--json`` prints and the output notebook keeps in its metadata."""
+                  failed_cell: dict[str, Any] | None, cells: list[dict[str, Any]] | None = None,
+                  allowed: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+    """The run summary: what ``--json`` prints and the output notebook keeps in its metadata. ``allowed``:
+    when the cells tagged ``raises-exception`` ran (a task failing in one is no failure of the run)."""
     counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
     tasks = []
     for run in runs:
         for task_run in run.task_runs:
             counts[outcome(task_run.state, task_run.state_type)] += 1
             tasks.append(task_row(task_run, run))
-    failures = unresolved_failures(runs)
+    failures = unresolved_failures(runs, allowed)
+    accepted = [task_run for run in runs for task_run in run.task_runs
+                if outcome(task_run.state, task_run.state_type) == "failed"
+                and not task_run.task_key.startswith("cell:") and in_allowed_cell(task_run, allowed)]
     ok = failed_cell is None and not failures
     return {
         "notebook": str(path),
@@ -268,6 +287,9 @@ def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, la
         "tasks": tasks,
         "failed_tasks": [{"task": tr.task_name, "state": tr.state, "error": tr.error, "id": tr.id}
                          for tr in failures],
+        # Failed in a cell tagged raises-exception: shown, but no failure of the run (as the cell's error is not).
+        "allowed_failures": [{"task": tr.task_name, "state": tr.state, "error": tr.error, "id": tr.id}
+                             for tr in accepted],
         "failed_cell": failed_cell,
         # Auto mode (nbflow run --auto): a row per code cell, and how much time the cache saved.
         "cells": cells,
@@ -278,9 +300,12 @@ def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, la
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     counts = summary["counts"]
     total = sum(counts.values())
-    retried = counts["failed"] - len(summary["failed_tasks"])
+    allowed = len(summary.get("allowed_failures", ()))
+    retried = counts["failed"] - len(summary["failed_tasks"]) - allowed
+    notes = ([f"{retried} then retried successfully"] if retried else []) + (
+        [f"{allowed} in cells tagged raises-exception"] if allowed else [])
     print(f"\n{total} task run(s): {counts['cached']} cached, {counts['computed']} computed, "
-          f"{counts['failed']} failed" + (f" ({retried} then retried successfully)" if retried else ""), file=out)
+          f"{counts['failed']} failed" + (f" ({', '.join(notes)})" if notes else ""), file=out)
     names = {run["id"]: run["name"] if run["kind"] == "flow" else "(notebook)" for run in summary["runs"]}
     cells = summary.get("cells")
     if cells is not None:
@@ -453,7 +478,11 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                     if cell.cell_type == "code":
                         display.cell += 1
                     current.update(index=index, first_line=_first_line(cell.source))
-                    if not await _execute_within(client, cell, index, timeout):
+                    began = time.time()
+                    finished = await _execute_within(client, cell, index, timeout)
+                    if "raises-exception" in _tags(cell):
+                        allowed.append((began, time.time()))
+                    if not finished:
                         assert timeout is not None  # only a cell past the timeout is abandoned
                         busy = True
                         failed_cell = _timeout_failure(current, timeout, interrupted=False)
@@ -480,6 +509,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                 client.set_widgets_metadata()
 
     current: dict[str, Any] = {"index": None, "first_line": None}
+    allowed: list[tuple[float, float]] = []  # when the cells tagged raises-exception ran
     try:
         asyncio.run(execute())
     except Exception as error:
@@ -500,7 +530,8 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
 
     summary = build_summary(path=path, output=output, kernel=kernel_name, home=store_home, launch_id=launch_id,
                             parameters=values, started=started, elapsed=elapsed, runs=runs,
-                            failed_cell=failed_cell, cells=cell_statuses(notebook) if auto else None)
+                            failed_cell=failed_cell, cells=cell_statuses(notebook) if auto else None,
+                            allowed=allowed)
     if output:
         finish_output_notebook(notebook, summary, runs)
         output_path = Path(output)

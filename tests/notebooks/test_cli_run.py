@@ -379,6 +379,30 @@ def test_a_cell_allowed_to_fail_does_not_fail_an_auto_run(tmp_path: Path) -> Non
     assert nbflow_cli("run", "--auto", str(unallowed), cwd=tmp_path).returncode == 1
 
 
+def test_a_task_failing_in_a_cell_allowed_to_fail_does_not_fail_the_run(tmp_path: Path) -> None:
+    notebook = new_notebook(cells=[
+        new_code_cell("import nbflow\n@nbflow.task\ndef check(x):\n    if x < 0:\n        raise ValueError('negative')\n"
+                      "    return x"),
+        new_code_cell("check(-1)  # the exercise shows the error on purpose", metadata={"tags": ["raises-exception"]}),
+        new_code_cell("check(2)"),
+    ])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "exercise.ipynb"
+    nbformat.write(notebook, str(path))
+    done = nbflow_cli("run", "--json", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["failed_tasks"] == [] and summary["status"] == "ok"
+    assert [(task["task"], task["error"]) for task in summary["allowed_failures"]] == [("check", "ValueError: negative")]
+    text = nbflow_cli("run", str(path), cwd=tmp_path).stdout
+    assert "1 failed (1 in cells tagged raises-exception)" in text and "OK in" in text
+    # The same failure in a cell not tagged fails the run.
+    notebook.cells[1].metadata["tags"] = []
+    notebook.cells[1].source = "try:\n    check(-1)\nexcept ValueError:\n    pass"
+    nbformat.write(notebook, str(path))
+    assert nbflow_cli("run", str(path), cwd=tmp_path).returncode == 1
+
+
 def test_auto_shows_outputs_in_the_order_a_plain_run_does(tmp_path: Path) -> None:
     notebook = new_notebook(cells=[
         # (a kernel sends what a stream holds every 0.2 s: after 0.5 s stderr has gone out, stdout not yet)
