@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import datetime
 
 __all__ = ["RunList", "RunRecord", "StateEntry", "TaskRunRecord", "format_duration", "get_run", "list_runs",
-           "prune"]
+           "prune", "time_saved"]
 
 # Row formats. Runs: 1 = the JSON of ``RunRecord.header()``. Task runs: 1 = the JSON of ``to_dict()``
 # (written by earlier versions; still read), 2 = compact JSON (see ``_task_run_json``).
@@ -672,6 +672,12 @@ def format_duration(seconds: float | None) -> str:
     if seconds < 0.9995:  # (0.9996 s would read "1000 ms")
         return f"{seconds * 1000:.0f} ms"
     return f"{seconds:.2f} s"
+
+
+def time_saved(computed: float, restored: float) -> float:
+    """Seconds a cache hit saved: what computing the entry took, less what the hit took (never below 0).
+    A cell's hit line, ``%nbflow status`` and ``nbflow run``'s summary all count it so."""
+    return max(computed - restored, 0.0)
 
 
 # One encoder for every record: json.dumps with options builds a new one per call (a third of its time).

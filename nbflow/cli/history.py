@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from nbflow.cli.common import EXIT_OK, Usage, format_size, format_time, parse_age, print_json, table
 from nbflow.runs import RunHistory, RunRecord, TaskRunRecord, _id_chunks, _run_from_json, format_duration
 
-__all__ = ["LaunchWatcher", "list_command", "outcome", "prune_command", "show_command"]
+__all__ = ["LaunchWatcher", "computed_durations", "list_command", "outcome", "prune_command", "show_command"]
 
 _FAILED_TYPES = frozenset({"FAILED", "CRASHED", "CANCELLED"})
 _FINAL_TYPES = frozenset({"COMPLETED", *_FAILED_TYPES})  # a task run in one of these is not written again
@@ -190,6 +190,26 @@ def list_command(home: Path, *, limit: int, as_json: bool, out: TextIO) -> int:
         ))
     table(("run", "notebook/flow", "kind", "state", "started", "duration", "parameters", "tasks"), rows_out, out)
     return EXIT_OK
+
+
+def computed_durations(connection: sqlite3.Connection, keys: set[str], runs: int = 1000) -> dict[str, float]:
+    """Seconds the runs that computed the cache entries ``keys`` took, by key (the latest such run of each),
+    looked up among the task runs of the latest ``runs`` runs. Read in SQL, without parsing the rows."""
+    if not keys:
+        return {}
+    run_ids = [run_id for (run_id,) in connection.execute(
+        "SELECT id FROM runs ORDER BY start_time DESC LIMIT ?", (runs,))]
+    latest: dict[str, tuple[float, float]] = {}  # key -> (end, duration)
+    for chunk in _id_chunks(run_ids):
+        marks = ",".join("?" * len(chunk))
+        for key, start, end in connection.execute(
+            "SELECT json_extract(data, '$.cache_key'), json_extract(data, '$.start_time'), "
+            f"json_extract(data, '$.end_time') FROM task_runs WHERE run_id IN ({marks}) AND state = 'Completed'",
+            chunk,
+        ):
+            if key in keys and start is not None and end is not None and end >= latest.get(key, (-1.0, 0.0))[0]:
+                latest[key] = (end, end - start)
+    return {key: duration for key, (_, duration) in latest.items()}
 
 
 def load_run(home: Path, run_id: str) -> RunRecord:
@@ -394,6 +414,11 @@ class LaunchWatcher:
         for run in runs:
             run.task_runs = sorted(by_run[run.id], key=lambda tr: tr.seq)
         return runs
+
+    def computed_durations(self, keys: set[str]) -> dict[str, float]:
+        """:func:`computed_durations` in this watcher's history."""
+        connection = self._connect()
+        return computed_durations(connection, keys) if connection is not None else {}
 
     def close(self) -> None:
         if self._connection is not None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from nbflow.cli.common import EXIT_FAILED, EXIT_OK, Usage, print_json, resolve_home, table
 from nbflow.cli.history import LaunchWatcher, outcome, task_row
-from nbflow.runs import format_duration
+from nbflow.runs import format_duration, time_saved
 from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
@@ -226,6 +226,18 @@ def in_allowed_cell(task_run: TaskRunRecord, allowed: Sequence[tuple[float, floa
     return any(start <= ended <= end for start, end in allowed)
 
 
+def task_time_saved(runs: list[RunRecord], durations: dict[str, float], *, cells: bool = True) -> float:
+    """Seconds the cache hits of ``runs`` saved: for each hit, what computing its entry took (``durations``,
+    by cache key, from the run history) less what the hit took. ``cells=False`` leaves cell tasks out (auto
+    mode counts them per cell, from their status lines)."""
+    return sum(
+        time_saved(durations[task_run.cache_key], task_run.duration or 0.0)
+        for run in runs for task_run in run.task_runs
+        if task_run.state == "Cached" and task_run.cache_key in durations
+        and (cells or not task_run.task_key.startswith("cell:"))
+    )
+
+
 def cell_statuses(notebook: Any) -> list[dict[str, Any]]:
     """Auto mode: one row per code cell, from the status line each cell shows (its latest version)."""
     rows = []
@@ -255,9 +267,10 @@ def cell_statuses(notebook: Any) -> list[dict[str, Any]]:
 def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, launch_id: str,
                   parameters: dict[str, Any], started: float, elapsed: float, runs: list[RunRecord],
                   failed_cell: dict[str, Any] | None, cells: list[dict[str, Any]] | None = None,
-                  allowed: Sequence[tuple[float, float]] = ()) -> dict[str, Any]:
+                  allowed: Sequence[tuple[float, float]] = (), task_time_saved: float = 0.0) -> dict[str, Any]:
     """The run summary: what ``--json`` prints and the output notebook keeps in its metadata. ``allowed``:
-    when the cells tagged ``raises-exception`` ran (a task failing in one is no failure of the run)."""
+    when the cells tagged ``raises-exception`` ran (a task failing in one is no failure of the run).
+    ``task_time_saved``: what the run's cache hits saved (see :func:`task_time_saved`)."""
     counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
     tasks = []
     for run in runs:
@@ -294,6 +307,8 @@ def build_summary(*, path: Path, output: str | None, kernel: str, home: Path, la
         # Auto mode (nbflow run --auto): a row per code cell, and how much time the cache saved.
         "cells": cells,
         "saved": sum(cell["saved"] or 0.0 for cell in cells) if cells else None,
+        # Seconds of task time the cache hits saved (in auto mode: of the task calls, not the cells).
+        "task_time_saved": task_time_saved,
     }
 
 
@@ -304,8 +319,10 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     retried = counts["failed"] - len(summary["failed_tasks"]) - allowed
     notes = ([f"{retried} then retried successfully"] if retried else []) + (
         [f"{allowed} in cells tagged raises-exception"] if allowed else [])
+    saved = summary.get("task_time_saved") or 0.0
     print(f"\n{total} task run(s): {counts['cached']} cached, {counts['computed']} computed, "
-          f"{counts['failed']} failed" + (f" ({', '.join(notes)})" if notes else ""), file=out)
+          f"{counts['failed']} failed" + (f" ({', '.join(notes)})" if notes else "")
+          + (f"; the cache saved {format_duration(saved)} of task time" if counts["cached"] else ""), file=out)
     names = {run["id"]: run["name"] if run["kind"] == "flow" else "(notebook)" for run in summary["runs"]}
     cells = summary.get("cells")
     if cells is not None:
@@ -526,12 +543,18 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     except Exception as error:
         print(f"nbflow: warning: could not read the run history in {store_home}: {error}", file=sys.stderr)
     runs = watcher.records()
+    try:
+        keys = {tr.cache_key for run in runs for tr in run.task_runs if tr.state == "Cached" and tr.cache_key}
+        saved = task_time_saved(runs, watcher.computed_durations(keys), cells=not auto)
+    except Exception as error:  # the figure is a nicety: the run and its summary stand without it
+        print(f"nbflow: warning: could not add up the time the cache saved: {error}", file=sys.stderr)
+        saved = 0.0
     watcher.close()
 
     summary = build_summary(path=path, output=output, kernel=kernel_name, home=store_home, launch_id=launch_id,
                             parameters=values, started=started, elapsed=elapsed, runs=runs,
                             failed_cell=failed_cell, cells=cell_statuses(notebook) if auto else None,
-                            allowed=allowed)
+                            allowed=allowed, task_time_saved=saved)
     if output:
         finish_output_notebook(notebook, summary, runs)
         output_path = Path(output)

@@ -37,7 +37,7 @@ from nbflow.ipython import settings_effects
 from nbflow.ipython.analysis import analyze, entangled_definition, normalized_digest
 from nbflow.ipython.capture import Output, OutputTee, replay
 from nbflow.ipython.dynamic_reads import dynamic_reads
-from nbflow.runs import format_duration
+from nbflow.runs import format_duration, time_saved
 from nbflow.states import State, StateType
 from nbflow.tasks import Task
 
@@ -612,12 +612,6 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
         _show_user_traceback(shell, error)
         raise error
     raise RuntimeError(f"cell task {spec.name!r} ended {state.name}")  # pragma: no cover - no such state
-
-
-def time_saved(computed: float, restored: float) -> float:
-    """Seconds a cache hit saved: what the computation took, less what the hit took (never below 0).
-    The hit line of a cell and ``%nbflow status`` both use this."""
-    return max(computed - restored, 0.0)
 
 
 def _changed(spec: CellSpec, result: CellResult) -> list[str]:

@@ -11,8 +11,8 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from nbflow.ipython.cells import CellOptions, cell_number, prepare_cell, run_cell_task, time_saved
-from nbflow.runs import format_duration
+from nbflow.ipython.cells import CellOptions, cell_number, prepare_cell, run_cell_task
+from nbflow.runs import format_duration, time_saved
 from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:

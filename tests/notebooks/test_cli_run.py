@@ -403,6 +403,23 @@ def test_a_task_failing_in_a_cell_allowed_to_fail_does_not_fail_the_run(tmp_path
     assert nbflow_cli("run", str(path), cwd=tmp_path).returncode == 1
 
 
+def test_the_summary_says_how_much_task_time_the_cache_saved(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "slow.ipynb",
+        "import time, nbflow\n@nbflow.task\ndef slow(x):\n    time.sleep(0.5)\n    return x",
+        "[slow(1), slow(2), slow(1)]",  # the third call is a hit on the first's entry, within the same run
+    )
+    first = nbflow_cli("run", "--json", str(path), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert 0.45 <= json.loads(first.stdout)["task_time_saved"] < 0.9
+    second = nbflow_cli("run", str(path), cwd=tmp_path)
+    line = next(line for line in second.stdout.splitlines() if "task run(s)" in line)
+    assert line.startswith("3 task run(s): 3 cached, 0 computed, 0 failed; the cache saved 1."), line
+    assert line.endswith(" s of task time"), line
+    saved = float(line.split("saved ")[1].split(" s")[0])
+    assert 1.4 <= saved < 2.0, line
+
+
 def test_auto_shows_outputs_in_the_order_a_plain_run_does(tmp_path: Path) -> None:
     notebook = new_notebook(cells=[
         # (a kernel sends what a stream holds every 0.2 s: after 0.5 s stderr has gone out, stdout not yet)
