@@ -30,9 +30,10 @@ from pydantic_ai.durable_exec import (
     ToolsetKind,
     ToolsetValidateToolArgumentsId,
 )
+from pydantic_ai.messages import ModelResponse
 from pydantic_ai.models import Model
 from pydantic_ai.tools import AgentDepsT, RunContext
-from pydantic_ai.toolsets import ToolsetTool
+from pydantic_ai.toolsets import AbstractToolset, ToolsetTool
 from typing_extensions import TypedDict
 
 from nbflow.cache_policies import CachePolicy
@@ -50,7 +51,7 @@ else:
     except ImportError:
         from pydantic_ai.durable_exec._operation_names import DurableInvocationName
 
-__all__ = ["NON_RETRYABLE_ERRORS", "NbflowDurability", "TaskConfig"]
+__all__ = ["AgentDurability", "NON_RETRYABLE_ERRORS", "NbflowDurability", "TaskConfig"]
 
 
 class TaskConfig(TypedDict, total=False):
@@ -330,8 +331,7 @@ class NbflowDurability(BaseDurabilityCapability[AgentDepsT]):
     def get_durable_operation_backend(self) -> DurableOperationBackend[dict[str, Any]]:
         def tool_config(operation_id: DurableOperationId, tool: object | None,
                         tool_name: str) -> dict[str, Any] | Literal[False]:
-            resolve = self._build_resolve_tool_config(self._toolset_base_config("function"))
-            return cast("dict[str, Any] | Literal[False]", resolve(cast("ToolsetTool[Any] | None", tool), tool_name))
+            return self._resolve_tool_config(cast("ToolsetTool[Any] | None", tool), tool_name)
 
         return NbflowOperationBackend(
             agent_name=self.name,
@@ -344,9 +344,126 @@ class NbflowDurability(BaseDurabilityCapability[AgentDepsT]):
             ),
         )
 
+    def _resolve_tool_config(self, tool: ToolsetTool[Any] | None, tool_name: str) -> dict[str, Any] | Literal[False]:
+        """The task options of one tool's calls: its ``"nbflow"`` metadata over the tool defaults."""
+        resolve = self._build_resolve_tool_config(self._tool_config)
+        return cast("dict[str, Any] | Literal[False]", resolve(tool, tool_name))
+
     def _toolset_base_config(self, kind: ToolsetKind) -> Any:
-        return self._tool_config
+        # The options of a toolset's own tasks (MCP and dynamic tool discovery) are the agent's tool
+        # options with the agent's defaults (AGENT_INPUTS): without them discovery ran uncached, under
+        # the engine's default policy, and a fully cached run still started an MCP server.
+        return _with_non_retryable(self._tool_config)
+
+    def _stamp_response(self, response: ModelResponse, messages: list[Any]) -> None:
+        # Inside the task, before the response is stored: the run and conversation that produced it.
+        # pydantic-ai fills unset ids after the task returns, so a replay in another run would otherwise
+        # be stamped as that run's own (and a provider's server-side state guard would take another
+        # conversation's response for this one's).
+        if not messages:
+            return
+        request = messages[-1]
+        if getattr(response, "run_id", None) is None and getattr(request, "run_id", None) is not None:
+            response.run_id = request.run_id
+        if getattr(response, "conversation_id", None) is None and getattr(request, "conversation_id", None):
+            response.conversation_id = request.conversation_id
 
     def _normalize_unit_config(self, config: Any) -> Any:
         # Per-tool metadata is merged over the tool defaults here; unknown names fail with the tool's name.
         return _with_non_retryable(check_task_config(config, "tool metadata 'nbflow'"))
+
+
+def _explicit_id(toolset: AbstractToolset[Any]) -> str | None:
+    # The id a user chose (not one pydantic-ai derives from a URL): what the engine keys toolsets by.
+    return cast("str | None", getattr(toolset, "_explicit_id", toolset.id))
+
+
+@dataclass(init=False)
+class AgentDurability(NbflowDurability[AgentDepsT]):
+    """The capability a :class:`~nbflow.integrations.pydantic_ai.DurableAgent` attaches to each run.
+
+    It binds to the toolsets the agent has when the run starts — including toolsets added with
+    ``@agent.toolset`` after the agent was wrapped, and those of ``override(toolsets=...)`` — and
+    accepts toolsets without an ``id`` (keyed by identity: nbflow keys each call by its tool's code and
+    arguments, not by the toolset's name). Toolsets passed to a single run (``run(toolsets=...)``) are
+    still refused inside a flow when they execute tools: their calls would not be tasks.
+    """
+
+    def __init__(
+        self,
+        *,
+        tool_task_config_by_name: Mapping[str, dict[str, Any] | Literal[False]] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self._by_name: dict[str, dict[str, Any] | Literal[False]] = dict(tool_task_config_by_name or {})
+        self._unnamed: dict[int, tuple[AbstractToolset[AgentDepsT], AbstractToolset[AgentDepsT]]] = {}
+        self._known_leaves: set[int] = set()
+
+    def _bind_to_agent(self, agent: Any) -> None:
+        # Runs on the bound copy, once per run: what the agent holds now is what its tasks wrap.
+        self._unnamed = {}
+        known: set[int] = set()
+        for toolset in agent.toolsets:
+            toolset.apply(lambda leaf: known.add(id(leaf)))
+        self._known_leaves = known
+        super()._bind_to_agent(agent)
+
+    def _wrap_and_register_leaf(self, ts: AbstractToolset[AgentDepsT]) -> AbstractToolset[AgentDepsT]:
+        if _explicit_id(ts) is not None:
+            return cast("AbstractToolset[AgentDepsT]", super()._wrap_and_register_leaf(ts))
+        entry = self._unnamed.get(id(ts))
+        if entry is not None:
+            return entry[1]
+        wrapped = self._wrap_leaf_toolset(ts)
+        if wrapped is None:
+            return ts
+        self._unnamed[id(ts)] = (ts, wrapped)
+        return wrapped
+
+    def swap_toolset(self, ts: AbstractToolset[AgentDepsT]) -> AbstractToolset[AgentDepsT]:
+        """The durable wrapper of a leaf toolset this capability bound, or the toolset itself."""
+        toolset_id = _explicit_id(ts)
+        if toolset_id is None:
+            entry = self._unnamed.get(id(ts))
+            return entry[1] if entry is not None and entry[0] is ts else ts
+        registered = self._toolsets_by_id.get(toolset_id)
+        return registered if registered is not None and registered.wrapped is ts else ts
+
+    def get_wrapper_toolset(self, toolset: AbstractToolset[AgentDepsT]) -> AbstractToolset[AgentDepsT] | None:
+        swapped = super().get_wrapper_toolset(toolset)
+        if not self._unnamed:
+            return swapped
+        return (swapped or toolset).visit_and_replace(self.swap_toolset)
+
+    def _reject_runtime_toolsets(self, toolset: AbstractToolset[AgentDepsT]) -> None:
+        # pydantic-ai's check counts only the toolsets the agent was constructed with as known; a
+        # DurableAgent binds every run to the toolsets the agent holds then, so those are known too.
+        if not self.in_durable_context:
+            return
+        from pydantic_ai.durable_exec._runtime_toolsets import reject_unsupported_runtime_toolsets
+        from pydantic_ai.toolsets._capability_owned import CapabilityOwnedToolset
+
+        runtime: list[AbstractToolset[AgentDepsT]] = []
+
+        def collect(leaf: AbstractToolset[AgentDepsT]) -> None:
+            # A capability's contributions are re-packaged per run; the toolsets inside are judged alone.
+            if id(leaf) not in self._known_leaves and not isinstance(leaf, CapabilityOwnedToolset):
+                runtime.append(leaf)
+
+        toolset.apply(collect)
+        reject_unsupported_runtime_toolsets(
+            runtime,
+            unsupported_kinds=self.engine_spec.unsupported_runtime_toolset_kinds,
+            engine=self.engine_name,
+            tool_config_key=self.engine_spec.tool_config_key,
+        )
+
+    def _resolve_tool_config(self, tool: ToolsetTool[Any] | None, tool_name: str) -> dict[str, Any] | Literal[False]:
+        metadata = getattr(getattr(tool, "tool_def", None), "metadata", None) or {}
+        if "nbflow" not in metadata and tool_name in self._by_name:
+            by_name = self._by_name[tool_name]
+            if by_name is False:
+                return False
+            return cast(dict[str, Any], self._normalize_unit_config({**self._tool_config, **by_name}))
+        return super()._resolve_tool_config(tool, tool_name)
