@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from nbflow._tracebacks import HIDE_FRAMES as _HIDE_FRAMES
 from nbflow.engine.retries import RetryDelay, check_delay
 from nbflow.exceptions import ConfigurationError, ParameterError
 from nbflow.tasks import _check_hooks, _check_number
@@ -97,6 +98,7 @@ class Flow(Generic[P, R]):
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:  # type: ignore[misc]
         """Run the flow and return its result; ``return_state=True`` returns the final state.
         For an ``async def`` flow the call returns an awaitable: ``await my_flow(...)``."""
+        __tracebackhide__ = _HIDE_FRAMES  # hidden from the tracebacks of failures: see nbflow._tracebacks
         if self.is_async:
             from nbflow.engine.flow_engine import run_flow_async
 

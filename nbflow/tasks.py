@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from nbflow._tracebacks import HIDE_FRAMES as _HIDE_FRAMES
 from nbflow.cache_policies import DEFAULT, CacheKeyFnPolicy, CachePolicy, KeyContext
 from nbflow.engine.retries import RetryDelay, check_delay
 from nbflow.exceptions import ConfigurationError, NbflowWarning
@@ -241,6 +242,8 @@ class Task(Generic[P, R]):
         With ``return_state=True`` the final :class:`~nbflow.State` is returned and a failure does not
         raise. For an ``async def`` task the call returns an awaitable: ``await my_task(...)``.
         """
+        # Hidden from the tracebacks of task failures (IPython, pytest): see nbflow._tracebacks.
+        __tracebackhide__ = _HIDE_FRAMES
         if self.is_async:
             from nbflow.engine.task_engine import run_task_async
 

@@ -10,12 +10,20 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events
+from nbflow._tracebacks import HIDE_FRAMES
 from nbflow.context import FlowRunContext, WeakValues, _flow_run, current_flow_run
 from nbflow.engine.futures import futures_in, resolve
 from nbflow.engine.manual_retry import NotRetryable, remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import flush_store, frontend_hook, summarize
-from nbflow.engine.task_engine import _ENDS_AT_ONCE, _outcome, async_call_to_state, call_to_state, error_summary
+from nbflow.engine.task_engine import (
+    _ENDS_AT_ONCE,
+    _outcome,
+    async_call_to_state,
+    call_to_state,
+    error_summary,
+    failure_to_raise,
+)
 from nbflow.runs import RunRecord, StateEntry, history, new_id
 from nbflow.states import Cancelled, Completed, Failed, State, StateType
 
@@ -259,13 +267,20 @@ def _resolve_returned(state: State) -> State:
 def run_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              return_state: bool = False) -> Any:
     """Run one call of ``flow``; return its result, or its final state with ``return_state``."""
+    __tracebackhide__ = HIDE_FRAMES
     engine = FlowRunEngine(flow, args, kwargs)
-    return _outcome(engine.run_to_state(), return_state)
+    state = engine.run_to_state()
+    if not return_state:
+        error = failure_to_raise(state)  # raised here: a frame fewer in the user's traceback
+        if error is not None:
+            raise error
+    return _outcome(state, return_state)
 
 
 async def run_flow_async(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
                          return_state: bool = False) -> Any:
     """Run one call of an ``async def`` flow (awaited)."""
+    __tracebackhide__ = HIDE_FRAMES
     engine = FlowRunEngine(flow, args, kwargs)
     engine.begin()
     try:

@@ -66,6 +66,9 @@ class TaskFuture(Generic[R]):
         ``raise_on_failure=False``, returns it). Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
         import concurrent.futures
 
+        from nbflow._tracebacks import HIDE_FRAMES, hide_internal_frames
+
+        __tracebackhide__ = HIDE_FRAMES
         try:
             state = self._future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
@@ -73,7 +76,10 @@ class TaskFuture(Generic[R]):
                 f"task {self.task_name!r} did not finish within {timeout:g} s (it is still "
                 f"{self.task_run.state}); wait longer or call .wait() first"
             ) from None
-        return state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return,unused-ignore]
+        data = state.result(raise_on_failure=False)
+        if raise_on_failure and isinstance(data, BaseException) and not state.is_completed():
+            raise hide_internal_frames(data)  # the user's frames only (see nbflow._tracebacks)
+        return data  # type: ignore[no-any-return,unused-ignore]
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], Any]) -> None:
         """Call ``fn(future)`` once the call is final (at once if it already is)."""
@@ -94,6 +100,9 @@ class TaskFutureList(list[TaskFuture[R]]):
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
         """The results, in order; the first failed call raises its exception."""
+        from nbflow._tracebacks import HIDE_FRAMES
+
+        __tracebackhide__ = HIDE_FRAMES
         self.wait(timeout)
         return [future.result(timeout=0 if timeout is not None else None, raise_on_failure=raise_on_failure)
                 for future in self]

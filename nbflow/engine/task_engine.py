@@ -25,7 +25,6 @@ import contextvars
 import os
 import sqlite3
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ import xxhash
 
 from nbflow import events
 from nbflow._recovery import warn_once
+from nbflow._tracebacks import HIDE_FRAMES, hide_internal_frames, warn_at_caller
 from nbflow.cache_policies import ArgumentError, KeyContext, default_key_exclusions, fingerprint_arguments
 from nbflow.context import (
     CompletedCall,
@@ -132,7 +132,8 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
                   label: str) -> State:
     """Call ``fn`` once under its timeout and turn the outcome into a state: ``Completed``, ``TimedOut``,
     ``Failed``, ``Cancelled`` (KeyboardInterrupt) or ``Crashed`` (any other BaseException). Task and flow
-    attempts both go through here."""
+    attempts both go through here. A caught exception keeps the user's frames only (see nbflow._tracebacks)."""
+    __tracebackhide__ = HIDE_FRAMES
     try:
         if timeout_seconds is None:
             result = fn(*args, **kwargs)
@@ -147,15 +148,16 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
     except KeyboardInterrupt as error:
         return Cancelled(error, message="interrupted (KeyboardInterrupt)")
     except Exception as error:
-        return Failed(error, message=error_summary(error))
+        return Failed(hide_internal_frames(error), message=error_summary(error))
     except BaseException as error:
-        return Crashed(error, message=error_summary(error))
+        return Crashed(hide_internal_frames(error), message=error_summary(error))
     return Completed(result)
 
 
 async def async_call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                               timeout_seconds: float | None, label: str) -> State:
     """:func:`call_to_state` for a coroutine function: awaited under its timeout, which cancels it."""
+    __tracebackhide__ = HIDE_FRAMES
     import asyncio  # here, not at the top: plain calls never pay for importing asyncio
 
     try:
@@ -180,9 +182,9 @@ async def async_call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, 
     except (KeyboardInterrupt, asyncio.CancelledError) as error:
         return Cancelled(error, message=f"interrupted ({type(error).__name__})")
     except Exception as error:
-        return Failed(error, message=error_summary(error))
+        return Failed(hide_internal_frames(error), message=error_summary(error))
     except BaseException as error:
-        return Crashed(error, message=error_summary(error))
+        return Crashed(hide_internal_frames(error), message=error_summary(error))
     return Completed(result)
 
 
@@ -271,11 +273,10 @@ class TaskRunEngine:
                 return str(template())
             return str(template).format(**self.parameters)
         except Exception as error:
-            warnings.warn(
+            warn_at_caller(
                 f"task {self.task.name!r}: task_run_name {template!r} could not be rendered ({error}); "
                 "using the task name",
                 NbflowWarning,
-                stacklevel=5,
             )
             return None
 
@@ -335,20 +336,18 @@ class TaskRunEngine:
                 key = task.cache_policy.compute_key(context, self.parameters)
                 parts = context.parts
         except ArgumentError as error:
-            warnings.warn(
+            warn_at_caller(
                 f"task {task.name!r} runs uncached: argument {error.argument!r} cannot be fingerprinted "
                 f"({error.__cause__}). Leave it out of the key with "
                 f"cache_policy=INPUTS - {error.argument!r} (+ TASK_SOURCE), or register a fingerprint "
                 "with nbflow.hashing.register(type, fn).",
                 NbflowWarning,
-                stacklevel=5,
             )
             return
         except UnfingerprintableError as error:
-            warnings.warn(
+            warn_at_caller(
                 f"task {task.name!r} runs uncached: its cache key could not be computed ({error})",
                 NbflowWarning,
-                stacklevel=5,
             )
             return
         self.task_run.key_parts = parts
@@ -546,10 +545,9 @@ class TaskRunEngine:
         try:
             return bool(condition(task, self.task_run, state))
         except Exception as error:
-            warnings.warn(
+            warn_at_caller(
                 f"task {task.name!r}: retry_condition_fn raised {error_summary(error)}; not retrying",
                 NbflowWarning,
-                stacklevel=6,
             )
             return False
 
@@ -567,8 +565,7 @@ class TaskRunEngine:
             try:
                 value, serializer = value.encoded(serializer, task.name), "pickle"
             except SerializationError as error:
-                warnings.warn(f"{error} — the task's result was returned but not persisted.", NbflowWarning,
-                              stacklevel=5)
+                warn_at_caller(f"{error} — the task's result was returned but not persisted.", NbflowWarning)
                 state.persisted = self.task_run.persisted = False
                 state.message = f"not persisted: {error}"
                 return state
@@ -600,8 +597,7 @@ class TaskRunEngine:
             )
         except (SerializationError, PersistError) as error:
             if not isinstance(error, StoreUnwritable):  # that one was said once, when the store opened
-                warnings.warn(f"{error} — the task's result was returned but not persisted.", NbflowWarning,
-                              stacklevel=5)
+                warn_at_caller(f"{error} — the task's result was returned but not persisted.", NbflowWarning)
             state.persisted = False
             state.message = f"not persisted: {error}"
         else:
@@ -634,10 +630,10 @@ class TaskRunEngine:
         files, moved, drawn = observation.outcome()
         if moved:
             names = ", ".join(repr(name) for name in moved)
-            warnings.warn(
+            warn_at_caller(
                 f"task {self.task.name!r} is not cached: file(s) {names} changed while it ran, so what it read "
                 "cannot be told apart from what it wrote. It runs again next time.",
-                NbflowWarning, stacklevel=6,
+                NbflowWarning,
             )
             state.message = f"not persisted: {names} changed while it ran"
             return _MISSING
@@ -671,10 +667,10 @@ class TaskRunEngine:
         """A task changed arguments in place: a hit would return the result without that change, so the
         call is not cached (True would store it anyway; cell tasks store such inputs as outputs)."""
         listed = ", ".join(repr(name) for name in names)
-        warnings.warn(
+        warn_at_caller(
             f"task {self.task.name!r} changed its argument(s) {listed} in place; a cached call would not repeat "
             "that, so this call is not cached. Return the changed value instead (or change a copy).",
-            NbflowWarning, stacklevel=7,
+            NbflowWarning,
         )
         state.message = f"not persisted: changed argument(s) {listed} in place"
         return False
@@ -910,20 +906,38 @@ def run_coroutine(coroutine: Any) -> Any:
     return outcome["value"]
 
 
+def failure_to_raise(state: State) -> BaseException | None:
+    """The exception a failed ``state`` raises to its caller, its traceback down to the user's frames only
+    (see nbflow._tracebacks); None for a state with a result. Callers raise it themselves, rather than
+    through ``state.result()``: a frame fewer between the user's call and their function."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, BaseException) and state.type is not StateType.COMPLETED:
+        return hide_internal_frames(data)
+    return None
+
+
 def _outcome(state: State, return_state: bool) -> Any:
+    __tracebackhide__ = HIDE_FRAMES
     if return_state:
         if state.type in (StateType.CANCELLED, StateType.CRASHED) and state.name != "RolledBack":
             # An interrupt or a crash still stops the caller; the state is in the run history.
-            raise state.result(raise_on_failure=False)
+            raise hide_internal_frames(state.result(raise_on_failure=False))
         return state
+    error = failure_to_raise(state)
+    if error is not None:
+        raise error
     return state.result()
 
 
 def run_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
              return_state: bool = False) -> Any:
     """Run one call of ``task`` and return its result (or its final state with ``return_state``)."""
+    __tracebackhide__ = HIDE_FRAMES
     state = TaskRunEngine(task, args, kwargs).run_to_state()
     if not return_state:
+        error = failure_to_raise(state)
+        if error is not None:
+            raise error
         return state.result()
     return _outcome(state, return_state)
 
@@ -931,6 +945,7 @@ def run_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 async def run_task_async(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
                          return_state: bool = False) -> Any:
     """Run one call of an ``async def`` task (awaited); the result, or the final state."""
+    __tracebackhide__ = HIDE_FRAMES
     engine = TaskRunEngine(task, args, kwargs)
     return _outcome(await engine.run_to_state_async(), return_state)
 

@@ -51,3 +51,66 @@ def test_a_hits_saved_time_is_the_same_on_its_line_and_in_status(shell: Any, cap
     row = next(line for line in status.splitlines() if line.startswith("slow "))
     assert said in row, (said, row)
     assert status.rstrip().endswith(f"time saved by the cache in this session: {said}"), status
+
+
+DEFINITIONS = """\
+import nbflow
+
+@nbflow.task
+def boom(x):
+    return 1 / x
+
+@nbflow.flow
+def pipeline():
+    return boom(0)
+
+class Opaque:
+    def __reduce__(self):
+        raise TypeError("no pickling")
+
+@nbflow.task
+def take(value):
+    return 1
+"""
+
+
+def _frames(text: str) -> list[str]:
+    """The frame headers of an IPython traceback: ``Cell In[1], line 4, in boom(x)``, file paths..."""
+    lines = _plain(text).splitlines()
+    # (cell numbers vary with the tests run before)
+    return [re.sub(r"^Cell In\[\d+\]", "Cell", line) for line in lines
+            if line.startswith(("Cell In", "File ")) or line.lstrip().startswith("[... skipping hidden")]
+
+
+@pytest.mark.parametrize("call", ["boom(0)", "pipeline()"])
+def test_a_task_failure_shows_the_users_frames_only(shell: Any, capsys: Any, call: str) -> None:
+    shell.InteractiveTB.set_mode("Context")
+    try:
+        assert shell.run_cell(DEFINITIONS).success
+        result = shell.run_cell(call)
+    finally:
+        shell.InteractiveTB.set_mode("Plain")
+    assert isinstance(result.error_in_exec, ZeroDivisionError)
+    frames = _frames(capsys.readouterr().out)
+    expected = ["Cell, line 1", "    [... skipping hidden 2 frame]"]
+    if call == "pipeline()":
+        expected.append("Cell, line 9, in pipeline()")  # the flow's body: the user's code too
+    expected.append("Cell, line 5, in boom(x)")
+    assert frames == expected
+
+
+def test_a_warning_about_a_call_points_at_the_call(shell: Any) -> None:
+    import warnings
+
+    from nbflow.exceptions import NbflowWarning
+
+    assert shell.run_cell(DEFINITIONS).success
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert shell.run_cell("x = 1\ntake(Opaque())\n").success
+        assert shell.run_cell("@nbflow.flow\ndef outer():\n    return take(Opaque())\nouter()\n").success
+    found = [warning for warning in caught if issubclass(warning.category, NbflowWarning)]
+    assert len(found) == 2, [str(warning.message) for warning in caught]
+    assert all("cannot be fingerprinted" in str(warning.message) for warning in found)
+    assert [warning.lineno for warning in found] == [2, 3]  # the call in the cell; the call in the flow's body
+    assert all(warning.filename.startswith("<ipython-input-") for warning in found), [w.filename for w in found]
