@@ -15,6 +15,7 @@ const MAX_HEIGHT = 480;
 const MIN_HEIGHT = 80;
 const MIN_SCALE = 0.02; // small enough that "fit" fits a graph of a few thousand nodes
 const MIN_FIT_SCALE = 0.5; // below this a graph opens readable on its first nodes, not fitted
+const READABLE_SCALE = 0.8; // the scale it then opens at (12 px names read as 10 px)
 const FAR_SCALE = 0.35; // below this node text is unreadable: hidden, which also keeps zooming cheap
 const MAX_SCALE = 3;
 const BATCH = 150; // new nodes drawn per frame
@@ -40,7 +41,7 @@ const STATES = {
 };
 const UNSUCCESSFUL = ["failed", "timedout", "cancelled", "crashed"];
 const FINAL = ["completed", ...UNSUCCESSFUL]; // states whose duration is a run's (a running call's grows)
-const SPAN_STATES = ["running", "completed", "failed", "timedout", "crashed", "cancelled", "cached", "waiting"];
+const SPAN_STATES = ["running", "completed", "failed", "timedout", "crashed", "cancelled", "cached", "waiting", "upstream"];
 
 function svg(tag, attrs = {}, parent = null) {
   const el = document.createElementNS(SVG_NS, tag);
@@ -167,9 +168,12 @@ function render({ model, el }) {
   const legend = html("div", { class: "nbflow-legend", role: "list", "aria-label": "Legend" }, root);
   const body = html("div", { class: "nbflow-body" }, root);
   const canvas = html("div", { class: "nbflow-canvas" }, body);
-  const timeline = html("div", { class: "nbflow-timeline", hidden: "" }, body);
+  // The timeline lies over the graph's canvas: switching views shows or hides it, and the graph beneath
+  // keeps its layout, style and paint (display:none would cost a thousand nodes' layout coming back).
+  const timeline = html("div", { class: "nbflow-timeline-pane", hidden: "" }, canvas);
   const details = html("div", { class: "nbflow-details", hidden: "" }, body);
-  const graphSvg = svg("svg", { class: "nbflow-graph", role: "group", "aria-label": "Task graph" }, canvas);
+  const graphSvg = svg("svg", { class: "nbflow-graph", role: "group", "aria-label": "Task graph" });
+  canvas.insertBefore(graphSvg, timeline);
   const defs = svg("defs", {}, graphSvg);
   const uid = Math.random().toString(36).slice(2);
   const marker = svg("marker", { id: "nbflow-arrow-" + uid, viewBox: "0 0 10 10",
@@ -215,7 +219,7 @@ function render({ model, el }) {
     const height = Math.round(Math.min(MAX_HEIGHT, Math.max(MIN_HEIGHT, h)));
     if (height === canvasH) return;
     canvasH = height;
-    canvas.style.height = `${canvasH}px`;
+    if (mode === "graph") canvas.style.height = `${canvasH}px`;
   }
 
   // Fit the whole graph in the canvas; on opening (`all` false) a graph that would be unreadably small
@@ -231,7 +235,7 @@ function render({ model, el }) {
       setHeight(gh * k);
       view = { x: 0, y: 0, k };
     } else {
-      const k = MIN_FIT_SCALE;
+      const k = READABLE_SCALE;
       setHeight(MAX_HEIGHT);
       const first = graph.nodes[0];
       // The first node at the left, halfway down (or the graph's top edge at the top if that is nearer).
@@ -630,6 +634,7 @@ function render({ model, el }) {
   let tlQueued = false;
   let tlResort = true; // the order by start is stale (a new graph or patch)
   let tlTimer = null;
+  let tlScrollH = MAX_HEIGHT;
 
   // Kernel and browser clocks may differ: "now" is never before the latest time the kernel reported.
   let latest = 0;
@@ -691,11 +696,15 @@ function render({ model, el }) {
       sortTimeline();
       tlResort = false;
     }
-    const width = Math.max(200, timeline.clientWidth || 600);
+    const width = Math.max(200, canvasW || 600);
     const plotW = Math.max(50, width - LABEL_W - 16);
     const extent = timelineExtent();
+    // (scrollTop read first, before this frame writes anything that would make reading it lay out again)
+    const scrollTop = tlScroll.scrollTop;
     tlSpacer.style.height = `${tlOrder.length * ROW_H}px`;
-    tlScroll.style.height = `${Math.min(MAX_HEIGHT - 22, Math.max(ROW_H * 2, tlOrder.length * ROW_H)) + 2}px`;
+    tlScrollH = Math.min(MAX_HEIGHT - 22, Math.max(ROW_H * 2, tlOrder.length * ROW_H)) + 2;
+    tlScroll.style.height = `${tlScrollH}px`;
+    canvas.style.height = `${tlScrollH + 23}px`;
     tlAxis.setAttribute("width", String(width));
     tlSvg.setAttribute("width", String(width));
     tlAxis.replaceChildren();
@@ -719,8 +728,8 @@ function render({ model, el }) {
       }
     }
     // Only the rows on screen, and a few around them.
-    const first = Math.max(0, Math.floor(tlScroll.scrollTop / ROW_H) - 5);
-    const count = Math.ceil((tlScroll.clientHeight || MAX_HEIGHT) / ROW_H) + 10;
+    const first = Math.max(0, Math.floor(scrollTop / ROW_H) - 5);
+    const count = Math.ceil(tlScrollH / ROW_H) + 10;
     const last = Math.min(tlOrder.length, first + count);
     tlSvg.style.top = `${first * ROW_H}px`;
     tlSvg.setAttribute("height", String(Math.max(1, (last - first) * ROW_H)));
@@ -743,7 +752,7 @@ function render({ model, el }) {
           continue;
         }
         const end = known(e) ? e : now();
-        const w = Math.max(2, (end - s) * scale);
+        const w = Math.max(end === s ? 6 : 2, (end - s) * scale); // a call that never ran: a small mark
         const bar = svg("rect", { class: state === "waiting" ? "span wait" : "span", x, y: 3, width: w,
           height: ROW_H - 6, "data-state": SPAN_STATES.includes(state) ? state : node.state }, g);
         if (state === "waiting") bar.style.fill = `url(#${hatch.id})`;
@@ -769,7 +778,9 @@ function render({ model, el }) {
     root.setAttribute("data-view", next);
     graphButton.setAttribute("aria-pressed", String(next === "graph"));
     timelineButton.setAttribute("aria-pressed", String(next === "timeline"));
-    canvas.hidden = next !== "graph";
+    graphSvg.setAttribute("aria-hidden", String(next !== "graph"));
+    const stop = nodeEls.get(current);
+    if (stop) stop.g.setAttribute("tabindex", next === "graph" ? "0" : "-1"); // no tab stop out of sight
     timeline.hidden = next !== "timeline";
     fitButton.hidden = next !== "graph";
     legendKey = "";
@@ -779,6 +790,7 @@ function render({ model, el }) {
     } else {
       if (tlTimer) clearInterval(tlTimer);
       tlTimer = null;
+      canvas.style.height = `${canvasH}px`;
       if (autoFit) fit(false);
     }
   }
@@ -833,8 +845,9 @@ function render({ model, el }) {
 
   // Pan with a drag on the background, zoom with the wheel around the pointer: one view change per frame.
   let drag = null;
+  const inTimeline = () => mode === "timeline";
   canvas.addEventListener("pointerdown", (event) => {
-    if (event.target.closest && event.target.closest("g.node")) return;
+    if (inTimeline(event) || (event.target.closest && event.target.closest("g.node"))) return;
     drag = { x: event.clientX - view.x, y: event.clientY - view.y };
     canvas.classList.add("nbflow-dragging");
   });
@@ -853,6 +866,7 @@ function render({ model, el }) {
   canvas.addEventListener("pointerleave", stopDrag);
   let zoom = null;
   canvas.addEventListener("wheel", (event) => {
+    if (inTimeline(event)) return; // the timeline scrolls
     event.preventDefault();
     autoFit = false;
     const unit = event.deltaMode === 1 ? 16 : event.deltaMode === 2 ? 400 : 1;
@@ -875,7 +889,7 @@ function render({ model, el }) {
     zoom.y = event.clientY;
   }, { passive: false });
   canvas.addEventListener("dblclick", (event) => {
-    if (event.target.closest && event.target.closest("g.node")) return;
+    if (inTimeline(event) || (event.target.closest && event.target.closest("g.node"))) return;
     refit();
   });
 
@@ -899,18 +913,17 @@ function render({ model, el }) {
   // The canvas has no width until the output is on the page, and narrows when the details panel opens:
   // fit again then (unless the user moved the view), and keep the selected node on screen.
   const resized = new ResizeObserver((entries) => {
-    if (mode === "timeline") queueTimeline(false);
     const entry = entries.find((e) => e.target === canvas);
     if (!entry) return;
     const width = Math.round(entry.contentRect.width);
-    canvasH = Math.round(entry.contentRect.height) || canvasH;
+    if (!canvasH) canvasH = Math.round(entry.contentRect.height);
     if (!width || width === canvasW) return;
     canvasW = width;
+    if (mode === "timeline") queueTimeline(false);
     if (autoFit) fit(false);
     if (selectedId()) keepInView(selectedId());
   });
   resized.observe(canvas);
-  resized.observe(timeline);
 
   // Dark themes: JupyterLab and Notebook 7 mark <body>, VS Code too (CSS handles those); any other
   // front-end with a dark background is found by the background the theme variables resolve to.

@@ -4,13 +4,15 @@ nbflow's own layout: big graphs, every state, timings and spans, without running
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from nbflow.ui.layout import layered_layout
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1_780_000_000.0  # a run's start, in epoch seconds
+# A run's start, in epoch seconds: a few seconds ago, so that a running one's "now" is where it would be.
+T0 = float(int(time.time()) - 5)
 
 # The ten-line fake model of test_graph_module.py, with the element's width as a fourth argument.
 FAKE_MODEL = """
