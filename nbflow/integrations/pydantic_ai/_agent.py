@@ -18,7 +18,7 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
 from pydantic_ai.toolsets import AbstractToolset
 
-from nbflow.context import current_flow_run
+from nbflow.context import current_flow_run, current_task_run
 from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.flows import Flow
 from nbflow.integrations.pydantic_ai._durability import (
@@ -182,6 +182,31 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             "it is registered: pass DurableAgent(agent, models={'key': model}) and use the key (or the "
             "registered instance), or set the model when the agent is created."
         )
+
+    # --- realtime sessions -------------------------------------------------------------------------
+
+    def _check_realtime_signaling(self) -> None:
+        # A live provider connection is neither a cached result nor replayable: not in flow code (inside
+        # a task, whose result is what gets stored, it is the task's own business).
+        if current_flow_run() is not None and current_task_run() is None:
+            raise UserError(
+                "Realtime sessions cannot run in nbflow flow code: a live provider connection cannot be "
+                "recorded or replayed. That includes `answer_webrtc_offer()`, `create_client_secret()` and "
+                "`hang_up()`, which send provider requests. Use them outside the flow, or inside a task."
+            )
+        super()._check_realtime_signaling()
+
+    @asynccontextmanager
+    async def _resolve_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        self._check_realtime_signaling()
+        async with super()._resolve_realtime_session(*args, **kwargs) as resolved:  # type: ignore[misc]
+            yield resolved
+
+    @asynccontextmanager
+    async def _open_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        self._check_realtime_signaling()
+        async with super()._open_realtime_session(*args, **kwargs) as session:  # type: ignore[misc]
+            yield session
 
     # --- runs ------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from pydantic_ai.durable_exec import (
     ToolsetKind,
     ToolsetValidateToolArgumentsId,
 )
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelResponse
 from pydantic_ai.models import Model
 from pydantic_ai.tools import AgentDepsT, RunContext
@@ -373,6 +374,12 @@ class NbflowDurability(BaseDurabilityCapability[AgentDepsT]):
         return _with_non_retryable(check_task_config(config, "tool metadata 'nbflow'"))
 
 
+def _is_agent_function_toolset(toolset: AbstractToolset[Any]) -> bool:
+    # The agent's own tools (`@agent.tool`, `tools=`, `override(tools=...)`), by class name: pydantic-ai
+    # keeps the class private.
+    return type(toolset).__name__ == "_AgentFunctionToolset"
+
+
 def _explicit_id(toolset: AbstractToolset[Any]) -> str | None:
     # The id a user chose (not one pydantic-ai derives from a URL): what the engine keys toolsets by.
     return cast("str | None", getattr(toolset, "_explicit_id", toolset.id))
@@ -431,10 +438,31 @@ class AgentDurability(NbflowDurability[AgentDepsT]):
         return registered if registered is not None and registered.wrapped is ts else ts
 
     def get_wrapper_toolset(self, toolset: AbstractToolset[AgentDepsT]) -> AbstractToolset[AgentDepsT] | None:
-        swapped = super().get_wrapper_toolset(toolset)
-        if not self._unnamed:
+        self._reject_runtime_toolsets(toolset)
+        return toolset.visit_and_replace(self._swap_for_run)
+
+    def _swap_for_run(self, ts: AbstractToolset[AgentDepsT]) -> AbstractToolset[AgentDepsT]:
+        swapped = self.swap_toolset(ts)
+        if swapped is not ts:
             return swapped
-        return (swapped or toolset).visit_and_replace(self.swap_toolset)
+        if _is_agent_function_toolset(ts):
+            # `override(tools=...)` builds the agent's function toolset anew each time it is asked for:
+            # wrap the run's own (tasks need no registration ahead of the run in nbflow).
+            entry = self._unnamed.get(id(ts))
+            if entry is None:
+                wrapped = self._wrap_leaf_toolset(ts)
+                if wrapped is None:
+                    return ts
+                entry = self._unnamed[id(ts)] = (ts, wrapped)
+            return entry[1]
+        toolset_id = _explicit_id(ts)
+        if toolset_id is not None and toolset_id in self._toolsets_by_id and self.in_durable_context:
+            raise UserError(
+                f"A toolset added at run time has the same `id` {toolset_id!r} as one of the agent's: toolset "
+                "ids must be unique, since the id tells which toolset's task a tool call runs as. Give the "
+                "toolset a different `id`."
+            )
+        return ts
 
     def _reject_runtime_toolsets(self, toolset: AbstractToolset[AgentDepsT]) -> None:
         # pydantic-ai's check counts only the toolsets the agent was constructed with as known; a
@@ -448,7 +476,9 @@ class AgentDurability(NbflowDurability[AgentDepsT]):
 
         def collect(leaf: AbstractToolset[AgentDepsT]) -> None:
             # A capability's contributions are re-packaged per run; the toolsets inside are judged alone.
-            if id(leaf) not in self._known_leaves and not isinstance(leaf, CapabilityOwnedToolset):
+            if id(leaf) in self._known_leaves or _is_agent_function_toolset(leaf):
+                return
+            if not isinstance(leaf, CapabilityOwnedToolset):
                 runtime.append(leaf)
 
         toolset.apply(collect)

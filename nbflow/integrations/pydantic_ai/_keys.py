@@ -61,7 +61,8 @@ UPSTREAM_PARAMETER = "upstream"
 _CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
     # messages
     "ModelRequest": ("kind", "parts", "instructions", "state"),
-    "ModelResponse": ("kind", "parts", "model_name", "finish_reason", "state"),
+    # provider_details can carry what a provider continues from (a conversation id): it is sent back
+    "ModelResponse": ("kind", "parts", "model_name", "finish_reason", "state", "provider_details"),
     # request parts
     "SystemPromptPart": ("part_kind", "content", "dynamic_ref", "scope"),
     "UserPromptPart": ("part_kind", "content"),
@@ -228,7 +229,10 @@ class _Projector:
         for name in _RUN_CONTEXT_FIELDS:
             item = getattr(ctx, name, None)
             if name == "tool_call_id" and isinstance(item, str) and item.startswith(_GENERATED_ID_PREFIX):
-                out[name] = self.generated_id(item)
+                # The id of the call being made counts by its place in the messages (projected above), so
+                # two parallel identical calls key apart and an identical rerun keys alike; an id the
+                # messages do not hold counts verbatim, so two such calls never share a result.
+                out[name] = self.ids.get(item, item)
             else:
                 out[name] = self.project(item, depth + 1)
         agent = getattr(ctx, "agent", None)
@@ -347,6 +351,8 @@ class AgentInputs(CachePolicy):
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         named = {name: value for name, value in inputs.items() if name != UPSTREAM_PARAMETER}
+        if not named:
+            return None  # nothing to key by: run, never replay
         projected = canonical(named)
         hasher = xxhash.xxh3_128()
         # Recorded results are pydantic-ai objects: another release of it, or another projection, starts
