@@ -194,6 +194,14 @@ class _Trail:
 
 _trail: ContextVar[_Trail | None] = ContextVar("nbflow_agent_trail", default=None)
 
+# The model's stream events of the streamed model request running now, recorded inside its task.
+_recorded_events: ContextVar[list[Any] | None] = ContextVar("nbflow_agent_stream_events", default=None)
+
+try:  # pydantic-ai's result shape for a streamed request that carries its events (still decoded and replayed)
+    from pydantic_ai.durable_exec._utils import StreamedActivityResult as _StreamedResult
+except ImportError:  # pragma: no cover - a release without it: the run sees the response only
+    _StreamedResult = None
+
 
 class _Namer:
     """Task names: a model request is named for its model, a tool call for its tool."""
@@ -245,6 +253,8 @@ class NbflowOperationBackend(CallableOperationBackend[dict[str, Any]]):
                 )
             elif trail.last_model is not None:
                 upstream = (trail.last_model,)
+        if isinstance(operation_id, ModelRequestId) and getattr(operation_id, "streaming", False):
+            body = _recording_events(body)
         task = _operation_task(operation_id, name, len(cache_key), body, self._agent_name, config)
         result = await task(*cache_key, **{UPSTREAM_PARAMETER: upstream})
         if trail is not None:
@@ -254,6 +264,27 @@ class NbflowOperationBackend(CallableOperationBackend[dict[str, Any]]):
             else:
                 trail.since_model.append(result)
         return result
+
+
+def _recording_events(body: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
+    """A streamed model request whose stored result keeps the model's stream events with the response,
+    so the flow (a per-run handler, ``run_stream_events``, ``ProcessEventStream``) sees the stream as the
+    model sent it — deltas and all — on the first run and on every replay, not one event per part."""
+    if _StreamedResult is None:
+        return body
+
+    async def recorded() -> object:
+        events: list[Any] = []
+        token = _recorded_events.set(events)
+        try:
+            response = await body()
+        finally:
+            _recorded_events.reset(token)
+        if not isinstance(response, ModelResponse):
+            return response
+        return _StreamedResult(response=response, events=events)
+
+    return recorded
 
 
 def _operation_task(operation_id: DurableOperationId, name: str, count: int,
@@ -349,6 +380,28 @@ class NbflowDurability(BaseDurabilityCapability[AgentDepsT]):
         """The task options of one tool's calls: its ``"nbflow"`` metadata over the tool defaults."""
         resolve = self._build_resolve_tool_config(self._tool_config)
         return cast("dict[str, Any] | Literal[False]", resolve(tool, tool_name))
+
+    def _model_stream_event_handler(self) -> EventStreamHandler[AgentDepsT] | None:
+        # Inside a streamed model request's task: record each event for the flow, and hand it on to the
+        # capability's own handler, which sees the live stream there as before.
+        handler = super()._model_stream_event_handler()
+        events = _recorded_events.get()
+        if events is None:
+            return handler
+
+        async def recording(ctx: RunContext[AgentDepsT], stream: Any) -> None:
+            async def tee() -> Any:
+                async for event in stream:
+                    events.append(event)
+                    yield event
+
+            teed = tee()
+            if handler is not None:
+                await handler(ctx, teed)
+            async for _ in teed:  # what the handler left unread still belongs to the record
+                pass
+
+        return recording
 
     def _toolset_base_config(self, kind: ToolsetKind) -> Any:
         # The options of a toolset's own tasks (MCP and dynamic tool discovery) are the agent's tool
