@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -628,3 +629,152 @@ def test_run_stream_is_not_durable_and_says_so(calls: Path) -> None:
 
     with pytest.warns(NbflowWarning, match="not durable"):
         assert asyncio.run(main()) == "streamed"
+
+
+# -- a whole agent: the rest of the agent API ------------------------------------------------------
+
+
+def test_iter_is_durable_inside_a_flow_and_plain_outside(calls: Path) -> None:
+    durable = DurableAgent(geography())
+
+    async def nodes() -> tuple[list[str], str]:
+        names: list[str] = []
+        async with durable.iter("What is the capital of Mexico?") as agent_run:
+            async for node in agent_run:
+                names.append(type(node).__name__)
+        assert agent_run.result is not None
+        return names, agent_run.result.output
+
+    @nbflow.flow
+    async def in_a_flow() -> tuple[list[str], str]:
+        return await nodes()
+
+    names, output = asyncio.run(in_a_flow())
+    assert output == "The capital is Mexico City." and "CallToolsNode" in names
+    assert [state for _, state in states(last_run())] == ["Completed"] * 3
+    calls.unlink()
+    assert asyncio.run(in_a_flow())[1] == output  # replayed: the model and the tool are not called
+    assert logged(calls) == []
+    runs = len(nbflow.runs.list_runs())
+    assert asyncio.run(nodes())[1] == output  # outside a flow: a plain run, no flow recorded
+    assert len(nbflow.runs.list_runs()) == runs and logged(calls) == ["model", "tool", "model"]
+
+
+def test_override_applies_to_durable_runs(calls: Path) -> None:
+    durable = DurableAgent(geography())
+    with durable.override(instructions="Answer in Spanish."):
+        durable.run_sync("What is the capital of Mexico?")
+    assert logged(calls) == ["model", "tool", "model"]  # other instructions: another key
+
+    def capital_override(ctx: RunContext[None], country: str) -> str:
+        """The capital city of a country."""
+        note("override")
+        return "CDMX"
+
+    with durable.override(tools=[Tool(capital_override, name="capital")]):
+        result = durable.run_sync("What is the capital of Mexico?")
+    assert result.output == "The capital is CDMX."
+    assert states(last_run())[1] == ("capital", "Completed")  # the overriding tool runs as a task
+    with pytest.raises(UserError, match="registered"), durable.override(model=TestModel()):
+        durable.run_sync("What is the capital of Mexico?")
+
+
+def test_run_stream_events_is_a_durable_run_whose_events_you_iterate(calls: Path) -> None:
+    durable = DurableAgent(Agent(TestModel(), name="streaming", tools=[Tool(capital)]))
+
+    async def events() -> list[Any]:
+        async with durable.run_stream_events("What is the capital of Mexico?") as stream:
+            return [event async for event in stream]
+
+    first = asyncio.run(events())
+    assert last_run().flow_name == "streaming" and logged(calls) == ["tool"]
+    assert type(first[-1]).__name__ == "AgentRunResultEvent"
+    assert sum(type(e).__name__ == "PartDeltaEvent" for e in first) >= 1  # the stream as the model sent it
+    calls.unlink()
+    second = asyncio.run(events())
+    assert [state for _, state in states(last_run())] == ["Cached"] * 3 and logged(calls) == []
+    assert [type(e).__name__ for e in second] == [type(e).__name__ for e in first]
+
+    @nbflow.flow
+    async def inside() -> None:
+        await events()
+
+    with pytest.raises(UserError, match="run_stream_events\\(\\)` cannot be used inside an nbflow flow"):
+        asyncio.run(inside())
+
+
+def test_toolsets_and_event_stream_handler_of_the_wrapper(calls: Path) -> None:
+    from pydantic_ai.durable_exec._toolset import DurableFunctionToolset
+
+    async def handler(ctx: RunContext[Any], events: Any) -> None:
+        async for _ in events:
+            pass
+
+    agent = geography()
+    durable = DurableAgent(agent, event_stream_handler=handler)
+    assert durable.event_stream_handler is handler
+    wrapped = [toolset for toolset in durable.toolsets if isinstance(toolset, DurableFunctionToolset)]
+    assert [toolset.wrapped for toolset in wrapped] == [agent.toolsets[0]]
+    assert durable.model is agent.model and durable.name == "geography"
+
+
+def test_a_toolset_without_an_id_is_durable(calls: Path) -> None:
+    from pydantic_ai import FunctionToolset
+
+    agent = Agent(FunctionModel(geography_model), name="geography", toolsets=[FunctionToolset([Tool(capital)])])
+    durable = DurableAgent(agent)
+    assert durable.run_sync("Mexico?").output == "The capital is Mexico City."
+    assert states(last_run())[1] == ("capital", "Completed")
+    calls.unlink()
+    durable.run_sync("Mexico?")
+    assert logged(calls) == [] and [state for _, state in states(last_run())] == ["Cached"] * 3
+
+
+def dynamic_tools(ctx: RunContext[None]) -> Any:
+    """Stands in for a server whose tools are discovered at run time (an MCP server): counts discoveries."""
+    from pydantic_ai import FunctionToolset
+
+    note("discover")
+    return FunctionToolset([Tool(capital)])
+
+
+def test_a_toolset_added_after_wrapping_is_durable_and_discovery_is_cached(calls: Path) -> None:
+    # The mcp package is not a dependency of nbflow[ai]; a dynamic toolset takes the same path (a discovery
+    # task, then tool-call tasks), with the lifecycle pydantic-ai declares for MCP servers' sessions.
+    agent = Agent(FunctionModel(geography_model), name="geography")
+    durable = DurableAgent(agent)
+    agent.toolset(dynamic_tools)  # after the agent was wrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NbflowWarning)  # discovery is keyed by the agent's policy: no warning
+        assert durable.run_sync("Mexico?").output == "The capital is Mexico City."
+    assert ("capital", "Completed") in states(last_run()) and "discover" in logged(calls)
+    calls.unlink()
+    assert durable.run_sync("Mexico?").output == "The capital is Mexico City."
+    assert logged(calls) == []  # fully cached: the server would not even be started
+    assert {state for _, state in states(last_run())} == {"Cached"}
+
+
+def test_a_replayed_response_keeps_the_run_and_conversation_that_produced_it(calls: Path) -> None:
+    durable = DurableAgent(geography())
+    first = durable.run_sync("What is the capital of Mexico?")
+    second = durable.run_sync("What is the capital of Mexico?")
+    assert logged(calls) == ["model", "tool", "model"]  # the second run is replayed
+    produced, replayed = first.all_messages()[-1], second.all_messages()[-1]
+    assert isinstance(produced, ModelResponse) and isinstance(replayed, ModelResponse)
+    assert (replayed.run_id, replayed.conversation_id) == (produced.run_id, produced.conversation_id)
+    assert second.all_messages()[0].run_id == second.run_id != replayed.run_id
+
+
+def test_run_sync_from_a_sync_tool_is_refused(calls: Path) -> None:
+    inner = DurableAgent(geography())
+
+    def delegate() -> str:
+        return inner.run_sync("What is the capital of Mexico?").output
+
+    def call_delegate(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart("delegate", {})])
+
+    outer = Agent(FunctionModel(call_delegate), tools=[Tool(delegate)])
+    with pytest.raises(UserError, match="cannot be used inside a synchronous tool"):
+        asyncio.run(outer.run("delegate"))
+    assert logged(calls) == []

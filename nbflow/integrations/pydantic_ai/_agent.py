@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from pydantic_ai import _utils as _pydantic_ai_utils
 from pydantic_ai.agent import AbstractAgent, AgentRun, EventStreamHandler, WrapperAgent
@@ -101,7 +101,7 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             )
         super().__init__(wrapped)
         self._name: str = resolved
-        by_name = {
+        by_name: dict[str, dict[str, Any] | Literal[False]] = {
             tool: (False if config is None else check_task_config(config, f"tool_task_config_by_name[{tool!r}]"))
             for tool, config in (tool_task_config_by_name or {}).items()
         }
@@ -161,13 +161,10 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     def toolsets(self) -> Sequence[AbstractToolset[AgentDepsT]]:
         """The wrapped agent's toolsets, each leaf that does I/O wrapped so its calls run as tasks
         inside a flow (and as plain calls outside one)."""
-        bound = self.capability.for_agent(self.wrapped)
-        durability = NbflowDurability._find_in(bound)
-        assert durability is not None
-        return [
-            toolset.visit_and_replace(durability.swap_toolset)  # type: ignore[attr-defined]
-            for toolset in self.wrapped.toolsets
-        ]
+        bound: Any = self.capability.for_agent(self.wrapped)
+        # The bound copy, or a combination holding it with its companions (a workspace's).
+        durability = next(c for c in [bound, *getattr(bound, "capabilities", ())] if isinstance(c, AgentDurability))
+        return [toolset.visit_and_replace(durability.swap_toolset) for toolset in self.wrapped.toolsets]
 
     def _check_model(self, model: object, where: str) -> None:
         # Inside a flow a model request is a task that rebuilds the model from a key; a Model instance
@@ -199,13 +196,13 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     @asynccontextmanager
     async def _resolve_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         self._check_realtime_signaling()
-        async with super()._resolve_realtime_session(*args, **kwargs) as resolved:  # type: ignore[misc]
+        async with super()._resolve_realtime_session(*args, **kwargs) as resolved:
             yield resolved
 
     @asynccontextmanager
     async def _open_realtime_session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         self._check_realtime_signaling()
-        async with super()._open_realtime_session(*args, **kwargs) as session:  # type: ignore[misc]
+        async with super()._open_realtime_session(*args, **kwargs) as session:
             yield session
 
     # --- runs ------------------------------------------------------------------------------------
@@ -220,14 +217,14 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         finally:
             self._in_run_flow.reset(token)
 
-    async def run(self, user_prompt: Any = None, **options: Any) -> AgentRunResult[Any]:  # type: ignore[override]
+    async def run(self, user_prompt: Any = None, **options: Any) -> AgentRunResult[Any]:
         """Run the agent as an nbflow flow; takes ``Agent.run``'s arguments and returns its result."""
         self._check_model(options.get("model"), "set at run time")
         options.pop("infer_name", None)
         result: AgentRunResult[Any] = await self.flow(user_prompt, options)
         return result
 
-    def run_sync(self, user_prompt: Any = None, **options: Any) -> AgentRunResult[Any]:  # type: ignore[override]
+    def run_sync(self, user_prompt: Any = None, **options: Any) -> AgentRunResult[Any]:
         """:meth:`run` for synchronous code. In a notebook, where an event loop already runs, the flow
         runs on a helper thread with its own loop (``await durable.run(...)`` is the direct way there).
         Refused inside a synchronous tool of another run, as ``Agent.run_sync`` is."""
@@ -242,7 +239,7 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         return _run_in_thread(coroutine)
 
     @asynccontextmanager
-    async def iter(  # type: ignore[override]
+    async def iter(
         self, user_prompt: Any = None, *, capabilities: Sequence[Any] | None = None, **options: Any
     ) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
         """``Agent.iter`` with the durability capability: durable inside a flow (this agent's own, from
@@ -254,7 +251,7 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             yield agent_run
 
     @asynccontextmanager
-    async def run_stream(self, user_prompt: Any = None, **options: Any) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def run_stream(self, user_prompt: Any = None, **options: Any) -> AsyncIterator[Any]:
         """Stream a run of the agent: **not durable** — no flow, no cache, no engine retries.
 
         Refused inside a flow; use :meth:`run` with ``event_stream_handler`` for a durable run that
@@ -275,7 +272,7 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         async with super().run_stream(user_prompt, **options) as stream:
             yield stream
 
-    def run_stream_events(  # type: ignore[override]
+    def run_stream_events(
         self, user_prompt: Any = None, **options: Any
     ) -> AbstractAsyncContextManager[Any]:
         """The run's stream events, then its result: a durable :meth:`run` (a flow, cached) whose events
@@ -296,7 +293,7 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         return events()
 
     @contextmanager
-    def override(self, **overrides: Any) -> Iterator[None]:  # type: ignore[override]
+    def override(self, **overrides: Any) -> Iterator[None]:
         """``Agent.override``: deps, model, toolsets, tools, instructions... for the runs in the block.
         Overridden toolsets are durable like the agent's own; an overriding model instance must be
         registered (``models=``) to be used inside a flow."""

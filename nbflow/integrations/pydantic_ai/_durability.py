@@ -197,6 +197,7 @@ _trail: ContextVar[_Trail | None] = ContextVar("nbflow_agent_trail", default=Non
 # The model's stream events of the streamed model request running now, recorded inside its task.
 _recorded_events: ContextVar[list[Any] | None] = ContextVar("nbflow_agent_stream_events", default=None)
 
+_StreamedResult: Any
 try:  # pydantic-ai's result shape for a streamed request that carries its events (still decoded and replayed)
     from pydantic_ai.durable_exec._utils import StreamedActivityResult as _StreamedResult
 except ImportError:  # pragma: no cover - a release without it: the run sees the response only
