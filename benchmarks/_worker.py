@@ -157,8 +157,12 @@ def case_fingerprint(p: dict[str, Any]) -> dict[str, Any]:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     rows = p["object_rows"]
     words = np.array([f"w{i % 1000}-{i}" for i in range(rows)], dtype=object)
-    mixed = pd.DataFrame({"x": np.arange(rows, dtype=np.float64), "name": words})
+    # dtype=object said explicitly: from a list or an object array of strings pandas 3 infers its `str` dtype
+    # (arrow-backed), which has its own row.
+    mixed = pd.DataFrame({"x": np.arange(rows, dtype=np.float64), "name": pd.Series(words, dtype=object)})
     mixed_bytes = int(mixed.memory_usage(deep=True, index=True).sum())
+    text = pd.DataFrame({"x": np.arange(rows, dtype=np.float64), "name": pd.Series(words, dtype="str")})
+    text_bytes = int(text.memory_usage(deep=True, index=True).sum())
 
     def xxh3_raw() -> None:
         xxhash.xxh3_128(memoryview(array).cast("B")).hexdigest()
@@ -172,12 +176,14 @@ def case_fingerprint(p: dict[str, Any]) -> dict[str, Any]:
         "nbflow ndarray": (lambda: fingerprint(array), array.nbytes),
         "nbflow DataFrame": (lambda: fingerprint(frame), array.nbytes),
         "nbflow arrow Table": (lambda: fingerprint(table), array.nbytes),
-        "nbflow object column": (lambda: fingerprint(mixed), mixed_bytes),
+        "nbflow object column": (lambda: fresh_fingerprint(mixed), mixed_bytes),
+        "nbflow str column": (lambda: fresh_fingerprint(text), text_bytes),
     }
     if not p.get("quick"):
         variants["pickle->xxh3"] = (pickled, array.nbytes)
         variants["joblib.hash"] = (lambda: joblib.hash(array), array.nbytes)
         variants["joblib.hash object column"] = (lambda: joblib.hash(mixed), mixed_bytes)
+        variants["joblib.hash str column"] = (lambda: joblib.hash(text), text_bytes)
     best: dict[str, float] = {}
     names = list(variants)
     for index in range(rounds):  # interleaved: every variant once per round
@@ -199,12 +205,23 @@ def case_fingerprint(p: dict[str, Any]) -> dict[str, Any]:
     tracemalloc.stop()
     # Object columns hashed by value: equal strings in other objects fingerprint alike, a changed one not.
     same = mixed.copy(deep=True)
-    same["name"] = [str(w)[:] + "" for w in words]
+    same["name"] = pd.Series([str(w)[:] + "" for w in words], dtype=object)
     changed = mixed.copy(deep=True)
     changed.loc[rows // 2, "name"] = "changed"
     by_value = fingerprint(same) == fingerprint(mixed) and fingerprint(changed) != fingerprint(mixed)
     return {"rates": rates, "peak_alloc": peak, "object_by_value": by_value,
-            "object_bytes": mixed_bytes, "size": array.nbytes}
+            "object_bytes": mixed_bytes, "str_bytes": text_bytes, "size": array.nbytes}
+
+
+def fresh_fingerprint(value: Any) -> str:
+    """A fingerprint computed, not remembered: nbflow's memos of unchanged string columns emptied first."""
+    from nbflow.hashing import _libraries, fingerprint
+
+    getattr(_libraries, "_STRINGS_MEMO", {}).clear()
+    memo = getattr(_libraries, "_ObjectsMemo", None)
+    if memo is not None:
+        memo.table.clear()
+    return fingerprint(value)
 
 
 def case_bigstore(p: dict[str, Any]) -> dict[str, Any]:

@@ -241,6 +241,7 @@ def bench_fingerprint(report: Report, size: int, rounds: int, object_rows: int) 
     print(f"  {'':36s}{'GB/s':>8s}{'of copy':>10s}")
     for name, rate in rates.items():
         what = (f"{name} ({result['object_bytes'] / 1e6:.0f} MB)" if "object" in name
+                else f"{name} ({result.get('str_bytes', 0) / 1e6:.0f} MB)" if "str column" in name
                 else f"{name} ({result['size'] / 1e9:g} GB)")
         print(f"  {what:36s}{rate / 1e9:8.2f}{rate / copy:9.0%}")
     print("  (a copy reads and writes every byte, a hash only reads it; xxh3 over the raw buffer is the ceiling "
