@@ -14,7 +14,7 @@ const NODE_H = 36;
 const MAX_HEIGHT = 480;
 const MIN_HEIGHT = 80;
 const MIN_SCALE = 0.02; // small enough that "fit" fits a graph of a few thousand nodes
-const MIN_FIT_SCALE = 0.5; // below this a graph opens readable on its first nodes, not fitted
+const MIN_FIT_SCALE = 0.65; // below this a graph opens readable on its first nodes, not fitted (Fit shows all)
 const READABLE_SCALE = 0.8; // the scale it then opens at (12 px names read as 10 px)
 const FAR_SCALE = 0.35; // below this node text is unreadable: hidden, which also keeps zooming cheap
 const MAX_SCALE = 3;
@@ -155,7 +155,29 @@ function luminance(color) {
   return 0.2126 * r + 0.7152 * g + 0.0722 * b;
 }
 
+// What a user chose, per graph: the kernel re-displays a graph when its flow ends (a new view of the same
+// widget), and the new view opens as the old one was left — same view, same pan and zoom, legend shown or
+// not. anywidget gives each view its own model object, so graphs are told apart by their first run.
+const remembered = new Map();
+const REMEMBERED = 200;
+
+function memoryOf(model) {
+  let key = null;
+  try {
+    key = (JSON.parse(model.get("graph_json") || "{}").runs || [])[0]?.id ?? null;
+  } catch {
+    key = null;
+  }
+  if (key === null) return null;
+  if (!remembered.has(key)) {
+    if (remembered.size >= REMEMBERED) remembered.delete(remembered.keys().next().value);
+    remembered.set(key, { mode: "graph", legend: true, autoFit: true, view: null });
+  }
+  return remembered.get(key);
+}
+
 function render({ model, el }) {
+  let memory = memoryOf(model) || { mode: "graph", legend: true, autoFit: true, view: null };
   const root = html("div", { class: "nbflow-root", "data-view": "graph" }, el);
   const header = html("div", { class: "nbflow-header" }, root);
   const views = html("div", { class: "nbflow-views", role: "group", "aria-label": "View" }, header);
@@ -188,8 +210,8 @@ function render({ model, el }) {
   let nodes = new Map(); // node id -> node data (patched in place)
   let order = []; // node ids as sent (call order)
   let runs = new Map();
-  let view = { x: 0, y: 0, k: 1 };
-  let autoFit = true; // until the user pans or zooms, the view follows size changes and new graphs
+  let view = memory.view ? { ...memory.view } : { x: 0, y: 0, k: 1 };
+  let autoFit = memory.autoFit; // until the user pans or zooms, the view follows size changes and new graphs
   let rev = -1;
   let current = null; // the node that takes the keyboard focus (roving tabindex: one tab stop, not 1,000)
   let mode = "graph";
@@ -202,6 +224,8 @@ function render({ model, el }) {
   // -- the graph: view ---------------------------------------------------------------------------------
   let viewQueued = false;
   const applyView = () => {
+    memory.view = { ...view };
+    memory.autoFit = autoFit;
     const transform = `translate(${view.x}px,${view.y}px) scale(${view.k})`;
     if (graphSvg.style.transform !== transform) graphSvg.style.transform = transform;
     graphSvg.classList.toggle("nbflow-far", view.k < FAR_SCALE);
@@ -342,6 +366,11 @@ function render({ model, el }) {
     if (!parsed.nodes) return;
     graph = parsed;
     rev = graph.rev;
+    const slot = memoryOf(model); // (a graph's first revision may come before its run: remember from now on)
+    if (slot && slot !== memory) {
+      Object.assign(slot, { mode, autoFit, legend: !legend.hidden, view: { ...view } });
+      memory = slot;
+    }
     nodes = new Map(graph.nodes.map((n) => [n.id, { ...n }]));
     order = graph.nodes.map((n) => n.id);
     runs = new Map((graph.runs || []).map((r) => [r.id, { ...r }]));
@@ -775,6 +804,7 @@ function render({ model, el }) {
 
   function setMode(next) {
     mode = next;
+    memory.mode = next;
     root.setAttribute("data-view", next);
     graphButton.setAttribute("aria-pressed", String(next === "graph"));
     timelineButton.setAttribute("aria-pressed", String(next === "timeline"));
@@ -802,6 +832,7 @@ function render({ model, el }) {
   legendButton.addEventListener("click", () => {
     const open = legend.hidden;
     legend.hidden = !open;
+    memory.legend = open;
     legendButton.setAttribute("aria-expanded", String(open));
   });
 
@@ -954,6 +985,10 @@ function render({ model, el }) {
   drawDetails();
   onNotice();
   onBusy();
+  legend.hidden = !memory.legend;
+  legendButton.setAttribute("aria-expanded", String(memory.legend));
+  if (memory.mode !== "graph") setMode(memory.mode);
+  if (!autoFit) applyView();
   detectDark();
   return () => {
     model.off("change:graph_json", onGraph);

@@ -6,8 +6,6 @@ kernel and the flow carries on; a 500-node flow renders and recolours live.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -124,7 +122,6 @@ def test_failed_node_retry_from_the_browser(kind: str, jupyter: Any, page: Any, 
     expect(details.locator("dl.nbflow-history")).to_contain_text("Failed")  # the history keeps both runs
     page.screenshot(path=str(tmp_path / f"{kind}-3-retried.png"))
     page.locator(".nbflow-root").first.screenshot(path=str(tmp_path / f"{kind}-widget.png"))
-    widget_picture = tmp_path / f"{kind}-widget.png"
 
     # Running the cell again: its new graph replaces the old one, which the kernel closes (its output is
     # gone), without an error in the page.
@@ -137,12 +134,7 @@ def test_failed_node_retry_from_the_browser(kind: str, jupyter: Any, page: Any, 
     expect(again.locator("g.node[data-state=completed]")).to_have_count(1)  # load: cache_policy=NONE
     expect(cell.locator(".jp-OutputArea")).not_to_contain_text("Error")
     page.screenshot(path=str(tmp_path / f"{kind}-4-ran-again.png"))
-    readme_picture = ROOT / "docs" / "graph.png"
-    # The README's picture. Rewritten on request only: the details panel shows clock times, so every run
-    # would otherwise leave a changed file in the working tree.
-    if kind == "lab" and (not readme_picture.exists() or os.environ.get("NBFLOW_UPDATE_DOCS") == "1"):
-        readme_picture.parent.mkdir(exist_ok=True)
-        shutil.copy(widget_picture, readme_picture)
+    # (docs/graph.png, the README's picture, comes from test_graph_views_browser.py)
 
 
 @pytest.mark.timeout(240)

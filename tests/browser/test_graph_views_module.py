@@ -316,7 +316,8 @@ def test_a_thousand_nodes_answer_every_interaction_within_100_ms(browser: Any, t
             for (let i = 0; i < 10; i++) out.pan.push(await time(() => canvas.dispatchEvent(
                 new PointerEvent('pointermove', {...at, clientX: at.clientX - 20 * i, pointerId: 1}))));
             canvas.dispatchEvent(new PointerEvent('pointerup', {...at, pointerId: 1}));
-            for (let i = 0; i < 5; i++) out.fit.push(await time(() => document.querySelector('button.nbflow-fit').click()));
+            const fit = document.querySelector('button.nbflow-fit');
+            for (let i = 0; i < 5; i++) out.fit.push(await time(() => fit.click()));
             const ids = [...document.querySelectorAll('svg.nbflow-graph g.node')].map((g) => g.dataset.id);
             for (let i = 0; i < 8; i++) out.select.push(await time(() =>
                 document.querySelector(`g.node[data-id="${ids[i * 97]}"] rect.box`).dispatchEvent(
