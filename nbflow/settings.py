@@ -48,27 +48,23 @@ def find_home(start: str | os.PathLike[str] | None = None) -> Path:
     """The store directory used when ``NBFLOW_HOME`` is not set, seen from ``start`` (default: the
     current directory — a kernel's is its notebook's directory, the CLI's the shell's).
 
-    Walking up from ``start``: the first ``.nbflow`` store found; else ``.nbflow`` in the nearest
-    directory holding ``.git`` or ``pyproject.toml`` (a project's root); else ``.nbflow`` in ``start``
-    itself. The walk stops below the user's home directory (which counts only when it is ``start``) and
-    at the filesystem root, so a store or a dotfiles repository in the home directory does not capture
-    every notebook under it. A few stat calls, made once per process (settings are read once).
+    Walking up from ``start``, the first directory that holds a ``.nbflow`` store, ``.git`` or
+    ``pyproject.toml`` (a project's root) ends the walk, and the store is the ``.nbflow`` there; if none
+    does, the ``.nbflow`` in ``start`` itself. So every notebook of a project shares the store at its
+    root, and a store left in a directory above a project is not used by it. The walk stops below the
+    user's home directory (which counts only when it is ``start``) and at the filesystem root, so a
+    store or a dotfiles repository in the home directory does not capture every notebook under it. A few
+    stat calls, made once per process (settings are read once).
     """
     here = Path(start if start is not None else os.getcwd()).expanduser().absolute()
     try:
         user_home = Path.home().absolute()
     except (KeyError, RuntimeError):  # no HOME and no passwd entry
         user_home = None
-    chain = [here]
-    for parent in here.parents:
-        if parent == user_home:
+    for directory in (here, *here.parents):
+        if directory == user_home and directory != here:
             break
-        chain.append(parent)
-    for directory in chain:
-        if (directory / ".nbflow").is_dir():
-            return directory / ".nbflow"
-    for directory in chain:
-        if any((directory / marker).exists() for marker in PROJECT_MARKERS):
+        if (directory / ".nbflow").is_dir() or any((directory / marker).exists() for marker in PROJECT_MARKERS):
             return directory / ".nbflow"
     return here / ".nbflow"
 
@@ -125,10 +121,9 @@ class Settings:
     Each field can be set with an environment variable ``NBFLOW_<FIELD>`` (e.g. ``NBFLOW_HOME``,
     ``NBFLOW_SIZE_LIMIT=5GiB``) or in code with ``nbflow.configure(field=value)``:
 
-    - ``home``: directory of the result store and run history. Default: the nearest ``.nbflow`` store
-      found walking up from the current directory, else ``.nbflow`` at the project's root (the nearest
-      directory with ``.git`` or ``pyproject.toml``), else ``.nbflow`` in the current directory (see
-      :func:`find_home`).
+    - ``home``: directory of the result store and run history. Default: ``.nbflow`` in the nearest
+      directory, walking up from the current one, that holds a ``.nbflow`` store, ``.git`` or
+      ``pyproject.toml``; else ``.nbflow`` in the current directory (see :func:`find_home`).
     - ``size_limit``: store size limit in bytes (``"10GiB"`` works); least recently used entries are
       evicted beyond it.
     - ``secret_file``: the per-user secret key authenticating stored payloads (created on first use,

@@ -40,9 +40,15 @@ def test_an_existing_store_is_found_first(project: Path) -> None:
     assert find_home(project / "notebooks") == project / "notebooks" / ".nbflow"
     assert find_home(project / "notebooks" / "deep") == project / "notebooks" / ".nbflow"
     assert find_home(project) == project / ".nbflow"  # from the root, the root's
-    # An existing store above a nearer project root is still the one found.
-    (project / "notebooks" / "deep" / "pyproject.toml").write_text("")
-    assert find_home(project / "notebooks" / "deep") == project / "notebooks" / ".nbflow"
+
+
+def test_a_store_above_a_project_is_not_the_projects(project: Path) -> None:
+    (project.parent / ".nbflow").mkdir()  # left in the directory that holds projects
+    assert find_home(project / "notebooks") == project / ".nbflow"
+    inner = project / "notebooks" / "deep"
+    (inner / "pyproject.toml").write_text("")  # a project inside the project: its own store
+    (project / ".nbflow").mkdir()
+    assert find_home(inner) == inner / ".nbflow"
 
 
 def test_without_a_store_or_a_project_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

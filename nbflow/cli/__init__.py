@@ -12,9 +12,9 @@
     nbflow cache prune [--json]               apply expirations and the size limit now
 
 Every command works on the store and run history of ``NBFLOW_HOME``, the same ones notebooks use, and
-accepts ``--home DIR`` instead. Without either, the store is the nearest ``.nbflow`` found walking up
-from the current directory, else ``.nbflow`` at the project's root (the nearest directory with ``.git``
-or ``pyproject.toml``), else ``./.nbflow``; every command prints the store it uses first. Exit codes:
+accepts ``--home DIR`` instead. Without either, the store is ``.nbflow`` in the nearest directory,
+walking up from the current one, that holds a ``.nbflow`` store, ``.git`` or ``pyproject.toml`` (else
+``./.nbflow``); every command prints the store it uses first. Exit codes:
 0 success, 1 a cell or task failed (``run``), 2 bad usage, 130 interrupted, 141 the reader of the output left
 (``nbflow runs | head``: the command stops quietly).
 """
@@ -34,8 +34,8 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 __all__ = ["main"]
 
-_HOME_HELP = ("store directory (default: $NBFLOW_HOME, else the nearest .nbflow walking up from here, else "
-              ".nbflow at the project root: the nearest directory with .git or pyproject.toml)")
+_HOME_HELP = ("store directory (default: $NBFLOW_HOME, else .nbflow in the nearest directory, walking up "
+              "from here, that holds .nbflow, .git or pyproject.toml, else ./.nbflow)")
 _JSON_HELP = "print JSON instead of a table"
 
 
