@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import keyword
+import math
 import os
 import subprocess
 import sys
@@ -381,9 +382,13 @@ def _graph_outputs(runs: list[RunRecord], text: str) -> list[Any]:
     for run in runs:
         model.add_run(run)
     payload = model.payload(rev=1)
-    data: dict[str, Any] = {"text/plain": text, "text/html": render_html(payload)}
+    # An SVG image where there is one: front-ends strip SVG out of an untrusted notebook's HTML (see
+    # nbflow.ui.static); a graph too big to draw is a line of HTML text.
+    data: dict[str, Any] = {"text/plain": text}
     if len(payload["nodes"]) <= STATIC_NODE_LIMIT:
         data["image/svg+xml"] = render_svg(payload)
+    else:
+        data["text/html"] = render_html(payload)
     return [new_output("display_data", data=data)]
 
 
@@ -391,8 +396,12 @@ def finish_output_notebook(notebook: Any, summary: dict[str, Any], runs: list[Ru
     """Add the run summary to the metadata and a last cell showing the run's task graph."""
     from nbformat.v4 import new_code_cell
 
+    from nbflow.ui.static import keep_static_graphs
+
     notebook.cells = [cell for cell in notebook.cells if SUMMARY_TAG not in _tags(cell)]
     notebook.metadata["nbflow"] = {"run": summary}
+    # With no kernel to hold the graphs' models, their final pictures are what shows (nbflow.ui.static).
+    keep_static_graphs(notebook)
     if not summary["tasks"]:
         return
     counts = summary["counts"]
@@ -458,7 +467,9 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     # A cell past --timeout is interrupted (KeyboardInterrupt in the kernel, a failed cell), so the run ends
     # near the limit with that cell named, instead of waiting on a kernel that is still busy.
     client = NotebookClient(
-        notebook, kernel_name=kernel_name, timeout=timeout, allow_errors=False, interrupt_on_timeout=True,
+        # (nbclient takes whole seconds: --timeout 2.5 interrupts after 3 s)
+        notebook, kernel_name=kernel_name, timeout=None if timeout is None else math.ceil(timeout),
+        allow_errors=False, interrupt_on_timeout=True,
         resources={"metadata": {"path": str(workdir)}},
     )
     # With --json, stdout carries the JSON alone; the live lines go to stderr.
@@ -519,7 +530,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                     # already in the history (written after every cell).
                     client.shutdown_kernel = "immediate"
                 else:
-                    # Even after a failed cell, so the kernel's history is on disk before it is read.
+                    # Even after a failed cell, so the kernel's history is on disk before it is read. Not
+                    # under --timeout, which is the cells' limit: writing a large history may take longer.
+                    if timeout is not None:
+                        client.timeout = max(math.ceil(timeout), _FINISH_SECONDS)
                     await client.async_wait_for_reply(
                         client.kc.execute(_FINISH_CODE, silent=True, store_history=False))
             if not busy:
@@ -575,6 +589,8 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
 # After --timeout, nbclient interrupts the cell; a cell that ignores the interrupt (a signal handler, a
 # long call into C code) gets this many more seconds before the run gives up on it and stops the kernel.
 _INTERRUPT_GRACE = 5.0
+# The longest the finishing step (the kernel writes its history and hit counts) may take under --timeout.
+_FINISH_SECONDS = 120
 
 
 async def _execute_within(client: Any, cell: Any, index: int, timeout: float | None) -> bool:
