@@ -478,7 +478,9 @@ function render({ model, el }) {
     const present = new Set();
     for (const node of nodes.values()) present.add(node.state);
     const shown = Object.keys(STATES).filter((state) => present.has(state));
-    if (mode === "timeline" && shown.length) shown.push("waiting");
+    if (mode === "timeline" && [...nodes.values()].some((n) => (n.spans || []).some((span) => span[2] === "waiting"))) {
+      shown.push("waiting");
+    }
     const key = shown.join(",");
     if (key === legendKey) return;
     legendKey = key;

@@ -278,6 +278,13 @@ def test_timeline_bars_waits_cached_markers_live_and_selection(browser: Any, tmp
         timeline.locator('g.row[data-id="slow"]').click()
         assert page.evaluate("() => window.sent") == [{"type": "select", "id": "slow"}]
         expect(timeline.locator('g.row[data-id="slow"]')).to_have_class("row selected")
+        expect(page.locator('.nbflow-legend-item[data-state="waiting"]')).to_have_count(1)
+        # The keyboard: arrows in the timeline move the selection row by row.
+        page.locator(".nbflow-tl-scroll").focus()
+        page.keyboard.press("ArrowDown")
+        assert page.evaluate("() => window.sent.at(-1)") == {"type": "select", "id": "clean"}
+        page.keyboard.press("ArrowUp")
+        assert page.evaluate("() => window.sent.at(-1)") == {"type": "select", "id": "slow"}
         page.locator("button.nbflow-view[data-view=graph]").click()
         expect(page.locator('svg.nbflow-graph g.node[data-id="slow"]')).to_have_class("node selected")
     finally:
