@@ -537,13 +537,15 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
     in the cell's status line) rather than in a warning, and a run quicker than ``min_seconds`` is not
     stored. Without it, a hit shows one line saying how much time the cache saved.
     """
-    body, last, _ = _compile_cell(shell, spec)
     value_names = [name for name in spec.outputs if name not in spec.definitions]
     known = set(spec.outputs)
 
     def execute(**_inputs: Any) -> CellResult:
         # The inputs are already in the user namespace; they are parameters so that the run record
         # lists them and a manual retry can name them.
+        # Compiled only when the cell runs: a hit never runs the body, and would only add the cell's
+        # source to linecache once more, for good (memory that grew with every hit).
+        body, last, _ = _compile_cell(shell, spec)
         started = time.perf_counter()
         result = None
         namespace = shell.user_ns
