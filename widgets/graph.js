@@ -375,7 +375,6 @@ function render({ model, el }) {
     order = graph.nodes.map((n) => n.id);
     runs = new Map((graph.runs || []).map((r) => [r.id, { ...r }]));
     if (!nodes.has(current)) current = selectedId() && nodes.has(selectedId()) ? selectedId() : order[0] || null;
-    drawEdges();
     // Nodes already drawn stay in the page (moved if the layout moved them), so a live graph's new revision
     // costs only its new nodes; nodes no longer in the graph go.
     const before = nodeEls;
@@ -395,8 +394,9 @@ function render({ model, el }) {
       } else fresh.push(node);
     }
     for (const parts of before.values()) parts.g.remove();
-    // New nodes in call order, a few hundred per frame: the browser lays out each batch in its own frame
-    // instead of all of a thousand-node graph in one long task (the first nodes, on screen, come first).
+    // New nodes in call order, a few hundred per frame, then the edges: the browser lays out each batch in
+    // its own frame instead of all of a thousand-node graph in one long task (the first nodes, on screen,
+    // come first). A small graph is drawn at once.
     const generation = ++drawing;
     const addBatch = () => {
       if (generation !== drawing) return;
@@ -404,7 +404,13 @@ function render({ model, el }) {
       for (const node of fresh.splice(0, BATCH)) fragment.appendChild(drawNode(nodes.get(node.id)));
       nodesLayer.appendChild(fragment);
       if (fresh.length) requestAnimationFrame(addBatch);
-      else graphSvg.setAttribute("data-drawn", String(rev));
+      else if (graph.edges.length > BATCH && !edgesDrawn()) requestAnimationFrame(finish);
+      else finish();
+    };
+    const finish = () => {
+      if (generation !== drawing) return;
+      drawEdges();
+      graphSvg.setAttribute("data-drawn", String(rev));
     };
     graphSvg.removeAttribute("data-drawn");
     addBatch();
@@ -422,18 +428,17 @@ function render({ model, el }) {
 
   // Edges are redrawn only when they changed (a live graph's patches never change them).
   let edgesKey = "";
+  const edgeKey = () => graph.edges.map((e) => `${e.source}>${e.target}:${e.points.join(" ")}`).join("|");
+  const edgesDrawn = () => edgeKey() === edgesKey;
   function drawEdges() {
-    const paths = [];
-    for (const edge of graph.edges) {
-      if (edge.points.length < 2) continue;
-      paths.push([edge, "M " + edge.points.map(([x, y]) => `${x} ${y}`).join(" L ")]);
-    }
-    const key = paths.map(([edge, d]) => `${edge.source}>${edge.target}:${d}`).join("|");
+    const key = edgeKey();
     if (key === edgesKey) return;
     edgesKey = key;
     const fragment = document.createDocumentFragment();
     const markerUrl = `url(#${marker.id})`;
-    for (const [edge, d] of paths) {
+    for (const edge of graph.edges) {
+      if (edge.points.length < 2) continue;
+      const d = "M " + edge.points.map(([x, y]) => `${x} ${y}`).join(" L ");
       fragment.appendChild(svg("path", { class: "edge", d, "marker-end": markerUrl,
         "data-source": edge.source, "data-target": edge.target }));
     }
