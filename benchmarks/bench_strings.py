@@ -12,6 +12,9 @@ target (issue 24).
 3. The notebook of the issue, run headless: a cell that builds a DataFrame of ``nb_rows`` rows x 3 string
    columns and five trivial cells that read it, all ``%%task``: ``nbflow run`` (first run, then cached) against
    ``jupyter execute`` of the same notebook without ``%%task`` (no nbflow at all); per dtype, best of ``reps``.
+4. A task returning a DataFrame with string columns (``str`` or ``object``) and two float64 columns: the time
+   storing it adds to the call, and a fresh process's hit, next to pickle (dump + fsync, load), parquet via
+   pyarrow (write + fsync, read + to_pandas) and joblib.Memory. Every measurement in a fresh process.
 
 Run with ``python benchmarks/bench_strings.py [--quick] [--json FILE]`` (``make bench`` runs it after the
 others). Exit status: 0 when every target is met, 3 when one is missed, 1 when a section could not run.
@@ -260,11 +263,102 @@ def bench_notebook(report: Report, root: Path, rows: int, reps: int) -> None:
     report.results["notebook"] = results
 
 
+# -- 4. a DataFrame result with string columns: store, and a fresh process's hit --------------------------------
+
+RESULT_LIBS = ["nbflow", "pickle", "parquet", "joblib"]
+
+
+def make_frame(seed: int, rows: int, dtype: str) -> Any:
+    """The result: ``rows`` rows, three string columns of ``dtype`` and two float64 columns."""
+    import numpy as np
+
+    frame = frame_of(rows, dtype)
+    frame["x"] = np.arange(rows, dtype=np.float64) + seed
+    frame["y"] = np.full(rows, float(seed))
+    return frame
+
+
+def result_worker(params: dict[str, Any]) -> dict[str, Any]:
+    """One store or one fresh-process load of the result by one library (this process is new)."""
+    import pandas  # noqa: F401 (imported before any clock starts, as a task's warm-up call imports it)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lib, home, rows, dtype, step = params["lib"], params["home"], params["rows"], params["dtype"], params["step"]
+    os.makedirs(home, exist_ok=True)
+    path = os.path.join(home, "frame." + ("parquet" if lib == "parquet" else "pkl"))
+    if lib in ("pickle", "parquet"):
+        if step == "store":
+            frame = make_frame(1, rows, dtype)
+            started = clock()
+            with open(path, "wb") as file:
+                if lib == "pickle":
+                    pickle.dump(frame, file, protocol=5)
+                else:
+                    pq.write_table(pa.Table.from_pandas(frame), file)
+                file.flush()
+                os.fsync(file.fileno())
+            return {"seconds": clock() - started}
+        started = clock()
+        if lib == "pickle":
+            with open(path, "rb") as file:
+                frame = pickle.load(file)
+        else:
+            frame = pq.read_table(path).to_pandas()
+        return {"seconds": clock() - started, "rows": len(frame)}
+    if lib == "nbflow":
+        import nbflow
+
+        nbflow.configure(home=home)
+        call = nbflow.task(make_frame)
+    else:
+        import joblib
+
+        call = joblib.Memory(home, verbose=0).cache(make_frame)
+    call(0, 10, dtype)  # warm-up: imports, the store, a tiny entry of the same task
+    if step == "store":
+        started = clock()
+        make_frame(2, rows, dtype)
+        plain = clock() - started
+        started = clock()
+        call(1, rows, dtype)
+        return {"seconds": clock() - started - plain}
+    started = clock()
+    frame = call(1, rows, dtype)
+    return {"seconds": clock() - started, "rows": len(frame)}
+
+
+def bench_result(report: Report, root: Path, rows: int, reps: int) -> None:
+    title(f"a DataFrame result of {rows:,} rows (3 string columns, 2 float64): store (the cached call less the "
+          f"call itself; files fsynced) and a fresh process's hit (best of {reps})")
+    results: dict[str, Any] = {}
+    for dtype in ("str", "object"):
+        times: dict[str, dict[str, list[float]]] = {lib: {"store": [], "hit": []} for lib in RESULT_LIBS}
+        for rep in range(reps):
+            for lib in rotated(RESULT_LIBS, rep):
+                home = str(root / "result" / f"{dtype}-{lib}-{rep}")
+                for step in ("store", "hit"):
+                    params = {"lib": lib, "home": home, "rows": rows, "dtype": dtype, "step": step}
+                    times[lib][step].append(run_worker("result", params)["seconds"])
+        best = {lib: {step: min(values) for step, values in steps.items()} for lib, steps in times.items()}
+        print(f"  {dtype!r} strings{'':26s}{'store':>10s}{'hit':>10s}")
+        for lib in RESULT_LIBS:
+            print(f"    {lib:36s}{best[lib]['store']:9.2f}s{best[lib]['hit']:9.2f}s")
+        results[dtype] = best
+        ours, pickled = best["nbflow"], best["pickle"]
+        report.target(f"{dtype} DataFrame result: store and hit no slower than pickle",
+                      ours["store"] <= pickled["store"] and ours["hit"] <= pickled["hit"],
+                      f"store {best['nbflow']['store']:.2f} s vs {best['pickle']['store']:.2f}, hit "
+                      f"{best['nbflow']['hit']:.2f} s vs {best['pickle']['hit']:.2f}")
+    report.results["result"] = results
+
+
 # -- driver ------------------------------------------------------------------------------------------------
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "fingerprint": fingerprint_worker,
     "global": global_worker,
+    "result": result_worker,
 }
 
 
@@ -301,6 +395,8 @@ def main() -> int:
             (bench_fingerprint, {"rows": 20_000, "rounds": 2} if quick else {"rows": 2_000_000, "rounds": 5}),
             (bench_global, {"rows": 5_000, "hits": 5} if quick else {"rows": 500_000, "hits": 15}),
             (bench_notebook, {"root": root, "rows": 20_000, "reps": 1} if quick
+             else {"root": root, "rows": 2_000_000, "reps": 3}),
+            (bench_result, {"root": root, "rows": 20_000, "reps": 1} if quick
              else {"root": root, "rows": 2_000_000, "reps": 3}),
         ]
         for section, params in sections:

@@ -92,7 +92,8 @@ def test_the_step_timings_cover_every_step_of_a_hit_and_a_miss() -> None:
 
 def test_string_column_benchmark_runs_and_prints_every_section(tmp_path: Path) -> None:
     """`bench_strings.py --quick`: string-column fingerprints beside joblib, pickle and the arrow floor; a global
-    read by a %%task hit; the issue's notebook against `jupyter execute`. Exit status 3 is a missed target (a
+    read by a %%task hit; the issue's notebook against `jupyter execute`; a DataFrame result stored and loaded
+    beside pickle, parquet and joblib. Exit status 3 is a missed target (a
     timing, not checked here); 1 a broken section."""
     figures = tmp_path / "bench.json"
     done = subprocess.run(
@@ -102,14 +103,15 @@ def test_string_column_benchmark_runs_and_prints_every_section(tmp_path: Path) -
     assert done.returncode in (0, 3), done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for heading in ("fingerprint a DataFrame", "reading a global DataFrame", "a notebook: one cell builds",
-                    "targets (string columns"):
+                    "a DataFrame result of", "targets (string columns"):
         assert heading in out, f"section {heading!r} missing from:\n{out}"
     for row in ("string[pyarrow]", "pyarrow Table", "joblib.hash", "pickle->xxh3", "xxh3 over the arrow buffers",
-                "unchanged value", "g_object", "no nbflow (jupyter execute)", "nbflow run, cached"):
+                "unchanged value", "g_object", "no nbflow (jupyter execute)", "nbflow run, cached", "parquet"):
         assert row in out, f"row {row!r} missing from:\n{out}"
     marks = [line for line in out.splitlines() if line.strip().startswith(("PASS", "MISS"))]
-    assert len(marks) == 6, out
+    assert len(marks) == 8, out
     assert (done.returncode == 3) == any(line.strip().startswith("MISS") for line in marks)
     saved = json.loads(figures.read_text())
+    assert saved["results"]["result"]["str"]["nbflow"]["hit"] > 0
     assert saved["results"]["fingerprint"]["seconds"]["str"]["nbflow"] > 0
     assert set(saved["results"]["notebook"]) == {"str", "object"}
