@@ -574,7 +574,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
         output_path = Path(output)
         try:
             output_path.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(notebook, str(output_path))
+            nbformat.write(_signed(notebook), str(output_path))
         except OSError as error:
             # The run itself is over and recorded; say what could not be written, as an error.
             print(f"nbflow: error: could not write the executed notebook to {output}: {error}", file=sys.stderr)
@@ -584,6 +584,23 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     else:
         print_summary(summary, out)
     return int(summary["exit_code"])
+
+
+def _signed(notebook: Any) -> Any:
+    """The executed notebook marked trusted by this user's Jupyter, as Jupyter marks a notebook a user ran
+    and saved: its outputs are this run's own, and a front-end shows an untrusted notebook's graphs (SVG) as
+    plain text. Anyone else opening it sees it untrusted, as usual. Signed as it reads back from disk (the
+    executed notebook in memory differs in ways the signature sees)."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    try:
+        written = nbformat.reads(nbformat.writes(notebook), as_version=4)
+        NotebookNotary().sign(written)
+        return written
+    except Exception as error:  # the notebook stands without the signature
+        print(f"nbflow: warning: could not mark the executed notebook trusted: {error}", file=sys.stderr)
+        return notebook
 
 
 # After --timeout, nbclient interrupts the cell; a cell that ignores the interrupt (a signal handler, a
