@@ -715,6 +715,9 @@ def _enc_arrow_chunks(enc: _Enc, arr: Any, pa: Any) -> None:
     if _is_arrow_strings(typ, pa):
         enc.buf += _arrow_strings_memo(arr, pa, sys.modules["numpy"], None)
         return
+    if fixed and arr.null_count:
+        enc.buf += b"m" + _arrow_nullable_fixed(chunks, typ.bit_width // 8, sys.modules["numpy"])
+        return
     if fixed and arr.null_count == 0:
         # Null-free fixed-width data: hash the numpy view of each chunk's buffer; the C-order
         # bytes of consecutive chunks concatenate to the same stream however the data is chunked.
@@ -729,6 +732,28 @@ def _enc_arrow_chunks(enc: _Enc, arr: Any, pa: Any) -> None:
         for start in range(0, len(c), _OBJ_CHUNK):
             _enc_object_elements(enc, c.slice(start, _OBJ_CHUNK).to_pylist(), i)
             i += min(_OBJ_CHUNK, len(c) - start)
+
+
+def _arrow_nullable_fixed(chunks: list[Any], width: int, np: Any) -> bytes:
+    """Fixed-width arrow values with nulls: the digest of their bytes with every null slot's zeroed (what lies
+    under a null is arbitrary) and the digest of their validity (a byte per value), each fed chunk by chunk
+    (as a stream fed in pieces digests like the whole, the chunking does not count)."""
+    data, validity = _xxh3(), _xxh3()
+    for c in chunks:
+        n = len(c)
+        if not n:
+            continue
+        raw = np.frombuffer(c.buffers()[1], dtype=np.uint8)[c.offset * width : (c.offset + n) * width]
+        if c.null_count:
+            valid = c.is_valid().to_numpy(zero_copy_only=False)
+            values = raw.reshape(n, width).copy()
+            values[~valid] = 0
+            data.update(values)
+            validity.update(valid.view(np.uint8))
+        else:
+            data.update(raw)
+            validity.update(np.ones(n, dtype=np.uint8))
+    return data.digest() + validity.digest()
 
 
 def _h_arrow_array(enc: _Enc, v: Any) -> None:

@@ -187,7 +187,8 @@ __all__ = [
 #: objects); the digest of every other value is the same as in version 1.
 #: 3: columns of strings (pandas' string dtypes, whichever the storage; arrow string and binary arrays) are
 #: written as their offsets, data and validity (three digests: _libraries._StringStreams) instead of value
-#: by value; the elements of an object array (and of a pandas column of other objects) go to a stream of
+#: by value; so are arrow fixed-width values with nulls (their bytes, null slots zeroed, and their validity);
+#: the elements of an object array (and of a pandas column of other objects) go to a stream of
 #: their own whose digest the array writes (so that a large array of strings can be remembered while its
 #: slots are unchanged: _libraries._ObjectsMemo); every other digest is the same as in version 2.
 FORMAT_VERSION: Final = 3

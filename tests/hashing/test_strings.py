@@ -251,6 +251,7 @@ def _pinned() -> dict[str, object]:
         "pandas str": pd.Series(["x", None, "東京"], dtype="str"),
         "object strings": np.array([f"s{i}" for i in range(300)], dtype=object),
         "object mixed": np.array(["ab", None, 1, 2.5], dtype=object),
+        "arrow ints with nulls": pa.array([1, None, 3]),
     }
 
 
@@ -260,9 +261,42 @@ PINNED = {
     "pandas str": "6239109bfdaaf1c0de05eb8f8b96d0e9",
     "object strings": "5af932b2252a836334caeb409076de7e",
     "object mixed": "92c68157e7b3147f4a9f4da8c4fa3bab",
+    "arrow ints with nulls": "8a6b1b9be98cf4bd4e67c5a71a5ac02d",
 }
 
 
 @pytest.mark.parametrize("name", list(PINNED))
 def test_pinned_string_digests(name: str) -> None:
     assert fingerprint(_pinned()[name]) == PINNED[name]
+
+
+# -- arrow fixed-width values with nulls (hashed from their buffers too) -----------------------------------------
+
+
+@pytest.mark.parametrize("typ", [pa.int64(), pa.int8(), pa.float64(), pa.timestamp("ms"), pa.duration("s")])
+def test_fixed_width_arrow_values_with_nulls(typ: pa.DataType) -> None:
+    rng = random.Random(4)
+    raw = [None if rng.random() < 0.2 else rng.randrange(100) for _ in range(500)]
+    values = pa.array(raw, type=pa.int64()).cast(typ)
+    key = fingerprint(values)
+    for _ in range(10):
+        cuts = [rng.randrange(0, 501) for _ in range(rng.randrange(1, 5))]
+        assert fingerprint(_rechunk(values, cuts)) == fingerprint(pa.chunked_array([values]))
+    assert fingerprint(pa.array([None, *raw, 7], type=pa.int64()).cast(typ).slice(1, 500)) == key
+    first_null = raw.index(None)
+    zero = list(raw)
+    zero[first_null] = 0
+    assert fingerprint(pa.array(zero, type=pa.int64()).cast(typ)) != key  # a null is not a zero
+    changed = list(raw)
+    changed[-1] = 1 if changed[-1] != 1 else 2
+    assert fingerprint(pa.array(changed, type=pa.int64()).cast(typ)) != key
+    assert fingerprint(pa.table({"v": values})) == fingerprint(pa.table({"v": _rechunk(values, [250])}))
+
+
+def test_fixed_width_bytes_under_a_null_slot_do_not_count() -> None:
+    validity = pa.py_buffer(np.packbits(np.array([1, 0, 1], dtype=bool), bitorder="little"))
+    garbage = pa.Array.from_buffers(pa.int64(), 3, [validity, pa.py_buffer(np.array([5, 999, 7]))], null_count=1)
+    assert garbage.to_pylist() == [5, None, 7]
+    assert fingerprint(garbage) == fingerprint(pa.array([5, None, 7]))
+    series = pd.Series([5, None, 7], dtype="int64[pyarrow]")
+    assert fingerprint(series) == fingerprint(pd.Series(garbage, dtype="int64[pyarrow]"))
