@@ -58,34 +58,39 @@ def hide_internal_frames(error: BaseException) -> BaseException:
     return error
 
 
-def _skipped() -> tuple[str, ...]:
-    """Where a warning's line is not looked for: nbflow's package, and IPython's and the kernel's when
-    loaded (a ``%%task`` cell calls nbflow from IPython's magic machinery: the cell is the user's line)."""
-    prefixes = [_NBFLOW_DIR]
+def _front_ends() -> tuple[str, ...]:
+    """The directories of IPython and the kernel, where loaded."""
+    prefixes = []
     for name in ("IPython", "ipykernel"):
-        module = sys.modules.get(name)
-        where = getattr(module, "__file__", None)
+        where = getattr(sys.modules.get(name), "__file__", None)
         if where:
             prefixes.append(os.path.dirname(os.path.abspath(where)) + os.sep)
     return tuple(prefixes)
 
 
-def _caller(skipped: tuple[str, ...]) -> FrameType | None:
-    """The innermost frame outside ``skipped``: the user's call (or decorator, or cell) being handled."""
+def _caller() -> FrameType | None:
+    """The user's frame a warning about the current call belongs to: the innermost frame outside nbflow;
+    and when that is IPython's (a ``%%task`` cell calls nbflow from IPython's magic machinery), the cell
+    that ran the magic, if it is on the stack (a module-level frame beyond IPython's and the kernel's)."""
     frame: FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(skipped):
+    while frame is not None and frame.f_code.co_filename.startswith(_NBFLOW_DIR):
         frame = frame.f_back
-    return frame
+    front_ends = _front_ends()
+    if frame is None or not front_ends or not frame.f_code.co_filename.startswith(front_ends):
+        return frame
+    beyond: FrameType | None = frame
+    while beyond is not None and beyond.f_code.co_filename.startswith((_NBFLOW_DIR, *front_ends)):
+        beyond = beyond.f_back
+    # Auto mode runs cells with no frame of theirs on the stack (the kernel's event loop is next).
+    return beyond if beyond is not None and beyond.f_code.co_name == "<module>" else frame
 
 
 def warn_at_caller(message: str, category: type[Warning]) -> None:
     """Warn at the line of the user's code that called into nbflow, however deep in nbflow this runs
-    (a fixed ``stacklevel`` points into nbflow when the call came through a flow, a map or a retry)."""
-    skipped = _skipped()
-    if sys.version_info >= (3, 12):
-        warnings.warn(message, category, skip_file_prefixes=skipped)
-        return
-    frame = _caller(skipped)
+    (a fixed ``stacklevel`` points into nbflow when the call came through a flow, a map or a retry).
+    The frame is chosen here rather than with ``skip_file_prefixes`` (Python 3.12), for one behaviour on
+    every version and the ``%%task`` case above."""
+    frame = _caller()
     if frame is None:  # called from nbflow alone (a thread nbflow started): no user line to name
         warnings.warn(message, category, stacklevel=2)
         return

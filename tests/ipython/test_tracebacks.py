@@ -114,3 +114,19 @@ def test_a_warning_about_a_call_points_at_the_call(shell: Any) -> None:
     assert all("cannot be fingerprinted" in str(warning.message) for warning in found)
     assert [warning.lineno for warning in found] == [2, 3]  # the call in the cell; the call in the flow's body
     assert all(warning.filename.startswith("<ipython-input-") for warning in found), [w.filename for w in found]
+
+
+def test_a_warning_about_a_task_cell_points_at_the_cell(shell: Any, tmp_path: Any) -> None:
+    import warnings
+
+    from nbflow.exceptions import NbflowWarning
+
+    (tmp_path / "log").write_text("start ")
+    shell.user_ns["log"] = str(tmp_path / "log")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # The cell reads a file it also writes: not cached, with a warning.
+        assert shell.run_cell("%%task appended\nsize = len(open(log).read())\nopen(log, 'a').write('x')\n").success
+    [found] = [warning for warning in caught if issubclass(warning.category, NbflowWarning)]
+    assert "changed while it ran" in str(found.message)
+    assert found.filename.startswith("<ipython-input-"), found.filename  # the cell, not IPython's machinery
