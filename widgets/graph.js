@@ -956,6 +956,7 @@ function render({ model, el }) {
     const width = Math.round(entry.contentRect.width);
     if (!canvasH) canvasH = Math.round(entry.contentRect.height);
     if (!width || width === canvasW) return;
+    if (!canvasW) detectDark();
     canvasW = width;
     if (mode === "timeline") queueTimeline(false);
     if (autoFit) fit(false);
@@ -969,8 +970,13 @@ function render({ model, el }) {
     const lum = luminance(getComputedStyle(root).backgroundColor);
     root.classList.toggle("nbflow-dark", lum !== null && lum < 0.2);
   }
+  // Re-checked when a front-end switches themes the usual ways (a class, a data attribute or style on <html>
+  // or <body>), and once the widget is on the page (when rendered it may not be: no theme variables yet).
   const themeWatch = new MutationObserver(detectDark);
-  themeWatch.observe(document.body, { attributes: true, attributeFilter: ["class", "data-jp-theme-light", "data-jp-theme-name"] });
+  const themeAttributes = ["class", "style", "data-theme", "data-jp-theme-light", "data-jp-theme-name"];
+  for (const target of [document.documentElement, document.body]) {
+    themeWatch.observe(target, { attributes: true, attributeFilter: themeAttributes });
+  }
 
   const onGraph = () => drawGraph();
   const onPatch = () => applyPatch();

@@ -361,3 +361,60 @@ def test_a_thousand_nodes_answer_every_interaction_within_100_ms(browser: Any, t
         assert max(drawing, default=0) < 250, drawing  # drawn in batches, never one long task
     finally:
         page.close()
+
+
+CONTRAST = """() => {
+  const lum = (c) => {
+    const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+      const s = Number(v) / 255; return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const root = document.querySelector('.nbflow-root');
+  const nodes = {};
+  for (const g of root.querySelectorAll('svg.nbflow-graph g.node')) {
+    const box = getComputedStyle(g.querySelector('rect.box')).fill;
+    nodes[g.dataset.state] = Math.min(ratio(getComputedStyle(g.querySelector('text.label')).fill, box),
+                                      ratio(getComputedStyle(g.querySelector('text.status')).fill, box));
+  }
+  return {background: lum(getComputedStyle(root).backgroundColor), nodes};
+}"""
+
+
+@pytest.mark.parametrize("front_end", ["plain", "vscode-dark", "unknown-dark"])
+@pytest.mark.timeout(60)
+def test_theme_outside_jupyterlab(front_end: str, browser: Any, tmp_path: Path) -> None:
+    """Plain HTML gets the light defaults; VS Code's dark theme (body.vscode-dark, --vscode-* variables) and
+    a front-end that only makes the background dark get the dark palette — text legible on every state."""
+    graph = showcase()
+    graph["nodes"].append(fake_graphs.node("crash", "crash", "crashed"))
+    graph["nodes"].append(fake_graphs.node("cancel", "cancel", "cancelled"))
+    graph["nodes"].append(fake_graphs.node("run", "run", "running"))
+    graph["nodes"].append(fake_graphs.node("again", "again", "retrying"))
+    graph = fake_graphs.payload(graph["nodes"], [(e["source"], e["target"]) for e in graph["edges"]])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        load(page, state_of(graph), width=1200)
+        if front_end == "vscode-dark":
+            page.evaluate("""() => { document.body.classList.add('vscode-dark');
+                document.body.style.setProperty('--vscode-editor-background', '#1e1e1e');
+                document.body.style.setProperty('--vscode-editor-foreground', '#d4d4d4'); }""")
+        elif front_end == "unknown-dark":
+            # Its own theme variables, under JupyterLab's names, but no marker on <body>.
+            page.evaluate("""() => { document.body.style.setProperty('--jp-layout-color0', '#202124');
+                document.body.style.setProperty('--jp-ui-font-color0', '#e8eaed');
+                document.body.setAttribute('data-theme', 'dark'); }""")
+        page.evaluate(NEXT_FRAME)
+        seen = page.evaluate(CONTRAST)
+        page.screenshot(path=str(tmp_path / f"theme-{front_end}.png"))
+        assert len(seen["nodes"]) == 10  # every state of a task call
+        assert min(seen["nodes"].values()) >= 4.5, seen
+        if front_end == "plain":
+            assert seen["background"] > 0.95, seen
+        else:
+            assert seen["background"] < 0.05, seen
+            fill = page.evaluate("""() => getComputedStyle(
+                document.querySelector('g.node[data-state="completed"] rect.box')).fill""")
+            assert fill == "rgb(20, 83, 45)", fill  # the dark completed fill, not the light one
+    finally:
+        page.close()
