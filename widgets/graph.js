@@ -319,6 +319,7 @@ function render({ model, el }) {
       g.insertBefore(parts.bar, label);
     }
     if (node.id === current) g.setAttribute("tabindex", "0");
+    if (node.id === selectedId()) g.classList.add("selected");
     nodeEls.set(node.id, parts);
     updateNode(node);
     return g;
@@ -423,6 +424,7 @@ function render({ model, el }) {
     root.classList.toggle("nbflow-large", nodes.size > LARGE);
     if (autoFit) fit(false);
     else setHeight(Math.max(canvasH, Math.min(MAX_HEIGHT, graph.height * view.k)));
+    if (selected && !details.hidden) keepInView(selected); // a live graph grows: its selected node stays
     applyPatch();
   }
 

@@ -113,6 +113,28 @@ def test_a_graph_drawn_before_it_has_a_width_opens_fitted_once_shown(browser: An
 
 
 @pytest.mark.timeout(60)
+def test_a_view_opened_on_a_selected_node_draws_it_selected_and_in_view(browser: Any) -> None:
+    """The kernel re-displays a graph when its flow ends: the new view opens with the node still selected,
+    highlighted and on screen, even far from the first nodes of a big graph."""
+    from playwright.sync_api import expect
+
+    graph = big()
+    last = graph["nodes"][-1]["id"]
+    details = {"id": last, "label": graph["nodes"][-1]["label"], "state": "completed", "state_name": "Completed",
+               "retryable": False, "attempts": 1, "calls": 1, "duration": 0.3, "inputs": {}, "history": []}
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        load(page, state_of(graph, selected=last, details=details))
+        expect(page.locator("svg.nbflow-graph")).to_have_attribute("data-drawn", str(graph["rev"]))
+        expect(page.locator(f'g.node[data-id="{last}"]')).to_have_class("node selected")
+        page.evaluate(NEXT_FRAME)
+        seen = page.evaluate(BOXES, [last])
+        assert inside(seen["boxes"][last], seen["canvas"]), seen
+    finally:
+        page.close()
+
+
+@pytest.mark.timeout(60)
 def test_details_keep_retry_close_and_the_selected_node_in_view(browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -141,6 +163,18 @@ def test_details_keep_retry_close_and_the_selected_node_in_view(browser: Any, tm
         seen = page.evaluate(BOXES, ["publish"])
         assert inside(seen["boxes"]["publish"], seen["canvas"]), seen
         page.screenshot(path=str(tmp_path / "details-long-name.png"))
+        # A new revision of the graph (a live flow grows): the selection is kept, drawn, and in view.
+        grown = showcase(long_name=True)
+        grown["rev"] = 2
+        grown["nodes"] = [n for n in grown["nodes"] if n["id"] != "publish"] + [
+            fake_graphs.node(f"more-{i}", f"more_{i}", "pending") for i in range(12)] + [
+            next(n for n in graph["nodes"] if n["id"] == "publish")]
+        grown = fake_graphs.payload(grown["nodes"], [(e["source"], e["target"]) for e in graph["edges"]], rev=2)
+        page.evaluate(f"() => window.model.change('graph_json', {json.dumps(json.dumps(grown))})")
+        expect(page.locator('g.node[data-id="publish"]')).to_have_class("node selected")
+        page.evaluate(NEXT_FRAME)
+        seen = page.evaluate(BOXES, ["publish"])
+        assert inside(seen["boxes"]["publish"], seen["canvas"]), seen
         # A long traceback scrolled to its end: the heading, with Retry and close, stays on screen.
         assert panel.evaluate("(el) => el.scrollHeight > el.clientHeight + 400")
         panel.evaluate("(el) => { el.scrollTop = el.scrollHeight; }")
