@@ -226,7 +226,7 @@ function render({ model, el }) {
   const applyView = () => {
     memory.view = { ...view };
     memory.autoFit = autoFit;
-    const transform = `translate(${view.x}px,${view.y}px) scale(${view.k})`;
+    const transform = `translate(${view.x}px, ${view.y}px) scale(${view.k})`; // (as the browser writes it back)
     if (graphSvg.style.transform !== transform) graphSvg.style.transform = transform;
     graphSvg.classList.toggle("nbflow-far", view.k < FAR_SCALE);
   };
