@@ -9,10 +9,14 @@ their results.
 
 from __future__ import annotations
 
+import copyreg
 import functools
+import io
 import json
+import math
 import mmap
 import pickle
+import sys
 import threading
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -96,7 +100,15 @@ class PickleSerializer:
             return False
 
         try:
-            stream = pickle.dumps(value, protocol=5, buffer_callback=route)
+            file = io.BytesIO()
+            pickler = pickle.Pickler(file, protocol=5, buffer_callback=route)
+            numpy = sys.modules.get("numpy")
+            if numpy is not None:
+                # Looked up by exact type in C: no cost for any other object of the value.
+                pickler.dispatch_table = {**copyreg.dispatch_table,
+                                          numpy.ndarray: functools.partial(_reduce_array, threshold)}
+            pickler.dump(value)
+            stream = file.getvalue()
         except Exception as error:  # whatever a __reduce__ raises means the value cannot be pickled
             raise SerializationError(
                 f"a value of type {_type_name(value)} cannot be pickled ({error}); pass "
@@ -108,6 +120,77 @@ class PickleSerializer:
     def loads(self, stream: bytes, buffers: list[WritableBuffer], type_hint: Any = None) -> Any:
         """Unpickle; only ever called on streams whose authenticity the store has verified."""
         return pickle.loads(stream, buffers=buffers)
+
+
+def _reduce_array(threshold: int, array: Any) -> Any:
+    """How :class:`PickleSerializer` pickles a numpy array: as numpy does, except a large object array of
+    strings (a pandas object column), whose strings go out-of-band as arrow does it: their UTF-8 bytes one
+    after the other and where each ends. Pickled in-band they would make a stream as large as the text, which
+    the store keeps in its database and authenticates byte by byte; out-of-band they are a file written and
+    read in one go. Only data crosses that way (strings are rebuilt from bytes, nothing is unpickled from the
+    buffers), as with numpy's own buffers."""
+    if array.dtype.hasobject and array.dtype.names is None and array.size and array.flags.c_contiguous:
+        strings = _string_buffers(array.reshape(-1).tolist(), threshold)
+        if strings is not None:
+            ends, data, ascii_only = strings
+            return _object_strings, (pickle.PickleBuffer(ends), pickle.PickleBuffer(data), array.shape, ascii_only)
+    return array.__reduce_ex__(5)
+
+
+def _string_buffers(items: list[Any], threshold: int) -> tuple[Any, bytes, bool] | None:
+    """(the end of each string as int64, the UTF-8 bytes of all, whether all are ASCII), or None when some
+    item is not exactly a ``str`` (subclasses keep their class through pickle), some string cannot be
+    encoded strictly, or the text is too small to be worth a buffer."""
+    if set(map(type, items)) != {str}:
+        return None
+    numpy = sys.modules["numpy"]
+    joined = "".join(items)
+    if len(joined) < threshold:
+        return None
+    n = len(items)
+    ascii_only = joined.isascii()
+    if ascii_only:
+        data = joined.encode()
+        lengths = numpy.fromiter(map(len, items), dtype=numpy.int64, count=n)
+    else:
+        try:
+            encoded = list(map(str.encode, items))
+        except UnicodeEncodeError:  # lone surrogates: pickle keeps them
+            return None
+        data = b"".join(encoded)
+        lengths = numpy.fromiter(map(len, encoded), dtype=numpy.int64, count=n)
+    return numpy.cumsum(lengths), data, ascii_only
+
+
+def _object_strings(ends: Any, data: Any, shape: tuple[int, ...], ascii_only: bool) -> Any:
+    """The object array of strings :func:`_reduce_array` wrote (called by pickle when a result loads)."""
+    import numpy
+
+    ends = numpy.frombuffer(ends, dtype=numpy.int64)
+    n = len(ends)
+    if (int(ends[-1]) if n else 0) != len(data) or n != math.prod(shape):
+        raise ValueError("the string buffers of an object array do not fit together")
+    out = numpy.empty(n, dtype=object)
+    try:
+        import pyarrow
+    except ImportError:
+        pyarrow = None
+    if pyarrow is not None and n:
+        offsets = numpy.zeros(n + 1, dtype=numpy.int64)
+        offsets[1:] = ends
+        strings = pyarrow.LargeStringArray.from_buffers(n, pyarrow.py_buffer(offsets), pyarrow.py_buffer(data))
+        # Offsets in range, increasing, the bytes UTF-8: pyarrow reads the buffers as they say, unchecked.
+        strings.validate(full=True)
+        out[:] = strings.to_numpy(zero_copy_only=False)
+    elif n:
+        starts = [0, *ends[:-1].tolist()]
+        if ascii_only:
+            text = bytes(data).decode("ascii")
+            out[:] = list(map(text.__getitem__, map(slice, starts, ends.tolist())))
+        else:
+            raw = bytes(data)
+            out[:] = [raw[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
+    return out.reshape(shape)
 
 
 @functools.lru_cache(maxsize=256)
