@@ -39,6 +39,7 @@ __all__ = [
     "KeyContext",
     "NoCache",
     "RunId",
+    "StorageKeyPolicy",
     "TaskSource",
 ]
 
@@ -288,6 +289,35 @@ class CacheKeyFnPolicy(_Frozen, CachePolicy):
                 "it must return a string or None"
             )
         return key
+
+
+class StorageKeyPolicy(_Frozen, CachePolicy):
+    """The key of a task with ``result_storage_key``: the template formatted for the call. As with
+    ``cache_key_fn``, the key is used as given (any call, of any task, rendering it shares the entry),
+    and nothing else — not the code — is part of it."""
+
+    _fields = ("template",)
+    template: str
+
+    def __init__(self, template: str) -> None:
+        object.__setattr__(self, "template", template)
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        from nbflow.runtime import template_values
+
+        try:
+            key = self.template.format(**template_values(inputs))
+        except (KeyError, IndexError, AttributeError, ValueError) as error:
+            raise ConfigurationError(
+                f"result_storage_key {self.template!r} could not be formatted ({type(error).__name__}: {error}); "
+                "it may use {parameters[name]}, {task_run.name}, {task_run.task_name}, {flow_run.name}, "
+                "{flow_run.flow_name} and {flow_run.id}"
+            ) from None
+        context.parts["result_storage_key"] = key
+        return key
+
+    def __repr__(self) -> str:
+        return f"StorageKeyPolicy({self.template!r})"
 
 
 INPUTS: CachePolicy = Inputs()

@@ -305,6 +305,10 @@ class FlowRunContext:
         return (task_key, index)
 
 
+# Tags added by enclosing ``with nbflow.tags(...)`` blocks, outermost first.
+_tags: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("nbflow_tags", default=())
+
+
 @dataclass
 class TaskRunContext:
     """What code running inside a task can see (its task, its run record, whether prints are logged)."""
@@ -312,6 +316,7 @@ class TaskRunContext:
     task: Task[..., Any]
     task_run: TaskRunRecord
     log_prints: bool = False
+    parameters: dict[str, Any] | None = None  # the call's bound arguments (nbflow.runtime.task_run.parameters)
 
 
 def producers_among(arguments: dict[str, Any], producer: Callable[[Any], str | None]) -> list[str]:

@@ -65,6 +65,23 @@ class MissingResult(NbflowError):
     """A state has no result to return (it was never computed, or was not persisted)."""
 
 
+class FailedRun(NbflowError):
+    """A run ended in a failed state that carries no exception of its own (e.g. the function returned
+    ``Failed(message=...)``): raised by ``state.result()`` and by the call, with the state's message."""
+
+
+class CrashedRun(NbflowError):
+    """A run ended ``Crashed`` without an exception of its own (see :class:`FailedRun`)."""
+
+
+class CancelledRun(NbflowError):
+    """A run ended ``Cancelled`` without an exception of its own (see :class:`FailedRun`)."""
+
+
+class ConcurrencyTimeout(NbflowError, TimeoutError):
+    """A concurrency or rate limit could not be acquired within its ``timeout_seconds``."""
+
+
 class NotebookError(NbflowError):
     """A notebook could not be read or executed by ``nbflow run``."""
 

@@ -47,10 +47,30 @@ class Flow(Generic[P, R]):
         on_completion: Iterable[FlowHook] = (),
         on_failure: Iterable[FlowHook] = (),
         task_runner: TaskRunner | None = None,
+        description: str | None = None,
+        version: str | None = None,
+        flow_run_name: str | Callable[[], str] | None = None,
+        on_running: Iterable[FlowHook] = (),
+        on_crashed: Iterable[FlowHook] = (),
+        on_cancellation: Iterable[FlowHook] = (),
+        persist_result: bool | None = None,
+        cache_result_in_memory: bool = True,
     ) -> None:
+        if isinstance(fn, (classmethod, staticmethod)):
+            fn = fn.__func__  # @flow above @classmethod/@staticmethod: the function it wraps
         if not callable(fn):
             raise ConfigurationError(f"@flow decorates a function; got {fn!r}")
         owner = f"@flow {getattr(fn, '__qualname__', repr(fn))!r}"
+        if flow_run_name is not None and not (isinstance(flow_run_name, str) or callable(flow_run_name)):
+            raise ConfigurationError(
+                f"{owner}: flow_run_name must be a string template (e.g. 'report-{{day}}') or a callable"
+            )
+        for text, label in ((description, "description"), (version, "version")):
+            if text is not None and not isinstance(text, str):
+                raise ConfigurationError(f"{owner}: {label}={text!r} must be a string or None")
+        for flag, label in ((persist_result, "persist_result"), (cache_result_in_memory, "cache_result_in_memory")):
+            if flag is not None and not isinstance(flag, bool):
+                raise ConfigurationError(f"{owner}: {label}={flag!r} must be True or False")
         if task_runner is not None:
             from nbflow.engine.runners import TaskRunner
 
@@ -75,12 +95,24 @@ class Flow(Generic[P, R]):
         self.on_completion = _check_hooks(on_completion, "on_completion", owner)
         self.on_failure = _check_hooks(on_failure, "on_failure", owner)
         self.task_runner: TaskRunner | None = task_runner
+        self.description: str | None = description if description is not None else inspect.getdoc(fn)
+        self.version = version
+        self.flow_run_name = flow_run_name
+        self.on_running = _check_hooks(on_running, "on_running", owner)
+        self.on_crashed = _check_hooks(on_crashed, "on_crashed", owner)
+        self.on_cancellation = _check_hooks(on_cancellation, "on_cancellation", owner)
+        # Accepted for Prefect code: a flow's return value is never stored (its tasks' results are).
+        self.persist_result = persist_result
+        self.cache_result_in_memory = cache_result_in_memory
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self._options: dict[str, Any] = {
             "name": name, "retries": retries, "retry_delay_seconds": retry_delay_seconds,
             "timeout_seconds": timeout_seconds, "validate_parameters": validate_parameters,
             "log_prints": log_prints, "on_completion": self.on_completion, "on_failure": self.on_failure,
-            "task_runner": task_runner,
+            "task_runner": task_runner, "description": description, "version": version,
+            "flow_run_name": flow_run_name, "on_running": self.on_running, "on_crashed": self.on_crashed,
+            "on_cancellation": self.on_cancellation, "persist_result": persist_result,
+            "cache_result_in_memory": cache_result_in_memory,
         }
         self.signature = inspect.signature(fn)
         self._validators: dict[str, Any] | None = None
@@ -106,6 +138,17 @@ class Flow(Generic[P, R]):
         from nbflow.engine.flow_engine import run_flow
 
         return run_flow(self, args, kwargs, return_state=return_state)
+
+    def visualize(self, *args: Any, **kwargs: Any) -> Any:
+        """Draw the graph of this flow's latest run — the static picture nbflow's live graph shows — inline
+        in a notebook (an SVG); elsewhere it is returned (write it to a file, or open it in a browser).
+
+        Unlike Prefect, which traces a call without running its tasks, nbflow draws what happened: call
+        the flow first. Given arguments, the flow is called with them first and its run drawn.
+        """
+        from nbflow.ui.visualize import visualize_flow
+
+        return visualize_flow(self, args, kwargs)
 
     def with_options(self, **overrides: Any) -> Flow[P, R]:
         """A copy of this flow with some options changed."""
@@ -226,6 +269,14 @@ def flow(
     on_completion: Iterable[FlowHook] = (),
     on_failure: Iterable[FlowHook] = (),
     task_runner: TaskRunner | None = None,
+    description: str | None = None,
+    version: str | None = None,
+    flow_run_name: str | Callable[[], str] | None = None,
+    on_running: Iterable[FlowHook] = (),
+    on_crashed: Iterable[FlowHook] = (),
+    on_cancellation: Iterable[FlowHook] = (),
+    persist_result: bool | None = None,
+    cache_result_in_memory: bool = True,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -237,7 +288,12 @@ def flow(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     ``validate_parameters`` (pydantic, against the type hints, before any task runs); ``log_prints``
     (prints of tasks inside are kept in their logs); hooks ``on_completion`` / ``on_failure`` called
     ``(flow, run, state)``; ``task_runner`` (where ``Task.submit``/``map`` calls inside run: a
-    :class:`~nbflow.ThreadPoolTaskRunner`, the default, or a Dask runner). ``async def`` flows are awaited.
+    :class:`~nbflow.ThreadPoolTaskRunner`, the default, or a Dask runner); ``flow_run_name`` (a template
+    formatted with the parameters, ``"report-{day}"``, or a callable, which may read
+    :mod:`nbflow.runtime`); ``description`` (default: the docstring), ``version``; hooks ``on_running``,
+    ``on_crashed`` and ``on_cancellation`` ``(flow, run, state)`` (``on_failure`` runs for every final
+    state but Completed); ``persist_result`` and ``cache_result_in_memory`` are accepted for Prefect code (a
+    flow's own return value is never stored; its tasks' results are). ``async def`` flows are awaited.
     """
     if fn is None:
         return lambda function: Flow(function, **options)

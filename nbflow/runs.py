@@ -35,6 +35,11 @@ from typing import TYPE_CHECKING, Any
 from nbflow._idle import IdleWriter
 from nbflow._recovery import cannot_write, is_damaged, move_aside
 from nbflow._recovery import warn_once as _warn_once
+from nbflow.states import state_name
+
+# Records hold their state as a StateName: a string ("Cached") that also answers .name, .type and
+# .is_failed() as a State does, for code written against Prefect's run objects.
+_PENDING = state_name("Pending", "PENDING")
 
 if TYPE_CHECKING:
     import datetime
@@ -101,7 +106,7 @@ class TaskRunRecord:
     run_id: str
     task_name: str
     task_key: str
-    state: str = "Pending"
+    state: str = _PENDING
     state_type: str = "PENDING"
     attempts: int = 0
     start_time: float | None = None
@@ -161,6 +166,8 @@ class TaskRunRecord:
         data = dict(data)
         data.pop("duration", None)
         data["history"] = [_entry_from_json(entry) for entry in data.get("history", [])]
+        if "state" in data:
+            data["state"] = state_name(data["state"], data.get("state_type") or "")
         known = cls.__dataclass_fields__
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -237,7 +244,7 @@ class RunRecord:
     id: str
     flow_name: str
     kind: str = "flow"
-    state: str = "Pending"
+    state: str = _PENDING
     state_type: str = "PENDING"
     start_time: float = field(default_factory=time.time)
     end_time: float | None = None
@@ -253,6 +260,10 @@ class RunRecord:
     failed_task_runs: int = 0
     # Set by `nbflow run` (through NBFLOW_LAUNCH_ID) so it can find the runs its kernel made.
     launch_id: str | None = field(default_factory=lambda: os.environ.get("NBFLOW_LAUNCH_ID") or None)
+    # What the flow's own body logged (get_run_logger() outside its tasks, its prints with log_prints).
+    logs: list[str] = field(default_factory=list)
+    # The name given by the flow's flow_run_name (None: the flow's name).
+    run_name: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -839,6 +850,8 @@ def _json_safe(value: Any) -> Any:
 def _run_from_json(text: str) -> RunRecord:
     data = json.loads(text)
     data["history"] = [StateEntry(**entry) for entry in data.get("history", [])]
+    if "state" in data:
+        data["state"] = state_name(data["state"], data.get("state_type") or "")
     known = RunRecord.__dataclass_fields__
     return RunRecord(**{key: value for key, value in data.items() if key in known})
 

@@ -29,6 +29,7 @@ __all__ = [
     "RolledBack",
     "Running",
     "State",
+    "StateName",
     "StateType",
     "TimedOut",
     "UpstreamFailed",
@@ -51,6 +52,95 @@ class StateType(str, enum.Enum):
 
 
 _FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED})
+_FAILURES = frozenset({StateType.FAILED, StateType.CANCELLED, StateType.CRASHED})
+
+
+def _run_error(state: State) -> BaseException:
+    """The exception a failure state without one of its own stands for (Prefect's ``FailedRun`` & co.)."""
+    from nbflow.exceptions import CancelledRun, CrashedRun, FailedRun
+
+    kind, default = {
+        StateType.FAILED: (FailedRun, "Run failed."),
+        StateType.CRASHED: (CrashedRun, "Run crashed."),
+        StateType.CANCELLED: (CancelledRun, "Run cancelled."),
+    }[state.type]
+    return kind(state.message or default)
+
+
+class StateName(str):
+    """A run record's state: the name as a plain string (``run.state == "Cached"`` keeps working) that
+    also answers what a :class:`State` does, so code written for Prefect's ``run.state.name``,
+    ``run.state.type`` and ``run.state.is_failed()`` works on records too.
+
+    Make one with :func:`state_name`, which shares one instance per (name, type).
+    """
+
+    type_value: str
+
+    def __new__(cls, name: str, type: StateType | str = "") -> StateName:
+        self = str.__new__(cls, name)
+        if not type:
+            type = _STATE_TYPES_BY_NAME.get(name, "PENDING")
+        self.type_value = type.value if isinstance(type, StateType) else str(type)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StateName, (str(self), self.type_value))
+
+    @property
+    def name(self) -> str:
+        """The name as a plain string (what Prefect's ``state.name`` gives)."""
+        return str.__str__(self)
+
+    @property
+    def type(self) -> StateType:
+        """The state's :class:`StateType` (``COMPLETED``, ``FAILED``, ...)."""
+        return StateType(self.type_value)
+
+    def is_pending(self) -> bool:
+        return self.type_value in ("PENDING", "SCHEDULED")
+
+    def is_scheduled(self) -> bool:
+        return self.type_value == "SCHEDULED"
+
+    def is_running(self) -> bool:
+        return self.type_value == "RUNNING"
+
+    def is_completed(self) -> bool:
+        return self.type_value == "COMPLETED"
+
+    def is_failed(self) -> bool:
+        return self.type_value == "FAILED"
+
+    def is_crashed(self) -> bool:
+        return self.type_value == "CRASHED"
+
+    def is_cancelled(self) -> bool:
+        return self.type_value == "CANCELLED"
+
+    def is_final(self) -> bool:
+        """True for COMPLETED, FAILED, CANCELLED and CRASHED."""
+        return self.type_value in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
+# The type of each state name the engine uses (a name given without its type gets it from here).
+_STATE_TYPES_BY_NAME = {
+    "Pending": "PENDING", "Running": "RUNNING", "Retrying": "RUNNING", "AwaitingRetry": "SCHEDULED",
+    "Completed": "COMPLETED", "Cached": "COMPLETED", "Failed": "FAILED", "TimedOut": "FAILED",
+    "UpstreamFailed": "FAILED", "Crashed": "CRASHED", "Cancelled": "CANCELLED", "RolledBack": "CANCELLED",
+}
+_state_names: dict[tuple[str, str], StateName] = {}
+
+
+def state_name(name: str, type: StateType | str = "") -> StateName:
+    """The shared :class:`StateName` for ``name`` (and its type, looked up for the engine's own names)."""
+    type_value = type.value if isinstance(type, StateType) else type
+    known = _state_names.get((name, type_value))
+    if known is None:
+        known = StateName(name, type_value)
+        if len(_state_names) < 4096:  # names users make up are few; never grow without bound
+            _state_names[(name, type_value)] = known
+    return known
 
 class _NotSet:
     """The "no result attached" marker; survives pydantic's copying of private defaults."""
@@ -212,14 +302,28 @@ class State:
     def has_result(self) -> bool:
         return self._data is not _NOT_SET
 
+    @property
+    def data(self) -> Any:
+        """The attached result or exception as it is (None when there is none), as Prefect's ``state.data``."""
+        data = self._data
+        return None if data is _NOT_SET else data
+
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's return value; for a failed run, its exception is raised (or returned when
-        ``raise_on_failure=False``)."""
+        ``raise_on_failure=False``). A failed, crashed or cancelled state without an exception of its own
+        (``Failed(message="...")`` returned by a task) raises :class:`~nbflow.exceptions.FailedRun` (or
+        ``CrashedRun`` / ``CancelledRun``) with its message."""
         data = self._data
         if isinstance(data, BaseException) and self.type is not StateType.COMPLETED:
             if raise_on_failure:
                 raise data
             return data
+        if self.type in _FAILURES and not isinstance(data, BaseException):
+            error = _run_error(self)
+            self._data = error  # raised the same way each time it is asked for
+            if raise_on_failure:
+                raise error
+            return error
         if data is _NOT_SET:
             raise MissingResult(f"state {self.name!r} has no result attached")
         return data
@@ -247,44 +351,75 @@ def _state(type_: StateType, name: str, message: str | None = None, data: Any = 
     return state
 
 
-def Pending(message: str | None = None) -> State:
-    return _state(StateType.PENDING, "Pending", message)
+def _named(name: str | None, default: str) -> str:
+    if name is None:
+        return default
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{default}(name={name!r}): the name must be a non-empty string")
+    return name
 
 
-def Running(message: str | None = None) -> State:
-    return _state(StateType.RUNNING, "Running", message)
+def Pending(message: str | None = None, *, name: str | None = None) -> State:
+    """A run that has not started."""
+    return _state(StateType.PENDING, _named(name, "Pending"), message)
 
 
-def AwaitingRetry(message: str | None = None) -> State:
-    return _state(StateType.SCHEDULED, "AwaitingRetry", message)
+def Running(message: str | None = None, *, name: str | None = None) -> State:
+    """A run whose function is running."""
+    return _state(StateType.RUNNING, _named(name, "Running"), message)
 
 
-def Retrying(message: str | None = None) -> State:
-    return _state(StateType.RUNNING, "Retrying", message)
+def AwaitingRetry(message: str | None = None, *, name: str | None = None) -> State:
+    """A failed attempt waiting for its retry (type ``SCHEDULED``)."""
+    return _state(StateType.SCHEDULED, _named(name, "AwaitingRetry"), message)
 
 
-def Completed(data: Any = None, message: str | None = None, persisted: bool | None = None) -> State:
-    return _state(StateType.COMPLETED, "Completed", message, data, persisted=persisted)
+def Retrying(message: str | None = None, *, name: str | None = None) -> State:
+    """A run's second or later attempt (type ``RUNNING``)."""
+    return _state(StateType.RUNNING, _named(name, "Retrying"), message)
+
+
+def Completed(data: Any = None, message: str | None = None, persisted: bool | None = None, *,
+              name: str | None = None) -> State:
+    """A run that finished with ``data`` as its result; a task or flow may return one (e.g.
+    ``Completed(message="nothing to do", name="Skipped")``) to end in it."""
+    return _state(StateType.COMPLETED, _named(name, "Completed"), message, data, persisted=persisted)
 
 
 def Cached(data: Any = None, message: str | None = None) -> State:
+    """A completed run whose result came from the store."""
     return _state(StateType.COMPLETED, "Cached", message, data, persisted=True)
 
 
-def Failed(error: BaseException | None = None, message: str | None = None) -> State:
-    return _state(StateType.FAILED, "Failed", message, error if error is not None else _NOT_SET)
+def _error_data(error: Any, data: Any) -> Any:
+    if error is not None and data is not None:
+        raise ConfigurationError("give a failure state error= or data=, not both")
+    value = error if error is not None else data
+    return value if value is not None else _NOT_SET
+
+
+def Failed(error: BaseException | None = None, message: str | None = None, *, name: str | None = None,
+           data: Any = None) -> State:
+    """A run that failed; a task or flow may return ``Failed(message="...")`` to end failed without
+    raising (its caller then gets :class:`~nbflow.exceptions.FailedRun` with that message)."""
+    return _state(StateType.FAILED, _named(name, "Failed"), message, _error_data(error, data))
 
 
 def TimedOut(error: BaseException | None = None, message: str | None = None) -> State:
+    """A run that failed by running past its ``timeout_seconds``."""
     return _state(StateType.FAILED, "TimedOut", message, error if error is not None else _NOT_SET)
 
 
-def Crashed(error: BaseException | None = None, message: str | None = None) -> State:
-    return _state(StateType.CRASHED, "Crashed", message, error if error is not None else _NOT_SET)
+def Crashed(error: BaseException | None = None, message: str | None = None, *, name: str | None = None,
+            data: Any = None) -> State:
+    """A run stopped by something other than an exception of its code (``SystemExit``, a lost worker)."""
+    return _state(StateType.CRASHED, _named(name, "Crashed"), message, _error_data(error, data))
 
 
-def Cancelled(error: BaseException | None = None, message: str | None = None) -> State:
-    return _state(StateType.CANCELLED, "Cancelled", message, error if error is not None else _NOT_SET)
+def Cancelled(error: BaseException | None = None, message: str | None = None, *, name: str | None = None,
+              data: Any = None) -> State:
+    """A run interrupted (``KeyboardInterrupt``) or cancelled."""
+    return _state(StateType.CANCELLED, _named(name, "Cancelled"), message, _error_data(error, data))
 
 
 def UpstreamFailed(message: str | None = None) -> State:

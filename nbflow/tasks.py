@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from nbflow._tracebacks import HIDE_FRAMES as _HIDE_FRAMES
-from nbflow.cache_policies import DEFAULT, CacheKeyFnPolicy, CachePolicy, KeyContext
+from nbflow.cache_policies import DEFAULT, CacheKeyFnPolicy, CachePolicy, KeyContext, StorageKeyPolicy
 from nbflow.engine.retries import RetryDelay, check_delay
 from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.settings import MAX_SECONDS
 
 if TYPE_CHECKING:
-    from nbflow.engine.futures import TaskFuture, TaskFutureList
+    from nbflow.engine.futures import TaskFutureList
     from nbflow.runs import TaskRunRecord
     from nbflow.states import State
     from nbflow.store.serializers import Serializer
@@ -96,6 +96,12 @@ class Task(Generic[P, R]):
         on_commit: Iterable[TransactionHook] = (),
         on_rollback: Iterable[TransactionHook] = (),
         files: Iterable[str | os.PathLike[str]] = (),
+        description: str | None = None,
+        version: str | None = None,
+        on_running: Iterable[Hook] = (),
+        result_storage_key: str | None = None,
+        cache_result_in_memory: bool = True,
+        viz_return_value: Any = None,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@task decorates a function; got {fn!r}")
@@ -134,6 +140,21 @@ class Task(Generic[P, R]):
         files = _check_files(files, owner)
         if task_run_name is not None and not (isinstance(task_run_name, str) or callable(task_run_name)):
             raise ConfigurationError(f"{owner}: task_run_name must be a string template or a callable")
+        for text, label in ((description, "description"), (version, "version")):
+            if text is not None and not isinstance(text, str):
+                raise ConfigurationError(f"{owner}: {label}={text!r} must be a string or None")
+        if result_storage_key is not None:
+            if not isinstance(result_storage_key, str) or not result_storage_key:
+                raise ConfigurationError(
+                    f"{owner}: result_storage_key={result_storage_key!r} must be a non-empty string template, "
+                    "e.g. 'report-{parameters[day]}'"
+                )
+            if cache_key_fn is not None:
+                raise ConfigurationError(f"{owner}: give result_storage_key or cache_key_fn, not both")
+        if not isinstance(cache_result_in_memory, bool):
+            raise ConfigurationError(
+                f"{owner}: cache_result_in_memory={cache_result_in_memory!r} must be True or False"
+            )
 
         self.fn = fn
         self.name: str = name or getattr(fn, "__name__", None) or type(fn).__name__
@@ -143,10 +164,19 @@ class Task(Generic[P, R]):
         self.retry_jitter_factor = retry_jitter_factor
         self.retry_condition_fn = retry_condition_fn
         self.timeout_seconds = timeout_seconds
+        if result_storage_key is not None:
+            # The rendered template is the key, used as given like a cache_key_fn's (shared, not namespaced).
+            cache_key_fn = StorageKeyPolicy(result_storage_key).compute_key
         self.cache_policy: CachePolicy = (
             CacheKeyFnPolicy(cache_key_fn) if cache_key_fn is not None else cache_policy
         )
         self.cache_key_fn = cache_key_fn
+        self.result_storage_key = result_storage_key
+        self.cache_result_in_memory = cache_result_in_memory
+        self.description: str | None = description if description is not None else inspect.getdoc(fn)
+        self.version = version
+        self.viz_return_value = viz_return_value
+        self.on_running: tuple[Hook, ...] = _check_hooks(on_running, "on_running", owner)
         self.cache_expiration: _dt.timedelta | None = cache_expiration
         self.refresh_cache = bool(refresh_cache)
         self.persist_result = bool(persist_result)
@@ -165,12 +195,15 @@ class Task(Generic[P, R]):
         self._options: dict[str, Any] = {
             "name": name, "retries": retries, "retry_delay_seconds": retry_delay_seconds,
             "retry_jitter_factor": retry_jitter_factor, "retry_condition_fn": retry_condition_fn,
-            "timeout_seconds": timeout_seconds, "cache_policy": cache_policy, "cache_key_fn": cache_key_fn,
+            "timeout_seconds": timeout_seconds, "cache_policy": cache_policy,
+            "cache_key_fn": None if result_storage_key is not None else cache_key_fn,
             "cache_expiration": cache_expiration, "refresh_cache": refresh_cache,
             "persist_result": persist_result, "result_serializer": result_serializer, "tags": tuple(tags),
             "log_prints": log_prints, "on_completion": self.on_completion, "on_failure": self.on_failure,
             "task_run_name": task_run_name, "on_commit": self.on_commit_hooks,
-            "on_rollback": self.on_rollback_hooks, "files": files,
+            "on_rollback": self.on_rollback_hooks, "files": files, "description": description,
+            "version": version, "on_running": self.on_running, "result_storage_key": result_storage_key,
+            "cache_result_in_memory": cache_result_in_memory, "viz_return_value": viz_return_value,
         }
         self._signature: inspect.Signature | None = None
         # How calls bind to parameters without inspect.Signature.bind (see bind_arguments): the
@@ -236,18 +269,26 @@ class Task(Generic[P, R]):
     @overload
     def __call__(self, *args: Any, return_state: bool = ..., **kwargs: Any) -> Any: ...
 
-    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:  # type: ignore[misc]
+    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None,  # type: ignore[misc]
+                 **kwargs: Any) -> Any:
         """Run the task now (or take its result from the cache) and return its result.
 
         With ``return_state=True`` the final :class:`~nbflow.State` is returned and a failure does not
-        raise. For an ``async def`` task the call returns an awaitable: ``await my_task(...)``.
+        raise. ``wait_for=[future, ...]`` waits for those submitted calls first (without passing their
+        results); if one failed, this call ends ``UpstreamFailed`` unless it is wrapped in
+        :class:`nbflow.allow_failure`. For an ``async def`` task the call returns an awaitable:
+        ``await my_task(...)``.
         """
         # Hidden from the tracebacks of task failures (IPython, pytest): see nbflow._tracebacks.
         __tracebackhide__ = _HIDE_FRAMES
         if self.is_async:
             from nbflow.engine.task_engine import run_task_async
 
-            return run_task_async(self, args, kwargs, return_state=return_state)
+            return run_task_async(self, args, kwargs, return_state=return_state, wait_for=wait_for)
+        if wait_for is not None:
+            from nbflow.engine.task_engine import run_task
+
+            return run_task(self, args, kwargs, return_state=return_state, wait_for=wait_for)
         # The engine is imported on the first call (importing nbflow stays light); an import statement
         # on every call would cost half a microsecond each time.
         global _run_task
@@ -258,25 +299,31 @@ class Task(Generic[P, R]):
             run = _run_task = run_task
         return run(self, args, kwargs, return_state=return_state)
 
-    def submit(self, *args: Any, **kwargs: Any) -> TaskFuture[R]:
+    def submit(self, *args: Any, wait_for: Any = None, return_state: bool = False, **kwargs: Any) -> Any:
         """Start a call on the task runner and return its :class:`~nbflow.TaskFuture` at once.
 
         Calls run concurrently (the flow's ``task_runner``, else a shared bounded thread pool); caching,
-        retries and timeouts are those of a plain call. Futures among the arguments are waited for and
-        replaced by their results (and drawn as graph edges); if one failed, this call ends
-        ``UpstreamFailed`` without running.
+        retries and timeouts are those of a plain call. Futures among the arguments, and those in
+        ``wait_for=[...]``, are waited for (arguments are replaced by their results; both are drawn as
+        graph edges); if one failed, this call ends ``UpstreamFailed`` without running, unless it is
+        wrapped in :class:`nbflow.allow_failure`. ``return_state=True`` waits and returns the final state.
         """
         from nbflow.engine.task_engine import submit_task
 
-        return submit_task(self, args, kwargs)
+        future = submit_task(self, args, kwargs, wait_for=wait_for)
+        if return_state:
+            future.wait()
+            return future.state
+        return future
 
-    def map(self, *args: Any, **kwargs: Any) -> TaskFutureList[R]:
+    def map(self, *args: Any, wait_for: Any = None, return_state: bool = False, **kwargs: Any) -> Any:
         """Submit one call per element of the iterable arguments; return their futures in order.
 
         Every list, tuple, range, set, generator or other iterable argument is mapped (all must have the
         same length); strings, bytes and dicts are passed whole, and so is anything wrapped in
         :class:`nbflow.unmapped`, e.g. ``score.map(tables, model=nbflow.unmapped(model))``. A future of a
-        whole list is not mapped (give the list itself).
+        whole list is not mapped (give the list itself). ``wait_for`` and ``return_state`` are those of
+        :meth:`submit`, for every call.
         """
         from nbflow.engine.futures import TaskFutureList, unmapped
         from nbflow.engine.task_engine import submit_task
@@ -324,7 +371,11 @@ class Task(Generic[P, R]):
         for index in range(size):
             call = {name: (mapped[name][index] if name in mapped else value) for name, value in arguments.items()}
             bound_call = inspect.BoundArguments(self.signature, call)  # type: ignore[arg-type,unused-ignore]
-            futures.append(submit_task(self, bound_call.args, bound_call.kwargs, map_info=(map_id, index, size)))
+            futures.append(submit_task(self, bound_call.args, bound_call.kwargs, map_info=(map_id, index, size),
+                                       wait_for=wait_for))
+        if return_state:
+            futures.wait()
+            return [future.state for future in futures]
         return futures
 
     def on_commit(self, fn: TransactionHook) -> TransactionHook:
@@ -399,6 +450,12 @@ def task(
     on_commit: Iterable[TransactionHook] = (),
     on_rollback: Iterable[TransactionHook] = (),
     files: Iterable[str | os.PathLike[str]] = (),
+    description: str | None = None,
+    version: str | None = None,
+    on_running: Iterable[Hook] = (),
+    result_storage_key: str | None = None,
+    cache_result_in_memory: bool = True,
+    viz_return_value: Any = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -416,8 +473,13 @@ def task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
     call's arguments, or a callable); transaction hooks ``on_commit`` / ``on_rollback`` called
     ``(transaction)`` (also as decorators: ``@my_task.on_rollback``); ``files``: paths of files or
     directories the task reads in ways nbflow cannot see (inside C libraries such as pyarrow), checked
-    for changes like the files it opens through Python. ``async def`` functions make tasks that are
-    awaited.
+    for changes like the files it opens through Python. ``description`` (default: the docstring) and
+    ``version`` are kept on the task; ``on_running`` hooks ``(task, task_run, state)`` run when a call
+    starts running; ``result_storage_key`` (a template such as ``"report-{parameters[day]}"``, formatted
+    with ``parameters``, ``task_run`` and ``flow_run``) names the stored result and replaces the cache key,
+    as in Prefect: any call that renders the same key gets that result; ``cache_result_in_memory`` is
+    accepted for Prefect code (nbflow never keeps results in memory beyond what the caller holds).
+    ``async def`` functions make tasks that are awaited.
     """
     if fn is None:
         return lambda function: Task(function, **options)

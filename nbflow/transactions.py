@@ -340,7 +340,9 @@ def _mark_rolled_back(item: _Done, state: Any) -> None:
     from nbflow.runs import StateEntry, history
 
     task_run = item.task_run
-    task_run.state = state.name
+    from nbflow.states import state_name
+
+    task_run.state = state_name(state.name, state.type)
     task_run.state_type = state.type.value
     task_run.persisted = False
     task_run.history.append(StateEntry(state.name, state.type.value, time.time(), state.message))

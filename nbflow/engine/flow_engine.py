@@ -25,7 +25,7 @@ from nbflow.engine.task_engine import (
     failure_to_raise,
 )
 from nbflow.runs import RunRecord, StateEntry, history, new_id
-from nbflow.states import Cancelled, Completed, Failed, State, StateType
+from nbflow.states import Cancelled, Completed, Failed, State, StateType, state_name
 
 if TYPE_CHECKING:
     from nbflow.engine.runners import TaskRunner
@@ -53,7 +53,7 @@ class FlowRunEngine:
     def set_state(self, state: State) -> None:
         run = self.run
         assert run is not None
-        run.state = state.name
+        run.state = state_name(state.name, state.type)
         run.state_type = state.type.value
         run.history.append(StateEntry(state.name, state.type.value, time.time(), state.message))
         history().mark(run)
@@ -70,10 +70,58 @@ class FlowRunEngine:
             parameters={name: summarize(value) for name, value in parameters.items()},
         )
         self.context = FlowRunContext(flow=self.flow, run=self.run, parameters=parameters)
+        if self.flow.log_prints:  # the body's own prints are kept in the flow run's logs
+            from nbflow.engine.logs import install_print_capture
+
+            install_print_capture()
+        if self.flow.flow_run_name is not None:
+            self.run.run_name = self.render_run_name(self.flow.flow_run_name)
         self.start_runner()
         if self.parent is None:
             frontend_hook(self.run)  # a live graph in the notebook cell (subflows are drawn in their parent's)
         self.set_state(State(type=StateType.PENDING, name="Pending"))
+
+    def render_run_name(self, template: Any) -> str | None:
+        """The flow run's name from ``flow_run_name``: a template formatted with the parameters, or a
+        callable called inside the run (so that ``nbflow.runtime.flow_run.parameters`` answers)."""
+        context = self.context
+        assert context is not None
+        try:
+            if callable(template):
+                token = _flow_run.set(context)
+                try:
+                    name = template()
+                finally:
+                    _flow_run.reset(token)
+            else:
+                name = str(template).format(**context.parameters)
+        except Exception as error:
+            from nbflow._tracebacks import warn_at_caller
+            from nbflow.exceptions import NbflowWarning
+
+            warn_at_caller(f"flow {self.flow.name!r}: flow_run_name {template!r} could not be rendered "
+                           f"({type(error).__name__}: {error}); using the flow's name", NbflowWarning)
+            return None
+        if not isinstance(name, str) or not name:
+            from nbflow._tracebacks import warn_at_caller
+            from nbflow.exceptions import NbflowWarning
+
+            warn_at_caller(f"flow {self.flow.name!r}: flow_run_name gave {name!r}, not a non-empty string; "
+                           "using the flow's name", NbflowWarning)
+            return None
+        return name
+
+    def call_hooks(self, hooks: tuple[Any, ...], state: State) -> None:
+        run = self.run
+        for hook in hooks:
+            try:
+                hook(self.flow, run, state)
+            except Exception:
+                import logging
+
+                logging.getLogger("nbflow").exception(
+                    "hook %r of flow %r raised; the flow's state is unchanged", hook, self.flow.name
+                )
 
     def call_body(self) -> State:
         flow = self.flow
@@ -135,8 +183,11 @@ class FlowRunEngine:
         context.attempt = run.attempts
         context.call_counts = {}
         name = "Running" if run.attempts == 1 else "Retrying"
-        self.set_state(State(type=StateType.RUNNING, name=name,
-                             message=None if run.attempts == 1 else f"attempt {run.attempts}"))
+        message = None if run.attempts == 1 else f"attempt {run.attempts}"
+        state = State(type=StateType.RUNNING, name=name, message=message)
+        self.set_state(state)
+        if run.attempts == 1 and self.flow.on_running:
+            self.call_hooks(self.flow.on_running, state)
 
     def retry_delay(self, state: State) -> float | None:
         """None when ``state`` ends the run, else the seconds before the next attempt (AwaitingRetry)."""
@@ -174,16 +225,12 @@ class FlowRunEngine:
             if isinstance(error, BaseException):
                 run.error = error_summary(error)
         self.set_state(state)
-        hooks = self.flow.on_completion if state.is_completed() else self.flow.on_failure
-        for hook in hooks:
-            try:
-                hook(self.flow, run, state)
-            except Exception:
-                import logging
-
-                logging.getLogger("nbflow").exception(
-                    "hook %r of flow %r raised; the flow's state is unchanged", hook, self.flow.name
-                )
+        flow = self.flow
+        self.call_hooks(flow.on_completion if state.is_completed() else flow.on_failure, state)
+        if state.is_crashed() and flow.on_crashed:
+            self.call_hooks(flow.on_crashed, state)
+        elif state.is_cancelled() and flow.on_cancellation:
+            self.call_hooks(flow.on_cancellation, state)
         if self.context is not None:
             self.context.results.clear()  # release references held for graph edges
         if not state.is_completed():
@@ -256,12 +303,30 @@ def _resolve_returned(state: State) -> State:
     if not state.is_completed():
         return state
     value = state.result()
+    if isinstance(value, (list, tuple, set)) and value and all(isinstance(item, State) for item in value):
+        return _state_of_states(value, state)
     if not futures_in(value):
         return state
     try:
         return Completed(resolve(value), message=state.message)
     except Exception as error:
         return Failed(error, message=error_summary(error))
+
+
+def _state_of_states(states: Any, state: State) -> State:
+    """A body that returned states (``return [a(return_state=True), b(return_state=True)]``) ends as Prefect
+    ends it: ``Failed`` when one of them failed or crashed, ``Cancelled`` when one was cancelled, else
+    ``Completed``; the states themselves are the result."""
+    items = list(states)
+    failed = [item for item in items if item.is_failed() or item.is_crashed()]
+    cancelled = [item for item in items if item.is_cancelled()]
+    # The first failure's exception is what the flow's caller gets, as in Prefect.
+    if failed:
+        return Failed(failed[0].result(raise_on_failure=False), message=f"{len(failed)}/{len(items)} states failed.")
+    if cancelled:
+        return Cancelled(cancelled[0].result(raise_on_failure=False),
+                         message=f"{len(cancelled)}/{len(items)} states cancelled.")
+    return Completed(states, message=state.message)
 
 
 def run_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from nbflow.runs import TaskRunRecord
     from nbflow.states import State
 
-__all__ = ["DoneAndNotDone", "TaskFuture", "TaskFutureList", "as_completed", "unmapped", "wait"]
+__all__ = ["DoneAndNotDone", "TaskFuture", "TaskFutureList", "allow_failure", "as_completed", "quote", "unmapped",
+           "wait"]
 
 R = TypeVar("R")
 
@@ -121,6 +122,47 @@ class unmapped(Generic[R]):
         return f"unmapped({self.value!r})"
 
 
+class allow_failure(Generic[R]):
+    """Wraps a future (or a value holding futures) given to a task, or listed in ``wait_for``: the call
+    runs even if that upstream call failed, and receives its exception in place of its result, e.g.
+    ``cleanup.submit(nbflow.allow_failure(load_future))``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: R) -> None:
+        self.value = value
+
+    def unwrap(self) -> R:
+        """The wrapped value."""
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"allow_failure({self.value!r})"
+
+
+class quote(Generic[R]):
+    """Wraps an argument that nbflow passes to the task as it is: not searched for futures (a large list
+    of values is then not walked) and, if it holds futures, they are not waited for."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: R) -> None:
+        self.value = value
+
+    def unquote(self) -> R:
+        """The wrapped value."""
+        return self.value
+
+    unwrap = unquote
+
+    def __repr__(self) -> str:
+        return f"quote({self.value!r})"
+
+
+# Marks, in what futures_in finds, an argument wrapped in quote/allow_failure that must be unwrapped.
+ANNOTATED: Any = object()
+
+
 class DoneAndNotDone(NamedTuple):
     """What :func:`wait` returns: the futures that are final, and those that are not."""
 
@@ -169,16 +211,23 @@ def as_completed(futures: Iterable[TaskFuture[Any]], timeout: float | None = Non
 # -- resolving futures inside arguments ---------------------------------------------------------
 
 _CONTAINERS = (list, tuple, set, frozenset, dict)
-_FUTURE_OR_CONTAINER = (TaskFuture, *_CONTAINERS)
+_FUTURE_OR_CONTAINER = (TaskFuture, *_CONTAINERS, allow_failure, quote)
 
 
 def futures_in(value: Any, found: list[TaskFuture[Any]] | None = None, depth: int = 0) -> list[TaskFuture[Any]]:
-    """The futures in ``value`` and, recursively, inside its lists, tuples, sets and dicts."""
+    """The futures in ``value`` and, recursively, inside its lists, tuples, sets and dicts. An argument
+    wrapped in :class:`quote` is not searched, one in :class:`allow_failure` is; either adds the marker
+    ``ANNOTATED`` to the list (the caller unwraps them with :func:`resolve`)."""
     if found is None:
         found = []
     if isinstance(value, TaskFuture):
         if value not in found:
             found.append(value)
+    elif isinstance(value, (allow_failure, quote)):
+        if ANNOTATED not in found:
+            found.append(ANNOTATED)
+        if isinstance(value, allow_failure):
+            futures_in(value.value, found, depth + 1)
     elif depth < 8 and isinstance(value, _CONTAINERS):
         items = value.values() if isinstance(value, dict) else value
         for item in items:
@@ -187,11 +236,35 @@ def futures_in(value: Any, found: list[TaskFuture[Any]] | None = None, depth: in
     return found
 
 
+def allowed_failures(value: Any, found: list[TaskFuture[Any]] | None = None, depth: int = 0,
+                     inside: bool = False) -> list[TaskFuture[Any]]:
+    """The futures in ``value`` that are wrapped in :class:`allow_failure` (may fail upstream)."""
+    if found is None:
+        found = []
+    if isinstance(value, TaskFuture):
+        if inside:
+            found.append(value)
+    elif isinstance(value, allow_failure):
+        allowed_failures(value.value, found, depth + 1, True)
+    elif depth < 8 and isinstance(value, _CONTAINERS):
+        for item in value.values() if isinstance(value, dict) else value:
+            allowed_failures(item, found, depth + 1, inside)
+    return found
+
+
 def resolve(value: Any, depth: int = 0) -> Any:
-    """``value`` with every future replaced by its result (containers rebuilt only where one was found).
-    Call only when every future in it is done and completed."""
+    """``value`` with every future replaced by its result (containers rebuilt only where one was found),
+    :class:`quote` and :class:`allow_failure` unwrapped (a failed future in the latter gives its
+    exception). Call only when every future in it is done, and completed unless failure is allowed."""
     if isinstance(value, TaskFuture):
         return value.result()
+    if isinstance(value, quote):
+        return value.value
+    if isinstance(value, allow_failure):
+        inner = value.value
+        if isinstance(inner, TaskFuture):
+            return inner.result(raise_on_failure=False)
+        return resolve(inner, depth + 1)
     if depth < 8 and isinstance(value, _CONTAINERS):
         if isinstance(value, dict):
             resolved = {key: resolve(item, depth + 1) for key, item in value.items()}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nbflow import _pid
 from nbflow import settings as _settings
 from nbflow.runs import RunRecord, StateEntry, history, new_id
+from nbflow.states import state_name
 
 if TYPE_CHECKING:
     from nbflow.store.interface import Store
@@ -77,7 +78,7 @@ def session_run() -> RunRecord:
             if _session is None or _session.pid != os.getpid():
                 now = time.time()
                 _session = RunRecord(
-                    id=new_id(), flow_name="session", kind="session", state="Running",
+                    id=new_id(), flow_name="session", kind="session", state=state_name("Running"),
                     state_type="RUNNING", start_time=now, source=_session_source(),
                     history=[StateEntry("Running", "RUNNING", now)],
                 )
@@ -112,7 +113,7 @@ def _end_session() -> None:
     if not run.task_run_count:
         return
     failed = run.failed_task_runs > 0
-    run.state = "Failed" if failed else "Completed"
+    run.state = state_name("Failed" if failed else "Completed")
     run.state_type = "FAILED" if failed else "COMPLETED"
     run.end_time = time.time()
     run.history.append(StateEntry(run.state, run.state_type, run.end_time))

@@ -40,6 +40,7 @@ from nbflow.context import (
     FlowRunContext,
     TaskRunContext,
     _flow_run,
+    _tags,
     _task_run,
     _transaction,
     current_flow_run,
@@ -47,7 +48,7 @@ from nbflow.context import (
 from nbflow.engine import randomness, runtime
 from nbflow.engine.conditions import Conditional, Observation, generator_globals, is_generator, key_parts
 from nbflow.engine.file_reads import current as current_recorder
-from nbflow.engine.futures import TaskFuture, futures_in, resolve
+from nbflow.engine.futures import ANNOTATED, TaskFuture, allowed_failures, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, call_completed, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
 from nbflow.engine.runtime import get_store, session_run, summarize
@@ -69,10 +70,12 @@ from nbflow.states import (
     Completed,
     Crashed,
     Failed,
+    Running,
     State,
     StateType,
     TimedOut,
     UpstreamFailed,
+    state_name,
 )
 from nbflow.store import CacheMiss
 
@@ -95,7 +98,9 @@ _DEFER_BELOW = 0.05
 # Values that cannot change in place (and whose methods draw no random numbers).
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range})
 
+_state_name = state_name
 _get_flow_run = _flow_run.get
+_get_tags = _tags.get
 _get_transaction = _transaction.get
 _NBFLOW_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MISSING: Any = object()
@@ -128,6 +133,17 @@ def _store_trouble(error: BaseException) -> None:
               "misses meanwhile", stacklevel=7)
 
 
+def returned_state(state: State) -> State:
+    """The final state of a run whose function returned a :class:`State` (``return Failed(message=...)``,
+    ``return Completed(name="Skipped")``): that state, as Prefect does. A state that is not final
+    (``Running()``, ``Pending()``) cannot end a run: the run fails, saying so."""
+    if not state.is_final():
+        error = TypeError(f"a task or flow returned the state {state!r}, which is not final; return a "
+                          "Completed, Failed, Cancelled or Crashed state (or a plain value)")
+        return Failed(error, message=error_summary(error))
+    return state
+
+
 def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout_seconds: float | None,
                   label: str) -> State:
     """Call ``fn`` once under its timeout and turn the outcome into a state: ``Completed``, ``TimedOut``,
@@ -151,6 +167,8 @@ def call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeou
         return Failed(hide_internal_frames(error), message=error_summary(error))
     except BaseException as error:
         return Crashed(hide_internal_frames(error), message=error_summary(error))
+    if result.__class__ is State:
+        return returned_state(result)
     return Completed(result)
 
 
@@ -185,6 +203,8 @@ async def async_call_to_state(fn: Any, args: tuple[Any, ...], kwargs: dict[str, 
         return Failed(hide_internal_frames(error), message=error_summary(error))
     except BaseException as error:
         return Crashed(hide_internal_frames(error), message=error_summary(error))
+    if result.__class__ is State:
+        return returned_state(result)
     return Completed(result)
 
 
@@ -193,9 +213,9 @@ class TaskRunEngine:
 
     # One engine per task call, cache hits included: slots make it cheaper to build and to use.
     mutated_inputs_are_outputs = False  # cell tasks: an input changed in place is an output
-    __slots__ = ("args", "attempt", "dynamic_key", "flow_context", "forced_dynamic_key", "key", "kwargs",
-                 "map_info", "observation", "parameters", "run", "task", "task_run", "transaction",
-                 "upstream_futures")
+    __slots__ = ("allowed", "args", "attempt", "dynamic_key", "flow_context", "forced_dynamic_key", "key",
+                 "kwargs", "map_info", "observation", "parameters", "run", "task", "task_run", "transaction",
+                 "upstream_futures", "wait_for")
 
     def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
                  map_info: tuple[str, int, int] | None = None) -> None:
@@ -214,6 +234,10 @@ class TaskRunEngine:
         # Where one attempt of the function runs: here, or on a runner's workers (e.g. a Dask cluster).
         self.attempt: Attempt = call_to_state
         self.upstream_futures: list[TaskFuture[Any]] = []
+        # Set by the caller when given: futures to wait for before running (not arguments), and the
+        # upstream futures wrapped in allow_failure (found in begin).
+        self.wait_for: Any = None
+        self.allowed: list[TaskFuture[Any]] | tuple[()] = ()
         self.transaction: Transaction | None = _get_transaction()
         self.observation: Observation | None = None  # the files and generators a computed call used
 
@@ -222,7 +246,7 @@ class TaskRunEngine:
                   state: State | None = None, timestamp: float | None = None) -> None:
         task_run = self.task_run
         type_value = state_type._value_  # the plain attribute: .value is a descriptor call
-        task_run.state = name
+        task_run.state = _state_name(name, type_value)
         task_run.state_type = type_value
         task_run.history.append(StateEntry(name, type_value, time.time() if timestamp is None else timestamp, message))
         if events._subscribers:
@@ -237,19 +261,30 @@ class TaskRunEngine:
         except TypeError as error:
             raise ParameterError(f"task {task.name!r}: {error} (signature: {task.name}{task.signature})") from None
         run = self.run
-        name = task.name
-        if task.task_run_name is not None:
-            name = self._render_run_name(task.task_run_name) or name
+        extra_tags = _get_tags()  # from enclosing `with nbflow.tags(...)` blocks
         # Built in one call, already Pending (set_state's work, which would follow at once).
         self.task_run = task_run = TaskRunRecord(
-            id=new_task_run_id(), run_id=run.id, task_name=name, task_key=task.task_key, tags=list(task.tags),
+            id=new_task_run_id(), run_id=run.id, task_name=task.name, task_key=task.task_key,
+            tags=list(task.tags) if not extra_tags else list(dict.fromkeys((*task.tags, *extra_tags))),
             inputs={key: summarize(value) for key, value in parameters.items()},
             history=[StateEntry("Pending", "PENDING", time.time(), None)],
         )
+        if task.task_run_name is not None:
+            task_run.task_name = self._render_run_name(task.task_run_name) or task.name
         if self.map_info is not None:
             task_run.map_id, task_run.map_index, task_run.map_size = self.map_info
         upstream: list[str] = []
         futures = futures_in(parameters)
+        wait_for = self.wait_for
+        if wait_for is not None:
+            futures = futures_in(wait_for, futures)
+        if futures and ANNOTATED in futures:  # quote / allow_failure among the arguments (rare: looked at apart)
+            futures = [future for future in futures if future is not ANNOTATED]
+            self.allowed = allowed_failures(parameters) + allowed_failures(wait_for)
+            if not futures:  # nothing to wait for: unwrapped now
+                self.args, self.kwargs = resolve(self.args), resolve(self.kwargs)
+                self.parameters = {name: resolve(value) for name, value in parameters.items()}
+                task_run.inputs = {key: summarize(value) for key, value in self.parameters.items()}
         if futures:
             self.upstream_futures = futures
             upstream = [future.task_run_id for future in futures]
@@ -270,7 +305,13 @@ class TaskRunEngine:
     def _render_run_name(self, template: Any) -> str | None:
         try:
             if callable(template):
-                return str(template())
+                # Called as the run's own code would be: nbflow.runtime.task_run.parameters answers.
+                token = _task_run.set(TaskRunContext(task=self.task, task_run=self.task_run,
+                                                     parameters=self.parameters))
+                try:
+                    return str(template())
+                finally:
+                    _task_run.reset(token)
             return str(template).format(**self.parameters)
         except Exception as error:
             warn_at_caller(
@@ -510,7 +551,8 @@ class TaskRunEngine:
             from nbflow.engine.logs import install_print_capture
 
             install_print_capture()
-        return _task_run.set(TaskRunContext(task=self.task, task_run=self.task_run, log_prints=log_prints))
+        return _task_run.set(TaskRunContext(task=self.task, task_run=self.task_run, log_prints=log_prints,
+                                            parameters=self.parameters))
 
     def start_attempt(self) -> None:
         task_run = self.task_run
@@ -518,6 +560,8 @@ class TaskRunEngine:
         if task_run.attempts == 1:
             task_run.start_time = time.time()
             self.set_state(StateType.RUNNING, "Running")
+            if self.task.on_running:
+                self.run_hooks(self.task.on_running, Running())
         else:
             self.set_state(StateType.RUNNING, "Retrying", f"attempt {task_run.attempts}")
 
@@ -728,17 +772,23 @@ class TaskRunEngine:
                 )
         self.set_state(state.type, state.name, state.message, state, end)
         hooks = task.on_completion if completed else task.on_failure if state.is_final() else ()
+        if hooks:
+            self.run_hooks(hooks, state)
+        history().mark(self.run, task_run)
+        return state
+
+    def run_hooks(self, hooks: tuple[Any, ...], state: State) -> None:
+        """Call each hook ``(task, task_run, state)``; one that raises is logged, the state stays."""
+        task = self.task
         for hook in hooks:
             try:
-                hook(task, task_run, state)
+                hook(task, self.task_run, state)
             except Exception:
                 import logging
 
                 logging.getLogger("nbflow").exception(
                     "hook %r of task %r raised; the task's state is unchanged", hook, task.name
                 )
-        history().mark(self.run, task_run)
-        return state
 
     def run_to_state(self) -> State:
         try:
@@ -815,7 +865,7 @@ class TaskRunEngine:
         A future that ended without a result ends this call ``UpstreamFailed`` instead."""
         for future in self.upstream_futures:
             upstream = future.state
-            if not upstream.is_completed():
+            if not upstream.is_completed() and future not in self.allowed:
                 return UpstreamFailed(
                     f"upstream task {future.task_name!r} ended {upstream.name}"
                     + (f": {future.task_run.error}" if future.task_run.error else "")
@@ -930,10 +980,14 @@ def _outcome(state: State, return_state: bool) -> Any:
 
 
 def run_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-             return_state: bool = False) -> Any:
-    """Run one call of ``task`` and return its result (or its final state with ``return_state``)."""
+             return_state: bool = False, wait_for: Any = None) -> Any:
+    """Run one call of ``task`` and return its result (or its final state with ``return_state``); first
+    wait for the futures in ``wait_for``."""
     __tracebackhide__ = HIDE_FRAMES
-    state = TaskRunEngine(task, args, kwargs).run_to_state()
+    engine = TaskRunEngine(task, args, kwargs)
+    if wait_for is not None:
+        engine.wait_for = wait_for
+    state = engine.run_to_state()
     if not return_state:
         error = failure_to_raise(state)
         if error is not None:
@@ -943,15 +997,16 @@ def run_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 async def run_task_async(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                         return_state: bool = False) -> Any:
+                         return_state: bool = False, wait_for: Any = None) -> Any:
     """Run one call of an ``async def`` task (awaited); the result, or the final state."""
     __tracebackhide__ = HIDE_FRAMES
     engine = TaskRunEngine(task, args, kwargs)
+    engine.wait_for = wait_for
     return _outcome(await engine.run_to_state_async(), return_state)
 
 
 def submit_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                map_info: tuple[str, int, int] | None = None) -> TaskFuture[Any]:
+                map_info: tuple[str, int, int] | None = None, wait_for: Any = None) -> TaskFuture[Any]:
     """Start one call of ``task`` on the current task runner and return its future at once.
 
     Binding and the ``Pending`` record happen here, in the caller (a bad call fails at once, and calls
@@ -965,6 +1020,7 @@ def submit_task(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     flow_context = current_flow_run()
     runner: TaskRunner = (flow_context.task_runner if flow_context is not None else None) or default_runner()
     engine = TaskRunEngine(task, args, kwargs, map_info=map_info)
+    engine.wait_for = wait_for
     engine.attempt = runner.call_attempt
     engine.begin()
     future: concurrent.futures.Future[State] = concurrent.futures.Future()
