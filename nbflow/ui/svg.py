@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from html import escape
 
+from nbflow.runs import format_duration
 from nbflow.ui.layout import NODE_HEIGHT, NODE_WIDTH
 from nbflow.ui.model import GraphPayload, NodeData, NodeState
 
-__all__ = ["STALE_BADGE", "STATE_COLORS", "render_html", "render_svg", "status_text"]
+__all__ = ["GLYPHS", "STALE_BADGE", "STATE_COLORS", "render_html", "render_svg", "status_text"]
 
 # (fill, stroke, dashed): widgets/graph.css uses the same colours (a test keeps them in step).
 STATE_COLORS: dict[NodeState, tuple[str, str, bool]] = {
@@ -46,14 +47,22 @@ def _short(text: str, limit: int = _LABEL_CHARS) -> str:
 
 
 _UNSUCCESSFUL = ("failed", "timedout", "cancelled", "crashed")
+_FINAL = ("completed", *_UNSUCCESSFUL)  # states whose duration is the run's (a running call's still grows)
+# Each state's glyph, as graph.js draws it: no state rests on colour alone (failed and completed look alike
+# to many colour-blind readers).
+GLYPHS: dict[str, str] = {
+    "pending": "◌", "running": "▶", "retrying": "⟳", "completed": "✓", "cached": "◆", "failed": "✗",
+    "timedout": "◷", "cancelled": "■", "crashed": "⚠\ufe0e", "upstream": "⊘", "stale": "△", "uncached": "○",
+}
 
 
 def status_text(node: NodeData) -> str:
-    """The second line of a node: its state, a group's progress and failures (as graph.js writes it), or
-    the node's own ``status`` (a notebook cell's)."""
+    """The second line of a node: its state, a group's progress and failures, attempts, and how long it
+    took (or what a hit saved) — as graph.js writes it — or the node's own ``status`` (a notebook cell's)."""
     if "status" in node:
         return node["status"]
-    text: str = node["state"]
+    state = node["state"]
+    text: str = "upstream failed" if state == "upstream" else state
     if "total" in node:
         text += f' {node.get("count", 0)}/{node["total"]}'
         failed = sum(node.get("counts", {}).get(state, 0) for state in _UNSUCCESSFUL)
@@ -61,6 +70,11 @@ def status_text(node: NodeData) -> str:
             text += f" · {failed} failed"
     if node["attempts"] > 1:
         text += f' · {node["attempts"]} attempts'
+    saved, duration = node.get("saved"), node.get("duration")
+    if state == "cached" and saved is not None:
+        text += f" · saved {format_duration(saved)}"
+    elif state in _FINAL and duration is not None:
+        text += f" · {format_duration(duration)}"
     return text
 
 
@@ -106,7 +120,8 @@ def render_svg(graph: GraphPayload) -> str:
             f"<title>{escape(node['label'])}: {escape(status)}</title>{stack}"
             f'<rect class="box" {box}/>{bar}'
             f'<text x="8" y="15" fill="#111827">{escape(_short(node["label"]))}</text>'
-            f'<text x="8" y="29" fill="#374151" font-size="10">{escape(status)}</text>'
+            f'<text class="glyph" x="7" y="29.5" fill="{stroke}" font-size="10">{GLYPHS.get(node["state"], "")}</text>'
+            f'<text class="status" x="19" y="29" fill="#1f2937" font-size="10">{escape(status)}</text>'
             + (STALE_BADGE if stale else "") + "</g>"
         )
     parts.append("</svg>")
