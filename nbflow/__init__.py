@@ -21,11 +21,17 @@ __all__ = [
     "Task",
     "flow",
     "task",
-    # concurrency: futures and task runners
+    # concurrency: futures, task runners, limits
+    "ProcessPoolTaskRunner",
     "TaskFuture",
     "TaskRunner",
     "ThreadPoolTaskRunner",
+    "allow_failure",
     "as_completed",
+    "concurrency",
+    "quote",
+    "rate_limit",
+    "set_concurrency_limit",
     "unmapped",
     "wait",
     # transactions
@@ -33,13 +39,19 @@ __all__ = [
     "get_transaction",
     "transaction",
     # states
+    "Cancelled",
+    "Completed",
+    "Crashed",
+    "Failed",
     "State",
     "StateType",
     # retries
     "exponential_backoff",
-    # run history and logs
+    # run history, logs and what is running now
     "get_run_logger",
     "runs",
+    "runtime",
+    "tags",
     # settings
     "configure",
     # errors
@@ -60,6 +72,16 @@ _LAZY = {
     "unmapped": "nbflow.engine.futures",
     "wait": "nbflow.engine.futures",
     "TaskRunner": "nbflow.engine.runners",
+    "ProcessPoolTaskRunner": "nbflow.engine.process_runner",
+    "allow_failure": "nbflow.engine.futures",
+    "quote": "nbflow.engine.futures",
+    "rate_limit": "nbflow.concurrency",
+    "set_concurrency_limit": "nbflow.concurrency",
+    "Cancelled": "nbflow.states",
+    "Completed": "nbflow.states",
+    "Crashed": "nbflow.states",
+    "Failed": "nbflow.states",
+    "tags": "nbflow._tags",
     "ThreadPoolTaskRunner": "nbflow.engine.runners",
     "Transaction": "nbflow.transactions",
     "get_transaction": "nbflow.transactions",
@@ -74,15 +96,19 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from nbflow import runs
-    from nbflow.engine.futures import TaskFuture, as_completed, unmapped, wait
+    from nbflow import concurrency, runs, runtime
+    from nbflow._tags import tags
+    from nbflow.concurrency import rate_limit
+    from nbflow.concurrency import set_limit as set_concurrency_limit
+    from nbflow.engine.futures import TaskFuture, allow_failure, as_completed, quote, unmapped, wait
     from nbflow.engine.logs import get_run_logger
+    from nbflow.engine.process_runner import ProcessPoolTaskRunner
     from nbflow.engine.retries import exponential_backoff
     from nbflow.engine.runners import TaskRunner, ThreadPoolTaskRunner
     from nbflow.exceptions import NbflowError, NbflowWarning
     from nbflow.flows import Flow, flow
     from nbflow.settings import configure
-    from nbflow.states import State, StateType
+    from nbflow.states import Cancelled, Completed, Crashed, Failed, State, StateType
     from nbflow.tasks import Task, task
     from nbflow.transactions import Transaction, get_transaction, transaction
 
@@ -107,8 +133,9 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
-    if name == "runs":
-        return importlib.import_module("nbflow.runs")
+    if name in ("runs", "runtime", "concurrency"):
+        # Modules; `nbflow.concurrency` is also callable: nbflow.concurrency("db", occupy=1).
+        return importlib.import_module(f"nbflow.{name}")
     raise AttributeError(f"module 'nbflow' has no attribute {name!r}")
 
 

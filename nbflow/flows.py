@@ -144,11 +144,13 @@ class Flow(Generic[P, R]):
         in a notebook (an SVG); elsewhere it is returned (write it to a file, or open it in a browser).
 
         Unlike Prefect, which traces a call without running its tasks, nbflow draws what happened: call
-        the flow first. Given arguments, the flow is called with them first and its run drawn.
+        the flow first. Given arguments, the flow is called with them first and its run drawn. Returns a
+        :class:`nbflow._visualize.FlowGraph` (``.svg``, ``.save(path)``) outside a notebook, None in one.
         """
-        from nbflow.ui.visualize import visualize_flow
+        import importlib
 
-        return visualize_flow(self, args, kwargs)
+        # By name: the picture belongs to the UI layer, which builds on this one (see nbflow._visualize).
+        return importlib.import_module("nbflow._visualize").visualize_flow(self, args, kwargs)
 
     def with_options(self, **overrides: Any) -> Flow[P, R]:
         """A copy of this flow with some options changed."""

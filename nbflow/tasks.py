@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from nbflow._tracebacks import HIDE_FRAMES as _HIDE_FRAMES
 from nbflow.cache_policies import DEFAULT, CacheKeyFnPolicy, CachePolicy, KeyContext, StorageKeyPolicy
-from nbflow.engine.retries import RetryDelay, check_delay
+from nbflow.engine.retries import RetryDelay, check_delay, exponential_backoff
 from nbflow.exceptions import ConfigurationError, NbflowWarning
 from nbflow.settings import MAX_SECONDS
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nbflow.store.serializers import Serializer
     from nbflow.transactions import TransactionHook
 
-__all__ = ["Task", "task"]
+__all__ = ["Task", "exponential_backoff", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

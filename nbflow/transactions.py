@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from nbflow.states import State
     from nbflow.tasks import Task
 
-__all__ = ["CommitMode", "IsolationLevel", "Transaction", "TransactionState", "get_transaction", "transaction"]
+__all__ = ["CommitMode", "IsolationLevel", "Transaction", "TransactionState", "commit_alone", "get_transaction",
+           "transaction"]
 
 _log = logging.getLogger("nbflow")
 _MISSING: Any = object()
@@ -124,6 +125,9 @@ class Transaction:
         self._token: Any = None
         self._lock_file: int | None = None
         self._futures: list[Any] = []  # calls submitted inside: the transaction ends after them
+        # Hooks given to stage(): called (with this transaction) when it commits / rolls back.
+        self._commit_hooks: list[TransactionHook] = []
+        self._rollback_hooks: list[TransactionHook] = []
 
     def __repr__(self) -> str:
         return f"Transaction(key={self.key!r}, state={self.state.value!r})"
@@ -146,12 +150,28 @@ class Transaction:
 
     # -- a value of the transaction's own key ------------------------------------------------------
     def is_committed(self) -> bool:
-        """Whether a value was committed under this transaction's key (by this or another process)."""
-        if self.key is None:
+        """Whether this transaction committed, or — for one with a key, before it ends — whether a value was
+        already committed under its key (by an earlier run, or another process): the test Prefect code
+        writes at the top of ``with transaction(key=...) as txn:`` to skip work done before."""
+        if self.state is TransactionState.COMMITTED:
+            return True
+        if self.key is None or self.state is TransactionState.ROLLED_BACK:
             return False
         from nbflow.engine.runtime import get_store
 
         return get_store().probe(self._store_key()) is not None
+
+    def is_rolled_back(self) -> bool:
+        """Whether this transaction rolled back (its block raised)."""
+        return self.state is TransactionState.ROLLED_BACK
+
+    def is_active(self) -> bool:
+        """Whether the transaction's block is running."""
+        return self.state is TransactionState.ACTIVE
+
+    def is_pending(self) -> bool:
+        """Whether the transaction has not been entered yet."""
+        return self.state is TransactionState.PENDING
 
     def read(self) -> Any:
         """The value committed under this transaction's key."""
@@ -165,11 +185,25 @@ class Transaction:
             raise KeyError(f"nothing was committed under transaction key {self.key!r}")
         return store.load(self._store_key(), record)
 
-    def stage(self, value: Any) -> None:
-        """Stage ``value`` under the transaction's key: committed with the rest (see :meth:`read`)."""
-        if self.key is None:
-            raise ConfigurationError("Transaction.stage(): this transaction has no key; give one to transaction()")
-        self.stage_result(self._store_key(), value, None, None, task_name=f"transaction:{self.key}")
+    def stage(self, value: Any = None, on_commit_hooks: Iterable[TransactionHook] = (),
+              on_rollback_hooks: Iterable[TransactionHook] = ()) -> None:
+        """Stage ``value`` under the transaction's key, committed with the rest (see :meth:`read`), and
+        register hooks ``hook(transaction)`` to run when the transaction commits or rolls back (rollback
+        hooks newest first). Without a key only the hooks are kept (there is nowhere to commit a value)."""
+        from nbflow.tasks import _check_hooks
+
+        commit_hooks = _check_hooks(on_commit_hooks, "on_commit_hooks", "Transaction.stage")
+        rollback_hooks = _check_hooks(on_rollback_hooks, "on_rollback_hooks", "Transaction.stage")
+        if self.key is None and value is not None:
+            raise ConfigurationError(
+                "Transaction.stage(value): this transaction has no key to commit the value under; give one, "
+                "e.g. nbflow.transaction(key='daily-report')"
+            )
+        with self._mutex:
+            self._commit_hooks.extend(commit_hooks)
+            self._rollback_hooks.extend(rollback_hooks)
+        if self.key is not None:
+            self.stage_result(self._store_key(), value, None, None, task_name=f"transaction:{self.key}")
 
     def _store_key(self) -> str:
         import xxhash
@@ -240,12 +274,16 @@ class Transaction:
         with self._mutex:
             staged, self._staged = list(self._staged.values()), {}
             done, self._done = self._done, []
+            commit_hooks, self._commit_hooks = self._commit_hooks, []
+            rollback_hooks, self._rollback_hooks = self._rollback_hooks, []
         parent = self.parent
         if parent is not None and parent.state is TransactionState.ACTIVE:
             with parent._mutex:
                 for item in staged:
                     parent._staged[item.key] = item
                 parent._done.extend(done)
+                parent._commit_hooks.extend(commit_hooks)
+                parent._rollback_hooks.extend(rollback_hooks)
             parent._values.update({k: v for k, v in self._values.items() if k not in parent._values})
             self.state = TransactionState.COMMITTED
             return
@@ -254,6 +292,7 @@ class Transaction:
         self.state = TransactionState.COMMITTED
         for finished in done:
             self._run_hooks(finished, "on_commit")
+        self._call(commit_hooks, "on_commit")
 
     def _write(self, staged: list[_Staged]) -> None:
         from nbflow.engine.runtime import get_store
@@ -282,7 +321,10 @@ class Transaction:
         with self._mutex:
             self._staged = {}
             done, self._done = self._done, []
+            self._commit_hooks = []
+            rollback_hooks, self._rollback_hooks = self._rollback_hooks, []
         self.state = TransactionState.ROLLED_BACK
+        self._call(list(reversed(rollback_hooks)), "on_rollback")
         for item in reversed(done):
             self._run_hooks(item, "on_rollback")
             _mark_rolled_back(item, RolledBack(f"transaction {self.key or ''} rolled back".replace("  ", " ")))
@@ -293,6 +335,13 @@ class Transaction:
                 hook(self)
             except Exception:
                 _log.exception("%s hook %r of task %r raised", which, hook, item.task.name)
+
+    def _call(self, hooks: list[TransactionHook], which: str) -> None:
+        for hook in hooks:
+            try:
+                hook(self)
+            except Exception:
+                _log.exception("%s hook %r of %r raised", which, hook, self)
 
     # -- inter-process lock on the key --------------------------------------------------------------
     def _acquire_lock(self) -> None:
@@ -363,6 +412,20 @@ def transaction(key: str | None = None, commit_mode: CommitMode | str = "lazy",
 def get_transaction() -> Transaction | None:
     """The innermost open transaction, or None."""
     return _transaction.get()
+
+
+def commit_alone(task: Task[..., Any], key: str | None) -> None:
+    """A task call completed outside any transaction: as in Prefect, where every call has a transaction of
+    its own that commits when it succeeds, its ``on_commit`` hooks run now, given a committed transaction
+    (its ``key`` is the call's cache key). Its ``on_rollback`` hooks never run: nothing rolls back."""
+    txn = Transaction()
+    txn.key = None if key is None else f"task:{key}"
+    txn.state = TransactionState.COMMITTED
+    for hook in task.on_commit_hooks:
+        try:
+            hook(txn)
+        except Exception:
+            _log.exception("on_commit hook %r of task %r raised", hook, task.name)
 
 
 # Hook type for on_commit / on_rollback: called with the transaction.

@@ -70,6 +70,7 @@ class FlowRunEngine:
             parameters={name: summarize(value) for name, value in parameters.items()},
         )
         self.context = FlowRunContext(flow=self.flow, run=self.run, parameters=parameters)
+        self.flow.__dict__["_last_run"] = self.run  # what flow.visualize() draws
         if self.flow.log_prints:  # the body's own prints are kept in the flow run's logs
             from nbflow.engine.logs import install_print_capture
 

@@ -745,8 +745,13 @@ class TaskRunEngine:
         if completed:
             result = state.result()
             task_run.result = summarize(result)
-            if self.transaction is not None and not task_run.cache_hit:
-                self.transaction.add_task_run(task, task_run, self.run)
+            if not task_run.cache_hit:
+                if self.transaction is not None:
+                    self.transaction.add_task_run(task, task_run, self.run)
+                elif task.on_commit_hooks:  # a call's own transaction commits (see commit_alone)
+                    from nbflow.transactions import commit_alone
+
+                    commit_alone(task, self.key)
             if self.flow_context is not None:
                 if self.dynamic_key is not None:
                     # Not held when the store has it (see CompletedCall): a flow keeps no result alive.

@@ -1,0 +1,1 @@
+"""Helpers under Prefect's module names (``nbflow.utilities.annotations``)."""
