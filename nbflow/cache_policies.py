@@ -39,6 +39,7 @@ __all__ = [
     "KeyContext",
     "NoCache",
     "RunId",
+    "Serializable",
     "StorageKeyPolicy",
     "TaskSource",
 ]
@@ -159,6 +160,36 @@ class CachePolicy:
             )
         return _compose(tuple(part - name if isinstance(part, Inputs) else part for part in self.parts()))
 
+    def configure(self, key_storage: Any = None, lock_manager: Any = None, isolation_level: Any = None) -> CachePolicy:
+        """This policy with Prefect's storage options, where they map onto nbflow's store.
+
+        ``isolation_level="SERIALIZABLE"``: calls that compute the same key run one at a time, across threads
+        and processes using this ``NBFLOW_HOME`` (a lock file per key under ``<home>/locks``); the later ones
+        find the first one's result and end ``Cached``. ``lock_manager`` is accepted and not needed (nbflow's
+        locks are those files). ``key_storage`` is refused: results and keys live in ``NBFLOW_HOME``'s store
+        (point ``NBFLOW_HOME`` at a shared directory to share them).
+        """
+        if key_storage is not None:
+            raise ConfigurationError(
+                f"{self!r}.configure(key_storage={key_storage!r}): nbflow keeps cache keys and results in the store "
+                "under NBFLOW_HOME; to share them, point NBFLOW_HOME (or nbflow.configure(home=...)) at a shared "
+                "directory"
+            )
+        level = _isolation(isolation_level)
+        base = self.policy if isinstance(self, Serializable) else self
+        return Serializable(base) if level == "SERIALIZABLE" else base
+
+
+def _isolation(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(getattr(value, "value", value)).upper()
+    if text not in ("READ_COMMITTED", "SERIALIZABLE"):
+        raise ConfigurationError(
+            f"CachePolicy.configure: isolation_level={value!r} is not 'READ_COMMITTED' or 'SERIALIZABLE'"
+        )
+    return text
+
 
 def _compose(parts: Iterable[CachePolicy]) -> CachePolicy:
     unique: list[CachePolicy] = []
@@ -276,8 +307,16 @@ class CacheKeyFnPolicy(_Frozen, CachePolicy):
     _fields = ("fn",)
     fn: Callable[[KeyContext, dict[str, Any]], str | None]
 
-    def __init__(self, fn: Callable[[KeyContext, dict[str, Any]], str | None]) -> None:
-        object.__setattr__(self, "fn", fn)
+    def __init__(self, fn: Callable[[KeyContext, dict[str, Any]], str | None] | None = None, *,
+                 cache_key_fn: Callable[[KeyContext, dict[str, Any]], str | None] | None = None) -> None:
+        # cache_key_fn=: the keyword Prefect's CacheKeyFnPolicy takes.
+        function = fn if fn is not None else cache_key_fn
+        if not callable(function) or (fn is not None and cache_key_fn is not None):
+            raise ConfigurationError(
+                "CacheKeyFnPolicy needs one callable(context, parameters) -> str | None, e.g. "
+                "CacheKeyFnPolicy(cache_key_fn=my_key)"
+            )
+        object.__setattr__(self, "fn", function)
 
     def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
         key = self.fn(context, inputs)
@@ -318,6 +357,30 @@ class StorageKeyPolicy(_Frozen, CachePolicy):
 
     def __repr__(self) -> str:
         return f"StorageKeyPolicy({self.template!r})"
+
+
+class Serializable(_Frozen, CachePolicy):
+    """``policy.configure(isolation_level="SERIALIZABLE")``: the same keys as ``policy``; calls computing
+    one key run one at a time (the engine holds a lock on the key around the call)."""
+
+    _fields = ("policy",)
+    policy: CachePolicy
+
+    def __init__(self, policy: CachePolicy) -> None:
+        object.__setattr__(self, "policy", policy)
+
+    @property
+    def fingerprints_inputs(self) -> bool:  # type: ignore[override]
+        return self.policy.fingerprints_inputs
+
+    def compute_key(self, context: KeyContext, inputs: dict[str, Any]) -> str | None:
+        return self.policy.compute_key(context, inputs)
+
+    def __sub__(self, name: str) -> CachePolicy:
+        return Serializable(self.policy - name)
+
+    def __repr__(self) -> str:
+        return f"({self.policy!r}).configure(isolation_level='SERIALIZABLE')"
 
 
 INPUTS: CachePolicy = Inputs()

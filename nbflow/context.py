@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CompletedCall", "FlowRunContext", "ResultIdentities", "TaskRunContext", "WeakValues", "current_flow_run",
-    "current_task_run", "current_transaction", "estimated_size", "identity_matcher", "producers_among",
+    "current_task_run", "current_transaction", "estimated_size", "get_run_context", "identity_matcher",
+    "producers_among", "with_context",
 ]
 
 # Results are recognised by identity (a later call that takes one gets a graph edge from the call that made
@@ -298,6 +299,11 @@ class FlowRunContext:
         """Ids of the task runs whose results appear among ``arguments`` (one container level deep)."""
         return self.results.upstream_of(arguments)
 
+    @classmethod
+    def get(cls) -> FlowRunContext | None:
+        """The current flow run's context, or None (Prefect's ``FlowRunContext.get()``)."""
+        return _flow_run.get()
+
     def next_dynamic_key(self, task_key: str) -> tuple[str, int]:
         with self.lock:  # tasks running in worker threads call tasks too
             index = self.call_counts.get(task_key, 0)
@@ -317,6 +323,11 @@ class TaskRunContext:
     task_run: TaskRunRecord
     log_prints: bool = False
     parameters: dict[str, Any] | None = None  # the call's bound arguments (nbflow.runtime.task_run.parameters)
+
+    @classmethod
+    def get(cls) -> TaskRunContext | None:
+        """The current task run's context, or None (Prefect's ``TaskRunContext.get()``)."""
+        return _task_run.get()
 
 
 def producers_among(arguments: dict[str, Any], producer: Callable[[Any], str | None]) -> list[str]:
@@ -366,3 +377,37 @@ _transaction: contextvars.ContextVar[Transaction | None] = contextvars.ContextVa
 def current_transaction() -> Transaction | None:
     """The innermost open transaction, or None."""
     return _transaction.get()
+
+
+def get_run_context() -> TaskRunContext | FlowRunContext:
+    """The current task run's context, else the current flow run's (Prefect's ``get_run_context``); raises
+    :class:`~nbflow.exceptions.NbflowError` outside any run."""
+    context: TaskRunContext | FlowRunContext | None = _task_run.get() or _flow_run.get()
+    if context is None:
+        from nbflow.exceptions import NbflowError
+
+        raise NbflowError("get_run_context(): no flow run or task run is running here")
+    return context
+
+
+class _WithContext:
+    """A function carrying the context it was wrapped in (see :func:`with_context`)."""
+
+    def __init__(self, fn: Callable[..., Any], context: contextvars.Context | None) -> None:
+        self.fn = fn
+        self.context = context
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.context is None:
+            return self.fn(*args, **kwargs)
+        return self.context.copy().run(self.fn, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fn": self.fn, "context": None}  # a context cannot cross to another process
+
+
+def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` wrapped to run in the calling code's context — its flow run, task run and tags — wherever it is
+    called in this process (a thread pool of your own). Sent to another process (``multiprocessing``) it runs
+    there without them: ``get_run_logger()`` then prints its records and keeps them in no run."""
+    return _WithContext(fn, contextvars.copy_context())

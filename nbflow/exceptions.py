@@ -78,8 +78,16 @@ class CancelledRun(NbflowError):
     """A run ended ``Cancelled`` without an exception of its own (see :class:`FailedRun`)."""
 
 
+class ParameterTypeError(ParameterError):
+    """A flow's parameter does not validate against its type hint (Prefect's name for it)."""
+
+
 class ConcurrencyTimeout(NbflowError, TimeoutError):
     """A concurrency or rate limit could not be acquired within its ``timeout_seconds``."""
+
+
+class ConcurrencySlotAcquisitionError(NbflowError):
+    """``strict=True`` was asked of a concurrency or rate limit that is not set."""
 
 
 class NotebookError(NbflowError):

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from nbflow._tracebacks import HIDE_FRAMES as _HIDE_FRAMES
 from nbflow.engine.retries import RetryDelay, check_delay
-from nbflow.exceptions import ConfigurationError, ParameterError
-from nbflow.tasks import _check_hooks, _check_number
+from nbflow.exceptions import ConfigurationError, ParameterError, ParameterTypeError
+from nbflow.tasks import HookList, _check_number
 
 if TYPE_CHECKING:
     from nbflow.engine.runners import TaskRunner
@@ -92,15 +92,15 @@ class Flow(Generic[P, R]):
         self.timeout_seconds = timeout_seconds
         self.validate_parameters = bool(validate_parameters)
         self.log_prints = bool(log_prints)
-        self.on_completion = _check_hooks(on_completion, "on_completion", owner)
-        self.on_failure = _check_hooks(on_failure, "on_failure", owner)
+        self.on_completion = HookList(on_completion, "on_completion", owner)
+        self.on_failure = HookList(on_failure, "on_failure", owner)
         self.task_runner: TaskRunner | None = task_runner
         self.description: str | None = description if description is not None else inspect.getdoc(fn)
         self.version = version
         self.flow_run_name = flow_run_name
-        self.on_running = _check_hooks(on_running, "on_running", owner)
-        self.on_crashed = _check_hooks(on_crashed, "on_crashed", owner)
-        self.on_cancellation = _check_hooks(on_cancellation, "on_cancellation", owner)
+        self.on_running = HookList(on_running, "on_running", owner)
+        self.on_crashed = HookList(on_crashed, "on_crashed", owner)
+        self.on_cancellation = HookList(on_cancellation, "on_cancellation", owner)
         # Accepted for Prefect code: a flow's return value is never stored (its tasks' results are).
         self.persist_result = persist_result
         self.cache_result_in_memory = cache_result_in_memory
@@ -192,7 +192,7 @@ class Flow(Generic[P, R]):
                 detail = _first_error(error)
                 problems.append(f"{name}={_short(parameters[name])}: {detail}")
         if problems:
-            raise ParameterError(
+            raise ParameterTypeError(
                 f"flow {self.name!r} got invalid parameters — " + "; ".join(problems)
             )
         return parameters

@@ -65,6 +65,24 @@ def _check_hooks(hooks: Iterable[Any], name: str, owner: str) -> tuple[Any, ...]
     return result
 
 
+class HookList(list):  # type: ignore[type-arg]
+    """A task's or flow's hooks of one kind (``on_completion``, ``on_failure``, ``on_running``...): a list,
+    and a decorator that adds one, as in Prefect::
+
+        @my_task.on_failure
+        def alert(task, task_run, state): ...
+    """
+
+    def __init__(self, hooks: Iterable[Any], name: str, owner: str) -> None:
+        super().__init__(_check_hooks(hooks, name, owner))
+        self.hook_name = name
+        self.owner = owner
+
+    def __call__(self, fn: Any) -> Any:
+        self.append(_check_hooks([fn], self.hook_name, self.owner)[0])
+        return fn
+
+
 class Task(Generic[P, R]):
     """A function whose calls nbflow runs as task runs: cached, retried, timed out and recorded.
 
@@ -176,15 +194,15 @@ class Task(Generic[P, R]):
         self.description: str | None = description if description is not None else inspect.getdoc(fn)
         self.version = version
         self.viz_return_value = viz_return_value
-        self.on_running: tuple[Hook, ...] = _check_hooks(on_running, "on_running", owner)
+        self.on_running: HookList = HookList(on_running, "on_running", owner)
         self.cache_expiration: _dt.timedelta | None = cache_expiration
         self.refresh_cache = bool(refresh_cache)
         self.persist_result = bool(persist_result)
         self.result_serializer = result_serializer
         self.tags: tuple[str, ...] = tuple(tags)
         self.log_prints = bool(log_prints)
-        self.on_completion: tuple[Hook, ...] = _check_hooks(on_completion, "on_completion", owner)
-        self.on_failure: tuple[Hook, ...] = _check_hooks(on_failure, "on_failure", owner)
+        self.on_completion: HookList = HookList(on_completion, "on_completion", owner)
+        self.on_failure: HookList = HookList(on_failure, "on_failure", owner)
         self.task_run_name = task_run_name
         self.on_commit_hooks: list[TransactionHook] = list(_check_hooks(on_commit, "on_commit", owner))
         self.on_rollback_hooks: list[TransactionHook] = list(_check_hooks(on_rollback, "on_rollback", owner))
@@ -509,9 +527,9 @@ def _warn_if_code_left_out(fn: Any, policy: CachePolicy, owner: str) -> None:
     """Warn (once per function and policy) when an explicit policy of a notebook or project task leaves
     the task's code out of the key: editing the function would then return the old result. ``INPUTS -
     "verbose"`` is the usual slip; ``DEFAULT - "verbose"`` keeps the code."""
-    from nbflow.cache_policies import NoCache, TaskSource
+    from nbflow.cache_policies import NoCache, Serializable, TaskSource
 
-    parts = policy.parts()
+    parts = policy.policy.parts() if isinstance(policy, Serializable) else policy.parts()
     if any(isinstance(part, (TaskSource, NoCache, CacheKeyFnPolicy)) for part in parts):
         return
     from nbflow.hashing.code import is_user_function

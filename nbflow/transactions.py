@@ -345,43 +345,72 @@ class Transaction:
 
     # -- inter-process lock on the key --------------------------------------------------------------
     def _acquire_lock(self) -> None:
-        import fcntl
-
-        import xxhash
-
-        from nbflow.settings import get_settings
-
-        directory = get_settings().home / "locks"
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = directory / f"{xxhash.xxh3_64_hexdigest(str(self.key).encode())}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = None if self.lock_timeout is None else time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
-                break
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise
-                if deadline is not None and time.monotonic() >= deadline:
-                    os.close(fd)
-                    from nbflow.exceptions import NbflowError
-
-                    raise NbflowError(
-                        f"transaction {self.key!r}: another process held its lock for more than "
-                        f"{self.lock_timeout:g} s"
-                    ) from None
-                time.sleep(0.05)
-        self._lock_file = fd
+        self._lock_file = lock_key(str(self.key), self.lock_timeout, f"transaction {self.key!r}")
 
     def _release_lock(self) -> None:
         fd, self._lock_file = self._lock_file, None
         if fd is not None:
-            import fcntl
+            unlock_key(fd)
 
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+_held_paths: dict[int, threading.Lock] = {}
+
+
+def lock_key(key: str, timeout: float | None, what: str) -> int:
+    """Take the exclusive lock of ``key`` — among the processes using this ``NBFLOW_HOME`` (a lock file) and
+    among this process's threads (``flock`` locks belong to open files, so two threads of one process
+    would not exclude each other) — waiting at most ``timeout`` seconds (None: for as long as it takes);
+    returns what :func:`unlock_key` needs."""
+    import fcntl
+
+    import xxhash
+
+    from nbflow.settings import get_settings
+
+    digest = xxhash.xxh3_64_hexdigest(key.encode())
+    with _thread_locks_guard:
+        local = _thread_locks.setdefault(digest, threading.Lock())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if not local.acquire(timeout=-1 if timeout is None else timeout):
+        from nbflow.exceptions import NbflowError
+
+        raise NbflowError(f"{what}: another thread held its lock for more than {timeout:g} s")
+    directory = get_settings().home / "locks"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / f"{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
+            break
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                local.release()
+                raise
+            if deadline is not None and time.monotonic() >= deadline:
+                os.close(fd)
+                local.release()
+                from nbflow.exceptions import NbflowError
+
+                raise NbflowError(f"{what}: another process held its lock for more than {timeout:g} s") from None
+            time.sleep(0.05)
+    _held_paths[fd] = local
+    return fd
+
+
+def unlock_key(fd: int) -> None:
+    """Release a lock :func:`lock_key` took."""
+    import fcntl
+
+    local = _held_paths.pop(fd, None)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    finally:
+        if local is not None:
+            local.release()
 
 
 def _mark_rolled_back(item: _Done, state: Any) -> None:

@@ -91,10 +91,21 @@ def test_what_could_never_be_granted_fails_at_once() -> None:
         nbflow.set_concurrency_limit("small", -1)
 
 
-def test_a_name_without_a_limit_does_not_limit_but_warns_once_or_is_an_error_when_strict() -> None:
-    with pytest.warns(nbflow.NbflowWarning, match="no limit named 'unset'"), nbflow.concurrency("unset"):
-        pass
-    with pytest.raises(NbflowError, match="set_concurrency_limit"), nbflow.concurrency("unset2", strict=True):
+def test_a_name_without_a_limit_does_not_limit_but_logs_or_is_an_error_when_strict(capsys) -> None:
+    from nbflow.exceptions import ConcurrencySlotAcquisitionError
+
+    @nbflow.task(cache_policy=nbflow.cache_policies.NONE)
+    def limited() -> str:
+        with nbflow.concurrency("unset", lease_duration=60, raise_on_lease_renewal_failure=False):
+            return "ran"
+
+    assert limited() == "ran"
+    assert "| WARNING | Task run 'limited' - Concurrency limits ['unset'] do not exist - skipping acquisition." in (
+        capsys.readouterr().err)
+    assert nbflow.runs.list_runs(limit=1)[0].task_runs[-1].logs == [
+        "WARNING: Concurrency limits ['unset'] do not exist - skipping acquisition."]
+    with pytest.raises(ConcurrencySlotAcquisitionError, match=r"\['unset2'\] must be created"), nbflow.concurrency(
+            "unset2", strict=True):
         pass
 
 

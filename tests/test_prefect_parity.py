@@ -437,3 +437,63 @@ def test_process_pool_runner_runs_attempts_in_other_processes() -> None:
     assert all(pid != os.getpid() for pid, _ in results)
     with pytest.raises(ConfigurationError, match="max_workers"):
         nbflow.ProcessPoolTaskRunner(max_workers=0)
+
+
+def test_a_serializable_cache_policy_computes_a_key_once_at_a_time() -> None:
+    from nbflow.cache_policies import DEFAULT, INPUTS
+
+    computed: list[int] = []
+
+    @nbflow.task(cache_policy=DEFAULT.configure(isolation_level="SERIALIZABLE", lock_manager=object()))
+    def slow(x: int) -> int:
+        computed.append(x)
+        time.sleep(0.3)
+        return x * 10
+
+    @nbflow.flow
+    def fan() -> list[int]:
+        return slow.map([1, 1, 1]).result()
+
+    assert fan() == [10, 10, 10] and computed == [1]
+    assert sorted(task_run.state for task_run in list_runs(limit=1)[0].task_runs) == ["Cached", "Cached", "Completed"]
+    assert DEFAULT.configure(isolation_level="READ_COMMITTED") == DEFAULT
+    with pytest.raises(ConfigurationError, match="NBFLOW_HOME"):
+        INPUTS.configure(key_storage="/tmp/keys")
+    with pytest.raises(ConfigurationError, match="isolation_level"):
+        INPUTS.configure(isolation_level="sometimes")
+
+
+def test_prefect_helpers_for_hooks_contexts_and_annotations(capsys) -> None:
+    from nbflow.context import FlowRunContext, TaskRunContext, get_run_context, with_context
+    from nbflow.logging import disable_run_logger
+    from nbflow.logging.loggers import flow_run_logger
+    from nbflow.utilities.annotations import opaque
+
+    def report(flow, flow_run, state) -> None:
+        flow_run_logger(flow_run, flow).info(f"ended {state.name}")
+
+    @nbflow.task
+    def make() -> list[int]:
+        return [1, 2]
+
+    @nbflow.task(cache_policy=nbflow.cache_policies.NONE)
+    def length(values: list[int]) -> int:
+        return len(values)
+
+    @nbflow.flow(on_completion=[report])
+    def flow() -> tuple[int, bool, bool]:
+        inside = with_context(lambda: FlowRunContext.get() is not None)
+        return length(opaque(make.submit())), inside(), TaskRunContext.get() is None
+
+    @flow.on_failure
+    def never(flow, flow_run, state) -> None:
+        raise AssertionError("not called")
+
+    assert flow() == (2, True, True) and flow.on_failure == [never]
+    assert "| INFO    | Flow run 'flow' - ended Completed" in capsys.readouterr().err
+    assert list_runs(limit=1)[0].logs == ["INFO: ended Completed"]
+    with disable_run_logger():
+        nbflow.get_run_logger().info("silent")
+    assert "silent" not in capsys.readouterr().err
+    with pytest.raises(nbflow.NbflowError, match="no flow run or task run"):
+        get_run_context()

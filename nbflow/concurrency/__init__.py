@@ -39,17 +39,21 @@ set_concurrency_limit = set_limit  # the name nbflow exports: nbflow.set_concurr
 
 @contextlib.contextmanager
 def concurrency(names: str | Sequence[str], occupy: int = 1, timeout_seconds: float | None = None,
-                strict: bool = False) -> Iterator[None]:
+                max_retries: int | None = None, lease_duration: float = 300, strict: bool = False,
+                holder: Any = None, raise_on_lease_renewal_failure: bool | None = None) -> Iterator[None]:
     """Hold ``occupy`` slots of each named limit for the block: wait while the limit is full (at most
     ``timeout_seconds``, then :class:`~nbflow.exceptions.ConcurrencyTimeout`, a ``TimeoutError``).
 
     Counted across every process using this ``NBFLOW_HOME``; set limits with
-    :func:`nbflow.set_concurrency_limit`. A name with no limit does not limit (``strict=True``: an error).
+    :func:`nbflow.set_concurrency_limit`. A name with no limit does not limit: a warning is logged, as in
+    Prefect (``strict=True``: :class:`~nbflow.exceptions.ConcurrencySlotAcquisitionError`). Prefect's lease
+    options (``max_retries``, ``lease_duration``, ``holder``, ``raise_on_lease_renewal_failure``) are
+    accepted and not needed: a slot is held until the block ends, or its process does.
     """
     from nbflow.concurrency import _limits
 
     listed = [names] if isinstance(names, str) else list(names)
-    ids = _limits.acquire(listed, occupy, timeout_seconds, strict)
+    ids = _limits.acquire(listed, occupy, timeout_seconds, strict)  # (the lease options need nothing here)
     try:
         yield
     finally:
@@ -70,8 +74,8 @@ class _CallableModule(types.ModuleType):
     """``nbflow.concurrency`` is a package (for ``nbflow.concurrency.sync``) and a function at once."""
 
     def __call__(self, names: str | Sequence[str], occupy: int = 1, timeout_seconds: float | None = None,
-                 strict: bool = False) -> Any:
-        return concurrency(names, occupy, timeout_seconds, strict)
+                 **options: Any) -> Any:
+        return concurrency(names, occupy, timeout_seconds, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -34,7 +34,6 @@ __all__ = ["ConcurrencyLimit", "acquire", "delete_limit", "get_limit", "list_lim
 _FIRST_SLEEP = 0.01
 _MAX_SLEEP = 0.25
 _local = threading.local()
-_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -171,23 +170,18 @@ def _held_here() -> dict[str, int]:
 
 
 def _missing(names: Sequence[str], strict: bool, caller: str) -> None:
+    """Limits that are not set: an error with ``strict``, else Prefect's warning through the run logger
+    (printed, and kept in the run's logs), each time."""
     if strict:
-        raise NbflowError(
-            f"{caller}: no limit named {', '.join(repr(n) for n in names)} is set under this NBFLOW_HOME; "
-            f"set one with nbflow.set_concurrency_limit({names[0]!r}, 2)"
+        from nbflow.exceptions import ConcurrencySlotAcquisitionError
+
+        raise ConcurrencySlotAcquisitionError(
+            f"Concurrency limits {list(names)!r} must be created before acquiring slots: {caller} with "
+            f"strict=True; set one with nbflow.set_concurrency_limit({names[0]!r}, 2)"
         )
-    for name in names:
-        if name not in _warned:
-            _warned.add(name)
-            import warnings
+    from nbflow.engine.logs import get_run_logger
 
-            from nbflow.exceptions import NbflowWarning
-
-            warnings.warn(
-                f"{caller}: no limit named {name!r} is set, so it does not limit anything (as in Prefect); set "
-                f"one with nbflow.set_concurrency_limit({name!r}, 2), or pass strict=True to make this an error",
-                NbflowWarning, stacklevel=5,
-            )
+    get_run_logger().warning(f"Concurrency limits {list(names)!r} do not exist - skipping acquisition.")
 
 
 def _check_request(names: str | Sequence[str], occupy: int, timeout_seconds: float | None, caller: str) -> list[str]:

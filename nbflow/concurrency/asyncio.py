@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from nbflow.concurrency import _limits
 
@@ -14,7 +15,8 @@ __all__ = ["concurrency", "rate_limit"]
 
 @contextlib.asynccontextmanager
 async def concurrency(names: str | Sequence[str], occupy: int = 1, timeout_seconds: float | None = None,
-                      strict: bool = False) -> AsyncIterator[None]:
+                      max_retries: int | None = None, lease_duration: float = 300, strict: bool = False,
+                      holder: Any = None, raise_on_lease_renewal_failure: bool | None = None) -> AsyncIterator[None]:
     """``async with concurrency("db"):`` — see :func:`nbflow.concurrency`."""
     listed = [names] if isinstance(names, str) else list(names)
     ids = await asyncio.to_thread(_limits.acquire, listed, occupy, timeout_seconds, strict)

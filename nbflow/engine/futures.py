@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from nbflow.runs import TaskRunRecord
     from nbflow.states import State
 
-__all__ = ["DoneAndNotDone", "TaskFuture", "TaskFutureList", "allow_failure", "as_completed", "quote", "unmapped",
-           "wait"]
+__all__ = ["DoneAndNotDone", "TaskFuture", "TaskFutureList", "allow_failure", "as_completed", "opaque", "quote",
+           "unmapped", "wait"]
 
 R = TypeVar("R")
 
@@ -159,6 +159,16 @@ class quote(Generic[R]):
         return f"quote({self.value!r})"
 
 
+class opaque(quote[R]):
+    """Wraps an argument whose future is waited for and replaced by its result, but whose result is not
+    searched for further futures (Prefect's ``opaque``); a plain value is passed as it is."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"opaque({self.value!r})"
+
+
 # Marks, in what futures_in finds, an argument wrapped in quote/allow_failure that must be unwrapped.
 ANNOTATED: Any = object()
 
@@ -228,6 +238,8 @@ def futures_in(value: Any, found: list[TaskFuture[Any]] | None = None, depth: in
             found.append(ANNOTATED)
         if isinstance(value, allow_failure):
             futures_in(value.value, found, depth + 1)
+        elif isinstance(value, opaque) and isinstance(value.value, TaskFuture) and value.value not in found:
+            found.append(value.value)
     elif depth < 8 and isinstance(value, _CONTAINERS):
         items = value.values() if isinstance(value, dict) else value
         for item in items:
@@ -259,7 +271,10 @@ def resolve(value: Any, depth: int = 0) -> Any:
     if isinstance(value, TaskFuture):
         return value.result()
     if isinstance(value, quote):
-        return value.value
+        inner = value.value
+        if isinstance(value, opaque) and isinstance(inner, TaskFuture):
+            return inner.result()
+        return inner
     if isinstance(value, allow_failure):
         inner = value.value
         if isinstance(inner, TaskFuture):

@@ -15,16 +15,18 @@ context-variable lookup.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from nbflow.context import current_flow_run, current_task_run
 
-__all__ = ["get_logger", "get_run_logger"]
+__all__ = ["disable_run_logger", "flow_run_logger", "get_logger", "get_run_logger", "task_run_logger"]
 
 _MAX_LOG_LINES = 1000
 
@@ -47,7 +49,8 @@ class _RunLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            logs, label = _run_label()
+            bound = record.__dict__.get("nbflow_run")
+            logs, label = bound if bound is not None else _run_label()
             message = record.getMessage()
             if logs is not None:
                 _append(logs, f"{record.levelname}: {message}")
@@ -83,6 +86,40 @@ def get_run_logger() -> logging.Logger:
     Outside any run it still works: records are printed, and kept nowhere.
     """
     return _logger
+
+
+class _BoundRunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The run logger for one given run (records go to that run, wherever they are made)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**kwargs.get("extra", {}), "nbflow_run": self.extra["run"]}  # type: ignore[index]
+        return msg, kwargs
+
+
+def flow_run_logger(flow_run: Any, flow: Any = None) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """A run logger for ``flow_run`` (a :class:`~nbflow.runs.RunRecord`, as hooks receive it): its records are
+    kept in that run's logs and printed as ``Flow run 'name' - ...``, also from a hook after the run ended."""
+    name = getattr(flow_run, "run_name", None) or getattr(flow_run, "flow_name", None) or getattr(flow, "name", "?")
+    return _BoundRunLogger(_logger, {"run": (flow_run.logs, f"Flow run {name!r}")})
+
+
+def task_run_logger(task_run: Any, task: Any = None, flow_run: Any = None,
+                    flow: Any = None) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """A run logger for ``task_run`` (a :class:`~nbflow.runs.TaskRunRecord`, as hooks receive it): records
+    are kept in its logs and printed as ``Task run 'name' - ...``."""
+    name = getattr(task_run, "task_name", None) or getattr(task, "name", "?")
+    return _BoundRunLogger(_logger, {"run": (task_run.logs, f"Task run {name!r}")})
+
+
+@contextlib.contextmanager
+def disable_run_logger() -> Iterator[None]:
+    """Within the block, run loggers print and keep nothing (tests call a task's ``.fn`` this way)."""
+    was = _logger.disabled
+    _logger.disabled = True
+    try:
+        yield
+    finally:
+        _logger.disabled = was
 
 
 def get_logger(name: str | None = None) -> logging.Logger:

@@ -52,7 +52,8 @@ def _attempt_in_worker(payload: bytes) -> bytes:
 
 class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     """Runs the attempts of submitted task calls in a pool of ``max_workers`` processes (default: the
-    number of CPUs), for pure-Python CPU work that threads cannot run in parallel.
+    number of CPUs), for pure-Python CPU work that threads cannot run in parallel. ``initializer(*initargs)``
+    runs once in each worker process as it starts (as :class:`concurrent.futures.ProcessPoolExecutor`'s).
 
     Each call is driven from a thread here (cache lookups and writes stay in this process); its function
     and arguments must be picklable, with ``cloudpickle`` for functions defined in a notebook.
@@ -60,7 +61,12 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
 
     runs_attempts_here = False
 
-    def __init__(self, max_workers: int | None = None) -> None:
+    def __init__(self, max_workers: int | None = None, *, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        if initializer is not None and not callable(initializer):
+            raise ConfigurationError(f"ProcessPoolTaskRunner(initializer={initializer!r}): give a callable or None")
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
@@ -88,7 +94,9 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
                     context = multiprocessing.get_context("spawn")
                 except ImportError:
                     context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-                self._processes = concurrent.futures.ProcessPoolExecutor(self.max_workers, mp_context=context)
+                self._processes = concurrent.futures.ProcessPoolExecutor(
+                    self.max_workers, mp_context=context, initializer=self.initializer, initargs=self.initargs
+                )
             return self._processes
 
     def shutdown(self) -> None:
@@ -126,4 +134,4 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
         return state
 
     def duplicate(self) -> ProcessPoolTaskRunner:
-        return ProcessPoolTaskRunner(self.max_workers)
+        return ProcessPoolTaskRunner(self.max_workers, initializer=self.initializer, initargs=self.initargs)

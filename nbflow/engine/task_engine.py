@@ -34,7 +34,13 @@ import xxhash
 from nbflow import events
 from nbflow._recovery import warn_once
 from nbflow._tracebacks import HIDE_FRAMES, hide_internal_frames, warn_at_caller
-from nbflow.cache_policies import ArgumentError, KeyContext, default_key_exclusions, fingerprint_arguments
+from nbflow.cache_policies import (
+    ArgumentError,
+    KeyContext,
+    Serializable,
+    default_key_exclusions,
+    fingerprint_arguments,
+)
 from nbflow.context import (
     CompletedCall,
     FlowRunContext,
@@ -51,7 +57,7 @@ from nbflow.engine.file_reads import current as current_recorder
 from nbflow.engine.futures import ANNOTATED, TaskFuture, allowed_failures, futures_in, resolve
 from nbflow.engine.manual_retry import _FailedCall, call_completed, remember_failed_task
 from nbflow.engine.retries import delay_for, jittered
-from nbflow.engine.runtime import get_store, session_run, summarize
+from nbflow.engine.runtime import flush_store, get_store, session_run, summarize
 from nbflow.exceptions import (
     NbflowWarning,
     ParameterError,
@@ -816,6 +822,8 @@ class TaskRunEngine:
         try:
             state = self.lookup()
             if state is None:
+                if self.key is not None and type(self.task.cache_policy) is Serializable:
+                    return self.finish(self.call_serialized())
                 state = self.call()
                 if state.is_completed():
                     state = self.persist(state)
@@ -831,6 +839,24 @@ class TaskRunEngine:
             self.compute_key()
             state = self.probe()
         return state
+
+    def call_serialized(self) -> State:
+        """A miss of a ``SERIALIZABLE`` policy: under the key's lock, look again (another thread or process may
+        have computed it meanwhile), else compute and store, then let the next waiter in."""
+        from nbflow.transactions import lock_key, unlock_key
+
+        assert self.key is not None
+        lock = lock_key(f"cache:{self.key}", None, f"task {self.task.name!r}")
+        try:
+            state = self.probe()
+            if state is None:
+                state = self.call()
+                if state.is_completed():
+                    state = self.persist(state)
+                    flush_store()  # a deferred save would not be visible to the next holder yet
+            return state
+        finally:
+            unlock_key(lock)
 
     def interrupted(self, error: KeyboardInterrupt) -> State:
         """An interrupt while hashing, loading or persisting (one during the call is already a state):
