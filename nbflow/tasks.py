@@ -65,7 +65,7 @@ def _check_hooks(hooks: Iterable[Any], name: str, owner: str) -> tuple[Any, ...]
     return result
 
 
-class HookList(list):  # type: ignore[type-arg]
+class HookList(list):
     """A task's or flow's hooks of one kind (``on_completion``, ``on_failure``, ``on_running``...): a list,
     and a decorator that adds one, as in Prefect::
 

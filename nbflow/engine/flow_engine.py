@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import time
 import types
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nbflow import events
@@ -114,7 +115,7 @@ class FlowRunEngine:
             return None
         return name
 
-    def call_hooks(self, hooks: tuple[Any, ...], state: State) -> None:
+    def call_hooks(self, hooks: Sequence[Any], state: State) -> None:
         run = self.run
         for hook in hooks:
             try:

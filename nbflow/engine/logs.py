@@ -88,7 +88,7 @@ def get_run_logger() -> logging.Logger:
     return _logger
 
 
-class _BoundRunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _BoundRunLogger(logging.LoggerAdapter):
     """The run logger for one given run (records go to that run, wherever they are made)."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
@@ -96,7 +96,7 @@ class _BoundRunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
-def flow_run_logger(flow_run: Any, flow: Any = None) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def flow_run_logger(flow_run: Any, flow: Any = None) -> logging.LoggerAdapter:
     """A run logger for ``flow_run`` (a :class:`~nbflow.runs.RunRecord`, as hooks receive it): its records are
     kept in that run's logs and printed as ``Flow run 'name' - ...``, also from a hook after the run ended."""
     name = getattr(flow_run, "run_name", None) or getattr(flow_run, "flow_name", None) or getattr(flow, "name", "?")
@@ -104,7 +104,7 @@ def flow_run_logger(flow_run: Any, flow: Any = None) -> logging.LoggerAdapter:  
 
 
 def task_run_logger(task_run: Any, task: Any = None, flow_run: Any = None,
-                    flow: Any = None) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+                    flow: Any = None) -> logging.LoggerAdapter:
     """A run logger for ``task_run`` (a :class:`~nbflow.runs.TaskRunRecord`, as hooks receive it): records
     are kept in its logs and printed as ``Task run 'name' - ...``."""
     name = getattr(task_run, "task_name", None) or getattr(task, "name", "?")

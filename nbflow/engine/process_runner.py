@@ -91,9 +91,10 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
                 try:
                     import cloudpickle  # noqa: F401
 
-                    context = multiprocessing.get_context("spawn")
+                    method = "spawn"
                 except ImportError:
-                    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+                    method = "fork" if os.name == "posix" else "spawn"
+                context = multiprocessing.get_context(method)
                 self._processes = concurrent.futures.ProcessPoolExecutor(
                     self.max_workers, mp_context=context, initializer=self.initializer, initargs=self.initargs
                 )

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -788,7 +788,7 @@ class TaskRunEngine:
         history().mark(self.run, task_run)
         return state
 
-    def run_hooks(self, hooks: tuple[Any, ...], state: State) -> None:
+    def run_hooks(self, hooks: Sequence[Any], state: State) -> None:
         """Call each hook ``(task, task_run, state)``; one that raises is logged, the state stays."""
         task = self.task
         for hook in hooks:
