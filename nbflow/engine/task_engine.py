@@ -105,6 +105,9 @@ _DEFER_BELOW = 0.05
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), range})
 
 _state_name = state_name
+_engine_names = {name: state_name(name) for name in (
+    "Pending", "Running", "Retrying", "AwaitingRetry", "Completed", "Cached", "Failed", "TimedOut", "UpstreamFailed",
+    "Crashed", "Cancelled", "RolledBack")}
 _get_flow_run = _flow_run.get
 _get_tags = _tags.get
 _get_transaction = _transaction.get
@@ -252,7 +255,10 @@ class TaskRunEngine:
                   state: State | None = None, timestamp: float | None = None) -> None:
         task_run = self.task_run
         type_value = state_type._value_  # the plain attribute: .value is a descriptor call
-        task_run.state = _state_name(name, type_value)
+        # The shared StateName of the engine's own names, looked up by name alone (this runs per state change).
+        shared = _engine_names.get(name)
+        task_run.state = shared if shared is not None and shared.type_value == type_value else _state_name(
+            name, type_value)
         task_run.state_type = type_value
         task_run.history.append(StateEntry(name, type_value, time.time() if timestamp is None else timestamp, message))
         if events._subscribers:
