@@ -278,6 +278,14 @@ def make_frame(seed: int, rows: int, dtype: str) -> Any:
     return frame
 
 
+_FRAMES: dict[int, Any] = {}
+
+
+def stored_frame(seed: int) -> Any:
+    """The task whose result is stored: a frame built before the clock started (its own work: a lookup)."""
+    return _FRAMES[seed]
+
+
 def result_worker(params: dict[str, Any]) -> dict[str, Any]:
     """One store or one fresh-process load of the result by one library (this process is new)."""
     import pandas  # noqa: F401 (imported before any clock starts, as a task's warm-up call imports it)
@@ -287,15 +295,16 @@ def result_worker(params: dict[str, Any]) -> dict[str, Any]:
     lib, home, rows, dtype, step = params["lib"], params["home"], params["rows"], params["dtype"], params["step"]
     os.makedirs(home, exist_ok=True)
     path = os.path.join(home, "frame." + ("parquet" if lib == "parquet" else "pkl"))
+    if step == "store":
+        _FRAMES.update({0: make_frame(0, 10, dtype), 1: make_frame(1, rows, dtype)})
     if lib in ("pickle", "parquet"):
         if step == "store":
-            frame = make_frame(1, rows, dtype)
             started = clock()
             with open(path, "wb") as file:
                 if lib == "pickle":
-                    pickle.dump(frame, file, protocol=5)
+                    pickle.dump(_FRAMES[1], file, protocol=5)
                 else:
-                    pq.write_table(pa.Table.from_pandas(frame), file)
+                    pq.write_table(pa.Table.from_pandas(_FRAMES[1]), file)
                 file.flush()
                 os.fsync(file.fileno())
             return {"seconds": clock() - started}
@@ -310,27 +319,22 @@ def result_worker(params: dict[str, Any]) -> dict[str, Any]:
         import nbflow
 
         nbflow.configure(home=home)
-        call = nbflow.task(make_frame)
+        # A key of the seed alone: what is measured is storing and loading the result, not fingerprinting it.
+        call = nbflow.task(cache_key_fn=lambda context, parameters: f"frame-{parameters['seed']}")(stored_frame)
     else:
         import joblib
 
-        call = joblib.Memory(home, verbose=0).cache(make_frame)
-    call(0, 10, dtype)  # warm-up: imports, the store, a tiny entry of the same task
-    if step == "store":
-        started = clock()
-        make_frame(2, rows, dtype)
-        plain = clock() - started
-        started = clock()
-        call(1, rows, dtype)
-        return {"seconds": clock() - started - plain}
+        call = joblib.Memory(home, verbose=0).cache(stored_frame)
+    call(0)  # warm-up: imports, the store, a tiny entry of the same task
     started = clock()
-    frame = call(1, rows, dtype)
+    frame = call(1)
     return {"seconds": clock() - started, "rows": len(frame)}
 
 
 def bench_result(report: Report, root: Path, rows: int, reps: int) -> None:
-    title(f"a DataFrame result of {rows:,} rows (3 string columns, 2 float64): store (the cached call less the "
-          f"call itself; files fsynced) and a fresh process's hit (best of {reps})")
+    title(f"a DataFrame result of {rows:,} rows (3 string columns, 2 float64), built before the clock starts: "
+          f"store (files fsynced; a task returning it, its key the seed alone) and a fresh process's hit (best of "
+          f"{reps})")
     results: dict[str, Any] = {}
     for dtype in ("str", "object"):
         times: dict[str, dict[str, list[float]]] = {lib: {"store": [], "hit": []} for lib in RESULT_LIBS}
