@@ -342,8 +342,9 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         where = ""
         if cell.get("index") is not None:
             where = f" (cell {cell['index'] + 1}" + (f": {cell['first_line']}" if cell.get("first_line") else "") + ")"
-        print(f"\nA cell failed{where}: {cell['error']}", file=out)
-    status = "FAILED" if summary["exit_code"] else "OK"
+        what = "Interrupted" if cell.get("ename") == "KeyboardInterrupt" else "A cell failed"
+        print(f"\n{what}{where}: {cell['error']}", file=out)
+    status = "INTERRUPTED" if summary["exit_code"] == EXIT_INTERRUPTED else "FAILED" if summary["exit_code"] else "OK"
     print(f"\n{status} in {summary['duration']:.1f} s", file=out)
 
 
@@ -442,7 +443,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
 
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     out = out or sys.stdout
     values = parse_parameters(parameters)
@@ -491,6 +492,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
         # The kernel process's own stderr carries only its start-up chatter; what cells print to stderr
         # still arrives through the kernel protocol and lands in the outputs.
         async with client.async_setup_kernel(env=env, stderr=subprocess.DEVNULL):
+            interrupt.listen()
             assert client.kc is not None
             reply = await client.async_wait_for_reply(
                 client.kc.execute(_setup_code(path.resolve(), values, auto), silent=True, store_history=False))
@@ -515,6 +517,11 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                         busy = True
                         failed_cell = _timeout_failure(current, timeout, interrupted=False)
                         break
+            except DeadKernelError:
+                # Killed (out of memory, a crash in C code, a Ctrl-C that reached it): nothing to finish.
+                busy = True
+                failed_cell = {**current, "error": "DeadKernelError: the kernel died while the cell ran",
+                               "ename": "DeadKernelError", "evalue": "the kernel died while the cell ran"}
             except (CellExecutionError, CellTimeoutError) as error:
                 ename = getattr(error, "ename", None) or type(error).__name__
                 evalue = getattr(error, "evalue", None) or ""
@@ -524,7 +531,7 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                     failed_cell = {**current, "error": f"{ename}: {evalue}".strip(), "ename": ename,
                                    "evalue": evalue}
             finally:
-                if busy:
+                if busy or interrupt.stopping or client.kc is None:
                     # The finishing step would wait behind the busy cell (and its error hide the
                     # timeout): stop the kernel at once instead. Its task runs of earlier cells are
                     # already in the history (written after every cell).
@@ -536,15 +543,20 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
                         client.timeout = max(math.ceil(timeout), _FINISH_SECONDS)
                     await client.async_wait_for_reply(
                         client.kc.execute(_FINISH_CODE, silent=True, store_history=False))
-            if not busy:
+            if not busy and not interrupt.stopping:
                 client.set_widgets_metadata()
 
     current: dict[str, Any] = {"index": None, "first_line": None}
     allowed: list[tuple[float, float]] = []  # when the cells tagged raises-exception ran
+    interrupt = _Interrupt()
     try:
-        asyncio.run(execute())
+        asyncio.run(interrupt.around(execute()))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass  # Ctrl-C: noted by ``interrupt``; the summary says so below
     except Exception as error:
-        if failed_cell is None:
+        if interrupt.stopping:
+            pass  # what stopping the kernel at once left behind (nbclient's clean-up of a dead kernel)
+        elif failed_cell is None:
             failed_cell = {**current, "error": f"{type(error).__name__}: {error}", "ename": type(error).__name__,
                            "evalue": str(error)}
     finally:
@@ -557,6 +569,8 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
     except Exception as error:
         print(f"nbflow: warning: could not read the run history in {store_home}: {error}", file=sys.stderr)
     runs = watcher.records()
+    if interrupt.stopping or (failed_cell or {}).get("ename") in ("DeadKernelError", "CellTimeoutError"):
+        _end_abandoned(store_home, runs, "Cancelled" if interrupt.stopping else "Crashed")
     try:
         keys = {tr.cache_key for run in runs for tr in run.task_runs if tr.state == "Cached" and tr.cache_key}
         saved = task_time_saved(runs, watcher.computed_durations(keys), cells=not auto)
@@ -565,10 +579,16 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
         saved = 0.0
     watcher.close()
 
+    if interrupt.stopping:
+        evalue = "the run was interrupted (Ctrl-C) and its kernel stopped; what ran before is stored"
+        failed_cell = {**current, "error": f"KeyboardInterrupt: {evalue}", "ename": "KeyboardInterrupt",
+                       "evalue": evalue}
     summary = build_summary(path=path, output=output, kernel=kernel_name, home=store_home, launch_id=launch_id,
                             parameters=values, started=started, elapsed=elapsed, runs=runs,
                             failed_cell=failed_cell, cells=cell_statuses(notebook) if auto else None,
                             allowed=allowed, task_time_saved=saved)
+    if interrupt.stopping:
+        summary["exit_code"] = EXIT_INTERRUPTED
     if output:
         finish_output_notebook(notebook, summary, runs)
         output_path = Path(output)
@@ -603,6 +623,70 @@ def _signed(notebook: Any) -> Any:
         return notebook
 
 
+def _end_abandoned(home: Path, runs: list[RunRecord], state: str) -> None:
+    """Record the end of the runs (and calls) a stopped kernel left under way: its finishing step never ran,
+    and the history would list them as running for ever."""
+    from nbflow.runs import RunHistory, StateEntry
+
+    now = time.time()
+    state_type = state.upper()
+    message = "the run was interrupted" if state == "Cancelled" else "the kernel was stopped or died"
+    try:
+        recorded = RunHistory(home)
+        for run in runs:
+            for task_run in run.task_runs:
+                if task_run.end_time is None and task_run.state_type in ("PENDING", "SCHEDULED", "RUNNING"):
+                    task_run.state, task_run.state_type, task_run.end_time = state, state_type, now
+                    task_run.history.append(StateEntry(state, state_type, now, message))
+                    recorded.mark(run, task_run)
+            if run.end_time is None:
+                run.state, run.state_type, run.end_time = state, state_type, now
+                run.history.append(StateEntry(state, state_type, now, message))
+                recorded.mark(run)
+        recorded.flush()
+        recorded.close()
+    except Exception as error:  # the summary stands without it
+        print(f"nbflow: warning: could not record the end of the stopped kernel's runs: {error}", file=sys.stderr)
+
+
+EXIT_INTERRUPTED = 130  # as a shell reports a program ended by Ctrl-C
+
+
+class _Interrupt:
+    """Ctrl-C during a run: the run's task is cancelled, the kernel stopped at once, and the run ends with a
+    summary of what ran and exit status 130 (nbclient's own handler would kill the kernel under the running
+    cell, which then reads as a kernel that died). A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._task: Any = None
+
+    def _on_sigint(self) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def listen(self) -> None:
+        """Handle Ctrl-C in the running loop (again: starting a kernel, nbclient puts in its own handler)."""
+        import asyncio
+        import signal
+
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._on_sigint)
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass  # not the main thread, or no signals here (Windows): Ctrl-C stays Python's
+
+    async def around(self, work: Any) -> None:
+        """Run ``work``, listening for Ctrl-C."""
+        import asyncio
+
+        self._task = asyncio.ensure_future(work)
+        self.listen()
+        await self._task
+
+
 # After --timeout, nbclient interrupts the cell; a cell that ignores the interrupt (a signal handler, a
 # long call into C code) gets this many more seconds before the run gives up on it and stops the kernel.
 _INTERRUPT_GRACE = 5.0
@@ -617,7 +701,12 @@ async def _execute_within(client: Any, cell: Any, index: int, timeout: float | N
 
     work = asyncio.ensure_future(
         client.async_execute_cell(cell, index, execution_count=client.code_cells_executed + 1))
-    done, _ = await asyncio.wait({work}, timeout=None if timeout is None else timeout + _INTERRUPT_GRACE)
+    try:
+        done, _ = await asyncio.wait({work}, timeout=None if timeout is None else timeout + _INTERRUPT_GRACE)
+    except asyncio.CancelledError:  # Ctrl-C (see _Interrupt): the kernel is being stopped under the cell
+        work.cancel()
+        work.add_done_callback(lambda task: task.cancelled() or task.exception())  # its error is no news
+        raise
     if done:
         work.result()  # the cell's error, if any
         return True

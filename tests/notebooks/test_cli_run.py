@@ -310,6 +310,46 @@ def test_a_cell_that_ignores_the_interrupt_is_abandoned_named_and_its_kernel_sto
             in text)
 
 
+@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal", "process"])
+def test_ctrl_c_stops_the_kernel_and_ends_with_a_summary_and_status_130(tmp_path: Path, whole_group: bool) -> None:
+    """Ctrl-C in a terminal reaches the whole process group (nbflow and its kernel); `kill -INT` only nbflow."""
+    import signal
+    import time
+
+    cells = ["import nbflow\n@nbflow.task\ndef square(x):\n    return x * x\nsquare(3)",
+             "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(45)", "print('never')"]
+    path = write_notebook(tmp_path / "long.ipynb", *cells)
+    process = subprocess.Popen([sys.executable, "-m", "nbflow.cli", "run", str(path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "kernel.pid").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    if whole_group:
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGINT)
+    out, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, out + errors
+    assert "Interrupted (cell 2: import os, time): KeyboardInterrupt" in out and "INTERRUPTED" in out, out
+    assert "Traceback" not in errors and "DeadKernelError" not in out + errors, errors
+    assert "square" in out  # the summary of what ran before
+    pid = int((tmp_path / "kernel.pid").read_text())
+    for _ in range(50):  # the kernel was stopped
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the interrupted run's kernel is still running")
+    (session,) = json.loads(nbflow_cli("runs", "--json", cwd=tmp_path).stdout)["runs"]
+    assert session["state"] == "Cancelled" and session["end_time"] is not None  # not "Running" for ever
+    assert "square" in nbflow_cli("runs", "show", session["id"], cwd=tmp_path).stdout
+
+
 def test_run_piped_into_a_reader_that_leaves_stops_printing_quietly(tmp_path: Path) -> None:
     cells = ["import time, nbflow\n@nbflow.task\ndef square(x):\n    return x * x"]
     cells += [f"time.sleep(0.4)\n[square(i) for i in range({k * 3}, {k * 3 + 3})]" for k in range(4)]
