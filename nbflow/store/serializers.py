@@ -181,7 +181,10 @@ def _object_strings(ends: Any, data: Any, shape: tuple[int, ...], ascii_only: bo
         strings = pyarrow.LargeStringArray.from_buffers(n, pyarrow.py_buffer(offsets), pyarrow.py_buffer(data))
         # Offsets in range, increasing, the bytes UTF-8: pyarrow reads the buffers as they say, unchecked.
         strings.validate(full=True)
-        out[:] = strings.to_numpy(zero_copy_only=False)
+        built = strings.to_numpy(zero_copy_only=False)
+        if built.dtype == object and built.flags.writeable and built.shape == (n,):  # a new array of its own
+            return built.reshape(shape)
+        out[:] = built
     elif n:
         starts = [0, *ends[:-1].tolist()]
         if ascii_only:
