@@ -677,6 +677,11 @@ def test_override_applies_to_durable_runs(calls: Path) -> None:
     assert states(last_run())[1] == ("capital", "Completed")  # the overriding tool runs as a task
     with pytest.raises(UserError, match="registered"), durable.override(model=TestModel()):
         durable.run_sync("What is the capital of Mexico?")
+    # A registered model by its key, as run(model=...) takes it.
+    fast = TestModel(custom_output_text="Rápido.")
+    switching = DurableAgent(geography(), name="switching", models={"fast": fast})
+    with switching.override(model="fast"):
+        assert switching.run_sync("What is the capital of Mexico?").output == "Rápido."
 
 
 def test_run_stream_events_is_a_durable_run_whose_events_you_iterate(calls: Path) -> None:

@@ -296,7 +296,13 @@ class DurableAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     def override(self, **overrides: Any) -> Iterator[None]:
         """``Agent.override``: deps, model, toolsets, tools, instructions... for the runs in the block.
         Overridden toolsets are durable like the agent's own; an overriding model instance must be
-        registered (``models=``) to be used inside a flow."""
+        registered (``models=``) to be used inside a flow, and may be given by its key."""
+        model = overrides.get("model")
+        registered = dict(getattr(self.capability, "_extra_models", {}))
+        if isinstance(model, str) and model in registered:
+            # A registered key, as `run(model=...)` takes it: pydantic-ai's override would read it as a
+            # provider's model name.
+            overrides["model"] = registered[model]
         self._check_model(overrides.get("model"), "set by override")
         with super().override(**overrides):
             yield
