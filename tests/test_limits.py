@@ -72,6 +72,7 @@ def test_a_slot_held_by_another_process_is_waited_for_and_a_timeout_says_so(subp
         holder.wait()
 
 
+@pytest.mark.timeout(60)  # a regression would wait forever
 def test_what_could_never_be_granted_fails_at_once() -> None:
     nbflow.set_concurrency_limit("small", 1)
     too_many = r"occupy=2 is more than the limit 'small' has \(1 slots\)"

@@ -112,7 +112,9 @@ def test_a_returned_state_that_is_not_final_fails_the_run() -> None:
 
 # -- records' states ----------------------------------------------------------------------------------
 def test_record_states_are_strings_that_answer_like_states() -> None:
-    @nbflow.task
+    live: list[bool] = []
+
+    @nbflow.task(on_failure=[lambda task, task_run, state: live.append(task_run.state.is_failed())])
     def bad() -> None:
         raise ValueError("x")
 
@@ -121,6 +123,7 @@ def test_record_states_are_strings_that_answer_like_states() -> None:
         bad()
 
     fails(return_state=True)
+    assert live == [True]  # the live record, as a hook sees it
     for run in (list_runs(limit=1)[0], nbflow.runs.get_run(list_runs(limit=1)[0].id)):  # live, then read back
         assert run.state == "Failed" and isinstance(run.state, str)
         assert run.state.name == "Failed" and run.state.is_failed() and not run.state.is_completed()
