@@ -56,8 +56,11 @@ class Flow(Generic[P, R]):
         persist_result: bool | None = None,
         cache_result_in_memory: bool = True,
     ) -> None:
+        # @flow above @classmethod/@staticmethod: the function it wraps, bound as that kind (see __get__).
+        self._method_kind: str | None = None
         if isinstance(fn, (classmethod, staticmethod)):
-            fn = fn.__func__  # @flow above @classmethod/@staticmethod: the function it wraps
+            self._method_kind = type(fn).__name__
+            fn = fn.__func__
         if not callable(fn):
             raise ConfigurationError(f"@flow decorates a function; got {fn!r}")
         owner = f"@flow {getattr(fn, '__qualname__', repr(fn))!r}"
@@ -138,6 +141,17 @@ class Flow(Generic[P, R]):
         from nbflow.engine.flow_engine import run_flow
 
         return run_flow(self, args, kwargs, return_state=return_state)
+
+    def __get__(self, instance: Any, owner: Any) -> Any:
+        # A flow defined in a class binds as the method it decorates would: to the instance, to the class
+        # (``@flow @classmethod``), or to nothing (``@flow @staticmethod``).
+        if self._method_kind == "staticmethod":
+            return self
+        if self._method_kind == "classmethod":
+            return functools.partial(self.__call__, owner)
+        if instance is None:
+            return self
+        return functools.partial(self.__call__, instance)
 
     def visualize(self, *args: Any, **kwargs: Any) -> Any:
         """Draw the graph of this flow's latest run — the static picture nbflow's live graph shows — inline

@@ -516,3 +516,29 @@ def test_a_generator_a_flow_returns_is_consumed_but_a_generator_flow_yields() ->
 
     assert returns() == [1, 2, 3]
     assert list(next(yields())) == [1, 2, 3]
+
+
+def test_flows_defined_in_a_class_bind_like_methods() -> None:
+    class Report:
+        greeting = "class"
+
+        def __init__(self) -> None:
+            self.greeting = "instance"
+
+        @nbflow.flow
+        def from_instance(self) -> str:
+            return self.greeting
+
+        @nbflow.flow
+        @classmethod
+        def from_class(cls) -> str:
+            return cls.greeting
+
+        @nbflow.flow
+        @staticmethod
+        def alone(x: int) -> int:
+            return x
+
+    assert Report().from_instance() == "instance"
+    assert Report.from_class() == "class" and Report().from_class() == "class"
+    assert Report.alone(2) == 2 and Report().alone(3) == 3
