@@ -542,3 +542,25 @@ def test_flows_defined_in_a_class_bind_like_methods() -> None:
     assert Report().from_instance() == "instance"
     assert Report.from_class() == "class" and Report().from_class() == "class"
     assert Report.alone(2) == 2 and Report().alone(3) == 3
+
+
+def test_a_flow_returning_futures_returns_their_results_and_fails_as_prefect_says() -> None:
+    @nbflow.task(cache_policy=nbflow.cache_policies.NONE)
+    def maybe(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    @nbflow.flow
+    def fine() -> list[object]:
+        return [maybe.submit(1), maybe.submit(3)]
+
+    @nbflow.flow
+    def broken() -> list[object]:
+        return [maybe.submit(1), maybe.submit(2)]
+
+    assert fine() == [1, 3]
+    state = broken(return_state=True)
+    assert state.is_failed() and state.message == "1/2 states failed."
+    with pytest.raises(ValueError, match="two"):
+        broken()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from nbflow import events
 from nbflow._tracebacks import HIDE_FRAMES
 from nbflow.context import FlowRunContext, WeakValues, _flow_run, current_flow_run
-from nbflow.engine.futures import futures_in, resolve
+from nbflow.engine.futures import ANNOTATED, futures_in, resolve
 from nbflow.engine.manual_retry import NotRetryable, remember_failed_flow
 from nbflow.engine.retries import delay_for
 from nbflow.engine.runtime import flush_store, frontend_hook, summarize
@@ -316,8 +316,17 @@ def _resolve_returned(state: State, flow: Flow[..., Any] | None = None) -> State
         state = Completed(value, message=state.message)
     if isinstance(value, (list, tuple, set)) and value and all(isinstance(item, State) for item in value):
         return _state_of_states(value, state)
-    if not futures_in(value):
+    futures = [future for future in futures_in(value) if future is not ANNOTATED]
+    if not futures:
         return state
+    # Prefect returns the futures' states here; nbflow their results (what the body would get from
+    # .result()). A failure fails the flow alike: the first failure's exception, Prefect's message.
+    failed = [future for future in futures if not future.state.is_completed()]
+    if failed:
+        error = failed[0].state.result(raise_on_failure=False)
+        if not isinstance(error, BaseException):
+            error = RuntimeError(f"task {failed[0].task_name!r} ended {failed[0].state.name}")
+        return Failed(error, message=f"{len(failed)}/{len(futures)} states failed.")
     try:
         return Completed(resolve(value), message=state.message)
     except Exception as error:
