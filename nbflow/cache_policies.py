@@ -166,14 +166,19 @@ class CachePolicy:
         ``isolation_level="SERIALIZABLE"``: calls that compute the same key run one at a time, across threads
         and processes using this ``NBFLOW_HOME`` (a lock file per key under ``<home>/locks``); the later ones
         find the first one's result and end ``Cached``. ``lock_manager`` is accepted and not needed (nbflow's
-        locks are those files). ``key_storage`` is refused: results and keys live in ``NBFLOW_HOME``'s store
-        (point ``NBFLOW_HOME`` at a shared directory to share them).
+        locks are those files). ``key_storage`` is accepted with a warning and not used: keys and results live
+        in ``NBFLOW_HOME``'s store (point ``NBFLOW_HOME`` at a shared directory to share them).
         """
         if key_storage is not None:
-            raise ConfigurationError(
+            import warnings
+
+            from nbflow.exceptions import NbflowWarning
+
+            warnings.warn(
                 f"{self!r}.configure(key_storage={key_storage!r}): nbflow keeps cache keys and results in the store "
-                "under NBFLOW_HOME; to share them, point NBFLOW_HOME (or nbflow.configure(home=...)) at a shared "
-                "directory"
+                "under NBFLOW_HOME, so key_storage is not used; to share a cache, point NBFLOW_HOME (or "
+                "nbflow.configure(home=...)) at a shared directory",
+                NbflowWarning, stacklevel=2,
             )
         level = _isolation(isolation_level)
         base = self.policy if isinstance(self, Serializable) else self

@@ -460,8 +460,10 @@ def test_a_serializable_cache_policy_computes_a_key_once_at_a_time() -> None:
     assert fan() == [10, 10, 10] and computed == [1]
     assert sorted(task_run.state for task_run in list_runs(limit=1)[0].task_runs) == ["Cached", "Cached", "Completed"]
     assert DEFAULT.configure(isolation_level="READ_COMMITTED") == DEFAULT
-    with pytest.raises(ConfigurationError, match="NBFLOW_HOME"):
-        INPUTS.configure(key_storage="/tmp/keys")
+    from nbflow.locking.filesystem import FileSystemLockManager
+
+    with pytest.warns(nbflow.NbflowWarning, match="key_storage is not used"):
+        assert INPUTS.configure(key_storage="/tmp/keys", lock_manager=FileSystemLockManager("/tmp/locks")) == INPUTS
     with pytest.raises(ConfigurationError, match="isolation_level"):
         INPUTS.configure(isolation_level="sometimes")
 
@@ -564,3 +566,35 @@ def test_a_flow_returning_futures_returns_their_results_and_fails_as_prefect_say
     assert state.is_failed() and state.message == "1/2 states failed."
     with pytest.raises(ValueError, match="two"):
         broken()
+
+
+def test_artifacts_are_kept_and_shown_in_a_notebook_only(capsys) -> None:
+    from nbflow.artifacts import (
+        Artifact,
+        create_link_artifact,
+        create_markdown_artifact,
+        create_progress_artifact,
+        create_table_artifact,
+        update_progress_artifact,
+    )
+
+    @nbflow.task
+    def report() -> str:
+        create_markdown_artifact("# Sales", key="sales")
+        create_table_artifact([{"customer": "ana", "p": 0.9}], key="churn")
+        create_link_artifact("https://example.com", "example", key="link")
+        progress = create_progress_artifact(0.0, key="fetch")
+        update_progress_artifact(progress, 50)
+        return progress
+
+    progress_id = report()
+    assert capsys.readouterr().out == ""  # outside a kernel nothing is printed, as in Prefect
+    sales = Artifact.get("sales")
+    assert sales is not None and sales._repr_markdown_() == "# Sales" and sales.task_run_id is not None
+    churn = Artifact.get("churn")
+    assert churn is not None and "<td>ana</td>" in (churn._repr_html_() or "")
+    fetch = Artifact.get("fetch")
+    assert fetch is not None and fetch.id == progress_id and fetch.data == 50.0
+    assert Artifact.get("nothing") is None
+    with pytest.raises(ConfigurationError, match="from 0 to 100"):
+        update_progress_artifact(progress_id, 150)
