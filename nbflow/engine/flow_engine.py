@@ -323,10 +323,10 @@ def _resolve_returned(state: State, flow: Flow[..., Any] | None = None) -> State
     # .result()). A failure fails the flow alike: the first failure's exception, Prefect's message.
     failed = [future for future in futures if not future.state.is_completed()]
     if failed:
-        error = failed[0].state.result(raise_on_failure=False)
-        if not isinstance(error, BaseException):
-            error = RuntimeError(f"task {failed[0].task_name!r} ended {failed[0].state.name}")
-        return Failed(error, message=f"{len(failed)}/{len(futures)} states failed.")
+        first = failed[0].state.result(raise_on_failure=False)
+        if not isinstance(first, BaseException):
+            first = RuntimeError(f"task {failed[0].task_name!r} ended {failed[0].state.name}")
+        return Failed(first, message=f"{len(failed)}/{len(futures)} states failed.")
     try:
         return Completed(resolve(value), message=state.message)
     except Exception as error:
