@@ -97,6 +97,11 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
     module_globals = frame.f_globals
     # What warnings.warn does for the frame it picks: the module's registry keeps "once per line" working.
     registry = module_globals.setdefault("__warningregistry__", {})
-    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
-                           module=module_globals.get("__name__", "<string>"), registry=registry,
-                           module_globals=module_globals)
+    where = (message, category, frame.f_code.co_filename, frame.f_lineno)
+    module = module_globals.get("__name__", "<string>")
+    try:
+        warnings.warn_explicit(*where, module=module, registry=registry, module_globals=module_globals)
+    except ImportError:
+        # The module's loader cannot give its source (``python -c``'s __main__ has the built-in importer as
+        # its loader, which refuses): warn without it, as warnings.warn itself does for such a frame.
+        warnings.warn_explicit(*where, module=module, registry=registry)

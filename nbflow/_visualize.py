@@ -66,7 +66,7 @@ def visualize_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str
             f"{flow.name}(...) first, or give its arguments: {flow.name}.visualize(...)."
         )
     graph = FlowGraph(run)
-    if "ipykernel" in sys.modules:
+    if _in_kernel():
         try:
             from IPython.display import display
 
@@ -75,3 +75,10 @@ def visualize_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str
         except Exception:  # no display here after all: the caller gets the picture
             pass
     return graph
+
+
+def _in_kernel() -> bool:
+    """Inside a Jupyter kernel (a display reaches a front-end); not merely with ipykernel imported."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None

@@ -24,6 +24,20 @@ def nbflow_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
+def assert_stopped(pid: int, what: str) -> None:
+    """The process ``pid`` ends within 5 s (else it is killed and the test fails)."""
+    import time
+
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError(f"{what} is still running")
+
+
 def write_notebook(path: Path, *sources: str) -> Path:
     notebook = new_notebook(cells=[new_code_cell(source) for source in sources])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -295,16 +309,7 @@ def test_a_cell_that_ignores_the_interrupt_is_abandoned_named_and_its_kernel_sto
     assert failed["first_line"] == "import os, signal, time"
     assert "did not stop when interrupted" in failed["evalue"] and "AssertionError" not in result.stdout
     assert elapsed < 30, elapsed  # not the 45 s the cell asked for
-    pid = int((tmp_path / "kernel.pid").read_text())
-    for _ in range(50):  # the kernel was stopped, not left sleeping
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        raise AssertionError("the kernel of the abandoned cell is still running")
+    assert_stopped(int((tmp_path / "kernel.pid").read_text()), "the kernel of the abandoned cell")
     text = nbflow_cli("run", str(path), "--timeout", "1.5", cwd=tmp_path).stdout  # a fraction of a second too
     assert ("A cell failed (cell 2: import os, signal, time): CellTimeoutError: the cell ran past --timeout 1.5 s"
             in text)
@@ -335,16 +340,7 @@ def test_ctrl_c_stops_the_kernel_and_ends_with_a_summary_and_status_130(tmp_path
     assert "Interrupted (cell 2: import os, time): KeyboardInterrupt" in out and "INTERRUPTED" in out, out
     assert "Traceback" not in errors and "DeadKernelError" not in out + errors, errors
     assert "square" in out  # the summary of what ran before
-    pid = int((tmp_path / "kernel.pid").read_text())
-    for _ in range(50):  # the kernel was stopped
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        raise AssertionError("the interrupted run's kernel is still running")
+    assert_stopped(int((tmp_path / "kernel.pid").read_text()), "the interrupted run's kernel")
     (session,) = json.loads(nbflow_cli("runs", "--json", cwd=tmp_path).stdout)["runs"]
     assert session["state"] == "Cancelled" and session["end_time"] is not None  # not "Running" for ever
     assert "square" in nbflow_cli("runs", "show", session["id"], cwd=tmp_path).stdout

@@ -63,8 +63,10 @@ ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
 # a detail of how the cell was compiled, not of what the notebook shows.
 SYNTAX_FILE = re.compile(r"\((?:[^(),]*?), line (\d+)\)$")
 # The same for the file a warning names ("/tmp/ipykernel_4242/2201955132.py:1: FutureWarning: ..."): the
-# kernel's process id and a hash of the compiled code.
-CELL_FILE = re.compile(r"\S*ipykernel_\d+[/\\]\d+\.py")
+# kernel's process id and a hash of the compiled code. A cell task's code is compiled under the same name
+# ending ".ipy" (nbflow.ipython.cells._cell_filename: IPython then shows the right line of a failure inside
+# a comprehension, which it gets wrong for a plain cell).
+CELL_FILE = re.compile(r"\S*ipykernel_\d+[/\\]\d+\.i?py\b")
 # nbflow's own warnings (a cell it cannot cache and why) are nbflow's, not the notebook's: a warning line and
 # the source line Python prints under it.
 NBFLOW_WARNING = re.compile(r"^\S.*: NbflowWarning: .*\n(?:  .*\n)?", re.MULTILINE)
