@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shlex
@@ -72,6 +73,30 @@ def _number(kind: type[int] | type[float], label: str, *, seconds: bool = False)
 
 def parse_task_line(line: str) -> CellOptions:
     """The options of a ``%%task`` line; a bad line raises IPython's UsageError with the usage text."""
+    if not line.strip():
+        return CellOptions()  # the common line: no options (and no parser, a few hundred µs a cell)
+    try:
+        words = shlex.split(line)
+    except ValueError as error:
+        _usage(f"%%task: {error}")
+    args = _task_parser().parse_args(words)
+    if args.timeout == 0:
+        _usage("%%task: --timeout must be > 0")
+    if args.name is not None and args.name.startswith("-"):
+        _usage(f"%%task: unknown option {args.name!r}")
+    if args.name is not None and not (args.name.isprintable() and args.name.strip() == args.name):
+        _usage(f"%%task: the task name {args.name!r} must be printable, without spaces around it")
+    return CellOptions(
+        name=args.name, retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
+        no_cache=args.no_cache, refresh=args.refresh, inputs=args.inputs, outputs=args.outputs,
+        # New lists: the parser is shared, and its defaults are one list object for every line.
+        tags=list(args.tags), files=list(args.files),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _task_parser() -> argparse.ArgumentParser:
+    """The ``%%task`` line's parser, built once (parsing holds no state in it)."""
     parser = _Parser(prog="%%task", add_help=True)
     parser.add_argument("name", nargs="?")
     parser.add_argument("--retries", type=_number(int, "--retries"), default=0)
@@ -83,22 +108,7 @@ def parse_task_line(line: str) -> CellOptions:
     parser.add_argument("--outputs", type=_names, default=None)
     parser.add_argument("--tags", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=[])
     parser.add_argument("--files", type=lambda text: [t.strip() for t in text.split(",") if t.strip()], default=[])
-    try:
-        words = shlex.split(line)
-    except ValueError as error:
-        _usage(f"%%task: {error}")
-    args = parser.parse_args(words)
-    if args.timeout == 0:
-        _usage("%%task: --timeout must be > 0")
-    if args.name is not None and args.name.startswith("-"):
-        _usage(f"%%task: unknown option {args.name!r}")
-    if args.name is not None and not (args.name.isprintable() and args.name.strip() == args.name):
-        _usage(f"%%task: the task name {args.name!r} must be printable, without spaces around it")
-    return CellOptions(
-        name=args.name, retries=args.retries, retry_delay=args.retry_delay, timeout=args.timeout,
-        no_cache=args.no_cache, refresh=args.refresh, inputs=args.inputs, outputs=args.outputs, tags=args.tags,
-        files=args.files,
-    )
+    return parser
 
 
 def task_magic(shell: Any, session: Session, line: str, cell: str) -> Any:
