@@ -165,9 +165,18 @@ class LiveDisplay:
                 if result == "failed" and task_run.error:
                     detail += f"  {task_run.error}"
                 self._line(result if result != "failed" else task_run.state.lower(), task_run.task_name, detail)
+                self._logs(task_run)
             if quiet:
                 self._line("ended", f"{sum(quiet.values())} tasks", ", ".join(f"{n} {r}" for r, n in quiet.items()))
             self.out.flush()
+
+    def _logs(self, task_run: TaskRunRecord) -> None:
+        """The task's run-logger lines at INFO and above, under its line, as the kernel printed them in the
+        cell (Prefect's format; the record keeps ``LEVEL: message``)."""
+        for line in list(task_run.logs):
+            level, _, message = line.partition(": ")
+            if level in ("INFO", "WARNING", "ERROR", "CRITICAL"):
+                print(f"      | {level:<7} | Task run {task_run.task_name!r} - {message}", file=self.out)
 
     def _line(self, verb: str, task: str, detail: str) -> None:
         count = f"{self.done} done" + (f", {len(self.running)} running" if self.running else "")

@@ -315,6 +315,20 @@ def test_a_cell_that_ignores_the_interrupt_is_abandoned_named_and_its_kernel_sto
             in text)
 
 
+def test_run_prints_a_tasks_log_lines_under_its_line(tmp_path: Path) -> None:
+    path = write_notebook(
+        tmp_path / "logs.ipynb",
+        "import nbflow\n@nbflow.task\ndef load(x):\n    log = nbflow.get_run_logger()\n"
+        "    log.info('loading %s', x)\n    log.debug('not shown')\n    return x\nload(7)",
+    )
+    result = nbflow_cli("run", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "computed" in line and "load" in line)
+    assert lines[at + 1].split() == ["|", "INFO", "|", "Task", "run", "'load'", "-", "loading", "7"]
+    assert "not shown" not in result.stdout
+
+
 @pytest.mark.parametrize("whole_group", [True, False], ids=["terminal", "process"])
 def test_ctrl_c_stops_the_kernel_and_ends_with_a_summary_and_status_130(tmp_path: Path, whole_group: bool) -> None:
     """Ctrl-C in a terminal reaches the whole process group (nbflow and its kernel); `kill -INT` only nbflow."""
