@@ -151,6 +151,7 @@ bench: install $(VENV)/.bench-installed
 	$(PY) benchmarks/bench_widget.py
 	$(PY) benchmarks/bench_dask.py
 	$(PY) benchmarks/bench_auto.py
+	$(PY) benchmarks/bench_strings.py
 
 # Optional: Prefect 3.8 (with a FastAPI it runs with) into the venv, then nbflow against it (not part of `make test`).
 bench-prefect: install $(VENV)/.bench-installed
