@@ -7,9 +7,10 @@ This module sits on top (with the UI): the engine and ``nbflow.flows`` reach it 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from nbflow._kernel import in_kernel
 
 if TYPE_CHECKING:
     from nbflow.flows import Flow
@@ -66,7 +67,7 @@ def visualize_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str
             f"{flow.name}(...) first, or give its arguments: {flow.name}.visualize(...)."
         )
     graph = FlowGraph(run)
-    if _in_kernel():
+    if in_kernel():
         try:
             from IPython.display import display
 
@@ -76,9 +77,3 @@ def visualize_flow(flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str
             pass
     return graph
 
-
-def _in_kernel() -> bool:
-    """Inside a Jupyter kernel (a display reaches a front-end); not merely with ipykernel imported."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return shell is not None and getattr(shell, "kernel", None) is not None

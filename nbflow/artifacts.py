@@ -18,13 +18,13 @@ so artifacts are not kept across processes.
 from __future__ import annotations
 
 import html
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from nbflow._kernel import in_kernel
 from nbflow.exceptions import ConfigurationError
 
 __all__ = ["Artifact", "create_image_artifact", "create_link_artifact", "create_markdown_artifact",
@@ -112,7 +112,7 @@ def _create(kind: str, data: Any, key: str | None, description: str | None) -> s
 
 def _show(artifact: Artifact, update: bool) -> None:
     """Display the artifact in the running Jupyter cell (nothing outside a kernel)."""
-    if "ipykernel" not in sys.modules:
+    if not in_kernel():
         return
     try:
         from IPython.display import display

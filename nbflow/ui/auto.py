@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from nbflow._kernel import in_kernel
+
 if TYPE_CHECKING:
     from nbflow.runs import RunRecord
     from nbflow.ui.cells import CellGraph
@@ -28,13 +30,8 @@ _watching: Any = None  # the shell whose cell runs close graphs (the hook is reg
 
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (where a display reaches a front-end), False in a terminal IPython or
-    a plain script."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    a plain script (:func:`nbflow._kernel.in_kernel`)."""
+    return in_kernel()
 
 
 def on_flow_start(run: RunRecord) -> None:
