@@ -14,7 +14,7 @@ import pytest
 from nbflow.ui.model import css_state
 from tests.browser.test_graph_browser import open_and_run_all, write_notebook
 
-STEP = 1.0  # seconds a task runs
+STEP = 0.7  # seconds a task runs (every state lasts longer than LAG)
 LAG = 0.5  # how late the page may show a state
 RUNS = 5
 
