@@ -53,8 +53,9 @@ def find_home(start: str | os.PathLike[str] | None = None) -> Path:
     does, the ``.nbflow`` in ``start`` itself. So every notebook of a project shares the store at its
     root, and a store left in a directory above a project is not used by it. The walk stops below the
     user's home directory (which counts only when it is ``start``) and at the filesystem root, so a
-    store or a dotfiles repository in the home directory does not capture every notebook under it. A few
-    stat calls, made once per process (settings are read once).
+    store or a dotfiles repository in the home directory does not capture every notebook under it; it also
+    stops at a directory another user owns or others may write into (``/tmp``), and a ``.nbflow`` there or
+    of another user's is not used. A few stat calls, made once per process (settings are read once).
     """
     here = Path(start if start is not None else os.getcwd()).expanduser().absolute()
     try:
@@ -62,11 +63,26 @@ def find_home(start: str | os.PathLike[str] | None = None) -> Path:
     except (KeyError, RuntimeError):  # no HOME and no passwd entry
         user_home = None
     for directory in (here, *here.parents):
-        if directory == user_home and directory != here:
+        if directory != here and (directory == user_home or not _own_directory(directory)):
             break
-        if (directory / ".nbflow").is_dir() or any((directory / marker).exists() for marker in PROJECT_MARKERS):
-            return directory / ".nbflow"
+        store = directory / ".nbflow"
+        if (store.is_dir() and _own_directory(store)) or any((directory / marker).exists()
+                                                              for marker in PROJECT_MARKERS):
+            return store
     return here / ".nbflow"
+
+
+def _own_directory(path: Path) -> bool:
+    """``path`` belongs to this user and nobody else may write into it: a store found in a shared directory
+    (``/tmp``, another user's) would hand this user's results, locks and limits to whoever made it."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:  # no owners to compare (Windows)
+        return True
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return info.st_uid == getuid() and not info.st_mode & 0o002
 
 
 def _default_secret_file() -> Path:

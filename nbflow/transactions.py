@@ -377,25 +377,33 @@ def lock_key(key: str, timeout: float | None, what: str) -> int:
         from nbflow.exceptions import NbflowError
 
         raise NbflowError(f"{what}: another thread held its lock for more than {timeout:g} s")
-    directory = get_settings().home / "locks"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / f"{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
-            break
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                os.close(fd)
-                local.release()
-                raise
-            if deadline is not None and time.monotonic() >= deadline:
-                os.close(fd)
-                local.release()
-                from nbflow.exceptions import NbflowError
+    try:
+        directory = get_settings().home / "locks"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(directory / f"{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except BaseException:
+        local.release()
+        raise
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    from nbflow.exceptions import NbflowError
 
-                raise NbflowError(f"{what}: another process held its lock for more than {timeout:g} s") from None
-            time.sleep(0.05)
+                    raise NbflowError(
+                        f"{what}: another process held its lock for more than {timeout:g} s") from None
+                time.sleep(0.05)
+    except BaseException:
+        # Whatever ends the wait (a timeout, an error, Ctrl-C in a blocking flock): the key's thread lock and
+        # the file are let go, or every later call of the key would wait on them for ever.
+        os.close(fd)
+        local.release()
+        raise
     _held_paths[fd] = local
     return fd
 

@@ -94,3 +94,21 @@ def test_every_cli_command_uses_the_rule_and_prints_the_store_first(
     monkeypatch.chdir(project / "notebooks")
     assert main(["runs", "--json"]) == 0
     assert '"home": "' + str(project / ".nbflow") in capsys.readouterr().out
+
+
+def test_the_walk_stops_at_a_directory_others_may_write_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``.nbflow`` (or a project marker) in a shared directory like /tmp is somebody else's to plant: this
+    user's results, locks and limits never go there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NBFLOW_HOME")
+    shared = tmp_path / "shared"
+    work = shared / "alice" / "work"
+    work.mkdir(parents=True)
+    (shared / ".nbflow").mkdir()
+    (shared / "pyproject.toml").write_text("")
+    shared.chmod(0o777)
+    try:
+        assert find_home(work) == work / ".nbflow"
+        assert find_home(shared) == shared / ".nbflow"  # the current directory itself is the user's choice
+    finally:
+        shared.chmod(0o755)

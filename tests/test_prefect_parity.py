@@ -598,3 +598,25 @@ def test_artifacts_are_kept_and_shown_in_a_notebook_only(capsys) -> None:
     assert Artifact.get("nothing") is None
     with pytest.raises(ConfigurationError, match="from 0 to 100"):
         update_progress_artifact(progress_id, 150)
+
+
+def test_a_storage_key_from_the_task_runs_id_or_name_never_shares_an_entry() -> None:
+    @nbflow.task(result_storage_key="by-id-{task_run.id}")
+    def by_id(x: int) -> int:
+        return x * 10
+
+    @nbflow.task(result_storage_key="by-name-{task_run.name}")
+    def by_name(x: int) -> int:
+        return x * 10
+
+    @nbflow.task(result_storage_key="by-flow-{flow_run.id}")
+    def by_flow(x: int) -> int:
+        return x * 10
+
+    @nbflow.flow
+    def calls() -> tuple[int, ...]:
+        return by_id(1), by_id(2), by_name(1), by_name(2)
+
+    assert calls() == (10, 20, 10, 20)  # each call its own run id and name, as in Prefect
+    with pytest.raises(ConfigurationError, match=r"\{flow_run.id\} has no value here"):
+        by_flow(3)  # outside a flow: no run id to render (not the text "None", shared by every call)

@@ -603,7 +603,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
         output_path = Path(output)
         try:
             output_path.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(_signed(notebook), str(output_path))
+            # Trusted only when every code cell ran here: a cell never reached (after a failure, Ctrl-C or
+            # a timeout) still holds the outputs the notebook came with, which nobody here produced.
+            complete = failed_cell is None and not interrupt.stopping
+            nbformat.write(_signed(notebook) if complete else notebook, str(output_path))
         except OSError as error:
             # The run itself is over and recorded; say what could not be written, as an error.
             print(f"nbflow: error: could not write the executed notebook to {output}: {error}", file=sys.stderr)
@@ -617,9 +620,10 @@ def run_notebook(path: Path, *, output: str | None = None, kernel: str | None = 
 
 def _signed(notebook: Any) -> Any:
     """The executed notebook marked trusted by this user's Jupyter, as Jupyter marks a notebook a user ran
-    and saved: its outputs are this run's own, and a front-end shows an untrusted notebook's graphs (SVG) as
-    plain text. Anyone else opening it sees it untrusted, as usual. Signed as it reads back from disk (the
-    executed notebook in memory differs in ways the signature sees)."""
+    and saved: its outputs are this run's own (the caller signs only a run in which every cell ran), and a
+    front-end shows an untrusted notebook's graphs (SVG) as plain text. Anyone else opening it sees it
+    untrusted, as usual. Signed as it reads back from disk (the executed notebook in memory differs in ways
+    the signature sees)."""
     import nbformat
     from nbformat.sign import NotebookNotary
 

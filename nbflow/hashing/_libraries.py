@@ -633,12 +633,12 @@ def _arrow_strings_encoding(arr: Any, pa: Any, np: Any, wide: bool | None) -> by
 # Encodings of large arrow string columns already computed, by the identity of the array object (kept only
 # while it lives: a weak reference; its id() alone could be a new array's). Why this is never stale: arrow
 # arrays are immutable (pyarrow offers no way to change one in place; pandas replaces a column's array on
-# every assignment, it never writes into one), and a string/binary array's buffers are always built by arrow
-# itself when it converts Python strings, pandas columns or files, never borrowed from memory someone else
-# can write. Numeric arrow arrays are never remembered: pyarrow wraps a numpy array without copying it, and
-# writing into that numpy array changes the arrow array. The one way around the rule is to build a string
-# array by hand over writable memory (``pa.Array.from_buffers`` on a ``py_buffer`` of a bytearray) and then
-# write into that memory: arrow's own contract calls that undefined, and nbflow's documentation says so.
+# every assignment, it never writes into one), and only arrays whose buffers arrow allocated itself are
+# remembered (see _allocated_by_arrow: not one over a memory-mapped file or a zero-copy read). Numeric
+# arrow arrays are never remembered: pyarrow wraps a numpy array without copying it, and writing into that
+# numpy array changes the arrow array. The one way around the rule is to build a string array by hand over
+# writable memory (``pa.Array.from_buffers`` on a ``py_buffer`` of a bytearray) and then write into that
+# memory: arrow's own contract calls that undefined, and nbflow's documentation says so.
 _STRINGS_MEMO: dict[tuple[int, bool | None], tuple[weakref.ref[Any], bytes]] = {}
 _MEMO_MIN_VALUES = 1 << 12  # smaller columns are hashed again: microseconds, not worth an entry
 _MEMO_MAX_ENTRIES = 1 << 12
@@ -646,7 +646,7 @@ _MEMO_MAX_ENTRIES = 1 << 12
 
 def _arrow_strings_memo(arr: Any, pa: Any, np: Any, wide: bool | None) -> bytes:
     """:func:`_arrow_strings_encoding`, computed once per array object while that object lives."""
-    if len(arr) < _MEMO_MIN_VALUES:
+    if len(arr) < _MEMO_MIN_VALUES or not _allocated_by_arrow(arr):
         return _arrow_strings_encoding(arr, pa, np, wide)
     key = (id(arr), wide)
     known = _STRINGS_MEMO.get(key)
@@ -661,6 +661,17 @@ def _arrow_strings_memo(arr: Any, pa: Any, np: Any, wide: bool | None) -> bytes:
         _STRINGS_MEMO.clear()
     _STRINGS_MEMO[key] = (ref, encoding)
     return encoding
+
+
+def _allocated_by_arrow(arr: Any) -> bool:
+    """Every buffer of ``arr`` is memory arrow allocated itself: not a slice of another buffer, as the
+    buffers of a memory-mapped file or a zero-copy IPC read are (whose bytes another process, or a write to
+    the file, can change under an immutable-looking array). Only such arrays are remembered."""
+    try:
+        buffers = arr.buffers()
+    except Exception:
+        return False
+    return all(buf is None or (buf.parent is None and buf.is_mutable) for buf in buffers)
 
 
 def _forget_strings(key: tuple[int, bool | None], gone: weakref.ref[Any]) -> None:

@@ -26,8 +26,36 @@ def template_values(parameters: dict[str, Any] | None = None, task_name: str | N
     """The names a ``result_storage_key`` template may use: ``parameters`` (the call's arguments),
     ``task_run`` (``.id``, ``.name``, ``.task_name``) and ``flow_run`` (``.id``, ``.name``, ``.flow_name``,
     ``.parameters``), as Prefect formats them."""
-    task = types.SimpleNamespace(id=task_run.get_id(), name=task_run.get_name() or task_name,
+    # The key is made before the call's own task run exists: its id and run name are, as in Prefect, the
+    # run's own — new for every call — so a template using them never shares an entry between two calls
+    # (a key rendered from the task's name, or from None, would hand one call's result to another).
+    from nbflow.runs import new_id
+
+    own = new_id()
+    task = types.SimpleNamespace(id=own, name=f"{task_name or task_run.get_task_name() or 'task'}-{own[:8]}",
                                  task_name=task_run.get_task_name() or task_name, tags=task_run.get_tags())
-    flow = types.SimpleNamespace(id=flow_run.get_id(), name=flow_run.get_name(), flow_name=flow_run.get_flow_name(),
-                                 parameters=flow_run.get_parameters(), tags=flow_run.get_tags())
+    flow = types.SimpleNamespace(
+        id=_known(flow_run.get_id(), "flow_run.id"), name=_known(flow_run.get_name(), "flow_run.name"),
+        flow_name=_known(flow_run.get_flow_name(), "flow_run.flow_name"),
+        parameters=flow_run.get_parameters(), tags=flow_run.get_tags())
     return {"parameters": dict(parameters or task_run.get_parameters()), "task_run": task, "flow_run": flow}
+
+
+class _Unknown:
+    """A template field with no value here (a flow run's outside any flow): formatting it is an error, not
+    the text "None" that every such call would share."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __format__(self, spec: str) -> str:
+        raise ValueError(f"{{{self.field}}} has no value here: the call is not inside a flow run")
+
+    def __str__(self) -> str:  # str() and !r fail the same way
+        return self.__format__("")
+
+    __repr__ = __str__
+
+
+def _known(value: Any, field: str) -> Any:
+    return _Unknown(field) if value is None else value

@@ -65,3 +65,20 @@ def test_keep_static_graphs_leaves_notebooks_without_graphs_alone() -> None:
     assert keep_static_graphs(notebook) == 0
     assert WIDGET_VIEW in notebook.cells[0].outputs[0]["data"] and "abc" in notebook.metadata["widgets"][
         WIDGET_STATE]["state"]
+
+
+def test_a_run_that_stops_early_is_not_marked_trusted(tmp_path: Path) -> None:
+    """A cell never reached keeps the outputs the notebook came with: nobody here produced them."""
+    from nbformat.sign import NotebookNotary
+
+    path = write_notebook(tmp_path / "early.ipynb", "1 / 0", "print('never')")
+    notebook = nbformat.read(str(path), as_version=4)
+    notebook.cells[1].outputs = [nbformat.v4.new_output("display_data", data={"text/html": "<b>shipped</b>"})]
+    nbformat.write(notebook, str(path))
+    run = nbflow_cli("run", str(path), "-o", str(tmp_path / "out.ipynb"), cwd=tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    written = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4)
+    assert written.cells[1].outputs and not NotebookNotary().check_signature(written)
+    complete = write_notebook(tmp_path / "complete.ipynb", "print('ran')")
+    assert nbflow_cli("run", str(complete), "-o", str(tmp_path / "ok.ipynb"), cwd=tmp_path).returncode == 0
+    assert NotebookNotary().check_signature(nbformat.read(str(tmp_path / "ok.ipynb"), as_version=4))

@@ -49,3 +49,24 @@ def test_string_columns_changed_in_place_are_read_again(shell: Any, dtype: str) 
         _run(shell, CELL)  # unchanged: a hit, the same count
         assert shell.user_ns["count"] == expected
         assert any("restored from the cache" in notice for notice in _states(shell)), change
+
+
+def test_a_memory_mapped_string_column_changed_on_disk_gets_a_new_fingerprint(tmp_path: Any) -> None:
+    """Arrow arrays look immutable, but one over a memory-mapped file changes when the file does: its
+    fingerprint is never remembered."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    from nbflow.hashing.values import fingerprint
+
+    path = tmp_path / "table.arrow"
+    feather.write_feather(pa.table({"s": pa.array([f"value{i:06d}" for i in range(ROWS)])}), str(path),
+                          compression="uncompressed")
+    column = feather.read_table(str(path), memory_map=True)["s"]
+    before = fingerprint(column)
+    data = path.read_bytes()
+    with open(path, "r+b") as file:
+        file.seek(data.find(b"value000000"))
+        file.write(b"XXXXXX")
+    assert column[0].as_py().startswith("XXXXXX")
+    assert fingerprint(column) != before
