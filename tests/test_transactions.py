@@ -235,3 +235,25 @@ def test_a_transaction_ends_after_the_calls_submitted_inside_it() -> None:
         raise RuntimeError("fails while the call still runs")
     assert undone == [1]
     assert task_runs("slow_part")[-1].state == "RolledBack"
+
+
+def test_a_key_lock_interrupted_while_waiting_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while waiting for another process's lock: the key's lock is free again afterwards (else every
+    later call of a SERIALIZABLE key would wait for ever)."""
+    import fcntl
+
+    from nbflow.transactions import lock_key, unlock_key
+
+    real_flock = fcntl.flock
+    interrupted = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # as SIGINT arrives in a blocking flock
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(KeyboardInterrupt):
+        lock_key("report-2026", None, "test")
+    unlock_key(lock_key("report-2026", 3, "test"))  # free again, at once
