@@ -143,15 +143,10 @@ def delete_limit(name: str) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a slot holder's process still runs (the run history's test of it)."""
+    from nbflow.runs import _process_alive
+
+    return _process_alive(pid)
 
 
 def _free_dead(connection: sqlite3.Connection, name: str) -> None:
