@@ -59,7 +59,11 @@ _FLUSH_ROWS = 2000
 # at a larger size, should the idle writer fall behind.
 _CHECKPOINT_BYTES = 2_000_000
 _AUTOCHECKPOINT_BYTES = 32_000_000
-_SESSION_IN_MEMORY = 10_000
+# A run keeps at most this many of its task runs in memory (then the newest half of them, and any still
+# under way); every one is in the history on disk. A flow of a million calls, or a kernel's session, then
+# holds a bounded amount whatever its length.
+_IN_MEMORY = 10_000
+_FINISHED_TYPES = frozenset(("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
 
 
 _add_lock = threading.Lock()
@@ -264,6 +268,8 @@ class RunRecord:
     logs: list[str] = field(default_factory=list)
     # The name given by the flow's flow_run_name (None: the flow's name).
     run_name: str | None = None
+    # Outcomes (as counts() names them) of the finished task runs no longer kept in memory.
+    forgotten: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def duration(self) -> float | None:
@@ -286,42 +292,82 @@ class RunRecord:
                 f"{format_duration(self.duration)}, {self._counts_text()}, id {self.id[:12]}>")
 
     def _counts_text(self) -> str:
-        if not self.task_runs and self.task_run_count:  # listed without its task runs
+        if not self.task_runs and not self.forgotten and self.task_run_count:  # listed without its task runs
             return f"{self.task_run_count} task runs"
         counts = self.counts()
         other = f", {counts['other']} other" if counts["other"] else ""
         return f"{counts['cached']} cached, {counts['computed']} computed, {counts['failed']} failed{other}"
 
     def add_task_run(self, task_run: TaskRunRecord) -> None:
-        """Append a task run, numbering it. A session run keeps only its latest task runs in memory
-        (all are in the history on disk), so a kernel that makes millions of calls does not grow."""
+        """Append a task run, numbering it. A run keeps only its newest task runs in memory (all are in the
+        history on disk: :func:`get_run` reads them), so a flow or a kernel that makes millions of calls
+        does not grow."""
         with _add_lock:  # task calls may start from several threads at once
             task_run.seq = self.task_run_count
             self.task_run_count += 1
             self.task_runs.append(task_run)
-            if self.kind == "session" and len(self.task_runs) > _SESSION_IN_MEMORY:
-                del self.task_runs[: len(self.task_runs) - _SESSION_IN_MEMORY // 2]
+            if len(self.task_runs) > _IN_MEMORY:
+                self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        # The oldest finished task runs leave memory, counted by outcome so that counts() stays whole; those
+        # still under way stay (the engine changes them, and they are this run's to show).
+        cut = len(self.task_runs) - _IN_MEMORY // 2
+        head = self.task_runs[:cut]
+        under_way = [task_run for task_run in head if task_run.state_type not in _FINISHED_TYPES]
+        tally = self.forgotten
+        for task_run in head:
+            if task_run.state_type in _FINISHED_TYPES:
+                outcome = _outcome(task_run)
+                tally[outcome] = tally.get(outcome, 0) + 1
+        self.task_runs[:cut] = under_way
+
+    @property
+    def task_runs_complete(self) -> bool:
+        """Whether :attr:`task_runs` holds every task run of this run (False once the oldest finished ones
+        were left to the history, or for a run listed without its task runs)."""
+        return len(self.task_runs) >= self.task_run_count
+
+    def all_task_runs(self) -> list[TaskRunRecord]:
+        """Every task run of this run, in call order: :attr:`task_runs` when it holds them all, else the
+        history's copies of the ones no longer in memory followed by those in memory."""
+        in_memory = list(self.task_runs)
+        if len(in_memory) >= self.task_run_count:
+            return in_memory
+        live = {task_run.id for task_run in in_memory}
+        try:
+            stored = history().find_task_runs([self.id])
+        except Exception:  # the history cannot be read: what memory holds
+            return in_memory
+        older = [task_run for task_run in stored if task_run.id not in live]
+        return sorted([*older, *in_memory], key=lambda task_run: task_run.seq)
 
     def counts(self) -> dict[str, int]:
-        """Task runs by outcome: cached, computed, failed, other."""
+        """Task runs by outcome: cached, computed, failed, other (those no longer in memory included)."""
         counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
+        for outcome, number in self.forgotten.items():
+            counts[outcome] += number
         for task_run in self.task_runs:
-            if task_run.state == "Cached":
-                counts["cached"] += 1
-            elif task_run.state_type == "COMPLETED":
-                counts["computed"] += 1
-            elif task_run.state_type in ("FAILED", "CRASHED", "CANCELLED"):
-                counts["failed"] += 1
-            else:
-                counts["other"] += 1
+            counts[_outcome(task_run)] += 1
         return counts
 
     def header(self) -> dict[str, Any]:
         """Every field but the task runs (which are stored, and copied, separately)."""
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "task_runs"}
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__
+                if name != "task_runs" and name != "forgotten"}
         data["history"] = [asdict(entry) for entry in self.history]
         data["parameters"] = dict(self.parameters)
         return data
+
+
+def _outcome(task_run: TaskRunRecord) -> str:
+    if task_run.state == "Cached":
+        return "cached"
+    if task_run.state_type == "COMPLETED":
+        return "computed"
+    if task_run.state_type in ("FAILED", "CRASHED", "CANCELLED"):
+        return "failed"
+    return "other"
 
 
 class RunHistory:

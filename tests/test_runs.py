@@ -397,3 +397,53 @@ def test_list_runs_prints_one_line_per_run_and_a_table_in_a_notebook(nbflow_home
     assert html.startswith("<table") and html.count("<tr>") == 4
     assert "label=&#x27;a &lt;b&gt;&#x27;" in html  # parameters shown, escaped
     assert repr(runs.RunList()) == "RunList([])"
+
+
+def test_a_long_flow_keeps_its_newest_task_runs_in_memory_and_every_one_in_the_history(
+        nbflow_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbflow.context import FlowRunContext
+    from nbflow.ui.model import GraphModel
+
+    # Small numbers, the same rule as a flow of a million calls: memory holds a bounded number of records.
+    monkeypatch.setattr(runs, "_IN_MEMORY", 10)
+    released = threading.Event()
+    live: list[RunRecord] = []
+
+    @nbflow.task(cache_policy=nbflow.cache_policies.NONE)
+    def quick(i: int) -> int:
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    @nbflow.task(cache_policy=nbflow.cache_policies.NONE)
+    def slow() -> int:
+        released.wait(30)
+        return -1
+
+    @nbflow.flow
+    def many() -> int:
+        context = FlowRunContext.get()
+        assert context is not None
+        live.append(context.run)
+        waiting = [slow.submit(), slow.submit()]
+        try:
+            states = [quick(i, return_state=True) for i in range(33)]
+            total = sum(state.result() for state in states if not state.is_failed())
+            # The submitted calls still under way were never left out, however old.
+            assert [t.task_name for t in context.run.task_runs[:2]] == ["slow", "slow"]
+            assert all(t.state_type in ("PENDING", "RUNNING") for t in context.run.task_runs[:2])
+        finally:
+            released.set()
+        return total + sum(future.result() for future in waiting)
+
+    many()
+    (run,) = live
+    assert len(run.task_runs) <= 10 and run.task_run_count == 35
+    assert run.counts() == {"cached": 0, "computed": 34, "failed": 1, "other": 0}
+    assert "34 computed, 1 failed" in repr(run)
+    assert [t.seq for t in run.all_task_runs()] == list(range(35))
+    stored = runs.history().get_run(run.id)
+    assert stored is not None and [t.seq for t in stored.task_runs] == list(range(35))
+    model = GraphModel()
+    model.add_run(run)  # the graph of the whole run reads the calls memory no longer holds
+    assert {t.id for t in stored.task_runs} <= set(model.alias)

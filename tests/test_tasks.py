@@ -375,7 +375,7 @@ def test_a_session_keeps_only_its_latest_task_runs_in_memory_but_all_on_disk(mon
     from nbflow import runs
     from nbflow.engine.runtime import finish_session, session_run
 
-    monkeypatch.setattr(runs, "_SESSION_IN_MEMORY", 10)
+    monkeypatch.setattr(runs, "_IN_MEMORY", 10)
 
     @nbflow.task(cache_policy=NONE)
     def f(i: int) -> int:

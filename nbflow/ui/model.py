@@ -350,7 +350,10 @@ class GraphModel:
         self.runs[run.id] = run
         self.structure_rev += 1
         marks = [(entry.timestamp, entry.name, entry.type) for entry in list(run.history)]
-        for task_run in list(run.task_runs):
+        # A long flow keeps only its newest task runs in memory: the graph of its whole run reads the rest
+        # (a session's graph shows its newest calls: its history may hold millions).
+        records = list(run.task_runs) if run.kind == "session" else run.all_task_runs()
+        for task_run in records:
             attempt, final = _attempt_at(marks, task_run)
             self.add_task_run(run, task_run, attempt, run_final=final)
         return True

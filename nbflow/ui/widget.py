@@ -227,7 +227,7 @@ class TaskGraph(anywidget.AnyWidget):
         sessions = [run for run in old.runs.values() if run.kind == "session"]
         budget = SESSION_CALLS - sum(len(run.task_runs) for run in sessions)
         flows = _newest_runs([run for run in old.runs.values() if run.kind != "session"], budget,
-                             lambda run: len(run.task_runs))
+                             lambda run: run.task_run_count)
         model = GraphModel()
         for run in sorted([*sessions, *flows], key=lambda run: run.start_time):
             model.add_run(run)

@@ -358,7 +358,7 @@ def test_a_session_graph_keeps_the_newest_calls_only(monkeypatch: pytest.MonkeyP
     # A kernel's session run keeps its newest calls in memory; a session graph follows it rather than hold
     # every record of the session for as long as it is displayed. Small numbers, same rules.
     monkeypatch.setattr(widget_module, "SESSION_CALLS", 100)
-    monkeypatch.setattr(nbflow.runs, "_SESSION_IN_MEMORY", 100)
+    monkeypatch.setattr(nbflow.runs, "_IN_MEMORY", 100)
 
     @nbflow.task(cache_policy=NONE)
     def quick(i: int) -> int:
