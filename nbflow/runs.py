@@ -243,7 +243,11 @@ def _entry_from_json(entry: dict[str, Any] | list[Any]) -> StateEntry:
 @dataclass
 class RunRecord:
     """The record of one flow run, or of the task calls one process made outside any flow
-    (``kind="session"``)."""
+    (``kind="session"``).
+
+    ``task_runs`` holds its newest 10,000 task runs at most (and any still under way): a flow of a million
+    calls, or a kernel's session, stays small in memory. The history on disk has every one:
+    :meth:`all_task_runs` and :func:`get_run` read them, and :meth:`counts` counts them all."""
 
     id: str
     flow_name: str
