@@ -17,7 +17,10 @@ match (and the file was not modified within a second of being digested, where a 
 a change: that one is digested again); otherwise the content is digested again and compared. A file
 that changed, appeared or vanished makes the hit a miss, named in ``%nbflow why``.
 
-Not seen: reads made inside C libraries that open files themselves (pyarrow's readers, h5py, some image
+pyarrow's readers (``pandas.read_parquet``, ``pyarrow.parquet``, ``pyarrow.dataset``, …) open files in native
+code: :mod:`nbflow.engine.native_reads` wraps them so the paths they are given are seen too.
+
+Not seen: reads made inside other native libraries that open files themselves (h5py, polars, some image
 libraries), reads in other processes (a Dask worker, a subprocess), databases and URLs. Declare such
 files with ``@task(files=...)`` / ``%%task --files``; they are recorded as if the call read them.
 """
@@ -223,6 +226,9 @@ def _install() -> None:
         os.open, os.listdir, os.scandir = os_open, listdir, scandir
         _rebind(replacements)
         _installed = True
+    from nbflow.engine import native_reads
+
+    native_reads.install()  # pyarrow's readers, which open files in native code
 
 
 # Modules whose own references to open stay as they are: reading source code is not reading data.
