@@ -109,6 +109,25 @@ class Recorder:
             recorder.appends.setdefault(path, given)
             recorder = recorder.parent
 
+    def seen(self) -> tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str]]:
+        """What this recorder saw (reads, writes, appends), to send to the process that made the call."""
+        return self.reads, self.writes, self.appends
+
+    def take(self, seen: tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str]]) -> None:
+        """What a recorder in another process saw (:meth:`seen`) for this call, as if seen here: each read
+        with the size and time it had when it was read there."""
+        reads, writes, appends = seen
+        recorder: Recorder | None = self
+        while recorder is not None:
+            for path, read in reads.items():
+                if path not in recorder.reads and path not in recorder.done and path not in recorder.writes:
+                    recorder.reads[path] = read
+            for path, given in writes.items():
+                recorder.writes.setdefault(path, given)
+            for path, given in appends.items():
+                recorder.appends.setdefault(path, given)
+            recorder = recorder.parent
+
     def adopt(self, reads: Iterable[FileRead]) -> None:
         """Reads (and writes) of a cached entry served inside this call: this call depends on them too."""
         recorder: Recorder | None = self

@@ -4,8 +4,9 @@ As with the Dask runner, the engine (cache key, lookup, persistence, states) sta
 cache hit never starts a worker — and only an attempt of the user's function is shipped: the function
 and its arguments go over by value with ``cloudpickle`` when it is installed (functions defined in a
 notebook cannot be imported by a fresh process), by reference otherwise. Timeouts are enforced in the
-worker. Because attempts run elsewhere, the files they read through Python and the random numbers they
-draw are not seen here: only files declared with ``@task(files=...)`` count for their cache entries.
+worker. The worker records the files an attempt reads (as a call in this process would: through ``open``,
+directory listings and pyarrow's readers) and sends them back with its state, so they count for the cache
+entry as any call's do. The random numbers an attempt draws in the worker are not seen here.
 """
 
 from __future__ import annotations
@@ -36,18 +37,25 @@ def _dumps(value: Any) -> bytes:
 
 
 def _attempt_in_worker(payload: bytes) -> bytes:
-    """In the worker process: one attempt, its outcome as a pickled state."""
+    """In the worker process: one attempt, and what it read; its outcome as a pickled (state, reads)."""
+    from nbflow.engine import file_reads
     from nbflow.engine.task_engine import call_to_state
 
     fn, args, kwargs, timeout_seconds, label = pickle.loads(payload)
-    state = call_to_state(fn, args, kwargs, timeout_seconds, label)
+    recorder = file_reads.Recorder(None)
+    token = file_reads.start(recorder)
     try:
-        return _dumps(state)
+        state = call_to_state(fn, args, kwargs, timeout_seconds, label)
+    finally:
+        file_reads.stop(token)
+    reads = recorder.seen()
+    try:
+        return _dumps((state, reads))
     except Exception as error:
         from nbflow.states import Failed
 
         problem = TypeError(f"{label} returned a value that cannot be sent back from its worker process: {error}")
-        return _dumps(Failed(problem, message=str(problem)))
+        return _dumps((Failed(problem, message=str(problem)), reads))
 
 
 class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
@@ -60,6 +68,7 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     """
 
     runs_attempts_here = False
+    reports_reads = True  # the worker's file reads come back with each attempt
 
     def __init__(self, max_workers: int | None = None, *, initializer: Callable[..., Any] | None = None,
                  initargs: tuple[Any, ...] = ()) -> None:
@@ -110,6 +119,7 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     def call_attempt(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                      timeout_seconds: float | None, label: str) -> State:
         """Send one attempt to a worker process and wait for its state."""
+        from nbflow.engine.file_reads import current as current_recorder
         from nbflow.engine.task_engine import error_summary
         from nbflow.states import Cancelled, Crashed, Failed
 
@@ -131,7 +141,11 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
             return Crashed(error, message=f"the worker process died: {error_summary(error)}")
         except Exception as error:
             return Failed(error, message=f"in a worker process: {error_summary(error)}")
-        state: State = pickle.loads(outcome)
+        state: State
+        state, reads = pickle.loads(outcome)
+        recorder = current_recorder()  # the call's: its entry depends on what the worker read
+        if recorder is not None:
+            recorder.take(reads)
         return state
 
     def duplicate(self) -> ProcessPoolTaskRunner:

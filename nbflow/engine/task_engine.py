@@ -534,7 +534,10 @@ class TaskRunEngine:
             return
         runner = getattr(self.attempt, "__self__", None)
         if runner is not None and not getattr(runner, "runs_attempts_here", True):
-            self.observation = Observation(task.files, random_generators=False, watch=False)
+            # Attempts run elsewhere: a runner that sends their file reads back records them in this call's
+            # recorder (current while it waits); the random numbers drawn there are not seen.
+            self.observation = Observation(task.files, random_generators=False,
+                                           watch=getattr(runner, "reports_reads", False))
             return
         self.observation = Observation(task.files, self.key is not None and self.may_draw())
 

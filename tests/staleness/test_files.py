@@ -276,3 +276,30 @@ def test_a_task_listing_a_directory_keeps_its_key_whether_or_not_the_readers_are
     print(before == code_identity(names), type(os.listdir).__name__)
     """
     assert lines(run_script(tmp_path, source)) == ["True function"]
+
+
+def test_files_read_in_a_process_pool_worker_count_for_the_entry(tmp_path: Path) -> None:
+    # The attempt runs in another process: the worker records what it reads and sends it back.
+    source = """
+    import nbflow
+
+    @nbflow.task
+    def read(path):
+        with open(path) as handle:
+            return handle.read().strip()
+
+    @nbflow.flow(task_runner=nbflow.ProcessPoolTaskRunner(max_workers=1))
+    def fan():
+        return read.submit("notes.txt").result()
+
+    if __name__ == "__main__":
+        print(fan())
+        state = read("notes.txt", return_state=True)  # the entry the worker's attempt stored, in this process
+        print(state.name, state.result())
+    """
+    (tmp_path / "notes.txt").write_text("first")
+    assert lines(run_script(tmp_path, source)) == ["first", "Cached first"]
+    (tmp_path / "notes.txt").write_text("second")
+    later = time.time_ns() + 5_000_000_000
+    os.utime(tmp_path / "notes.txt", ns=(later, later))
+    assert lines(run_script(tmp_path, source)) == ["second", "Cached second"]
