@@ -27,18 +27,19 @@ files with ``@task(files=...)`` / ``%%task --files``; they are recorded as if th
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import xxhash
 
-__all__ = ["FileRead", "Recorder", "changed", "current", "declare", "finish", "start", "stop"]
+__all__ = ["FileRead", "Recorder", "changed", "current", "declare", "finish", "start", "stop", "unwatched"]
 
 # A file modified this close to the moment it was digested may change again within the same mtime tick
 # (1-2 s on some filesystems): such a read is digested again on every check.
@@ -329,6 +330,16 @@ def start(recorder: Recorder) -> contextvars.Token[Recorder | None]:
 def stop(token: contextvars.Token[Recorder | None]) -> None:
     """The recorder current before :func:`start` is current again."""
     _current.reset(token)
+
+
+@contextlib.contextmanager
+def unwatched() -> Iterator[None]:
+    """Within this block, files opened are nobody's reads (nbflow's own work inside a call)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 def declare(recorder: Recorder | None, paths: Iterable[Any]) -> None:

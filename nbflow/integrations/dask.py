@@ -34,6 +34,7 @@ except ImportError as _error:
 import concurrent.futures
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -84,9 +85,11 @@ class DaskTaskRunner(TaskRunner):
     decorator gives every run of the flow its own cluster.
     """
 
-    # Attempts run on the cluster's workers: what they read or draw there is not seen here (declare files
-    # with @task(files=...)); what the kernel does meanwhile (starting a cluster) is not the task's.
+    # Attempts run on the cluster's workers: the files they read there count when the worker is on this
+    # machine (sent back with the outcome); on another machine, or the random numbers they draw, are not
+    # seen here (declare files with @task(files=...)). Starting a cluster meanwhile is not the task's.
     runs_attempts_here = False
+    reports_reads = True  # a worker on this machine: its file reads count (see _attempt_on_worker)
 
     #: How long past a task's ``timeout_seconds`` the kernel waits for a running attempt before giving
     #: up on it (the worker's own timeout normally ends it first; this catches a call stuck in C code).
@@ -226,13 +229,15 @@ class DaskTaskRunner(TaskRunner):
     def call_attempt(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                      timeout_seconds: float | None, label: str) -> State:
         """Ship one attempt of ``fn`` to the cluster, wait for it and turn its outcome into a state."""
+        from nbflow.engine.file_reads import unwatched
         from nbflow.engine.task_engine import error_summary
         from nbflow.states import Cancelled, Failed
 
         if self._closing:
             return Cancelled(message="the flow run ended before this attempt was shipped")
         try:
-            client = self.client
+            with unwatched():  # starting a cluster reads its configuration: not the task's reads
+                client = self.client
         except Exception as error:
             return Failed(error, message=f"the Dask cluster is not available: {error_summary(error)}")
         key = f"nbflow-{_key_name(label)}-{uuid.uuid4().hex}"
@@ -311,12 +316,20 @@ def _key_name(label: str) -> str:
 
 
 def _attempt_on_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                       timeout_seconds: float | None, label: str) -> tuple[str, str, str | None, str, Any]:
+                       timeout_seconds: float | None, label: str) -> tuple[str, str, str | None, str, Any, Any]:
     """Runs on a Dask worker: one attempt under nbflow's timeout, its outcome returned by value (an
-    exception travels with its traceback), so the kernel builds the state and applies the retries."""
+    exception travels with its traceback), so the kernel builds the state and applies the retries; with
+    the files it read and the worker's host (its reads count in the kernel when that is this machine)."""
+    from nbflow.engine import file_reads
     from nbflow.engine.task_engine import call_to_state
 
-    state = call_to_state(fn, args, kwargs, timeout_seconds, label)
+    recorder = file_reads.Recorder(None)
+    token = file_reads.start(recorder)
+    try:
+        state = call_to_state(fn, args, kwargs, timeout_seconds, label)
+    finally:
+        file_reads.stop(token)
+    reads = (socket.gethostname(), recorder.seen())
     data = state.result(raise_on_failure=False) if state.has_result() else None
     if isinstance(data, BaseException):
         import tblib.pickling_support
@@ -325,7 +338,7 @@ def _attempt_on_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
         # user's frames as they ran on the worker.
         tblib.pickling_support.install(data)
     where = _worker_address()
-    return state.type.value, state.name, state.message, where, data
+    return state.type.value, state.name, state.message, where, data, reads
 
 
 def _worker_address() -> str:
@@ -336,10 +349,14 @@ def _worker_address() -> str:
     return f"{address} (pid {os.getpid()})"
 
 
-def _state_from(outcome: tuple[str, str, str | None, str, Any], filename: str | None) -> State:
+def _state_from(outcome: tuple[str, str, str | None, str, Any, Any], filename: str | None) -> State:
+    from nbflow.engine.file_reads import current as current_recorder
     from nbflow.states import State, StateType
 
-    type_value, name, message, where, data = outcome
+    type_value, name, message, where, data, (host, reads) = outcome
+    recorder = current_recorder()  # the call's: its entry depends on what the worker read, if it can be seen
+    if recorder is not None and host == socket.gethostname():
+        recorder.take(reads)
     if name == "Completed" and message is None:
         message = f"ran on Dask worker {where}"
     if isinstance(data, BaseException) and filename:

@@ -400,3 +400,26 @@ def test_a_timeout_stops_the_kernel_waiting_even_when_the_worker_cannot_interrup
     assert time.monotonic() - started < 3.5
     (task_run,) = flow_run("stuck").task_runs
     assert task_run.state == "TimedOut" and "the attempt was cancelled" in task_run.error
+
+
+def test_files_read_on_a_worker_of_this_machine_count_for_the_entry(
+    cluster: distributed.LocalCluster, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("first")
+
+    @nbflow.task
+    def read(path: str) -> str:
+        with open(path) as handle:
+            return handle.read()
+
+    @nbflow.flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+    def on_dask(path: str) -> str:
+        return read.submit(path).result()
+
+    assert on_dask(str(notes)) == "first"
+    assert read(str(notes), return_state=True).name == "Cached"  # the entry the worker's attempt stored
+    notes.write_text("second")
+    later = time.time_ns() + 5_000_000_000
+    os.utime(notes, ns=(later, later))
+    assert on_dask(str(notes)) == "second"
