@@ -33,7 +33,7 @@ def make_array(seed: int, size: int) -> Any:
     return np.full(size, float(seed))
 
 
-# -- the four ways to cache a call ------------------------------------------------------------------
+# -- the ways to cache a call ----------------------------------------------------------------------
 
 def floor_cached(fn: Callable[..., Any], home: str) -> Callable[..., Any]:
     """The bare floor: a pickle + xxh3-128 key, the result pickled into a diskcache (protocol 5)."""
@@ -78,6 +78,10 @@ def cached(lib: str, fn: Callable[..., Any], home: str) -> Callable[..., Any]:
         return diskcache.Cache(home).memoize()(fn)
     if lib == "floor":
         return floor_cached(fn, home)
+    if lib == "marimo":
+        from _marimo_cases import persistent
+
+        return persistent(fn, home)
     raise SystemExit(f"unknown library {lib!r}")
 
 
@@ -90,7 +94,13 @@ def case_calls(p: dict[str, Any]) -> dict[str, Any]:
     call = cached(p["lib"], trivial, p["home"])
     n = p["n"]
     # The warm-up's state tells the driver whether this process hit what an earlier one stored.
-    state = call(-1, return_state=True).name if p["lib"].startswith("nbflow") else None
+    if p["lib"].startswith("nbflow"):
+        state = call(-1, return_state=True).name
+    elif p["lib"] == "marimo":
+        call(-1)
+        state = "Cached" if call.hits else "Miss"
+    else:
+        state = None
     inputs = list(range(n))
     # Until every result is committed: nbflow commits quick results in batches (the others, at once).
     flush = _nbflow_flush if p["lib"].startswith("nbflow") else _nothing
@@ -100,6 +110,8 @@ def case_calls(p: dict[str, Any]) -> dict[str, Any]:
         call(x)
     flush()
     per_call = (clock() - started) / n
+    if state == "Cached" and p["lib"] == "marimo" and call.hits != n + 1:
+        state = f"{call.hits - 1} hits of {n}"
     started = clock()
     for x in inputs:
         trivial(x)
@@ -378,6 +390,13 @@ def case_submit(p: dict[str, Any]) -> dict[str, Any]:
     return {"direct": statistics.median(plain), "submit": statistics.median(pooled)}
 
 
+def case_marimo_frame(p: dict[str, Any]) -> dict[str, Any]:
+    """marimo's variant of ``bench_strings.py``'s DataFrame result (its section 4): see ``_marimo_cases``."""
+    from _marimo_cases import frame_result
+
+    return frame_result(p)
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as file:
         return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -391,6 +410,7 @@ CASES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "bighit": case_bighit,
     "flow": case_flow,
     "submit": case_submit,
+    "marimo_frame": case_marimo_frame,
 }
 
 

@@ -13,6 +13,7 @@ comparison is ``make bench-prefect`` (``benchmarks/bench_prefect.py``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -30,8 +31,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_worker.py"
 PEERS = ["nbflow", "joblib", "diskcache", "floor"]
+# marimo's persistent_cache (benchmarks/_marimo_cases.py): a peer of the per-call and large-result sections where
+# it installs (the bench extra); without it, those tables print "marimo: not installed" in its place.
+MARIMO = "marimo"
 LABELS = {"nbflow": "nbflow task", "nbflow-aged": "nbflow task, entries older than a minute",
-          "joblib": "joblib.Memory", "diskcache": "diskcache memoize",
+          "joblib": "joblib.Memory", "marimo": "marimo persistent_cache", "diskcache": "diskcache memoize",
           "floor": "bare floor (pickle+xxh3, diskcache get/set)", "np.save": "np.save (+fsync)",
           "np.load": "np.load", "np.load mmap": "np.load(mmap_mode='r')"}
 
@@ -61,6 +65,25 @@ def wall(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = N
     if done.returncode != 0:
         raise RuntimeError(f"{argv} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return seconds
+
+
+def marimo_installed() -> bool:
+    """Whether marimo is importable here (found without importing it: nbflow's process stays as it was)."""
+    return importlib.util.find_spec("marimo") is not None
+
+
+def with_marimo(libs: list[str], after: str = "joblib") -> list[str]:
+    """``libs`` with marimo beside ``after`` when it is installed; ``libs`` as they are when it is not."""
+    if not marimo_installed():
+        return libs
+    at = libs.index(after) + 1
+    return [*libs[:at], MARIMO, *libs[at:]]
+
+
+def not_installed(libs: list[str]) -> None:
+    """The row of a peer that is not installed: a line saying so, in place of its figures."""
+    if MARIMO not in libs:
+        print(f"  {MARIMO}: not installed")
 
 
 def rotated(items: list[str], rep: int) -> list[str]:
@@ -100,7 +123,7 @@ def title(text: str) -> None:
 def bench_calls(report: Report, root: Path, reps: int, n: int) -> None:
     title(f"trivial task, per call: miss, and hit in a fresh process ({n} calls per process, "
           f"median of {reps} interleaved repetitions; µs, the plain call's time subtracted)")
-    libs = [*PEERS, "nbflow-aged"]
+    libs = [*with_marimo(PEERS), "nbflow-aged"]
     miss: dict[str, list[float]] = {lib: [] for lib in libs}
     hit: dict[str, list[float]] = {lib: [] for lib in libs}
     for rep in range(reps):
@@ -111,7 +134,8 @@ def bench_calls(report: Report, root: Path, reps: int, n: int) -> None:
             miss[lib].append(first["per_call"] - first["plain"])
             second = worker("calls", params)
             if second["state"] not in (None, "Cached"):
-                raise RuntimeError(f"a fresh process did not hit the entries an earlier one stored: {second['state']}")
+                raise RuntimeError(f"a fresh process of {lib} did not hit the entries an earlier one stored: "
+                                   f"{second['state']}")
             hit[lib].append(second["per_call"] - second["plain"])
     m = {lib: med(v) * 1e6 for lib, v in miss.items()}
     h = {lib: med(v) * 1e6 for lib, v in hit.items()}
@@ -119,6 +143,7 @@ def bench_calls(report: Report, root: Path, reps: int, n: int) -> None:
     for lib in libs:
         print(f"  {LABELS[lib]:46s}{m[lib]:10.1f}{h[lib]:10.1f}{m[lib] / m['nbflow']:12.2f}x"
               f"{h[lib] / h['nbflow']:11.2f}x")
+    not_installed(libs)
     print("  (a ratio above 1 means nbflow is faster; the floor is the least a durable cache can do; the targets use"
           " the first row: hits on entries a few seconds old, which nbflow's store only reads)")
     report.results["calls"] = {"miss_us": m, "hit_us": h, "n": n, "reps": reps}
@@ -266,8 +291,9 @@ def bench_fingerprint(report: Report, size: int, rounds: int, object_rows: int) 
 def bench_big(report: Report, root: Path, reps: int, size: int) -> None:
     mb = size * 8 / 1e6
     title(f"a {mb:.0f} MB float64 array result: store, and hit in a fresh process (median of {reps}; every "
-          "store fsyncs its file only where the library does: nbflow and np.save here; joblib and diskcache don't)")
-    libs = ["nbflow", "np.save", "joblib", "floor"]
+          "store fsyncs its file only where the library does: nbflow and np.save here; joblib, marimo and diskcache "
+          "don't)")
+    libs = with_marimo(["nbflow", "np.save", "joblib", "floor"])
     store: dict[str, list[float]] = {lib: [] for lib in libs}
     hits: dict[str, list[float]] = {lib: [] for lib in [*libs, "np.load mmap"]}
     touch: dict[str, list[float]] = {lib: [] for lib in hits}
@@ -293,6 +319,7 @@ def bench_big(report: Report, root: Path, reps: int, size: int) -> None:
         label = {"np.save": "np.save (+fsync) / np.load"}.get(lib, LABELS.get(lib, lib))
         stored = f"{s[lib] * 1e3:10.1f}" if lib in s else f"{'':10s}"
         print(f"  {label:46s}{stored}{h[lib] * 1e3:9.1f}{tt[lib] * 1e3:11.1f}")
+    not_installed(libs)
     print("  (hit: the call or load; + read: then reading one value per page of the result, which a memory-mapped"
           " load pays there)")
     report.results["big"] = {"store": s, "hit": h, "touch": tt, "mapped": mapped, "mb": mb}
