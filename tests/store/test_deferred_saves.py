@@ -213,7 +213,7 @@ def test_a_forked_child_leaves_the_parents_deferred_saves_alone(store: ResultSto
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert "parent" in store._deferred
+    # Still the parent's to write (its idle writer may have done so meanwhile, on a slow machine).
     store.flush()
     assert other.load("parent") == "p"
 
