@@ -245,6 +245,7 @@ def _install() -> None:
         builtins.open = io.open = open
         os.open, os.listdir, os.scandir = os_open, listdir, scandir
         _rebind(replacements)
+        _rebind_openers(original_open, open)
         _installed = True
     from nbflow.engine import native_reads
 
@@ -277,6 +278,15 @@ def _rebind(replacements: dict[int, tuple[Any, Any]]) -> None:
                     namespace[key] = found[1]
                 except Exception:
                     pass
+
+
+def _rebind_openers(original: Any, wrapper: Any) -> None:
+    """Tables of openers that took ``open`` before now: numpy's (``np.loadtxt``, ``np.genfromtxt`` open files
+    through ``numpy.lib._datasource``, whose table holds the ``open`` of the moment numpy was imported)."""
+    datasource = sys.modules.get("numpy.lib._datasource")
+    openers = getattr(getattr(datasource, "_file_openers", None), "_file_openers", None)
+    if isinstance(openers, dict) and openers.get(None) is original:
+        openers[None] = wrapper
 
 
 def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None:

@@ -303,3 +303,31 @@ def test_files_read_in_a_process_pool_worker_count_for_the_entry(tmp_path: Path)
     later = time.time_ns() + 5_000_000_000
     os.utime(tmp_path / "notes.txt", ns=(later, later))
     assert lines(run_script(tmp_path, source)) == ["second", "Cached second"]
+
+
+def test_numpy_text_readers_are_seen(tmp_path: Path) -> None:
+    # np.loadtxt and np.genfromtxt open files through numpy's own table of openers, which took `open` when
+    # numpy was imported (before nbflow wrapped it).
+    source = """
+    import numpy as np
+    import nbflow
+
+    @nbflow.task
+    def with_loadtxt(path):
+        return int(np.loadtxt(path)[0])
+
+    @nbflow.task
+    def with_genfromtxt(path):
+        return int(np.genfromtxt(path)[0])
+
+    for task in (with_loadtxt, with_genfromtxt):
+        state = task("numbers.txt", return_state=True)
+        print(task.name, state.name, state.result())
+    """
+    (tmp_path / "numbers.txt").write_text("1\n0\n")
+    assert lines(run_script(tmp_path, source)) == ["with_loadtxt Completed 1", "with_genfromtxt Completed 1"]
+    assert lines(run_script(tmp_path, source)) == ["with_loadtxt Cached 1", "with_genfromtxt Cached 1"]
+    (tmp_path / "numbers.txt").write_text("2\n0\n")
+    later = time.time_ns() + 5_000_000_000
+    os.utime(tmp_path / "numbers.txt", ns=(later, later))
+    assert lines(run_script(tmp_path, source)) == ["with_loadtxt Completed 2", "with_genfromtxt Completed 2"]
