@@ -11,12 +11,13 @@ import math
 import struct
 import sys
 import weakref
-from collections.abc import Iterable
 from functools import partial
 from itertools import chain, islice, repeat
 from typing import Any
 
 from nbflow.hashing._builtins import (
+    _FAST_LEAF,
+    _STR_ONLY,
     _b_int,
     _enc_object_elements,
     _h_dict,
@@ -200,13 +201,23 @@ def _feed_array(enc: _Enc, a: Any, np: Any) -> None:
 def _enc_array_objects(enc: _Enc, a: Any, np: Any) -> None:
     """The elements of an object (or numpy variable-width string) array, in C order.
 
-    They go to a stream of their own, and the array writes its digest (``<`` + 16 bytes): so that an array
-    of strings can be remembered (:func:`_remembered_strings`). References to objects met before (shared
-    objects, cycles) work across it as anywhere else.
+    An array whose elements are all exactly ``str`` (and strictly UTF-8 encodable) is written as a column of
+    strings: its offsets and data (:func:`_object_strings_encoding`, the streams of :class:`_StringStreams`),
+    at a fraction of the cost of a value-by-value walk, and computable from the buffers the result store keeps
+    such an array in (:func:`remember_object_strings`). Any other array's elements go to a stream of their
+    own, and the array writes its digest (``<`` + 16 bytes). Either way an array of strings can be
+    remembered (:class:`_ObjectsMemo`). References to objects met before (shared objects, cycles) work across
+    the element stream as anywhere else.
     """
     memo = _ObjectsMemo.lookup(a, np) if a.dtype.hasobject else None
-    if memo is not None and memo.digest is not None:
-        enc.buf += b"<" + memo.digest
+    if memo is not None and memo.encoding is not None:
+        enc.buf += memo.encoding
+        return
+    encoding = _object_strings_encoding(a, np)
+    if encoding is not None:
+        if memo is not None:
+            memo.remember(encoding)
+        enc.buf += encoding
         return
     outer, h, flushes = enc.buf, enc.h, enc.flushes
     enc.buf = bytearray()
@@ -214,39 +225,108 @@ def _enc_array_objects(enc: _Enc, a: Any, np: Any) -> None:
     try:
         flat = a.reshape(-1) if a.flags.c_contiguous else None
         if flat is None:
-            items: Iterable[Any] = a.flat
-            all_str = _enc_object_elements(enc, items, 0)
+            _enc_object_elements(enc, a.flat, 0)
         else:
-            all_str = flat.shape[0] > 0
             for base in range(0, flat.shape[0], _OBJ_CHUNK):
-                all_str = _enc_object_elements(enc, flat[base : base + _OBJ_CHUNK].tolist(), base) and all_str
+                _enc_object_elements(enc, flat[base : base + _OBJ_CHUNK].tolist(), base)
         digest = enc.digest()
     finally:
         # The elements' bytes never reached the outer stream: a pickle fallback around this array is still
         # possible whatever was flushed in here.
         enc.buf, enc.h, enc.flushes = outer, h, flushes
-    if memo is not None and all_str:
-        memo.remember(digest)
     enc.buf += b"<" + digest
 
 
+def _object_strings_encoding(a: Any, np: Any) -> bytes | None:
+    """The encoding of a non-empty array whose elements are all exactly ``str``: their UTF-8 bytes and where
+    each ends, in C order, as :class:`_StringStreams` writes a column of strings without nulls (``q8``, so
+    never the ``<`` of an element stream). None, having written nothing, for an empty array, any other
+    element (a subclass of str too), a string that cannot be encoded strictly (lone surrogates: the element
+    stream keeps them distinct), or when a registration took ``str`` over (its handler decides then)."""
+    n = a.size
+    if not n or str not in _FAST_LEAF:
+        return None
+    flat = a.reshape(-1) if a.flags.c_contiguous else None
+    streams = _StringStreams(True)
+    for base in range(0, n, _OBJ_CHUNK):
+        block = flat[base : base + _OBJ_CHUNK] if flat is not None else a.flat[base : base + _OBJ_CHUNK]
+        items = block.tolist()
+        if set(map(type, items)) != _STR_ONLY:
+            return None
+        joined = "".join(items)
+        count = len(items)
+        if joined.isascii():  # one byte per character: the lengths are the strings' own
+            data = joined.encode()
+            lengths = np.fromiter(map(len, items), dtype=np.int64, count=count)
+        else:
+            try:
+                encoded = list(map(str.encode, items))
+            except UnicodeEncodeError:
+                return None
+            data = b"".join(encoded)
+            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=count)
+        offsets = np.empty(count + 1, dtype=np.int64)
+        offsets[0] = 0
+        np.cumsum(lengths, out=offsets[1:])
+        streams.feed(offsets, data, None, np)
+    return streams.encoding()
+
+
+def remember_object_strings(array: Any, ends: Any, data: Any) -> None:
+    """Remember the encodings of ``array``, an object array of strings just rebuilt from their UTF-8 bytes
+    (``data``, validated) and where each ends (``ends``, int64, C order), as the result store rebuilds one:
+    computed from those buffers at memory speed, so that the first fingerprint of the restored value does not
+    walk its strings again.
+
+    Seeded for the arrays a fingerprint meets: a 1-D array itself, and the rows of a 2-D one (the columns of
+    a pandas block). The entries are those :func:`_enc_array_objects` makes (:class:`_ObjectsMemo`): served
+    only while the array's slots hold exactly the strings it was built with, so writing into the restored
+    value is seen as on any other array. The encoding is the one :func:`_object_strings_encoding` computes
+    from the strings themselves (the same :class:`_StringStreams`, fed the same bytes); tests compare both.
+    """
+    np = sys.modules.get("numpy")
+    if (
+        np is None
+        or type(array) is not np.ndarray
+        or array.dtype != object
+        or array.ndim not in (1, 2)
+        or not array.flags.c_contiguous
+        or str not in _FAST_LEAF
+    ):
+        return
+    ends = np.frombuffer(ends, dtype=np.int64) if not isinstance(ends, np.ndarray) else ends
+    if ends.dtype != np.int64 or ends.ndim != 1 or len(ends) != array.size:
+        return
+    width = array.shape[-1]
+    if width < _MEMO_MIN_VALUES or array.size // width > _ObjectsMemo.MAX_ENTRIES // 2:
+        return  # rows never looked up (see _ObjectsMemo.lookup), or more than the table keeps
+    for index, row in enumerate([array] if array.ndim == 1 else list(array)):
+        low = index * width
+        # Where each string of the row ends, after where the one before it ends (0 for the first row): feed()
+        # rebases them onto the row's own start, as it does a slice of a column.
+        offsets = ends[low - 1 : low + width] if low else np.concatenate((np.zeros(1, np.int64), ends[:width]))
+        streams = _StringStreams(True)
+        streams.feed(offsets, data, None, np)
+        _ObjectsMemo((row.ctypes.data, width), row).remember(streams.encoding())
+
+
 class _ObjectsMemo:
-    """The element digest of a large object array of strings, remembered while provably unchanged.
+    """The encoding of a large object array of strings, remembered while provably unchanged.
 
     An object array is mutable, and pandas' object columns are written in place (``df.loc[i, "name"] = ...``),
     so neither the array's identity nor its address says its elements are the same. Its slots do: they are
-    pointers to the element objects. The digest of an array whose elements were all exactly ``str`` (immutable)
+    pointers to the element objects. The encoding of an array whose elements were all exactly ``str`` (immutable)
     is remembered with a copy of the array (``keep``), which holds a reference to every one of those strings,
     so none of them can be freed and its address taken by another object. Later, an array at the same address
     and of the same size whose slots hold exactly the pointers ``keep`` holds (a memory comparison, ~1 ms per
-    million elements) holds the very same strings: the same digest, whoever wrote the slots and however
-    often they were rewritten in between. Any other array, any changed slot, and the digest is computed again
+    million elements) holds the very same strings: the same encoding, whoever wrote the slots and however
+    often they were rewritten in between. Any other array, any changed slot, and it is computed again
     (and remembered anew). An entry is dropped when the array's memory is freed (a weak reference to the array
     owning it), so ``keep`` never holds strings longer than the column does, apart from ones a slot
     assignment replaced, until the next fingerprint of the column; and the table is bounded.
     """
 
-    __slots__ = ("digest", "keep", "key", "owner")
+    __slots__ = ("encoding", "keep", "key", "owner")
     table: dict[tuple[int, int], _ObjectsMemo] = {}
     MAX_ENTRIES = 256
 
@@ -254,11 +334,11 @@ class _ObjectsMemo:
         self.key = key
         self.keep = a
         self.owner: Any = None
-        self.digest: bytes | None = None
+        self.encoding: bytes | None = None
 
     @classmethod
     def lookup(cls, a: Any, np: Any) -> _ObjectsMemo | None:
-        """The entry of ``a``: with a digest when ``a`` holds the remembered strings, else a new one to fill
+        """The entry of ``a``: with an encoding when ``a`` holds the remembered strings, else a new one to fill
         (None when ``a`` is small or not laid out in one block)."""
         n = a.size
         if n < _MEMO_MIN_VALUES or not a.flags.c_contiguous:
@@ -269,7 +349,7 @@ class _ObjectsMemo:
             return known
         return cls(key, a)
 
-    def remember(self, digest: bytes) -> None:
+    def remember(self, encoding: bytes) -> None:
         owner = self.keep
         while isinstance(owner.base, type(owner)):  # the array owning the memory (a column is often a view)
             owner = owner.base
@@ -278,7 +358,7 @@ class _ObjectsMemo:
         except TypeError:
             return
         self.keep = self.keep.copy()  # a reference to every element (see the class docstring)
-        self.digest = digest
+        self.encoding = encoding
         table = _ObjectsMemo.table
         if len(table) >= self.MAX_ENTRIES:
             table.clear()
@@ -417,8 +497,8 @@ def _enc_pd_values(enc: _Enc, ea: Any) -> None:
         # Strings (whichever their storage, python or arrow: the digest must not depend on whether
         # pyarrow is installed) and any other extension type: element by element.
         enc.buf += b"o"
-        # The same bytes as the object array np.asarray(ea, dtype=object), converted a block at a
-        # time so that a long column never exists as Python objects all at once.
+        # The element stream an object array of other objects writes (np.asarray(ea, dtype=object), but
+        # converted a block at a time so that a long column never exists as Python objects all at once).
         n = len(ea)
         enc.buf += b"N" + _sb("|O") + _pack_Q(1) + _pack_Q(n)
         outer, h, flushes = enc.buf, enc.h, enc.flushes

@@ -138,6 +138,8 @@ from nbflow.hashing._libraries import (
     _h_timedelta,
     _h_timezone,
     _h_uuid,
+    _ObjectsMemo,
+    remember_object_strings,
 )
 from nbflow.hashing._objects import (
     _CONSUMED,
@@ -178,6 +180,7 @@ __all__ = [
     "fingerprint",
     "fingerprint_many",
     "register",
+    "remember_object_strings",
     "unregister",
 ]
 
@@ -191,7 +194,10 @@ __all__ = [
 #: the elements of an object array (and of a pandas column of other objects) go to a stream of
 #: their own whose digest the array writes (so that a large array of strings can be remembered while its
 #: slots are unchanged: _libraries._ObjectsMemo); every other digest is the same as in version 2.
-FORMAT_VERSION: Final = 3
+#: 4: an object array (or numpy variable-width string array) whose elements are all exactly ``str`` is written
+#: as a column of strings (offsets and data: _libraries._object_strings_encoding), which the result store can
+#: compute from the buffers it keeps such an array in; every other digest is the same as in version 3.
+FORMAT_VERSION: Final = 4
 
 #: The budget of one value (see the module docstring): containers, records and objects entered, references
 #: to ones met before included; leaves (numbers, strings, buffers) do not count. Ten million is a few
@@ -509,6 +515,8 @@ def _reset_handlers() -> None:
     _FAST_SEQ.clear()
     _FAST_SEQ.update((t, tag) for t, tag in ((tuple, b"("), (list, b"[")) if t in _HANDLERS)
     _FAST_DICT[0] = dict in _HANDLERS
+    # Remembered encodings of object arrays of strings were written by the handlers of before.
+    _ObjectsMemo.table.clear()
     # Inline encoding of int, str and float elements in _fast, unless a registration took one over.
     global _INLINE
     _INLINE = int in _FAST_LEAF and str in _FAST_LEAF and float in _FAST_LEAF

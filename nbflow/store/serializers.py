@@ -163,37 +163,49 @@ def _string_buffers(items: list[Any], threshold: int) -> tuple[Any, bytes, bool]
 
 
 def _object_strings(ends: Any, data: Any, shape: tuple[int, ...], ascii_only: bool) -> Any:
-    """The object array of strings :func:`_reduce_array` wrote (called by pickle when a result loads)."""
+    """The object array of strings :func:`_reduce_array` wrote (called by pickle when a result loads).
+
+    Its fingerprint is remembered from the buffers it was built from (at memory speed, instead of walking
+    its strings again when a later cell or task reads the result: see
+    :func:`nbflow.hashing.values.remember_object_strings`)."""
     import numpy
 
     ends = numpy.frombuffer(ends, dtype=numpy.int64)
     n = len(ends)
     if (int(ends[-1]) if n else 0) != len(data) or n != math.prod(shape):
         raise ValueError("the string buffers of an object array do not fit together")
-    out = numpy.empty(n, dtype=object)
     try:
         import pyarrow
     except ImportError:
         pyarrow = None
     if pyarrow is not None and n:
-        offsets = numpy.zeros(n + 1, dtype=numpy.int64)
+        offsets = numpy.empty(n + 1, dtype=numpy.int64)
+        offsets[0] = 0
         offsets[1:] = ends
         strings = pyarrow.LargeStringArray.from_buffers(n, pyarrow.py_buffer(offsets), pyarrow.py_buffer(data))
         # Offsets in range, increasing, the bytes UTF-8: pyarrow reads the buffers as they say, unchecked.
         strings.validate(full=True)
         built = strings.to_numpy(zero_copy_only=False)
         if built.dtype == object and built.flags.writeable and built.shape == (n,):  # a new array of its own
-            return built.reshape(shape)
-        out[:] = built
-    elif n:
-        starts = [0, *ends[:-1].tolist()]
-        if ascii_only:
-            text = bytes(data).decode("ascii")
-            out[:] = list(map(text.__getitem__, map(slice, starts, ends.tolist())))
+            out = built.reshape(shape)
         else:
-            raw = bytes(data)
-            out[:] = [raw[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
-    return out.reshape(shape)
+            out = numpy.empty(shape, dtype=object)
+            out.reshape(-1)[:] = built
+    else:
+        out = numpy.empty(n, dtype=object)
+        if n:
+            starts = [0, *ends[:-1].tolist()]
+            if ascii_only:
+                text = bytes(data).decode("ascii")
+                out[:] = list(map(text.__getitem__, map(slice, starts, ends.tolist())))
+            else:
+                raw = bytes(data)
+                out[:] = [raw[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
+        out = out.reshape(shape)
+    from nbflow.hashing.values import remember_object_strings
+
+    remember_object_strings(out, ends, data)
+    return out
 
 
 @functools.lru_cache(maxsize=256)

@@ -241,7 +241,7 @@ def test_object_string_memo_is_dropped_with_the_array() -> None:
     assert not _libraries._ObjectsMemo.table
 
 
-# -- pinned digests (nbflow.hashing.FORMAT_VERSION 3; see tests/hashing/test_values.py) -------------------------
+# -- pinned digests (nbflow.hashing.FORMAT_VERSION 4; see tests/hashing/test_values.py) -------------------------
 
 
 def _pinned() -> dict[str, object]:
@@ -259,7 +259,7 @@ PINNED = {
     "arrow strings": "4ad7fc747e4f21ff36e498349c90f7bd",
     "arrow large strings, chunked": "70a722e74a64aff3881b358e6e1441da",
     "pandas str": "6239109bfdaaf1c0de05eb8f8b96d0e9",
-    "object strings": "5af932b2252a836334caeb409076de7e",
+    "object strings": "3475aa318dc12e8d4e6b6fa7d25fda6b",  # version 4: offsets and data
     "object mixed": "92c68157e7b3147f4a9f4da8c4fa3bab",
     "arrow ints with nulls": "8a6b1b9be98cf4bd4e67c5a71a5ac02d",
 }
