@@ -1,8 +1,9 @@
-"""Auto mode (``%nbflow auto``, ``nbflow run --auto``): what it costs a trivial cell, and what it saves a
-notebook of slow cells, with a PASS/MISS mark per performance target.
+"""Auto mode (``%nbflow auto``, ``nbflow run --auto``) and ``%%task``: what they cost a trivial cell, and what
+auto mode saves a notebook of slow cells, with a PASS/MISS mark per performance target.
 
 1. A trivial cell (``p_3 = 3``) run plain (the extension loaded, auto mode off), as an auto-mode miss (a new
-   cell source each time, so nothing is cached) and as an auto-mode hit (the same cell again), per cell: in
+   cell source each time, so nothing is cached), as an auto-mode hit (the same cell again), and the same
+   two with a ``%%task`` line (auto mode off), per cell: in
    an in-process IPython shell (a fresh process, ``--shell-worker``), once with a near-empty namespace and
    once with 2,000 more names in it; and in a real kernel (jupyter_client, 127.0.0.1) as the round trip of
    an execute request, from the request sent to the kernel's idle status, and as the kernel's own
@@ -39,11 +40,15 @@ sys.path.insert(0, str(HERE))
 
 from bench_overhead import Report, bench_env, rotated, title  # noqa: E402
 
-KINDS = ["plain", "miss", "hit"]
+KINDS = ["plain", "miss", "hit", "task miss", "task hit"]
+OVERHEADS = [kind for kind in KINDS if kind != "plain"]
 EXIT_MISSED = 3  # a target missed (1: a section failed to run)
 # The targets (issue: auto mode): the overhead auto mode adds to a trivial cell, and a cached re-run.
 MISS_OVERHEAD_MS = 2.0
 HIT_OVERHEAD_MS = 1.0
+# The targets of issue 24: the overhead a `%%task` line adds to a trivial cell, computed and restored.
+TASK_MISS_OVERHEAD_MS = 1.0
+TASK_HIT_OVERHEAD_MS = 1.0
 RERUN_SHARE = 0.10
 # Removes IPython's `_iN` history names (one per executed cell) outside the clock.
 PRUNE = "[globals().pop(_k) for _k in [_k for _k in globals() if _k[:2] == '_i' and _k[2:].isdigit()]]\n"
@@ -51,34 +56,45 @@ PRUNE = "[globals().pop(_k) for _k in [_k for _k in globals() if _k[:2] == '_i' 
 
 def cell_code(kind: str, index: int, serial: int) -> tuple[str, str]:
     """(source, cell id) of the ``index``-th cell of a batch. A miss is a cell edited since its last run (a new
-    constant: a new cache key, the same variable); a hit is the same cell, run again."""
+    constant: a new cache key, the same variable); a hit is the same cell, run again. The ``task`` kinds are
+    the same cells under a ``%%task`` line (run with auto mode off)."""
     if kind == "plain":
         return f"p_{index} = {serial}", f"p{index}"
     if kind == "miss":
         return f"m_{index} = {serial}", f"m{index}"
-    return "h_1 = 1", "h"
+    if kind == "hit":
+        return "h_1 = 1", "h"
+    if kind == "task miss":
+        return f"%%task\nt_{index} = {serial}", f"t{index}"
+    return "%%task\nth_1 = 1", "th"
 
 
 def summarize(batches: dict[str, list[float]]) -> dict[str, Any]:
-    """Best and median per-cell seconds of each kind, and auto mode's overheads (auto - plain) in ms."""
+    """Best and median per-cell seconds of each kind, and the overheads of auto mode and ``%%task`` (each kind -
+    plain) in ms."""
     best = {kind: min(values) for kind, values in batches.items()}
     median = {kind: statistics.median(values) for kind, values in batches.items()}
     return {
         "best_ms": {kind: value * 1e3 for kind, value in best.items()},
         "median_ms": {kind: value * 1e3 for kind, value in median.items()},
-        "overhead_ms": {kind: (best[kind] - best["plain"]) * 1e3 for kind in ("miss", "hit")},
-        "median_overhead_ms": {kind: (median[kind] - median["plain"]) * 1e3 for kind in ("miss", "hit")},
+        "overhead_ms": {kind: (best[kind] - best["plain"]) * 1e3 for kind in OVERHEADS},
+        "median_overhead_ms": {kind: (median[kind] - median["plain"]) * 1e3 for kind in OVERHEADS},
         "batches_ms": {kind: [value * 1e3 for value in values] for kind, values in batches.items()},
     }
 
 
-def check(kind: str, metadata: list[dict[str, Any]]) -> None:
-    """Every cell of a batch was what it was meant to be: no status line for a plain cell, "computed" for a
-    miss, "cached" for a hit (from the status lines' metadata)."""
+def check(kind: str, metadata: list[dict[str, Any]], n: int) -> None:
+    """Every cell of a batch of ``n`` was what it was meant to be: no status line for a plain cell, "computed"
+    for a miss, "cached" for a hit (from the status lines' metadata); a ``%%task`` hit shows its "restored from
+    the cache" notice, a ``%%task`` miss (and a plain cell) none."""
     states = [meta.get("nbflow", {}).get("cell_status", {}).get("cell_state") for meta in metadata]
-    expected = {"plain": [], "miss": ["computed"], "hit": ["cached"]}[kind]
+    states = [state for state in states if state is not None]
+    notices = sum(bool(meta.get("nbflow", {}).get("cache_notice")) for meta in metadata)
+    expected = {"miss": ["computed"], "hit": ["cached"]}.get(kind, [])
     if sorted(set(states)) != expected:
-        raise RuntimeError(f"auto-mode {kind} cells showed the states {sorted(set(map(str, states)))}, not {expected}")
+        raise RuntimeError(f"{kind} cells showed the states {sorted(set(map(str, states)))}, not {expected}")
+    if notices != (n if kind == "task hit" else 0):
+        raise RuntimeError(f"{kind} cells showed {notices} cache notices for {n} cells")
 
 
 # -- 1a. the in-process shell (in a fresh process: python bench_auto.py --shell-worker JSON) -----------------
@@ -100,10 +116,10 @@ def shell_worker(params: dict[str, Any]) -> dict[str, Any]:
     serial = iter(range(10**9))
 
     def batch(kind: str) -> float:
-        if kind == "plain":
-            mode.disable()
-        else:
+        if kind in ("miss", "hit"):
             mode.enable()
+        else:
+            mode.disable()
         cells = [cell_code(kind, i, next(serial)) for i in range(n)]
         shell.run_cell(PRUNE, silent=True)
         shell.display_pub.outputs.clear()
@@ -113,12 +129,15 @@ def shell_worker(params: dict[str, Any]) -> dict[str, Any]:
         for source, cell_id in cells:
             run(source, store_history=True, cell_id=cell_id)
         seconds = (time.perf_counter() - started) / n
-        check(kind, [output["metadata"] for output in shell.display_pub.outputs])
+        check(kind, [output["metadata"] for output in shell.display_pub.outputs], n)
         return seconds
 
     mode.enable()
     source, cell_id = cell_code("hit", 0, 0)
     shell.run_cell(source, store_history=True, cell_id=cell_id)  # stores the entry every hit then restores
+    mode.disable()
+    source, cell_id = cell_code("task hit", 0, 0)
+    shell.run_cell(source, store_history=True, cell_id=cell_id)  # the same for the %%task hits
     for kind in KINDS:  # warm-up: imports, the store, the hit cell's entry
         for _ in range(3):
             batch(kind)
@@ -199,7 +218,7 @@ def kernel_batches(env: dict[str, str], cwd: str, n: int, rounds: int) -> dict[s
 
         def batch(kind: str) -> float:
             auto = "nbflow.ipython.auto_mode(get_ipython(), create=True)"
-            switch = f"{auto}.enable()" if kind != "plain" else f"{auto}.disable()"
+            switch = f"{auto}.enable()" if kind in ("miss", "hit") else f"{auto}.disable()"
             kernel.execute(f"import nbflow.ipython\n{switch}\n{PRUNE}import gc\ngc.collect()\n", silent=True)
             cells = [cell_code(kind, i, next(serial)) for i in range(n)]
             metadata: list[dict[str, Any]] = []
@@ -209,13 +228,15 @@ def kernel_batches(env: dict[str, str], cwd: str, n: int, rounds: int) -> dict[s
             for source, cell_id in cells:
                 metadata += execute(source, cell_id)
             seconds = (time.perf_counter() - started) / n
-            check(kind, metadata)
+            check(kind, metadata, n)
             busy[kind].append(kernel.busy_seconds / n)
             return seconds
 
         kernel.execute("import nbflow.ipython\nnbflow.ipython.auto_mode(get_ipython(), create=True).enable()",
                        silent=True)
         kernel.execute(*cell_code("hit", 0, 0))  # stores the entry every hit then restores
+        kernel.execute("nbflow.ipython.auto_mode(get_ipython()).disable()", silent=True)
+        kernel.execute(*cell_code("task hit", 0, 0))  # the same for the %%task hits
         for kind in KINDS:  # warm-up
             for _ in range(2):
                 batch(kind)
@@ -231,8 +252,8 @@ def kernel_batches(env: dict[str, str], cwd: str, n: int, rounds: int) -> dict[s
 
 
 def bench_cells(report: Report, root: Path, n: int, rounds: int, names: int) -> None:
-    title(f"auto mode, a trivial cell (`p_3 = 3`): plain, auto miss, auto hit, per cell (ms; best of {rounds} "
-          f"interleaved batches of {n} cells, medians in brackets)")
+    title(f"auto mode, a trivial cell (`p_3 = 3`): plain, auto miss, auto hit; %%task miss, %%task hit; per cell "
+          f"(ms; best of {rounds} interleaved batches of {n} cells, medians in brackets)")
     env = bench_env(NBFLOW_HOME=str(root / "cells-store"), NBFLOW_SECRET_FILE=str(root / "secret.key"),
                     IPYTHONDIR=str(root / "ipython"))
     rows: dict[str, dict[str, Any]] = {}
@@ -252,17 +273,19 @@ def bench_cells(report: Report, root: Path, n: int, rounds: int, names: int) -> 
         median = figures["median_overhead_ms" if name == "over" else "median_ms"][kind]
         return f"{best:6.2f} ({median:5.2f})"
 
-    print(f"  {'':32s}{'plain':>15s}{'auto miss':>15s}{'auto hit':>15s}{'miss overhead':>16s}{'hit overhead':>15s}")
-    for label, figures in rows.items():
-        print(f"  {label:32s}{cell('t', figures, 'plain'):>15s}{cell('t', figures, 'miss'):>15s}"
-              f"{cell('t', figures, 'hit'):>15s}{cell('over', figures, 'miss'):>16s}"
-              f"{cell('over', figures, 'hit'):>15s}")
     small, big = rows["in-process shell"], rows[f"in-process, {names:,} more names"]
     per_k = {kind: (big["overhead_ms"][kind] - small["overhead_ms"][kind]) * 1e3
-             / ((big["namespace"] - small["namespace"]) / 1000) for kind in ("miss", "hit")}
-    print(f"  (overhead = auto - plain, same shell or kernel; namespace {small['namespace']:,} names, then "
-          f"{big['namespace']:,}: each 1,000 names more add {per_k['miss']:.0f} µs to a miss, {per_k['hit']:.0f} µs "
-          "to a hit)")
+             / ((big["namespace"] - small["namespace"]) / 1000) for kind in OVERHEADS}
+    for how, miss, hit in (("auto", "miss", "hit"), ("%%task", "task miss", "task hit")):
+        print(f"  {'':32s}{'plain':>15s}{how + ' miss':>15s}{how + ' hit':>15s}{'miss overhead':>16s}"
+              f"{'hit overhead':>15s}")
+        for label, figures in rows.items():
+            print(f"  {label:32s}{cell('t', figures, 'plain'):>15s}{cell('t', figures, miss):>15s}"
+                  f"{cell('t', figures, hit):>15s}{cell('over', figures, miss):>16s}"
+                  f"{cell('over', figures, hit):>15s}")
+        print(f"  (overhead = {how} - plain, same shell or kernel; namespace {small['namespace']:,} names, then "
+              f"{big['namespace']:,}: each 1,000 names more add {per_k[miss]:.0f} µs to a miss, {per_k[hit]:.0f} "
+              "µs to a hit)")
     print("  (kernel round trip: from the execute request sent to the kernel's idle status received, as a front-end"
           " sees it;\n   busy to idle: the kernel's own time for the request, from its status messages' timestamps)")
     report.results["cells"] = rows
@@ -273,6 +296,13 @@ def bench_cells(report: Report, root: Path, n: int, rounds: int, names: int) -> 
                       f"{over['miss']:.2f} ms")
         report.target(f"auto hit overhead ({where}) < {HIT_OVERHEAD_MS:g} ms", over["hit"] < HIT_OVERHEAD_MS,
                       f"{over['hit']:.2f} ms")
+    for label in ("in-process shell", "kernel round trip (127.0.0.1)"):
+        where = "in-process" if label.startswith("in-process") else "kernel"
+        over = rows[label]["overhead_ms"]
+        report.target(f"%%task miss overhead ({where}) <= {TASK_MISS_OVERHEAD_MS:g} ms",
+                      over["task miss"] <= TASK_MISS_OVERHEAD_MS, f"{over['task miss']:.2f} ms")
+        report.target(f"%%task hit overhead ({where}) <= {TASK_HIT_OVERHEAD_MS:g} ms",
+                      over["task hit"] <= TASK_HIT_OVERHEAD_MS, f"{over['task hit']:.2f} ms")
 
 
 # -- 2. a notebook of slow cells, run twice by `nbflow run --auto` -------------------------------------------
@@ -381,7 +411,7 @@ def main() -> int:
                 failed.append(section.__name__)
                 print(f"  FAILED: {error}", flush=True)
                 report.target(f"{section.__name__} ran", False, "failed (see above)")
-    print("\n== targets (auto mode) ==")
+    print("\n== targets (auto mode) and %%task ==")
     for name, ok, detail in report.verdicts:
         print(f"  {'PASS' if ok else 'MISS'}  {name:58s} {detail}")
     met = sum(ok for _, ok, _ in report.verdicts)

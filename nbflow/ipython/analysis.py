@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from nbflow.ipython.dynamic_reads import query_names
 
-__all__ = ["CellAnalysis", "analyze", "entangled_definition", "normalized_digest"]
+__all__ = ["CellAnalysis", "analyze", "entangled_definition", "inert", "normalized_digest"]
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.GeneratorExp, ast.ListComp,
            ast.SetComp, ast.DictComp)
@@ -272,6 +272,23 @@ def analyze(tree: ast.Module) -> CellAnalysis:
             result.definitions += [target.id for target in node.targets if isinstance(target, ast.Name)]
             result.definition_nodes.append(node)
     return result
+
+
+# What an inert cell is made of: assignments to names, and expressions of constants, names, displays of them
+# and operators. Not: calls, attributes, subscripts, imports, definitions, loops, `del`, displayed expressions
+# (IPython's formatters), annotations (`x: int = 1` binds __annotations__), walrus or starred targets.
+_INERT = (ast.Module, ast.Assign, ast.AugAssign, ast.Pass, ast.Name, ast.Constant, ast.Tuple, ast.List, ast.Set,
+          ast.Dict, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.JoinedStr, ast.FormattedValue,
+          ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.Load, ast.Store)
+
+
+def inert(tree: ast.Module) -> bool:
+    """Whether the cell only binds names to constants, to the values of names and to what the operators of
+    Python's built-in types make of them (``x_3 = 3``, ``total = a * 2 + b``). Given names that hold values
+    of the built-in scalar types (before it runs: what it reads and what it rebinds), such a cell runs no
+    function, method or library: it reads no file, draws no random number, changes no setting and binds no
+    name but its own (see ``nbflow.ipython.cells``)."""
+    return all(isinstance(node, _INERT) for node in ast.walk(tree))
 
 
 def entangled_definition(tree: ast.Module, definitions: list[ast.stmt]) -> str:

@@ -222,12 +222,13 @@ def pending(stream: Any) -> bool:
         return True
 
 
-def publish_quietly(shell: Any, data: dict[str, Any], metadata: dict[str, Any], display_id: str,
+def publish_quietly(shell: Any, data: dict[str, Any], metadata: dict[str, Any], display_id: str | None = None,
                     update: bool = False) -> None:
-    """Publish a display with an id, without the kernel's flush of empty streams before it (see ``_flush``)."""
+    """Publish a display (with an id, when given), without the kernel's flush of empty streams before it (see
+    ``_flush``)."""
     _flush()
     publisher = shell.display_pub
-    kwargs: dict[str, Any] = {"transient": {"display_id": display_id}}
+    kwargs: dict[str, Any] = {"transient": {"display_id": display_id}} if display_id is not None else {}
     if update:
         kwargs["update"] = True
     quiet = hasattr(publisher, "_flush_streams") and not any(pending(s) for s in (sys.stdout, sys.stderr))

@@ -20,8 +20,10 @@ silently, and a hit does not bind it.
 from __future__ import annotations
 
 import ast
+import builtins
 import inspect
 import linecache
+import operator
 import os
 import time
 import warnings
@@ -34,8 +36,8 @@ from nbflow.engine.file_reads import FileRead
 from nbflow.engine.task_engine import _PLAIN, TaskRunEngine, user_traceback
 from nbflow.exceptions import NbflowWarning
 from nbflow.ipython import settings_effects
-from nbflow.ipython.analysis import analyze, entangled_definition, normalized_digest
-from nbflow.ipython.capture import Output, OutputTee, replay
+from nbflow.ipython.analysis import analyze, entangled_definition, inert, normalized_digest
+from nbflow.ipython.capture import Output, OutputTee, publish_quietly, replay
 from nbflow.ipython.dynamic_reads import dynamic_reads
 from nbflow.runs import format_duration, time_saved
 from nbflow.states import State, StateType
@@ -118,6 +120,8 @@ class CellSpec:
     definition_nodes: list[ast.stmt]
     with_targets: list[str] = field(default_factory=list)
     entangled: str = ""  # a definition that uses a value the cell computes ("capital uses agent")
+    # The names an inert cell reads or binds (see nbflow.ipython.analysis.inert); None for any other cell.
+    inert_names: tuple[str, ...] | None = None
 
 
 def _is_code(value: Any) -> bool:
@@ -128,28 +132,129 @@ def _is_code(value: Any) -> bool:
     )
 
 
+# The first of IPython's steps that turn a cell into Python (``shell.transform_cell``), by cell text: the static
+# transforms, which depend on the text alone (tokenizing it is most of the cost), kept with the transforms they
+# were made by. The later steps depend on the namespace and on the user's settings: they run every time.
+_STATIC: dict[str, tuple[tuple[Any, ...], str]] = {}
+_MAX_STATIC = 64
+
+
+def python_code(shell: Any, source: str) -> str:
+    """``shell.transform_cell(source)``: the cell as Python. A cell run again (a hit) is not tokenized again:
+    IPython's static transforms are kept per text while they are IPython's own (tests compare the two ways on
+    many cells)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+    from IPython.core.interactiveshell import InteractiveShell
+
+    manager: Any = getattr(shell, "input_transformer_manager", None)
+    if getattr(type(shell), "transform_cell", None) is not InteractiveShell.transform_cell or (
+            getattr(type(manager), "transform_cell", None) is not TransformerManager.transform_cell):
+        return str(shell.transform_cell(source))
+    transforms = (manager, *manager.cleanup_transforms, *manager.line_transforms, *manager.token_transformers)
+    known = _STATIC.get(source)
+    if known is not None and len(known[0]) == len(transforms) and all(map(operator.is_, known[0], transforms)):
+        cell = known[1]
+    else:
+        cell = manager.transform_cell(source)
+        if all(getattr(t, "__module__", "").startswith("IPython.") for t in transforms[1:]):  # pure functions
+            if len(_STATIC) >= _MAX_STATIC:
+                del _STATIC[next(iter(_STATIC))]
+            _STATIC[source] = (transforms, cell)
+    # The rest of InteractiveShell.transform_cell, as it is written there.
+    if len(cell.splitlines()) == 1:
+        with shell.builtin_trap:
+            cell = shell.prefilter_manager.prefilter_lines(cell) + "\n"
+    lines = cell.splitlines(keepends=True)
+    for transform in shell.input_transformers_post:
+        lines = transform(lines)
+    return "".join(lines)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What prepare_cell makes of a cell's Python code alone (the options aside): the same for the same code."""
+
+    tree: ast.Module
+    analysis: Any  # nbflow.ipython.analysis.CellAnalysis: its lists are copied into each spec, never shared
+    digest: str
+    entangled: str
+    inert_names: tuple[str, ...] | None
+
+
+# The code of the latest cells parsed here (oldest first): running a cell again, a hit, parses nothing.
+_PARSED: dict[str, _Parsed] = {}
+_MAX_PARSED = 64
+
+
+def _parse(code: str) -> _Parsed:
+    parsed = _PARSED.get(code)
+    if parsed is not None:
+        return parsed
+    tree = ast.parse(code)
+    parsed = _analyze(tree)
+    if len(_PARSED) >= _MAX_PARSED:
+        del _PARSED[next(iter(_PARSED))]
+    _PARSED[code] = parsed
+    return parsed
+
+
+def _analyze(tree: ast.Module) -> _Parsed:
+    analysis = analyze(tree)
+    return _Parsed(
+        tree=tree, analysis=analysis, digest=normalized_digest(tree),
+        entangled=entangled_definition(tree, analysis.definition_nodes),
+        inert_names=tuple(dict.fromkeys([*analysis.inputs, *analysis.outputs])) if inert(tree) else None,
+    )
+
+
 def prepare_cell(shell: Any, source: str, options: CellOptions, code: str | None = None,
                  tree: ast.Module | None = None) -> CellSpec:
     """Parse and analyze a cell body. Raises SyntaxError for a body that is not Python. ``code`` and
-    ``tree``: the body already turned into Python and parsed (by IPython), when known."""
+    ``tree``: the body already turned into Python and parsed (by IPython), when known. (A tree given is
+    analyzed each time: IPython's AST transformers may have changed it.)"""
     if code is None:
-        code = shell.transform_cell(source)
-    if tree is None:
-        tree = ast.parse(code)
-    analysis = analyze(tree)
+        code = python_code(shell, source)
+    parsed = _parse(code) if tree is None else _analyze(tree)
+    analysis = parsed.analysis
     outputs = options.outputs if options.outputs is not None else analysis.outputs
-    digest = normalized_digest(tree)
+    digest = parsed.digest
     # Stable across re-runs and restarts; an edit of the body keeps the name, so `%nbflow why` can
     # compare with the entry the edit replaced.
     name = options.name or (outputs[0] if outputs else f"cell-{digest[:8]}")
     return CellSpec(
-        source=source, code=code, tree=tree, options=options, name=name, digest=digest,
-        inputs=options.inputs if options.inputs is not None else analysis.inputs,
+        source=source, code=code, tree=parsed.tree, options=options, name=name, digest=digest,
+        inputs=list(options.inputs if options.inputs is not None else analysis.inputs),
         outputs=list(outputs),
         definitions=[n for n in analysis.definitions if n in outputs],
-        definition_nodes=analysis.definition_nodes, with_targets=analysis.with_targets,
-        entangled=entangled_definition(tree, analysis.definition_nodes),
+        definition_nodes=list(analysis.definition_nodes), with_targets=list(analysis.with_targets),
+        entangled=parsed.entangled, inert_names=parsed.inert_names,
     )
+
+
+# The built-in scalar types: their operators run no Python code, and dropping one runs no finalizer.
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def runs_no_code(shell: Any, spec: CellSpec) -> bool:
+    """Whether running the cell now runs nothing but its own statements: an inert cell (see
+    :func:`~nbflow.ipython.analysis.inert`) whose names hold built-in scalars, or nothing, in the namespace
+    (no operator of a user class runs, and no value a rebinding drops has a ``__del__``). Such a run reads
+    no file, draws no random number, changes no setting and binds only the names the analysis lists, so
+    the run skips looking for those (the random generators' states, the namespace, the settings)."""
+    names = spec.inert_names
+    if names is None:
+        return False
+    namespace = shell.user_ns
+    for name in names:
+        value = namespace.get(name, _ABSENT)
+        if value is _ABSENT:  # read from the builtins (which code may have added to), or not bound yet
+            value = builtins.__dict__.get(name)
+        if type(value) not in _SCALARS:
+            return False
+    return True
+
+
+_ABSENT: Any = object()
 
 
 def current_inputs(shell: Any, spec: CellSpec) -> dict[str, Any]:
@@ -257,7 +362,7 @@ class _CellEngine(TaskRunEngine):
     mutated_inputs_are_outputs = True
 
     def __init__(self, task: Task[..., Any], inputs: dict[str, Any], session: Session, spec: CellSpec,
-                 shell: Any, min_seconds: float = 0.0) -> None:
+                 shell: Any, min_seconds: float = 0.0, inert: bool = False) -> None:
         super().__init__(task, (), inputs)
         self.session = session
         self.spec = spec
@@ -267,6 +372,7 @@ class _CellEngine(TaskRunEngine):
         self.files: list[FileRead] = []  # the files the result depends on (read, or written by it)
         self.quick = False
         self.quiet = isinstance(task.cache_policy, CellPolicy) and task.cache_policy.quiet
+        self.inert = inert  # the run runs no code but the cell's own statements (see runs_no_code)
 
     def _appended(self) -> str:
         """The first file the cell opened for appending, as it named it ("" when none)."""
@@ -322,7 +428,8 @@ class _CellEngine(TaskRunEngine):
             return True
 
     def may_draw(self) -> bool:
-        return True  # a cell is code at the top level: anything in it may draw random numbers
+        # A cell is code at the top level: anything in it may draw random numbers, unless it runs no code.
+        return not self.inert
 
     def mutated_arguments(self) -> list[str]:
         history = set(history_reads(self.spec))
@@ -539,6 +646,9 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
     """
     value_names = [name for name in spec.outputs if name not in spec.definitions]
     known = set(spec.outputs)
+    # Before the run (the names' values now): a cell that runs no code binds only what the analysis lists and
+    # changes no setting, so neither the namespace nor the settings are looked through (see runs_no_code).
+    inert = runs_no_code(shell, spec)
 
     def execute(**_inputs: Any) -> CellResult:
         # The inputs are already in the user namespace; they are parameters so that the run record
@@ -549,8 +659,9 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
         started = time.perf_counter()
         result = None
         namespace = shell.user_ns
-        ids = {name: id(value) for name, value in namespace.items()} if spec.options.outputs is None else None
-        before = settings_effects.snapshot()
+        ids = ({name: id(value) for name, value in namespace.items()}
+               if spec.options.outputs is None and not inert else None)
+        before = settings_effects.snapshot() if not inert else None
         with OutputTee(shell) as tee:
             exec(body, shell.user_global_ns, namespace)
             if last is not None:
@@ -570,7 +681,8 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
         for name in aliases:
             del values[name]
         return CellResult(values=values, outputs=tee.outputs, duration=time.perf_counter() - started,
-                          last_value=result, settings=settings_effects.changed_settings(before),
+                          last_value=result,
+                          settings=settings_effects.changed_settings(before) if before is not None else {},
                           aliases=aliases, shared=shared, deleted=deleted)
 
     inputs = current_inputs(shell, spec)
@@ -578,7 +690,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
         [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in inputs]
     )
     task = _make_task(shell, spec, execute, quiet=auto)
-    engine = _CellEngine(task, inputs, session, spec, shell, min_seconds=min_seconds)
+    engine = _CellEngine(task, inputs, session, spec, shell, min_seconds=min_seconds, inert=inert)
     session.remember_cell(spec)
     started = time.perf_counter()
     state = engine.run_to_state()
@@ -671,8 +783,9 @@ def _restore(shell: Any, spec: CellSpec, cached: CellResult, defined: bool = Fal
 
 def _notice(shell: Any, text: str) -> None:
     # A display message of its own (not stdout text), so it never merges with replayed stream output
-    # and tools can tell it apart by its metadata.
-    shell.display_pub.publish({"text/plain": text}, {"nbflow": {"cache_notice": True}})
+    # and tools can tell it apart by its metadata. Published quietly: a kernel's publisher would flush both
+    # (empty) streams first, each flush a wait for its I/O thread.
+    publish_quietly(shell, {"text/plain": text}, {"nbflow": {"cache_notice": True}})
 
 
 

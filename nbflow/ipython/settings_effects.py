@@ -9,6 +9,7 @@ when a hit restores the cell. Only libraries already imported are read (nothing 
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 from collections.abc import Callable
@@ -140,21 +141,16 @@ def snapshot() -> dict[str, dict[str, Any]]:
 _IN_KEY = ("numpy print options", "pandas options", "matplotlib rcParams")
 
 
-# The last digest, with the settings it was computed from: (keys, values, copies of list values, digest).
-# The values are held, so an unchanged identity means an unchanged value (lists are compared by content).
-_last_digest: tuple[list[Any], list[Any], list[Any], str] | None = None
+# The last digest, with the settings it was computed from: per group its name, keys and values; the values
+# that are lists, and a copy of each; the digest. The values are held, so an unchanged identity means an
+# unchanged value (lists are compared by content: they can change in place).
+_Last = tuple[list[tuple[str, list[Any], list[Any]]], list[list[Any]], list[list[Any]], str]
+_last_digest: _Last | None = None
 
 
-def display_digest() -> str:
-    """A digest of the settings in force that change what cells show (see ``_IN_KEY``).
-
-    Computed again only when a setting is another object than last time: a setter stores a new value,
-    so identity tells a change in ~40 µs where the digest of rcParams' 339 values takes ~0.6 ms."""
-    global _last_digest
-    import xxhash
-
-    keys: list[Any] = []
-    values: list[Any] = []
+def _display_settings() -> list[tuple[str, dict[str, Any]]]:
+    """The settings of ``_IN_KEY`` now, by group (libraries not imported are left out)."""
+    groups = []
     for group in _IN_KEY:
         try:
             found = _SETTINGS[group][0]()
@@ -163,29 +159,44 @@ def display_digest() -> str:
         if found is None:
             continue
         found.pop("backend", None)  # how figures are shown, not what they show
-        keys.append(group)
-        values.append(None)
-        keys += found.keys()
-        values += found.values()
-    lists = [list(value) for value in values if type(value) is list]
+        groups.append((group, found))
+    return groups
+
+
+def _unchanged(last: _Last, groups: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Whether ``groups`` hold the very objects the last digest was computed from, lists with the same content."""
+    known = last[0]
+    if len(known) != len(groups):
+        return False
+    for (group, keys, values), (name, found) in zip(known, groups):
+        # All in C: the keys' order as well (the values are compared position by position).
+        if group != name or len(keys) != len(found) or list(found) != keys or not all(
+                map(operator.is_, found.values(), values)):
+            return False
+    return last[1] == last[2]  # the lists held (the same objects, by the test above) against their copies
+
+
+def display_digest() -> str:
+    """A digest of the settings in force that change what cells show (see ``_IN_KEY``).
+
+    Computed again only when a setting is another object than last time (or a list of them changed in
+    place): a setter stores a new value, so identity tells a change in ~15 µs where the digest of rcParams'
+    339 values takes ~0.6 ms."""
+    global _last_digest
+    import xxhash
+
+    groups = _display_settings()
     last = _last_digest
-    if (last is not None and last[0] == keys and len(last[1]) == len(values)
-            and all(a is b for a, b in zip(last[1], values)) and last[2] == lists):
+    if last is not None and _unchanged(last, groups):
         return last[3]
     pieces = []
-    group_values: dict[str, Any] = {}
-    current = ""
-    for key, value in zip(keys, values):
-        if value is None and key in _IN_KEY:
-            current = key
-            group_values[current] = {}
-        else:
-            group_values[current][key] = value
-    for group, found in group_values.items():
+    for group, found in groups:
         pieces.append(group)
         pieces += [f"{key}={_text(value)}" for key, value in sorted(found.items())]
     digest = xxhash.xxh3_128_hexdigest("\0".join(pieces).encode("utf-8", "surrogatepass"))
-    _last_digest = (keys, values, lists, digest)
+    lists = [value for _, found in groups for value in found.values() if type(value) is list]
+    _last_digest = ([(group, list(found), list(found.values())) for group, found in groups], lists,
+                    [list(value) for value in lists], digest)
     return digest
 
 
@@ -215,6 +226,13 @@ def changed_settings(before: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
             earlier = _defaults(group)
             if earlier is None:
                 continue
+        try:
+            # The usual case, nothing changed, told in C: the same keys, and values the same objects or ==.
+            # (Per key below, a value that is not == to itself, such as NaN, would count as set again.)
+            if values == earlier:
+                continue
+        except Exception:  # a value without a plain ==: compared per key
+            pass
         delta = {}
         for key, value in values.items():
             try:
