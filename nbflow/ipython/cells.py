@@ -703,7 +703,7 @@ def run_cell_task(shell: Any, spec: CellSpec, session: Session, *, auto: bool = 
         replay(shell, cached.outputs, cached.last_value)
         elapsed = time.perf_counter() - started
         saved = time_saved(cached.duration, elapsed)
-        session.saved[task_run.id] = saved  # what `%nbflow status` adds up: the number this line shows
+        session.note_saved(task_run.id, saved)  # what `%nbflow status` adds up: the number this line shows
         if not auto:
             _notice(shell, f"[nbflow] {spec.name}: restored from the cache in {format_duration(elapsed)} "
                            f"(saved {format_duration(saved)})")

@@ -86,5 +86,16 @@ class Session:
         self.saved: dict[str, float] = {}  # task run id -> seconds a cache hit saved (cell tasks)
         self.auto: AutoMode | None = None  # auto mode (every cell a cell task), once it has been turned on
 
+    def note_saved(self, task_run_id: str, seconds: float) -> None:
+        """What a cell's hit saved, for ``%nbflow status``: kept for as many task runs as the session run keeps
+        in memory (the status looks only at those), so a long kernel does not grow."""
+        from nbflow.runs import _IN_MEMORY
+
+        saved = self.saved
+        saved[task_run_id] = seconds
+        if len(saved) > _IN_MEMORY:
+            for old in list(saved)[: len(saved) - _IN_MEMORY // 2]:
+                del saved[old]
+
     def remember_cell(self, spec: CellSpec) -> None:
         self.cells[spec.name] = spec

@@ -510,3 +510,20 @@ def test_nbflow_graph_shows_cell_tasks_and_task_calls_with_their_edges(shell: An
         # A session graph listens to every later task call in this process until it is closed: left open,
         # it would draw the rest of the suite.
         graph.close()
+
+
+def test_a_long_kernel_keeps_a_bounded_number_of_cell_records(shell: Any, capsys: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbflow.runs
+
+    # Small numbers, the rule of a kernel that runs a cached cell a million times.
+    monkeypatch.setattr(nbflow.runs, "_IN_MEMORY", 20)
+    for _ in range(60):
+        ok(shell, "%%task\nlimit_x = 1")
+    record = runtime.session_run()
+    assert len(record.task_runs) <= 20 and record.task_run_count >= 60
+    saved = shell._nbflow_session.saved  # what each hit saved, for %nbflow status
+    assert 0 < len(saved) <= 20
+    capsys.readouterr()
+    ok(shell, "%nbflow status")
+    assert "limit_x" in capsys.readouterr().out
