@@ -272,8 +272,10 @@ class RunRecord:
     logs: list[str] = field(default_factory=list)
     # The name given by the flow's flow_run_name (None: the flow's name).
     run_name: str | None = None
-    # Outcomes (as counts() names them) of the finished task runs no longer kept in memory.
+    # Outcomes (as counts() names them) of the finished task runs no longer kept in memory, and the number of
+    # task runs in memory at which the next are forgotten (0: the limit).
     forgotten: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _trim_at: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def duration(self) -> float | None:
@@ -310,32 +312,32 @@ class RunRecord:
             task_run.seq = self.task_run_count
             self.task_run_count += 1
             self.task_runs.append(task_run)
-            if len(self.task_runs) > _IN_MEMORY:
+            if len(self.task_runs) > max(_IN_MEMORY, self._trim_at):
                 self._forget_oldest()
 
     def _forget_oldest(self) -> None:
         # The oldest finished task runs leave memory, counted by outcome so that counts() stays whole; those
-        # still under way stay (the engine changes them, and they are this run's to show).
+        # still under way stay (the engine changes them, and they are this run's to show). Each is looked at
+        # once: one finishing meanwhile (another thread) is either kept or counted, never both. Called under
+        # _add_lock.
         cut = len(self.task_runs) - _IN_MEMORY // 2
-        head = self.task_runs[:cut]
-        under_way = [task_run for task_run in head if task_run.state_type not in _FINISHED_TYPES]
+        kept: list[TaskRunRecord] = []
         tally = self.forgotten
-        for task_run in head:
+        for task_run in self.task_runs[:cut]:
             if task_run.state_type in _FINISHED_TYPES:
                 outcome = _outcome(task_run)
                 tally[outcome] = tally.get(outcome, 0) + 1
-        self.task_runs[:cut] = under_way
-
-    @property
-    def task_runs_complete(self) -> bool:
-        """Whether :attr:`task_runs` holds every task run of this run (False once the oldest finished ones
-        were left to the history, or for a run listed without its task runs)."""
-        return len(self.task_runs) >= self.task_run_count
+            else:
+                kept.append(task_run)
+        self.task_runs[:cut] = kept
+        # Many calls still under way stay: the next look is half the limit later, not at every call.
+        self._trim_at = len(self.task_runs) + _IN_MEMORY // 2
 
     def all_task_runs(self) -> list[TaskRunRecord]:
         """Every task run of this run, in call order: :attr:`task_runs` when it holds them all, else the
         history's copies of the ones no longer in memory followed by those in memory."""
-        in_memory = list(self.task_runs)
+        with _add_lock:
+            in_memory = list(self.task_runs)
         if len(in_memory) >= self.task_run_count:
             return in_memory
         live = {task_run.id for task_run in in_memory}
@@ -349,19 +351,24 @@ class RunRecord:
     def counts(self) -> dict[str, int]:
         """Task runs by outcome: cached, computed, failed, other (those no longer in memory included)."""
         counts = {"cached": 0, "computed": 0, "failed": 0, "other": 0}
-        for outcome, number in self.forgotten.items():
+        with _add_lock:  # not halfway through a trim
+            forgotten, records = list(self.forgotten.items()), list(self.task_runs)
+        for outcome, number in forgotten:
             counts[outcome] += number
-        for task_run in self.task_runs:
+        for task_run in records:
             counts[_outcome(task_run)] += 1
         return counts
 
     def header(self) -> dict[str, Any]:
         """Every field but the task runs (which are stored, and copied, separately)."""
-        data = {name: getattr(self, name) for name in self.__dataclass_fields__
-                if name != "task_runs" and name != "forgotten"}
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in _MEMORY_ONLY}
         data["history"] = [asdict(entry) for entry in self.history]
         data["parameters"] = dict(self.parameters)
         return data
+
+
+# RunRecord fields that are not written to the history's row of the run.
+_MEMORY_ONLY = frozenset(("task_runs", "forgotten", "_trim_at"))
 
 
 def _outcome(task_run: TaskRunRecord) -> str:

@@ -447,3 +447,26 @@ def test_a_long_flow_keeps_its_newest_task_runs_in_memory_and_every_one_in_the_h
     model = GraphModel()
     model.add_run(run)  # the graph of the whole run reads the calls memory no longer holds
     assert {t.id for t in stored.task_runs} <= set(model.alias)
+
+
+def test_many_calls_under_way_are_not_looked_through_at_every_new_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Calls still under way stay in memory; with thousands of them (a flow submitting many slow tasks) each new
+    # call must not scan and copy them all again (that was quadratic: 25,000 submitted calls took 16 s).
+    monkeypatch.setattr(runs, "_IN_MEMORY", 10)
+    looks = []
+    forget = RunRecord._forget_oldest
+
+    def counted(self: RunRecord) -> None:
+        looks.append(len(self.task_runs))
+        forget(self)
+
+    monkeypatch.setattr(RunRecord, "_forget_oldest", counted)
+    run = RunRecord(id=new_id(), flow_name="many")
+    for i in range(400):
+        task_run = TaskRunRecord(id=new_task_run_id(), run_id=run.id, task_name="t", task_key="m.t")
+        if i % 2:
+            task_run.state, task_run.state_type = "Completed", "COMPLETED"
+        run.add_task_run(task_run)
+    assert len(looks) <= 400 // 5 + 1, len(looks)
+    assert run.counts()["computed"] == 200 and sum(run.counts().values()) == 400
+    assert all(t.state_type == "PENDING" for t in run.task_runs[:-10])  # the finished ones were let go

@@ -255,6 +255,9 @@ def runs_no_code(shell: Any, spec: CellSpec) -> bool:
 
 
 _ABSENT: Any = object()
+# The builtins as they were when the extension loaded (Python's and IPython's own): a name found there is no
+# input unless the user has put it there or rebound it since.
+_ORIGINAL_BUILTINS = dict(builtins.__dict__)
 
 
 def current_inputs(shell: Any, spec: CellSpec) -> dict[str, Any]:
@@ -267,6 +270,10 @@ def current_inputs(shell: Any, spec: CellSpec) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for name in spec.inputs:
         if name not in namespace:
+            # Found in the builtins: an input if the user put it there (`builtins.LIMIT = 5`) or rebound one.
+            value = builtins.__dict__.get(name, _ABSENT)
+            if value is not _ABSENT and _ORIGINAL_BUILTINS.get(name, _ABSENT) is not value:
+                found[name] = value
             continue
         value = namespace[name]
         if name in hidden and hidden[name] is value and name not in history:

@@ -527,3 +527,17 @@ def test_a_long_kernel_keeps_a_bounded_number_of_cell_records(shell: Any, capsys
     capsys.readouterr()
     ok(shell, "%nbflow status")
     assert "limit_x" in capsys.readouterr().out
+
+
+def test_a_name_the_user_put_in_the_builtins_is_an_input(shell: Any) -> None:
+    import builtins
+
+    try:
+        ok(shell, "import builtins; builtins.nbflow_limit = 5")
+        ok(shell, "%%task\nlimit_y = nbflow_limit * 2")
+        assert shell.user_ns["limit_y"] == 10
+        ok(shell, "builtins.nbflow_limit = 6")
+        ok(shell, "%%task\nlimit_y = nbflow_limit * 2")
+        assert shell.user_ns["limit_y"] == 12
+    finally:
+        vars(builtins).pop("nbflow_limit", None)
