@@ -110,24 +110,28 @@ class Recorder:
             recorder.appends.setdefault(path, given)
             recorder = recorder.parent
 
-    def seen(self) -> tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str]]:
-        """What this recorder saw (reads, writes, appends), to send to the process that made the call."""
-        return self.reads, self.writes, self.appends
+    def seen(self) -> tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str], list[FileRead]]:
+        """What this recorder saw (reads, writes, appends, and the reads of cached entries served inside the
+        call), to send to the process that made the call."""
+        return self.reads, self.writes, self.appends, [read._replace(path=path) for path, read in self.done.items()]
 
-    def take(self, seen: tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str]]) -> None:
+    def take(self, seen: tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str],
+                               list[FileRead]]) -> None:
         """What a recorder in another process saw (:meth:`seen`) for this call, as if seen here: each read
-        with the size and time it had when it was read there."""
-        reads, writes, appends = seen
+        with the size and time it had when it was read there, by its absolute path (the other process's
+        working directory may not be this one's)."""
+        reads, writes, appends, done = seen
         recorder: Recorder | None = self
         while recorder is not None:
-            for path, read in reads.items():
+            for path, (kind, size, mtime_ns, _) in reads.items():
                 if path not in recorder.reads and path not in recorder.done and path not in recorder.writes:
-                    recorder.reads[path] = read
-            for path, given in writes.items():
-                recorder.writes.setdefault(path, given)
-            for path, given in appends.items():
-                recorder.appends.setdefault(path, given)
+                    recorder.reads[path] = (kind, size, mtime_ns, path)
+            for path in writes:
+                recorder.writes.setdefault(path, path)
+            for path in appends:
+                recorder.appends.setdefault(path, path)
             recorder = recorder.parent
+        self.adopt(done)
 
     def adopt(self, reads: Iterable[FileRead]) -> None:
         """Reads (and writes) of a cached entry served inside this call: this call depends on them too."""
@@ -313,10 +317,12 @@ def _seen(recorder: Recorder, path: Any, kind: str, absolute_only: bool) -> None
 
 
 def _in_store(path: str) -> bool:
+    """Whether ``path`` is nbflow's own (the store under the home, the secret key): never a call's read."""
     from nbflow import settings
 
-    home = os.path.join(os.path.abspath(settings.get_settings().home), "")
-    return path.startswith(home)
+    configured = settings.get_settings()
+    home = os.path.join(os.path.abspath(configured.home), "")
+    return path.startswith(home) or path == os.path.abspath(configured.secret_file)
 
 
 def _stat(path: str, kind: str) -> tuple[str, int, int]:

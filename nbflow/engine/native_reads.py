@@ -18,7 +18,9 @@ import importlib.util
 import os
 import sys
 import threading
+import urllib.parse
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -28,21 +30,28 @@ from nbflow.hashing.code import stand_in
 
 __all__ = ["install"]
 
-# Module -> (attribute, name of the argument that says what to read, its position): functions, and
-# classes (their __init__, ``self`` at position 0). The attribute is replaced wherever the module's
-# original is referenced (``pyarrow.parquet`` re-exports ``pyarrow.parquet.core``'s).
-_READERS: dict[str, tuple[tuple[str, str, int], ...]] = {
-    "pyarrow": (("memory_map", "path", 0),),
-    "pyarrow.parquet.core": (("read_table", "source", 0), ("read_metadata", "where", 0),
-                             ("read_schema", "where", 0), ("ParquetFile", "source", 1),
-                             ("ParquetDataset", "path_or_paths", 1)),
-    "pyarrow.dataset": (("dataset", "source", 0),),
-    "pyarrow.feather": (("read_table", "source", 0), ("read_feather", "source", 0)),
-    "pyarrow.csv": (("read_csv", "input_file", 0), ("open_csv", "input_file", 0)),
-    "pyarrow.json": (("read_json", "input_file", 0),),
-    "pyarrow.ipc": (("open_file", "source", 0), ("open_stream", "source", 0)),
-    "pyarrow.orc": (("read_table", "source", 0), ("ORCFile", "source", 1)),
+# Module -> (attribute, name of the argument that says what to read, its position, the position of a
+# ``filesystem`` argument or -1): functions, and classes (their __init__, ``self`` at position 0). The attribute
+# is replaced wherever the module's original is referenced (``pyarrow.parquet`` re-exports
+# ``pyarrow.parquet.core``'s). pyarrow's file objects (``pa.OSFile``, ``LocalFileSystem().open_input_file``)
+# are extension types that cannot be wrapped: a file opened that way and handed to a reader is not seen.
+_READERS: dict[str, tuple[tuple[str, str, int, int], ...]] = {
+    "pyarrow": (("memory_map", "path", 0, -1), ("input_stream", "source", 0, -1)),
+    "pyarrow.parquet.core": (("read_table", "source", 0, -1), ("read_metadata", "where", 0, 3),
+                             ("read_schema", "where", 0, 3), ("ParquetFile", "source", 1, -1),
+                             ("ParquetDataset", "path_or_paths", 1, 2)),
+    "pyarrow.dataset": (("dataset", "source", 0, 3),),
+    "pyarrow.feather": (("read_table", "source", 0, -1), ("read_feather", "source", 0, -1)),
+    "pyarrow.csv": (("read_csv", "input_file", 0, -1), ("open_csv", "input_file", 0, -1)),
+    "pyarrow.json": (("read_json", "input_file", 0, -1),),
+    "pyarrow.ipc": (("open_file", "source", 0, -1), ("open_stream", "source", 0, -1)),
+    "pyarrow.orc": (("read_table", "source", 0, -1), ("ORCFile", "source", 1, -1)),
 }
+# pyarrow's functions that open a file and return it, and the kinds of file they (or pyarrow's own
+# constructors and filesystems) return. The files the wrapped openers returned: their paths were noted.
+_OPENERS = frozenset(("memory_map", "input_stream"))
+_UNSEEN_FILES = frozenset(("OSFile", "NativeFile", "MemoryMappedFile"))
+_opened: weakref.WeakSet[Any] = weakref.WeakSet()
 _WRAPPED = "__nbflow_reads__"  # set on a wrapper (and on a class whose __init__ is wrapped)
 _lock = threading.Lock()
 _installed = False
@@ -99,17 +108,17 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 def _wrap_module(module: ModuleType) -> None:
     replacements: dict[int, tuple[Any, Any]] = {}
-    for attribute, argument, position in _READERS.get(module.__name__, ()):
+    for attribute, argument, position, at in _READERS.get(module.__name__, ()):
         original = getattr(module, attribute, None)
         if original is None or getattr(original, _WRAPPED, False):
             continue
         try:
             if isinstance(original, type):
                 init = getattr(original, "__init__")  # noqa: B009 (mypy: __init__ of a class object)
-                original.__init__ = _reader(init, argument, position)  # type: ignore[misc]
+                original.__init__ = _reader(init, argument, position, at)  # type: ignore[misc]
                 setattr(original, _WRAPPED, True)
             else:
-                wrapper = _reader(original, argument, position)
+                wrapper = _reader(original, argument, position, at)
                 setattr(module, attribute, wrapper)
                 replacements[id(original)] = (original, wrapper)
         except Exception:  # a library version laid out otherwise: its reads stay unseen, as before
@@ -118,13 +127,23 @@ def _wrap_module(module: ModuleType) -> None:
         _rebind(replacements)
 
 
-def _reader(original: Callable[..., Any], argument: str, position: int) -> Callable[..., Any]:
+def _reader(original: Callable[..., Any], argument: str, position: int, at: int) -> Callable[..., Any]:
+    opens = getattr(original, "__name__", "") in _OPENERS
+
     def reader(*args: Any, **kwargs: Any) -> Any:
         recorder = _current.get()
-        if recorder is not None:
-            source = kwargs.get(argument, args[position] if len(args) > position else None)
-            _note_source(recorder, source, kwargs.get("filesystem"))
-        return original(*args, **kwargs)
+        if recorder is None:
+            return original(*args, **kwargs)
+        source = kwargs.get(argument, args[position] if len(args) > position else None)
+        filesystem = kwargs.get("filesystem", args[at] if 0 <= at < len(args) else None)
+        _note_source(recorder, source, filesystem)
+        result = original(*args, **kwargs)
+        if opens:
+            try:
+                _opened.add(result)  # its path was noted: a reader given it reads a file already seen
+            except TypeError:
+                pass
+        return result
 
     for name in ("__name__", "__qualname__", "__doc__", "__module__"):
         try:
@@ -144,10 +163,19 @@ def _note_source(recorder: Any, source: Any, filesystem: Any) -> None:
                 _note_source(recorder, item, filesystem)
             return
         if not isinstance(source, (str, os.PathLike)):
-            return  # a file object (opened through Python: seen there) or a buffer
+            # A file object opened through Python (seen there), a buffer, or a pyarrow file: one opened by
+            # pyarrow itself (pa.OSFile, a filesystem's open_input_file) names no path nbflow could watch.
+            if type(source).__name__ in _UNSEEN_FILES and source not in _opened:
+                _warn_untracked(f"a pyarrow {type(source).__name__}")
+            return
         path = os.fsdecode(os.fspath(source))
-        if path.startswith("file://"):
-            path = path[len("file://"):]
+        if path.startswith("file:"):
+            # A file URI, as pyarrow reads it: percent-escapes decoded, an empty or local host.
+            parsed = urllib.parse.urlsplit(path)
+            if parsed.netloc not in ("", "localhost"):
+                _warn_untracked(path)
+                return
+            path = urllib.parse.unquote(parsed.path)
         elif "://" in path or (filesystem is not None and not _local(filesystem)):
             _warn_untracked(path)
             return
@@ -174,9 +202,11 @@ def _warn_untracked(location: str) -> None:
     _warned.add(location)
     from nbflow.exceptions import NbflowWarning
 
+    what = location if location.startswith("a pyarrow ") else repr(location)
     warnings.warn(
-        f"a cached call reads {location!r}, which nbflow cannot watch (not a local file): its cached result "
-        "stays in use after that data changes. Pass something that changes with the data (a version, a "
-        "date) as an argument, or set cache_expiration / refresh_cache=True.",
+        f"a cached call reads {what}, which nbflow cannot watch (not a local file by its path): its cached result "
+        "stays in use after that data changes. Give the reader a local path, declare the file with files=, "
+        "pass something that changes with the data (a version, a date) as an argument, or set "
+        "cache_expiration / refresh_cache=True.",
         NbflowWarning, stacklevel=4,
     )

@@ -331,3 +331,34 @@ def test_numpy_text_readers_are_seen(tmp_path: Path) -> None:
     later = time.time_ns() + 5_000_000_000
     os.utime(tmp_path / "numbers.txt", ns=(later, later))
     assert lines(run_script(tmp_path, source)) == ["with_loadtxt Completed 2", "with_genfromtxt Completed 2"]
+
+
+def test_a_cached_call_inside_a_process_pool_worker_passes_its_files_on(tmp_path: Path) -> None:
+    # outer's attempt runs in a worker where inner is a hit: the file inner's entry depends on is outer's too.
+    source = """
+    import sys
+    import nbflow
+
+    @nbflow.task
+    def inner(path):
+        with open(path) as handle:
+            return handle.read().strip()
+
+    @nbflow.task
+    def outer(path, tag):
+        return inner(path) + tag
+
+    @nbflow.flow(task_runner=nbflow.ProcessPoolTaskRunner(max_workers=1))
+    def pipeline(tag):
+        return outer.submit("notes.txt", tag).result()
+
+    if __name__ == "__main__":
+        print(pipeline(sys.argv[1]))
+    """
+    (tmp_path / "notes.txt").write_text("old")
+    assert lines(run_script(tmp_path, source, "!")) == ["old!"]
+    assert lines(run_script(tmp_path, source, "?")) == ["old?"]  # outer computed, inner a hit in the worker
+    (tmp_path / "notes.txt").write_text("new")
+    later = time.time_ns() + 5_000_000_000
+    os.utime(tmp_path / "notes.txt", ns=(later, later))
+    assert lines(run_script(tmp_path, source, "?")) == ["new?"]

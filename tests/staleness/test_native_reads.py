@@ -109,3 +109,39 @@ def test_a_remote_location_read_by_pyarrow_is_named_in_a_warning(tmp_path: Path)
     """
     output = run_script(tmp_path, source)
     assert "NbflowWarning: a cached call reads 's3://bucket/data.parquet', which nbflow cannot watch" in output, output
+
+
+def test_a_file_uri_with_escapes_counts_and_a_pyarrow_file_object_is_named_in_a_warning(tmp_path: Path) -> None:
+    import pandas as pd
+
+    source = """
+    import pathlib
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import nbflow
+
+    @nbflow.task
+    def by_uri(uri):
+        return int(pq.read_table(uri)["a"].to_pandas().sum())
+
+    @nbflow.task
+    def by_file_object(path):
+        return int(pq.read_table(pa.OSFile(path))["a"].to_pandas().sum())
+
+    @nbflow.task
+    def by_memory_map(path):
+        return int(pq.read_table(pa.memory_map(path))["a"].to_pandas().sum())
+
+    uri = pathlib.Path("with space.parquet").absolute().as_uri()
+    print(by_uri(uri, return_state=True).name, by_uri(uri))
+    print(by_file_object("with space.parquet"), by_memory_map("with space.parquet"))
+    """
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "with space.parquet")
+    output = run_script(tmp_path, source)
+    assert lines(output) == ["Completed 1", "1 1"]
+    assert "NbflowWarning: a cached call reads a pyarrow OSFile, which nbflow cannot watch" in output, output
+    assert output.count("cannot watch") == 1, output  # the memory map's path was seen
+    pd.DataFrame({"a": [2]}).to_parquet(tmp_path / "with space.parquet")
+    later = time.time_ns() + 5_000_000_000
+    os.utime(tmp_path / "with space.parquet", ns=(later, later))
+    assert lines(run_script(tmp_path, source))[0] == "Completed 2"
