@@ -272,11 +272,13 @@ def _object_strings_encoding(a: Any, np: Any) -> bytes | None:
     return streams.encoding()
 
 
-def remember_object_strings(array: Any, ends: Any, data: Any) -> None:
+def remember_object_strings(array: Any, ends: Any, data: Any, keep: Any = None) -> None:
     """Remember the encodings of ``array``, an object array of strings just rebuilt from their UTF-8 bytes
     (``data``, validated) and where each ends (``ends``, int64, C order), as the result store rebuilds one:
     computed from those buffers at memory speed, so that the first fingerprint of the restored value does not
-    walk its strings again.
+    walk its strings again. ``keep``: None, or a flat object array holding exactly the pointers ``array``
+    holds (a second reference to every string, made while the strings were being created, when doing so is
+    cheap: checked here, it becomes the entries' copy of the slots).
 
     Seeded for the arrays a fingerprint meets: a 1-D array itself, and the rows of a 2-D one (the columns of
     a pandas block). The entries are those :func:`_enc_array_objects` makes (:class:`_ObjectsMemo`): served
@@ -300,14 +302,21 @@ def remember_object_strings(array: Any, ends: Any, data: Any) -> None:
     width = array.shape[-1]
     if width < _MEMO_MIN_VALUES or array.size // width > _ObjectsMemo.MAX_ENTRIES // 2:
         return  # rows never looked up (see _ObjectsMemo.lookup), or more than the table keeps
+    if keep is not None and (
+        type(keep) is not np.ndarray or keep.dtype != object or keep.shape != (array.size,)
+        or not _same_slots(array.reshape(-1), keep, np)
+    ):
+        keep = None
+    offsets = np.empty(width + 1, dtype=np.int64)  # one row's, counted from its first string (reused)
+    offsets[0] = 0
     for index, row in enumerate([array] if array.ndim == 1 else list(array)):
         low = index * width
-        # Where each string of the row ends, after where the one before it ends (0 for the first row): feed()
-        # rebases them onto the row's own start, as it does a slice of a column.
-        offsets = ends[low - 1 : low + width] if low else np.concatenate((np.zeros(1, np.int64), ends[:width]))
+        start = int(ends[low - 1]) if low else 0
+        np.subtract(ends[low : low + width], start, out=offsets[1:])
         streams = _StringStreams(True)
-        streams.feed(offsets, data, None, np)
-        _ObjectsMemo((row.ctypes.data, width), row).remember(streams.encoding())
+        streams.feed(offsets, memoryview(data)[start : start + int(offsets[-1])], None, np)
+        row_keep = keep[low : low + width] if keep is not None else None
+        _ObjectsMemo((row.ctypes.data, width), row).remember(streams.encoding(), row_keep)
 
 
 class _ObjectsMemo:
@@ -349,7 +358,9 @@ class _ObjectsMemo:
             return known
         return cls(key, a)
 
-    def remember(self, encoding: bytes) -> None:
+    def remember(self, encoding: bytes, keep: Any = None) -> None:
+        """Remember ``encoding`` for the array's current slots. ``keep``: a copy of them already made (else
+        one is made here), holding exactly the pointers the array's slots hold now."""
         owner = self.keep
         while isinstance(owner.base, type(owner)):  # the array owning the memory (a column is often a view)
             owner = owner.base
@@ -357,7 +368,7 @@ class _ObjectsMemo:
             self.owner = weakref.ref(owner, partial(_ObjectsMemo.forget, self.key))
         except TypeError:
             return
-        self.keep = self.keep.copy()  # a reference to every element (see the class docstring)
+        self.keep = self.keep.copy() if keep is None else keep  # a reference to every element (see above)
         self.encoding = encoding
         table = _ObjectsMemo.table
         if len(table) >= self.MAX_ENTRIES:

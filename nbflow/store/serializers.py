@@ -162,6 +162,11 @@ def _string_buffers(items: list[Any], threshold: int) -> tuple[Any, bytes, bool]
     return numpy.cumsum(lengths), data, ascii_only
 
 
+# Strings of an object array converted from arrow at a time (see _object_strings): a block's string objects
+# (~70 bytes each) stay in the CPU's caches while they are referenced.
+_CONVERT_BLOCK = 1 << 15
+
+
 def _object_strings(ends: Any, data: Any, shape: tuple[int, ...], ascii_only: bool) -> Any:
     """The object array of strings :func:`_reduce_array` wrote (called by pickle when a result loads).
 
@@ -179,19 +184,29 @@ def _object_strings(ends: Any, data: Any, shape: tuple[int, ...], ascii_only: bo
     except ImportError:
         pyarrow = None
     if pyarrow is not None and n:
-        offsets = numpy.empty(n + 1, dtype=numpy.int64)
-        offsets[0] = 0
-        offsets[1:] = ends
-        strings = pyarrow.LargeStringArray.from_buffers(n, pyarrow.py_buffer(offsets), pyarrow.py_buffer(data))
-        # Offsets in range, increasing, the bytes UTF-8: pyarrow reads the buffers as they say, unchecked.
-        strings.validate(full=True)
-        built = strings.to_numpy(zero_copy_only=False)
-        if built.dtype == object and built.flags.writeable and built.shape == (n,):  # a new array of its own
-            out = built.reshape(shape)
-        else:
-            out = numpy.empty(shape, dtype=object)
-            out.reshape(-1)[:] = built
+        # Converted a block at a time: each block's strings referenced twice while they are in the CPU's
+        # caches, by the array and by ``keep``, the copy the fingerprint memo holds (a copy made afterwards
+        # would visit every string again, from memory); and the block's offsets built in a small buffer
+        # reused from block to block (the stored ends lack the leading zero arrow needs), not a copy of them.
+        whole = pyarrow.py_buffer(data)
+        offsets = numpy.empty(min(n, _CONVERT_BLOCK) + 1, dtype=numpy.int64)
+        flat = numpy.empty(n, dtype=object)
+        keep = numpy.empty(n, dtype=object)
+        for start in range(0, n, _CONVERT_BLOCK):
+            stop = min(start + _CONVERT_BLOCK, n)
+            offsets[0] = ends[start - 1] if start else 0
+            offsets[1 : stop - start + 1] = ends[start:stop]
+            strings = pyarrow.LargeStringArray.from_buffers(
+                stop - start, pyarrow.py_buffer(offsets[: stop - start + 1]), whole
+            )
+            # Offsets in range, increasing, the bytes UTF-8: pyarrow reads the buffers as they say, unchecked.
+            strings.validate(full=True)
+            block = strings.to_numpy(zero_copy_only=False)
+            flat[start:stop] = block
+            keep[start:stop] = block
+        out = flat.reshape(shape)
     else:
+        keep = None
         out = numpy.empty(n, dtype=object)
         if n:
             starts = [0, *ends[:-1].tolist()]
@@ -204,7 +219,7 @@ def _object_strings(ends: Any, data: Any, shape: tuple[int, ...], ascii_only: bo
         out = out.reshape(shape)
     from nbflow.hashing.values import remember_object_strings
 
-    remember_object_strings(out, ends, data)
+    remember_object_strings(out, ends, data, keep)
     return out
 
 

@@ -149,3 +149,23 @@ def test_a_registration_for_str_forgets_what_was_remembered(monkeypatch: pytest.
     finally:
         unregister(str)
     assert fingerprint(restored) == before
+
+
+def test_a_copy_of_the_slots_that_does_not_match_them_is_never_kept() -> None:
+    """The store hands over the second reference to every string it made while converting them; one that
+    does not hold exactly the array's pointers is not taken as the memo's copy (a copy is made instead)."""
+    from nbflow.hashing.values import remember_object_strings
+
+    words = [f"w{i}" for i in range(ROWS)]
+    array = np.array(words, dtype=object)
+    ends = np.cumsum([len(w) for w in words], dtype=np.int64)
+    data = "".join(words).encode()
+    wrong = array.copy()
+    wrong[5] = "other"
+    _libraries._ObjectsMemo.table.clear()
+    remember_object_strings(array, ends, data, wrong)
+    entry = _libraries._ObjectsMemo.table[(array.ctypes.data, ROWS)]
+    assert entry.keep is not wrong and _libraries._same_slots(entry.keep, array, np)
+    expected = fingerprint(array)
+    _libraries._ObjectsMemo.table.clear()
+    assert fingerprint(array) == expected
