@@ -14,7 +14,8 @@ target (issue 24).
    ``jupyter execute`` of the same notebook without ``%%task`` (no nbflow at all); per dtype, best of ``reps``.
 4. A task returning a DataFrame with string columns (``str`` or ``object``) and two float64 columns: the time
    storing it adds to the call, and a fresh process's hit, next to pickle (dump + fsync, load), parquet via
-   pyarrow (write + fsync, read + to_pandas) and joblib.Memory. Every measurement in a fresh process.
+   pyarrow (write + fsync, read + to_pandas), joblib.Memory and marimo's persistent_cache. Every measurement
+   in a fresh process.
 
 Run with ``python benchmarks/bench_strings.py [--quick] [--json FILE]`` (``make bench`` runs it after the
 others). Exit status: 0 when every target is met, 3 when one is missed, 1 when a section could not run.
@@ -39,6 +40,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _marimo_cases import NOT_INSTALLED, frame_result  # noqa: E402
+from _marimo_cases import installed as marimo_installed  # noqa: E402
 from bench_overhead import Report, bench_env, rotated, title  # noqa: E402
 
 EXIT_MISSED = 3
@@ -265,7 +268,8 @@ def bench_notebook(report: Report, root: Path, rows: int, reps: int) -> None:
 
 # -- 4. a DataFrame result with string columns: store, and a fresh process's hit --------------------------------
 
-RESULT_LIBS = ["nbflow", "pickle", "parquet", "joblib"]
+# marimo's persistent_cache where it installs (the bench extra): benchmarks/_marimo_cases.py
+RESULT_LIBS = ["nbflow", "pickle", "parquet", "joblib", *(["marimo"] if marimo_installed() else [])]
 
 
 def make_frame(seed: int, rows: int, dtype: str) -> Any:
@@ -293,6 +297,8 @@ def result_worker(params: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     lib, home, rows, dtype, step = params["lib"], params["home"], params["rows"], params["dtype"], params["step"]
+    if lib == "marimo":
+        return frame_result(params)
     os.makedirs(home, exist_ok=True)
     path = os.path.join(home, "frame." + ("parquet" if lib == "parquet" else "pkl"))
     if step == "store":
@@ -348,6 +354,8 @@ def bench_result(report: Report, root: Path, rows: int, reps: int) -> None:
         print(f"  {dtype!r} strings{'':26s}{'store':>10s}{'hit':>10s}")
         for lib in RESULT_LIBS:
             print(f"    {lib:36s}{best[lib]['store']:9.2f}s{best[lib]['hit']:9.2f}s")
+        if "marimo" not in RESULT_LIBS:
+            print(f"    {NOT_INSTALLED}")
         results[dtype] = best
         ours, pickled = best["nbflow"], best["pickle"]
         report.target(f"{dtype} DataFrame result: store and hit no slower than pickle",
