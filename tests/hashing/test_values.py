@@ -93,8 +93,9 @@ class Hostile:
 
 
 # -- pinned digests ------------------------------------------------------------------------------------
-# These digests are the on-disk cache keys of format version 3 (2 changed only values with a large shared
-# part, none pinned here; 3 changed string columns: "dataframe", whose column "c" is pandas' string dtype).
+# These digests are the on-disk cache keys of format version 4 (2 changed only values with a large shared
+# part, none pinned here; 3 changed string columns: "dataframe", whose column "c" is pandas' string dtype; 4
+# changed object arrays of strings only, pinned in test_strings.py).
 # A change here invalidates every user's cache: update them only together with a bump of nbflow.hashing.FORMAT_VERSION.
 
 
