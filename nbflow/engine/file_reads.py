@@ -34,12 +34,12 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import xxhash
 
-__all__ = ["FileRead", "Recorder", "changed", "current", "declare", "finish", "start", "stop", "unwatched"]
+__all__ = ["FileRead", "Recorder", "changed", "current", "declare", "finish", "start", "stop", "unwatched", "watched"]
 
 # A file modified this close to the moment it was digested may change again within the same mtime tick
 # (1-2 s on some filesystems): such a read is digested again on every check.
@@ -70,6 +70,12 @@ class FileRead(NamedTuple):
         except ValueError:
             return self.path
         return self.path if relative.startswith("..") else relative
+
+
+# What a recorder saw, as sent between processes: reads (path -> kind, size, mtime_ns, path as named), writes,
+# appends (path -> path as named), and the reads of cached entries served inside the call.
+Seen: TypeAlias = tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str], list[FileRead]]
+T = TypeVar("T")
 
 
 class Recorder:
@@ -110,13 +116,12 @@ class Recorder:
             recorder.appends.setdefault(path, given)
             recorder = recorder.parent
 
-    def seen(self) -> tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str], list[FileRead]]:
+    def seen(self) -> Seen:
         """What this recorder saw (reads, writes, appends, and the reads of cached entries served inside the
         call), to send to the process that made the call."""
         return self.reads, self.writes, self.appends, [read._replace(path=path) for path, read in self.done.items()]
 
-    def take(self, seen: tuple[dict[str, tuple[str, int, int, str]], dict[str, str], dict[str, str],
-                               list[FileRead]]) -> None:
+    def take(self, seen: Seen) -> None:
         """What a recorder in another process saw (:meth:`seen`) for this call, as if seen here: each read
         with the size and time it had when it was read there, by its absolute path (the other process's
         working directory may not be this one's)."""
@@ -346,6 +351,18 @@ def start(recorder: Recorder) -> contextvars.Token[Recorder | None]:
 def stop(token: contextvars.Token[Recorder | None]) -> None:
     """The recorder current before :func:`start` is current again."""
     _current.reset(token)
+
+
+def watched(fn: Callable[..., T], *args: Any) -> tuple[T, Seen]:
+    """``fn(*args)`` with a recorder of its own: its result and what it read (:meth:`Recorder.seen`), which a
+    worker process sends back to the process that made the call (:meth:`Recorder.take`)."""
+    recorder = Recorder(None)
+    token = start(recorder)
+    try:
+        result = fn(*args)
+    finally:
+        stop(token)
+    return result, recorder.seen()
 
 
 @contextlib.contextmanager

@@ -42,13 +42,7 @@ def _attempt_in_worker(payload: bytes) -> bytes:
     from nbflow.engine.task_engine import call_to_state
 
     fn, args, kwargs, timeout_seconds, label = pickle.loads(payload)
-    recorder = file_reads.Recorder(None)
-    token = file_reads.start(recorder)
-    try:
-        state = call_to_state(fn, args, kwargs, timeout_seconds, label)
-    finally:
-        file_reads.stop(token)
-    reads = recorder.seen()
+    state, reads = file_reads.watched(call_to_state, fn, args, kwargs, timeout_seconds, label)
     try:
         return _dumps((state, reads))
     except Exception as error:

@@ -446,6 +446,18 @@ _STR_ONLY = {str}
 _STR_RUN = 2
 
 
+def utf8_pieces(items: list[str], joined: str, np: Any) -> tuple[bytes, Any] | None:
+    """The UTF-8 bytes of ``items`` one after another (``joined`` is ``"".join(items)``) and each one's length in
+    bytes (int64); None when some string cannot be encoded strictly (lone surrogates)."""
+    if joined.isascii():  # one byte per character: the lengths are the strings' own
+        return joined.encode(), np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    try:
+        encoded = list(map(str.encode, items))
+    except UnicodeEncodeError:
+        return None
+    return b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.int64, count=len(items))
+
+
 def _str_run(items: list[str], np: Any) -> Any:
     """The encoding of a run of strings (``s`` + 8-byte length + UTF-8 bytes each), as a uint8 array, built
     with numpy: the same bytes as the element-by-element encoding at about half the cost (no bytes object
@@ -455,16 +467,10 @@ def _str_run(items: list[str], np: Any) -> Any:
     if len(joined) > _RUN_CHARS:
         return None
     n = len(items)
-    if joined.isascii():  # one byte per character: the lengths are the strings' own
-        data = joined.encode()
-        lengths = np.fromiter(map(len, items), dtype=np.int64, count=n)
-    else:
-        try:
-            encoded = list(map(str.encode, items))
-        except UnicodeEncodeError:
-            return None
-        data = b"".join(encoded)
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=n)
+    pieces = utf8_pieces(items, joined, np)
+    if pieces is None:
+        return None
+    data, lengths = pieces
     heads = np.arange(0, 9 * n, 9, dtype=np.int64)  # where each element's 9-byte header starts
     heads[1:] += np.cumsum(lengths[:-1])
     header = np.empty(n, dtype=[("t", "u1"), ("n", "<u8")])  # packed: 9 bytes, as _pack_cQ writes

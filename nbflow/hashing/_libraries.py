@@ -21,6 +21,7 @@ from nbflow.hashing._builtins import (
     _b_int,
     _enc_object_elements,
     _h_dict,
+    utf8_pieces,
 )
 from nbflow.hashing._encoder import (
     _CHUNK,
@@ -253,19 +254,11 @@ def _object_strings_encoding(a: Any, np: Any) -> bytes | None:
         items = block.tolist()
         if set(map(type, items)) != _STR_ONLY:
             return None
-        joined = "".join(items)
-        count = len(items)
-        if joined.isascii():  # one byte per character: the lengths are the strings' own
-            data = joined.encode()
-            lengths = np.fromiter(map(len, items), dtype=np.int64, count=count)
-        else:
-            try:
-                encoded = list(map(str.encode, items))
-            except UnicodeEncodeError:
-                return None
-            data = b"".join(encoded)
-            lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=count)
-        offsets = np.empty(count + 1, dtype=np.int64)
+        pieces = utf8_pieces(items, "".join(items), np)
+        if pieces is None:
+            return None
+        data, lengths = pieces
+        offsets = np.empty(len(items) + 1, dtype=np.int64)
         offsets[0] = 0
         np.cumsum(lengths, out=offsets[1:])
         streams.feed(offsets, data, None, np)

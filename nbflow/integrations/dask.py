@@ -323,13 +323,8 @@ def _attempt_on_worker(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
     from nbflow.engine import file_reads
     from nbflow.engine.task_engine import call_to_state
 
-    recorder = file_reads.Recorder(None)
-    token = file_reads.start(recorder)
-    try:
-        state = call_to_state(fn, args, kwargs, timeout_seconds, label)
-    finally:
-        file_reads.stop(token)
-    reads = (socket.gethostname(), recorder.seen())
+    state, seen = file_reads.watched(call_to_state, fn, args, kwargs, timeout_seconds, label)
+    reads = (socket.gethostname(), seen)
     data = state.result(raise_on_failure=False) if state.has_result() else None
     if isinstance(data, BaseException):
         import tblib.pickling_support

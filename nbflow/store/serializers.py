@@ -147,19 +147,13 @@ def _string_buffers(items: list[Any], threshold: int) -> tuple[Any, bytes, bool]
     joined = "".join(items)
     if len(joined) < threshold:
         return None
-    n = len(items)
-    ascii_only = joined.isascii()
-    if ascii_only:
-        data = joined.encode()
-        lengths = numpy.fromiter(map(len, items), dtype=numpy.int64, count=n)
-    else:
-        try:
-            encoded = list(map(str.encode, items))
-        except UnicodeEncodeError:  # lone surrogates: pickle keeps them
-            return None
-        data = b"".join(encoded)
-        lengths = numpy.fromiter(map(len, encoded), dtype=numpy.int64, count=n)
-    return numpy.cumsum(lengths), data, ascii_only
+    from nbflow.hashing._builtins import utf8_pieces
+
+    pieces = utf8_pieces(items, joined, numpy)
+    if pieces is None:  # lone surrogates: pickle keeps them
+        return None
+    data, lengths = pieces
+    return numpy.cumsum(lengths), data, len(data) == len(joined)
 
 
 # Strings of an object array converted from arrow at a time (see _object_strings): a block's string objects
