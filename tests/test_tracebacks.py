@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import nbflow
+
 SCRIPT = textwrap.dedent(
     """
     import nbflow
@@ -45,14 +47,17 @@ def run(tmp_path: Path, call: str, **env: str) -> str:
     return done.stderr
 
 
+PACKAGE = os.path.dirname(os.path.abspath(nbflow.__file__))
+
+
 def frames(stderr: str) -> list[str]:
     """``file name:function`` of each frame of the traceback, nbflow's files by their path in the package."""
     found = []
     for line in stderr.splitlines():
         if line.startswith('  File "'):
             path, function = line.split('"')[1], line.rsplit(" in ", 1)[1]
-            name = path.split(os.sep + "nbflow" + os.sep, 1)[1] if os.sep + "nbflow" + os.sep in path else \
-                os.path.basename(path)
+            # Relative to the package (a checkout may itself sit in a directory called nbflow).
+            name = os.path.relpath(path, PACKAGE) if path.startswith(PACKAGE + os.sep) else os.path.basename(path)
             found.append(f"{name}:{function}")
     return found
 
